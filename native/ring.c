@@ -119,7 +119,8 @@ struct sl_ring {
     uint32_t spin;
     /* Set once validation fails; read by a releasing thread while the consumer waits. */
     _Atomic(int) corrupt;
-    int closed;
+    /* Set by sl_ring_close, possibly from another thread while this side waits. */
+    _Atomic(int) closed;
     /* producer side */
     uint64_t head, cached_tail;
     int reserved;
@@ -421,11 +422,9 @@ void sl_ring_destroy(sl_ring *r) {
 }
 
 void sl_ring_close(sl_ring *r) {
-    if (r->closed) return;
-    r->closed = 1;
+    if (atomic_exchange_explicit(&r->closed, 1, memory_order_relaxed)) return;
     sl_header *h = r->hdr;
     if (r->role == SL_ROLE_PRODUCER) {
-        r->reserved = 0;
         atomic_store_explicit(&h->producer_closed, 1, memory_order_seq_cst);
         futex_wake_all(&h->data_seq);
     } else {
@@ -460,6 +459,10 @@ uint8_t *sl_ring_mapping(sl_ring *r, size_t *size) {
     return r->map;
 }
 
+static int is_closed(const sl_ring *r) {
+    return atomic_load_explicit(&r->closed, memory_order_relaxed);
+}
+
 static sl_status mark_corrupt(sl_ring *r) {
     atomic_store_explicit(&r->corrupt, 1, memory_order_relaxed);
     return SL_CORRUPT;
@@ -490,7 +493,7 @@ static int tail_ok(const sl_ring *r, uint64_t tail) {
 }
 
 sl_status sl_ring_reserve(sl_ring *r, uint64_t n, uint8_t **buf) {
-    if (r->role != SL_ROLE_PRODUCER || r->closed || r->reserved) return SL_STATE;
+    if (r->role != SL_ROLE_PRODUCER || is_closed(r) || r->reserved) return SL_STATE;
     if (is_corrupt(r)) return SL_CORRUPT;
     if (n > r->max_record) return SL_TOO_LARGE;
     sl_header *h = r->hdr;
@@ -545,7 +548,7 @@ sl_status sl_ring_abort(sl_ring *r) {
 }
 
 sl_status sl_ring_wait_writable(sl_ring *r, uint64_t n, int64_t timeout_ns) {
-    if (r->role != SL_ROLE_PRODUCER || r->closed || r->reserved) return SL_STATE;
+    if (r->role != SL_ROLE_PRODUCER || is_closed(r) || r->reserved) return SL_STATE;
     if (is_corrupt(r)) return SL_CORRUPT;
     if (n > r->max_record) return SL_TOO_LARGE;
     sl_header *h = r->hdr;
@@ -632,7 +635,7 @@ static void set_released(sl_ring *r, uint64_t pos) {
 }
 
 sl_status sl_ring_get(sl_ring *r, sl_record *out) {
-    if (r->role != SL_ROLE_CONSUMER || r->closed) return SL_STATE;
+    if (r->role != SL_ROLE_CONSUMER || is_closed(r)) return SL_STATE;
     if (is_corrupt(r)) return SL_CORRUPT;
     sl_header *h = r->hdr;
     for (;;) {
@@ -691,7 +694,7 @@ sl_status sl_ring_release(sl_ring *r, uint64_t pos) {
 }
 
 sl_status sl_ring_wait_readable(sl_ring *r, int64_t timeout_ns) {
-    if (r->role != SL_ROLE_CONSUMER || r->closed) return SL_STATE;
+    if (r->role != SL_ROLE_CONSUMER || is_closed(r)) return SL_STATE;
     if (is_corrupt(r)) return SL_CORRUPT;
     sl_header *h = r->hdr;
     for (uint32_t i = 0;; i++) {
