@@ -30,6 +30,7 @@ All status codes of the native core become exceptions in one place: `_ERROR_CLAS
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 from multiprocessing import reduction
@@ -204,7 +205,9 @@ class Ring(_ring.RingCore):
     """
 
     @classmethod
-    def create(cls, capacity: int, max_record: int | None = None, *, role: str = "consumer") -> Ring:
+    def create(
+        cls, capacity: int, max_record: int | None = None, *, role: str = "consumer"
+    ) -> Ring:
         """Allocate a new ring and take `role` in it.
 
         Args:
@@ -258,10 +261,9 @@ class Ring(_ring.RingCore):
         if self.closed:
             return
         if self.role == _ring.PRODUCER:
-            try:
+            # Consumer gone, closed or full: the closed flag below still ends the stream.
+            with contextlib.suppress(RingError):
                 self.put(b"", type=RecordType.EOS, timeout=timeout)
-            except RingError:
-                pass  # consumer gone, closed or full: the closed flag below still ends the stream
         self._close_core()
 
     def __enter__(self) -> Ring:
