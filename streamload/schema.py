@@ -1,0 +1,338 @@
+"""Column schema of a dataset: its JSON form, inference from a sample, validation, Arrow layout.
+
+A schema is an ordered list of typed columns; every sample is a dict with exactly those keys, and
+the key order of samples and batches read back is the schema order. JSON form (stored in
+``index.json`` under ``"schema"`` and accepted as ``ShardWriter(schema=...)``)::
+
+    {"columns": [
+        {"name": "id", "kind": "int"},                       # python int   -> int64
+        {"name": "score", "kind": "float"},                  # python float -> float64
+        {"name": "ok", "kind": "bool"},
+        {"name": "text", "kind": "str"},
+        {"name": "image", "kind": "bytes"},
+        {"name": "tokens", "kind": "ndarray", "dtype": "int32", "shape": [2048]},
+        {"name": "boxes", "kind": "ndarray", "dtype": "float32", "shape": [null, 4]},
+        {"name": "weight", "kind": "ndarray", "dtype": "float16", "shape": []}   # numpy scalar
+    ]}
+
+``dtype`` is a numpy dtype name: ``bool``, ``int8..int64``, ``uint8..uint64``, ``float16..float64``
+(no object, string, complex or structured dtypes: nothing in a dataset is ever unpickled).
+``shape`` lists dimensions; ``null`` marks a variable one. Inference from a first sample records
+array shapes as FIXED: to write arrays whose shape varies, pass the schema with ``null`` dims
+(we do not silently widen, so a stray wrong-shaped sample is caught, not absorbed).
+
+Accepted python values per kind (validated per sample, ``FormatError`` naming sample and field):
+``int``: int (not bool) or numpy integer within int64; ``float``: float, int (not bool), numpy
+float/integer; ``bool``: bool or ``numpy.bool_``; ``str``: str; ``bytes``: bytes, bytearray,
+memoryview; ``ndarray``: a numpy array or numpy scalar with exactly the column's dtype and ndim,
+and the fixed dims equal. No column is nullable.
+
+Arrow layout (one Arrow field per column, all non-nullable): int -> int64, float -> float64,
+bool -> bool, str -> large_string, bytes -> large_binary, ndarray shape [] -> the primitive type,
+fixed ndarray -> fixed_size_list<primitive, prod(shape)> (row-major, so a batch of rows is one
+contiguous buffer), variable ndarray (or fixed with a zero dimension, which Arrow's
+fixed_size_list cannot hold) -> struct<data: large_list<primitive>, shape: fixed_size_list<int64, ndim>>.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streamload.errors import FormatError
+
+KINDS = ("int", "float", "bool", "str", "bytes", "ndarray")
+DTYPES = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
+MAX_NDIM = 32
+_MAX_FIXED_ITEMS = 2**31 - 1  # Arrow fixed_size_list sizes are int32
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: ``name``, ``kind`` (one of KINDS); ``dtype`` and ``shape`` only for ndarray."""
+
+    name: str
+    kind: str
+    dtype: str | None = None
+    shape: tuple[int | None, ...] | None = None
+
+    @property
+    def is_fixed_array(self) -> bool:
+        """An ndarray column whose every row has the same shape (rows batch into one array)."""
+        return self.kind == "ndarray" and self.shape is not None and None not in self.shape
+
+    @property
+    def uses_var_layout(self) -> bool:
+        """Stored as struct<data, shape> (variable shape, or fixed with a zero-size dimension)."""
+        if self.kind != "ndarray" or not self.shape:
+            return False
+        return not self.is_fixed_array or math.prod(self.shape) == 0  # type: ignore[arg-type]
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row of a numeric column (``()`` for scalars); only for fixed shapes."""
+        if self.kind != "ndarray" or not self.shape:
+            return ()
+        return tuple(d if d is not None else -1 for d in self.shape)
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """The numpy dtype of a numeric column (int -> int64, float -> float64, bool, ndarray)."""
+        if self.kind == "ndarray":
+            return np.dtype(self.dtype)
+        return np.dtype({"int": np.int64, "float": np.float64, "bool": np.bool_}[self.kind])
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form of this column (see the module docstring)."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.kind == "ndarray":
+            out["dtype"] = self.dtype
+            out["shape"] = list(self.shape or ())
+        return out
+
+
+@dataclass(frozen=True)
+class Schema:
+    """An ordered tuple of columns with unique names."""
+
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Column names in schema order."""
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        """The column called ``name``; KeyError if there is none."""
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+    def select(self, names: list[str] | tuple[str, ...] | None) -> Schema:
+        """The sub-schema of ``names`` (kept in schema order); None selects every column.
+
+        Raises:
+            FormatError: a name is not a column (the message lists the columns there are).
+        """
+        if names is None:
+            return self
+        if isinstance(names, str):
+            names = [names]
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise FormatError(
+                f"unknown column(s) {unknown}: the dataset has columns {list(self.names)}"
+            )
+        wanted = set(names)
+        return Schema(tuple(c for c in self.columns if c.name in wanted))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (see the module docstring)."""
+        return {"columns": [c.to_json() for c in self.columns]}
+
+    def arrow_schema(self) -> pa.Schema:
+        """The Arrow schema of a shard holding this schema's columns (layout in the module docstring)."""
+        return pa.schema([pa.field(c.name, arrow_type(c), nullable=False) for c in self.columns])
+
+    def validate(self, sample: object, number: int) -> None:
+        """Check one sample against the schema.
+
+        Args:
+            sample: the sample dict about to be written.
+            number: its 0-based global index, for the error message.
+
+        Raises:
+            FormatError: not a dict, missing or extra key, wrong type, dtype, ndim or fixed dimension.
+        """
+        if not isinstance(sample, Mapping):
+            raise FormatError(f"sample {number}: expected a dict, got {type(sample).__name__}")
+        if len(sample) != len(self.columns) or any(c.name not in sample for c in self.columns):
+            missing = [n for n in self.names if n not in sample]
+            extra = [k for k in sample if k not in self.names]
+            raise FormatError(
+                f"sample {number}: keys do not match the schema (missing {missing}, extra {extra})"
+            )
+        for col in self.columns:
+            _check_value(col, sample[col.name], number)
+
+
+def arrow_type(col: Column) -> pa.DataType:
+    """The Arrow type that stores column ``col`` (layout in the module docstring)."""
+    if col.kind == "int":
+        return pa.int64()
+    if col.kind == "float":
+        return pa.float64()
+    if col.kind == "bool":
+        return pa.bool_()
+    if col.kind == "str":
+        return pa.large_string()
+    if col.kind == "bytes":
+        return pa.large_binary()
+    prim = pa.from_numpy_dtype(np.dtype(col.dtype))
+    shape = col.shape or ()
+    if not shape:
+        return prim
+    if col.uses_var_layout:
+        return pa.struct(
+            [
+                pa.field("data", pa.large_list(prim), nullable=False),
+                pa.field("shape", pa.list_(pa.int64(), len(shape)), nullable=False),
+            ]
+        )
+    return pa.list_(prim, math.prod(shape))  # type: ignore[arg-type]
+
+
+def infer_schema(sample: object) -> Schema:
+    """Infer a schema from the first sample (array shapes are recorded as fixed).
+
+    Raises:
+        FormatError: not a non-empty dict with string keys, or a value of an unsupported type.
+    """
+    if not isinstance(sample, Mapping) or not sample:
+        raise FormatError(f"sample 0: expected a non-empty dict, got {sample!r:.80}")
+    columns = []
+    for name, value in sample.items():
+        if not isinstance(name, str) or not name:
+            raise FormatError(f"sample 0: field names must be non-empty strings, got {name!r}")
+        columns.append(_infer_column(name, value))
+    return Schema(tuple(columns))
+
+
+def _infer_column(name: str, value: object) -> Column:
+    if isinstance(value, bool):
+        return Column(name, "bool")
+    if isinstance(value, int):
+        return Column(name, "int")
+    if isinstance(value, float):
+        return Column(name, "float")
+    if isinstance(value, str):
+        return Column(name, "str")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return Column(name, "bytes")
+    if isinstance(value, np.ndarray | np.generic):
+        dtype = value.dtype.name
+        if dtype not in DTYPES:
+            raise FormatError(
+                f"sample 0: field {name!r} has dtype {value.dtype}, not one of {', '.join(DTYPES)}"
+            )
+        return Column(name, "ndarray", dtype, tuple(int(d) for d in np.shape(value)))
+    raise FormatError(
+        f"sample 0: field {name!r} has unsupported type {type(value).__name__}"
+        " (supported: int, float, bool, str, bytes, numpy arrays and scalars)"
+    )
+
+
+def _check_value(col: Column, value: object, number: int) -> None:
+    kind = col.kind
+    where = f"sample {number}: field {col.name!r}"
+    if kind == "ndarray":
+        if not isinstance(value, np.ndarray | np.generic):
+            raise FormatError(f"{where} is a {type(value).__name__}, schema says a numpy array")
+        if value.dtype.name != col.dtype:
+            raise FormatError(f"{where} has dtype {value.dtype}, schema says {col.dtype}")
+        shape = np.shape(value)
+        want = col.shape or ()
+        if len(shape) != len(want) or any(
+            w is not None and w != s for s, w in zip(shape, want, strict=True)
+        ):
+            want_text = "(" + ", ".join("None" if w is None else str(w) for w in want) + ")"
+            raise FormatError(f"{where} has shape {tuple(shape)}, schema says {want_text}")
+        return
+    ok: bool
+    if kind == "int":
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or isinstance(
+            value, np.integer
+        )
+        if ok and not _INT64_MIN <= int(value) <= _INT64_MAX:  # type: ignore[call-overload]
+            raise FormatError(f"{where} = {value} does not fit in int64")
+    elif kind == "float":
+        ok = (isinstance(value, int | float) and not isinstance(value, bool)) or isinstance(
+            value, np.integer | np.floating
+        )
+    elif kind == "bool":
+        ok = isinstance(value, bool | np.bool_)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, bytes | bytearray | memoryview)
+    if not ok:
+        raise FormatError(f"{where} is a {type(value).__name__}, schema says {kind}")
+
+
+def schema_from_json(data: object, source: str) -> Schema:
+    """Parse and validate the JSON form of a schema.
+
+    Args:
+        data: the decoded JSON value.
+        source: where it came from (a URL or "ShardWriter(schema=...)"), for error messages.
+
+    Raises:
+        FormatError: anything malformed: unknown kind or dtype, bad shape, duplicate names, extra keys.
+    """
+    if not isinstance(data, Mapping) or set(data) != {"columns"}:
+        raise FormatError(f"{source}: schema must be an object with exactly the key 'columns'")
+    raw_columns = data["columns"]
+    if not isinstance(raw_columns, list) or not raw_columns:
+        raise FormatError(f"{source}: schema 'columns' must be a non-empty list")
+    columns: list[Column] = []
+    for i, raw in enumerate(raw_columns):
+        columns.append(_column_from_json(raw, f"{source}: schema column {i}"))
+    names = [c.name for c in columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise FormatError(f"{source}: duplicate column name(s) {dupes}")
+    return Schema(tuple(columns))
+
+
+def _column_from_json(raw: object, where: str) -> Column:
+    if not isinstance(raw, Mapping):
+        raise FormatError(f"{where}: expected an object, got {raw!r:.80}")
+    name, kind = raw.get("name"), raw.get("kind")
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"{where}: 'name' must be a non-empty string, got {name!r:.80}")
+    if kind not in KINDS:
+        raise FormatError(
+            f"{where} ({name!r}): unknown kind {kind!r:.80}; known: {', '.join(KINDS)}"
+        )
+    allowed = {"name", "kind", "dtype", "shape"} if kind == "ndarray" else {"name", "kind"}
+    extra = sorted(str(k) for k in raw if k not in allowed)
+    if extra:
+        raise FormatError(f"{where} ({name!r}): unexpected key(s) {extra} for kind {kind}")
+    if kind != "ndarray":
+        return Column(name, kind)
+    dtype, shape = raw.get("dtype"), raw.get("shape")
+    if dtype not in DTYPES:
+        raise FormatError(
+            f"{where} ({name!r}): dtype {dtype!r:.80} is not one of {', '.join(DTYPES)}"
+        )
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise FormatError(f"{where} ({name!r}): 'shape' must be a list of at most {MAX_NDIM} dims")
+    for d in shape:
+        if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 0):
+            raise FormatError(
+                f"{where} ({name!r}): shape {shape} has a dim that is not null or an int >= 0"
+            )
+    fixed = [d for d in shape if d is not None]
+    if None not in shape and math.prod(fixed) > _MAX_FIXED_ITEMS:
+        raise FormatError(f"{where} ({name!r}): fixed shape {shape} has more than 2**31-1 items")
+    return Column(name, "ndarray", dtype, tuple(shape))
