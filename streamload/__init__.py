@@ -1,5 +1,7 @@
 """streamload: stream sharded Arrow/LMDB datasets into PyTorch, fast and in bounded memory."""
 
+from streamload import config
+from streamload.dataset import StreamingDataset
 from streamload.errors import (
     CacheError,
     ConfigError,
@@ -10,6 +12,7 @@ from streamload.errors import (
     StreamloadError,
     WorkerError,
 )
+from streamload.writer import ShardWriter
 
 __version__ = "0.1.0"
 
@@ -18,9 +21,12 @@ __all__ = [
     "ConfigError",
     "FormatError",
     "RingError",
+    "ShardWriter",
     "StateError",
     "StoreError",
+    "StreamingDataset",
     "StreamloadError",
     "WorkerError",
     "__version__",
+    "config",
 ]
