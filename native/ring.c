@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -313,9 +314,20 @@ sl_status sl_ring_create(uint64_t capacity, uint64_t max_record, sl_role role, s
                          sl_oserr *oserr) {
     *out = NULL;
     if (role != SL_ROLE_PRODUCER && role != SL_ROLE_CONSUMER) return SL_INVALID;
-    if (max_record == 0 && capacity >= SL_MIN_CAPACITY) max_record = capacity / 2 - SL_PAYLOAD_OFFSET;
+    if (max_record == 0 && capacity >= SL_MIN_CAPACITY) {
+        /* Largest allowed; the header's u32 len caps it at 4 GiB - 64. */
+        max_record = capacity / 2 - SL_PAYLOAD_OFFSET;
+        if (max_record > UINT32_MAX - (SL_ALIGN - 1)) max_record = UINT32_MAX - (SL_ALIGN - 1);
+    }
     if (!valid_geometry(capacity, max_record)) return SL_INVALID;
     size_t size = (size_t)(SL_HEADER_SIZE + capacity);
+    /* memfd is not bounded by a tmpfs size: fallocate of more than the machine has would push it
+     * into reclaim/OOM before failing. Refuse what can never fit; cgroup limits fail fallocate. */
+    struct sysinfo si;
+    if (sysinfo(&si) == 0 && (uint64_t)size / si.mem_unit > (uint64_t)si.totalram) {
+        errno = ENOMEM;
+        return os_fail(oserr, "sysinfo (larger than physical memory)");
+    }
 
     int fd = memfd_create("streamload-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return os_fail(oserr, "memfd_create");

@@ -105,7 +105,7 @@ int sl_ring_abi_version(void);
 const char *sl_status_name(sl_status st);
 
 /* Create a ring (memfd + fallocate + seal + mmap) and take `role` in it. max_record == 0 picks
- * the largest allowed (capacity/2 - 64). The ring keeps the fd; see sl_ring_fd. */
+ * the largest allowed (capacity/2 - 64, at most 2**32 - 64). The ring keeps the fd; see sl_ring_fd. */
 sl_status sl_ring_create(uint64_t capacity, uint64_t max_record, sl_role role, sl_ring **out,
                          sl_oserr *oserr);
 /* Map an existing ring from `fd` (not kept, not closed) and take `role` in it. Validates magic,

@@ -344,7 +344,7 @@ static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (st == SL_INVALID && fd < 0)
         return raise_kind("invalid", NULL,
                           "invalid ring geometry capacity=%llu max_record=%llu: capacity must be a "
-                          "power of two in [%u, 2**40] and max_record in [1, capacity/2 - %u]",
+                          "power of two in [%u, 2**40] and max_record in [1, min(capacity/2 - %u, 2**32 - 64)]",
                           capacity, max_record, SL_MIN_CAPACITY, SL_PAYLOAD_OFFSET);
     if (st == SL_INVALID)
         return raise_kind("invalid", NULL, "fd %d is not a streamload ring (bad %s)", fd,
