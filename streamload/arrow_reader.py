@@ -8,10 +8,13 @@ other file objects are read through Arrow's Python file adapter (record batches 
 materialised, and a few are cached).
 
 Crash safety: pyarrow trusts the offsets inside a batch, so a corrupted string offset SIGSEGVs
-the process (reliability.md §1.8). Each batch is ``validate()``d the first time this reader
-touches it, with ``full=True`` unless the caller says the shard's checksum was verified
-(``checksum_verified=True``). A shard truncated by someone else *after* it was mapped can still
-SIGBUS; the loader runs readers in worker processes for that reason.
+or SIGBUSes the process (reliability.md §1.8). Every record batch gets ``validate(full=True)``
+the first time this reader touches it, whether or not the shard's checksum was verified: a
+checksum only proves the file is what index.json describes, and a hostile dataset can ship a
+matching checksum for a malformed shard (measured: SIGBUS). Full validation costs ~50 ns per
+100-byte string row (UTF-8 checks) once per batch per reader, and nothing measurable for numeric
+columns. A shard truncated by someone else *after* it was mapped can still SIGBUS; the loader
+runs readers in worker processes for that reason.
 
 Return conventions. ``take(rows)`` returns ``{column: value}`` in schema order (projected), all
 freshly allocated, writable, owned by the caller:
@@ -41,6 +44,8 @@ from streamload.errors import FormatError
 from streamload.schema import Column, Schema
 
 _NON_MMAP_BATCH_CACHE = 8
+# (record batch, positions in the output, rows in the batch): one batch's share of a take.
+_Group = tuple[int, np.ndarray | slice, np.ndarray | slice]
 
 
 class ArrowShardReader:
@@ -54,7 +59,6 @@ class ArrowShardReader:
         expected_bytes: int,
         num_samples: int | None = None,
         columns: list[str] | tuple[str, ...] | None = None,
-        checksum_verified: bool = False,
     ) -> None:
         """Open and check a shard.
 
@@ -65,8 +69,6 @@ class ArrowShardReader:
             expected_bytes: the size index.json records.
             num_samples: the record count index.json records (None skips the check).
             columns: the columns to return (None: all), kept in schema order.
-            checksum_verified: the caller verified the shard's checksum in this process, so
-                batches get Arrow's cheap validation instead of ``validate(full=True)``.
 
         Raises:
             FormatError: wrong size, unreadable footer, schema or record count mismatch.
@@ -74,7 +76,6 @@ class ArrowShardReader:
         self.name = shard_name
         self._schema = schema
         self._selected = schema.select(columns)
-        self._full_validation = not checksum_verified
         if isinstance(path_or_file, str | os.PathLike):
             actual = os.stat(path_or_file).st_size
         else:
@@ -87,8 +88,12 @@ class ArrowShardReader:
             )
         self._mapped = isinstance(path_or_file, str | os.PathLike)
         try:
-            source = pa.memory_map(os.fspath(path_or_file), "r") if self._mapped else path_or_file
-            self._file = pa.ipc.open_file(source)
+            if self._mapped:
+                mapping = pa.memory_map(os.fspath(path_or_file), "r")
+                whole = mapping.read_buffer()  # zero-copy view of the whole mapping
+                self._file = pa.ipc.open_file(mapping)
+            else:
+                self._file = pa.ipc.open_file(path_or_file)
         except (pa.ArrowException, OSError) as exc:
             raise FormatError(f"shard {shard_name}: not a readable Arrow IPC file: {exc}") from exc
         expected_schema = schema.arrow_schema()
@@ -112,6 +117,7 @@ class ArrowShardReader:
         self._checked = np.zeros(len(counts), bool)
         self._batches: OrderedDict[int, pa.RecordBatch] = OrderedDict()
         self._views: dict[tuple[int, int], np.ndarray] = {}
+        self._gather = _MappedGather(whole, self._file) if self._mapped else None
 
     def __len__(self) -> int:
         return self.num_rows
@@ -147,18 +153,28 @@ class ArrowShardReader:
         n = len(rows)
         if n and (rows.min() < 0 or rows.max() >= self.num_rows):
             raise IndexError(f"shard {self.name}: rows out of range [0, {self.num_rows})")
-        groups = self._group(rows)
+        groups: list[_Group] | None = self._contiguous_run(rows)
+        gather = self._gather if groups is None else None
+        which = np.searchsorted(self._batch_offsets, rows, "right") - 1
+        if gather is not None:
+            local = rows - self._batch_offsets[which]
+            for b in np.unique(which[~self._checked[which]]).tolist():
+                self._batch(b)  # validate each touched batch once before gathering from it
         out: dict[str, Any] = {}
         for col in self._selected.columns:
             ci = self._schema.names.index(col.name)
+            layout = gather.layout(ci, col) if gather is not None else None
+            if gather is not None and layout is not None:
+                out[col.name] = gather.take(col, layout, which, local)
+                continue
+            if groups is None:
+                groups = self._group(rows, which)
             out[col.name] = self._take_column(col, ci, groups, n)
         return out
 
-    def _group(self, rows: np.ndarray) -> list[tuple[int, np.ndarray | slice, np.ndarray | slice]]:
-        """Split rows by record batch: ``[(batch, positions in output, rows in batch)]``.
-
-        Ascending contiguous runs inside one batch become slices (memcpy instead of gathers).
-        """
+    def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
+        """``[(batch, all output positions, slice of the batch)]`` when ``rows`` is an ascending
+        contiguous run inside one batch (one memcpy per column), or [] for no rows; else None."""
         n = len(rows)
         if n == 0:
             return []
@@ -171,11 +187,14 @@ class ArrowShardReader:
         ):
             start = first - int(self._batch_offsets[b0])
             return [(b0, slice(0, n), slice(start, start + n))]
-        which = np.searchsorted(self._batch_offsets, rows, "right") - 1
+        return None
+
+    def _group(self, rows: np.ndarray, which: np.ndarray) -> list[_Group]:
+        """Split rows by record batch ``which``: ``[(batch, output positions, rows in batch)]``."""
         order = np.argsort(which, kind="stable")
         sorted_which = which[order]
         bounds = np.flatnonzero(np.diff(sorted_which)) + 1
-        groups: list[tuple[int, np.ndarray | slice, np.ndarray | slice]] = []
+        groups: list[_Group] = []
         for part in np.split(order, bounds):
             b = int(which[part[0]])
             groups.append((b, part, rows[part] - self._batch_offsets[b]))
@@ -188,7 +207,7 @@ class ArrowShardReader:
         try:
             batch = self._file.get_batch(b)
             if not self._checked[b]:
-                batch.validate(full=self._full_validation)
+                batch.validate(full=True)
                 self._checked[b] = True
         except (pa.ArrowException, OSError) as exc:
             raise FormatError(f"shard {self.name}: record batch {b} is corrupt: {exc}") from exc
@@ -213,7 +232,8 @@ class ArrowShardReader:
             self._views[key] = view
         return view
 
-    def _take_column(self, col: Column, ci: int, groups: list[Any], n: int) -> Any:
+    def _take_column(self, col: Column, ci: int, groups: list[_Group], n: int) -> Any:
+        """One column by per-batch slices/takes, scattered into output order."""
         if col.kind in ("str", "bytes") or col.uses_var_layout:
             if len(groups) == 1:
                 b, _, local = groups[0]
@@ -239,6 +259,105 @@ class ArrowShardReader:
         if col.kind in ("str", "bytes"):
             return arr.to_pylist()
         return _var_arrays(col, arr)
+
+
+class _MappedGather:
+    """Vectorised gathers of rows scattered over many record batches of a memory-mapped shard.
+
+    All batches of a mapped IPC file live in one mapping, so a column's value of row ``r`` of
+    batch ``b`` sits at a fixed file position: ``values_pos[b] + r * row_bytes``. Gathering
+    with numpy fancy indexing over a whole-file view then costs no Python work per batch, which
+    is what makes shuffled reads fast. Strings and bytes are gathered as an Arrow string_view /
+    binary_view array over the whole file (16-byte views built with numpy), converted to Python
+    objects by one ``to_pylist``. Positions come from batches the reader has fully validated, and
+    every buffer is checked to lie inside the file, so no index can leave the mapping.
+    Columns it cannot serve (bool, variable shapes, files >= 2 GiB for strings) return None from
+    ``layout`` and use the per-batch path.
+    """
+
+    def __init__(self, whole: pa.Buffer, file: pa.ipc.RecordBatchFileReader) -> None:
+        self._whole = whole
+        self._size = whole.size
+        self._u8 = np.frombuffer(whole, np.uint8)
+        self._file = file
+        self._layouts: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def layout(self, ci: int, col: Column) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-batch file positions for column ``ci``: (values or offsets index, data byte pos)."""
+        if ci not in self._layouts:
+            self._layouts[ci] = self._compute_layout(ci, col)
+        return self._layouts[ci]
+
+    def _compute_layout(self, ci: int, col: Column) -> tuple[np.ndarray, np.ndarray] | None:
+        strings = col.kind in ("str", "bytes")
+        if strings:
+            if self._size >= 2**31:
+                return None  # string views address the file with int32 offsets
+        elif col.uses_var_layout or col.numpy_dtype == np.bool_:
+            return None  # Arrow bools are bit-packed; variable shapes have no fixed row size
+        nb = self._file.num_record_batches
+        first, second = np.zeros(nb, np.int64), np.zeros(nb, np.int64)
+        unit = 8 if strings else col.numpy_dtype.itemsize
+        base = self._whole.address
+        for b in range(nb):
+            arr = self._file.get_batch(b).column(ci)
+            if arr.offset != 0:
+                return None
+            if col.kind == "ndarray" and col.shape:
+                arr = arr.flatten()
+                if arr.offset != 0:
+                    return None
+            buffers = arr.buffers()
+            needed = [buffers[1], buffers[2]] if strings else [buffers[1]]
+            for buf in needed:
+                if buf is None or not 0 <= buf.address - base <= self._size - buf.size:
+                    return None
+            pos = buffers[1].address - base
+            if pos % unit:
+                return None
+            first[b] = pos // unit
+            second[b] = buffers[2].address - base if strings else 0
+        return first, second
+
+    def take(
+        self,
+        col: Column,
+        layout: tuple[np.ndarray, np.ndarray],
+        which: np.ndarray,
+        local: np.ndarray,
+    ) -> Any:
+        """Rows ``local`` of batches ``which``, returned as ``ArrowShardReader.take`` does."""
+        first, data_pos = layout
+        if col.kind not in ("str", "bytes"):
+            dtype = col.numpy_dtype
+            values = np.frombuffer(self._whole, dtype, count=self._size // dtype.itemsize)
+            row_items = math.prod(col.row_shape)
+            if not col.row_shape:
+                return values[first[which] + local]
+            windows = np.lib.stride_tricks.as_strided(
+                values,
+                (len(values) - row_items + 1, row_items),
+                (dtype.itemsize, dtype.itemsize),
+                writeable=False,
+            )
+            return windows[first[which] + local * row_items].reshape((len(which), *col.row_shape))
+        offsets = np.frombuffer(self._whole, np.int64, count=self._size // 8)
+        at = first[which] + local
+        starts = offsets[at]
+        lengths = offsets[at + 1] - starts
+        starts += data_pos[which]
+        n = len(which)
+        views = np.zeros((n, 4), np.int32)
+        views[:, 0] = lengths
+        raw = views.view(np.uint8)
+        head = np.minimum(starts[:, None] + np.arange(12), self._size - 1)
+        short = lengths <= 12
+        raw[:, 4:16] = np.where(np.arange(12) < lengths[:, None], self._u8[head], 0)
+        views[~short, 2] = 0  # variadic buffer 0: the whole file
+        views[~short, 3] = starts[~short]
+        view_type = pa.string_view() if col.kind == "str" else pa.binary_view()
+        array = pa.Array.from_buffers(view_type, n, [None, pa.py_buffer(views), self._whole])
+        return array.to_pylist()
 
 
 def _var_arrays(col: Column, arr: pa.StructArray) -> list[np.ndarray]:

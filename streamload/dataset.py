@@ -6,9 +6,9 @@ readers are dropped and re-opened in the child. At most ``MAX_OPEN_SHARDS`` read
 
 Checksums: with ``verify`` on (config ``verify_local``, default True) a shard's checksum is
 checked once per process, on its first open, before it is mapped (a forked child trusts what
-its parent verified for the same file, size and mtime). With ``verify`` off, each record batch
-gets Arrow's ``validate(full=True)`` on first touch instead, so a corrupt shard raises
-FormatError rather than crashing the process.
+its parent verified for the same file, size and mtime): this catches silent bit flips, which
+Arrow cannot see. Independently of ``verify``, the shard reader fully validates each record
+batch on first touch, so a malformed shard raises FormatError rather than crashing the process.
 
 Order: ``sample_order(epoch)`` is a pure function of (num_samples, shuffle, seed, epoch) —
 ``epoch_order`` below. Iterating inside a DataLoader worker yields ``order[worker_id::num_workers]``,
@@ -305,7 +305,6 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             info.bytes,
             num_samples=info.num_samples,
             columns=self._selected.names,
-            checksum_verified=self.verify,
         )
 
     def __getstate__(self) -> dict[str, Any]:
