@@ -49,7 +49,9 @@ def _sample(i: int) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, n: int, schema: Schema = SCHEMA, compression: str | None = None, **kw: int) -> tuple[int, str]:
+def _write(
+    path: Path, n: int, schema: Schema = SCHEMA, compression: str | None = None, **kw: int
+) -> tuple[int, str]:
     fs = fsspec.filesystem("file")
     writer = ArrowShardFileWriter(fs, str(path), schema, compression, **kw)
     for i in range(n):
@@ -123,7 +125,9 @@ def test_get_returns_python_scalars_and_owned_arrays(shard: tuple[Path, int]) ->
     ],
     ids=["run", "cross", "scatter", "perm", "empty"],
 )
-def test_take_matches_get_row_by_row_in_every_kind(shard: tuple[Path, int], rows: np.ndarray) -> None:
+def test_take_matches_get_row_by_row_in_every_kind(
+    shard: tuple[Path, int], rows: np.ndarray
+) -> None:
     """take(rows) equals stacking get(r) for each r, with the documented container per kind."""
     path, nbytes = shard
     reader = ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes)
@@ -133,8 +137,16 @@ def test_take_matches_get_row_by_row_in_every_kind(shard: tuple[Path, int], rows
     assert batch["id"].dtype == np.int64 and batch["id"].shape == (n,)
     assert batch["score"].dtype == np.float64 and batch["ok"].dtype == np.bool_
     assert batch["tokens"].shape == (n, 2, 3) and batch["tokens"].dtype == np.int32
-    assert batch["mask"].shape == (n, 4) and batch["half"].shape == (n,) and batch["half"].dtype == np.float16
-    assert isinstance(batch["text"], list) and isinstance(batch["blob"], list) and isinstance(batch["var"], list)
+    assert (
+        batch["mask"].shape == (n, 4)
+        and batch["half"].shape == (n,)
+        and batch["half"].dtype == np.float16
+    )
+    assert (
+        isinstance(batch["text"], list)
+        and isinstance(batch["blob"], list)
+        and isinstance(batch["var"], list)
+    )
     for key in ("id", "score", "ok", "tokens", "mask", "half"):
         assert batch[key].flags.writeable and batch[key].flags.c_contiguous
     for k, r in enumerate(rows.tolist()):
@@ -162,7 +174,9 @@ def test_take_results_do_not_alias_each_other_or_the_file(shard: tuple[Path, int
         assert (second["tokens"] != -9).all()
 
 
-def test_column_projection_returns_only_selected_columns_in_schema_order(shard: tuple[Path, int]) -> None:
+def test_column_projection_returns_only_selected_columns_in_schema_order(
+    shard: tuple[Path, int],
+) -> None:
     """columns= limits what take/get return and keeps schema order."""
     path, nbytes = shard
     reader = ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes, columns=["var", "id"])
@@ -189,14 +203,16 @@ def test_file_objects_are_read_without_mapping(shard: tuple[Path, int]) -> None:
 def test_size_mismatch_is_refused_before_mapping(shard: tuple[Path, int]) -> None:
     """A file whose size differs from index.json is a FormatError naming the shard and sizes."""
     path, nbytes = shard
-    with pytest.raises(FormatError, match=rf"shard s.arrow: size is {nbytes} bytes, index.json says {nbytes + 1}"):
+    with pytest.raises(
+        FormatError, match=rf"shard s.arrow: size is {nbytes} bytes, index.json says {nbytes + 1}"
+    ):
         ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes + 1)
 
 
 def test_record_count_mismatch_is_refused(shard: tuple[Path, int]) -> None:
     """An index claiming more samples than the file holds is a FormatError."""
     path, nbytes = shard
-    with pytest.raises(FormatError, match="holds 300 samples, index.json says 301"):
+    with pytest.raises(FormatError, match=r"holds 300 samples, index\.json says 301"):
         ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes, num_samples=301)
 
 
@@ -204,7 +220,7 @@ def test_schema_mismatch_is_refused(shard: tuple[Path, int]) -> None:
     """A file whose Arrow schema is not the index schema's layout is a FormatError."""
     path, nbytes = shard
     other = schema_from_json({"columns": [{"name": "id", "kind": "int"}]}, "t")
-    with pytest.raises(FormatError, match="Arrow schema does not match index.json"):
+    with pytest.raises(FormatError, match=r"Arrow schema does not match index\.json"):
         ArrowShardReader(str(path), other, "s.arrow", nbytes)
 
 

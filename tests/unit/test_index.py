@@ -45,7 +45,10 @@ def test_unknown_format_version_names_the_versions_this_streamload_reads() -> No
     """format_version 2 is refused with the list of readable versions."""
     data = _index()
     data["format_version"] = 2
-    with pytest.raises(FormatError, match=r"format_version 2 is not supported; this streamload reads format_version 1"):
+    with pytest.raises(
+        FormatError,
+        match=r"format_version 2 is not supported; this streamload reads format_version 1",
+    ):
         _parse(data)
 
 
@@ -85,11 +88,26 @@ def test_non_json_or_non_object_indexes_are_format_errors(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["../x", "/etc/passwd", "a/b", "a\\b", "C:x", "c:", "..", ".", "", "\\\\server\\share", "x\x00y", "x\ny", " x", "x" * 256],
+    [
+        "../x",
+        "/etc/passwd",
+        "a/b",
+        "a\\b",
+        "C:x",
+        "c:",
+        "..",
+        ".",
+        "",
+        "\\\\server\\share",
+        "x\x00y",
+        "x\ny",
+        " x",
+        "x" * 256,
+    ],
 )
 def test_hostile_shard_names_are_rejected(name: str) -> None:
     """Names that could leave the dataset root (POSIX or Windows rules) are FormatErrors."""
-    with pytest.raises(FormatError, match="unsafe shard name|shard name"):
+    with pytest.raises(FormatError, match=r"shard name"):
         validate_shard_name(name, "src")
     data = _index()
     data["shards"][0]["name"] = name
@@ -111,7 +129,9 @@ def test_non_string_shard_name_is_rejected() -> None:
 
 def test_missing_index_says_dataset_missing_or_incomplete(tmp_path: Any) -> None:
     """No index.json: FormatError naming the URL and explaining an interrupted writer."""
-    with pytest.raises(FormatError, match=r"index.json not found: the dataset is missing or incomplete") as info:
+    with pytest.raises(
+        FormatError, match=r"index.json not found: the dataset is missing or incomplete"
+    ) as info:
         load_index(str(tmp_path))
     assert str(tmp_path) in str(info.value)
 

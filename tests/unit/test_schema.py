@@ -43,7 +43,9 @@ def test_inference_records_kinds_dtypes_and_fixed_shapes_in_key_order() -> None:
 def test_json_form_round_trips_through_text() -> None:
     """to_json -> json text -> schema_from_json gives the same schema."""
     data = infer_schema(_sample()).to_json()
-    data["columns"].append({"name": "boxes", "kind": "ndarray", "dtype": "float32", "shape": [None, 4]})
+    data["columns"].append(
+        {"name": "boxes", "kind": "ndarray", "dtype": "float32", "shape": [None, 4]}
+    )
     parsed = schema_from_json(json.loads(json.dumps(data)), "test")
     assert parsed.to_json() == data
     assert parsed.column("boxes").shape == (None, 4)
@@ -67,7 +69,10 @@ def test_inference_rejects_unsupported_values(value: object, message: str) -> No
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"tokens": np.arange(8, dtype=np.int64)}, r"sample 17: field 'tokens' has dtype int64, schema says int32"),
+        (
+            {"tokens": np.arange(8, dtype=np.int64)},
+            r"sample 17: field 'tokens' has dtype int64, schema says int32",
+        ),
         ({"tokens": np.arange(9, dtype=np.int32)}, r"sample 17: field 'tokens' has shape \(9,\)"),
         ({"tokens": np.zeros((2, 4), np.int32)}, r"sample 17: field 'tokens' has shape \(2, 4\)"),
         ({"tokens": [1, 2]}, r"sample 17: field 'tokens' is a list, schema says a numpy array"),
@@ -78,8 +83,14 @@ def test_inference_rejects_unsupported_values(value: object, message: str) -> No
         ({"ok": 1}, r"sample 17: field 'ok' is a int, schema says bool"),
         ({"text": b"x"}, r"sample 17: field 'text' is a bytes, schema says str"),
         ({"image": "x"}, r"sample 17: field 'image' is a str, schema says bytes"),
-        ({"weight": np.float32(1)}, r"sample 17: field 'weight' has dtype float32, schema says float16"),
-        ({"extra": 1}, r"sample 17: keys do not match the schema \(missing \[\], extra \['extra'\]\)"),
+        (
+            {"weight": np.float32(1)},
+            r"sample 17: field 'weight' has dtype float32, schema says float16",
+        ),
+        (
+            {"extra": 1},
+            r"sample 17: keys do not match the schema \(missing \[\], extra \['extra'\]\)",
+        ),
     ],
 )
 def test_validation_names_sample_number_and_field(change: dict[str, object], message: str) -> None:
@@ -95,7 +106,9 @@ def test_validation_reports_missing_keys_and_non_dicts() -> None:
     schema = infer_schema(_sample())
     sample = _sample()
     del sample["text"]
-    with pytest.raises(FormatError, match=r"sample 3: keys do not match the schema \(missing \['text'\]"):
+    with pytest.raises(
+        FormatError, match=r"sample 3: keys do not match the schema \(missing \['text'\]"
+    ):
         schema.validate(sample, 3)
     with pytest.raises(FormatError, match="sample 4: expected a dict"):
         schema.validate([1, 2], 4)
@@ -125,13 +138,35 @@ def test_variable_dimensions_accept_any_size_but_keep_ndim() -> None:
         ({"columns": []}, "non-empty list"),
         ({"columns": [{"name": "a", "kind": "pickle"}]}, "unknown kind 'pickle'"),
         ({"columns": [{"name": "", "kind": "int"}]}, "non-empty string"),
-        ({"columns": [{"name": "a", "kind": "int"}, {"name": "a", "kind": "str"}]}, r"duplicate column name\(s\) \['a'\]"),
+        (
+            {"columns": [{"name": "a", "kind": "int"}, {"name": "a", "kind": "str"}]},
+            r"duplicate column name\(s\) \['a'\]",
+        ),
         ({"columns": [{"name": "a", "kind": "int", "dtype": "int8"}]}, "unexpected key"),
-        ({"columns": [{"name": "a", "kind": "ndarray", "dtype": "object", "shape": [1]}]}, "dtype 'object'"),
-        ({"columns": [{"name": "a", "kind": "ndarray", "dtype": "int8", "shape": [-1]}]}, "not null or an int >= 0"),
-        ({"columns": [{"name": "a", "kind": "ndarray", "dtype": "int8", "shape": [2**20, 2**20]}]}, "more than 2\\*\\*31-1"),
-        ({"columns": [{"name": "a", "kind": "ndarray", "dtype": "int8", "shape": [1] * 33}]}, "at most 32 dims"),
-        ({"columns": [{"name": "a", "kind": "ndarray", "dtype": "int8"}]}, "'shape' must be a list"),
+        (
+            {"columns": [{"name": "a", "kind": "ndarray", "dtype": "object", "shape": [1]}]},
+            "dtype 'object'",
+        ),
+        (
+            {"columns": [{"name": "a", "kind": "ndarray", "dtype": "int8", "shape": [-1]}]},
+            "not null or an int >= 0",
+        ),
+        (
+            {
+                "columns": [
+                    {"name": "a", "kind": "ndarray", "dtype": "int8", "shape": [2**20, 2**20]}
+                ]
+            },
+            "more than 2\\*\\*31-1",
+        ),
+        (
+            {"columns": [{"name": "a", "kind": "ndarray", "dtype": "int8", "shape": [1] * 33}]},
+            "at most 32 dims",
+        ),
+        (
+            {"columns": [{"name": "a", "kind": "ndarray", "dtype": "int8"}]},
+            "'shape' must be a list",
+        ),
     ],
 )
 def test_schema_json_is_validated_strictly(data: object, message: str) -> None:

@@ -29,7 +29,9 @@ def test_parse_size_accepts_ints_and_unit_strings(text: object, expected: int) -
     assert parse_size(text, what="shard_size") == expected
 
 
-@pytest.mark.parametrize("bad", [-1, "", "MB", "12 parsecs", "1.2.3GB", "-5MB", True, 1.5, None, "1e3"])
+@pytest.mark.parametrize(
+    "bad", [-1, "", "MB", "12 parsecs", "1.2.3GB", "-5MB", True, 1.5, None, "1e3"]
+)
 def test_parse_size_rejects_garbage_naming_the_setting(bad: object) -> None:
     """Anything that is not a size raises ValueError naming the setting and the value."""
     with pytest.raises(ValueError, match="cache_limit") as info:
@@ -40,7 +42,13 @@ def test_parse_size_rejects_garbage_naming_the_setting(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 2**30 // 2, "1.5 GiB"), (5 * 2**40, "5.0 TiB")],
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (3 * 2**30 // 2, "1.5 GiB"),
+        (5 * 2**40, "5.0 TiB"),
+    ],
 )
 def test_format_size_uses_largest_binary_unit(n: int, text: str) -> None:
     """format_size picks the largest binary unit keeping the number >= 1."""

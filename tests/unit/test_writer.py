@@ -48,7 +48,9 @@ def test_shards_rotate_at_shard_size_without_splitting_samples(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
-def test_compressed_shards_round_trip_and_still_rotate(tmp_path: Path, compression: str | None) -> None:
+def test_compressed_shards_round_trip_and_still_rotate(
+    tmp_path: Path, compression: str | None
+) -> None:
     """zstd and lz4 shards read back identically; rotation follows compressed bytes."""
     _write(str(tmp_path), 300, shard_size="8KiB", compression=compression)
     ds = StreamingDataset(str(tmp_path), verify=True)
@@ -62,7 +64,10 @@ def test_compression_shrinks_compressible_shards(tmp_path: Path) -> None:
     """zstd shards of repetitive data are smaller than uncompressed ones."""
     _write(str(tmp_path / "raw"), 200, shard_size="1GB")
     _write(str(tmp_path / "zstd"), 200, shard_size="1GB", compression="zstd")
-    assert load_index(str(tmp_path / "zstd")).total_bytes < load_index(str(tmp_path / "raw")).total_bytes / 4
+    assert (
+        load_index(str(tmp_path / "zstd")).total_bytes
+        < load_index(str(tmp_path / "raw")).total_bytes / 4
+    )
 
 
 def test_index_appears_only_after_close(tmp_path: Path) -> None:
@@ -84,7 +89,10 @@ def test_index_appears_only_after_close(tmp_path: Path) -> None:
 
 def test_exception_inside_with_leaves_no_index_and_no_temp_files(tmp_path: Path) -> None:
     """An exception in the with block: no index.json, no temp file; finished shards stay."""
-    with pytest.raises(RuntimeError, match="boom"), ShardWriter(str(tmp_path), shard_size="4KiB") as w:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        ShardWriter(str(tmp_path), shard_size="4KiB") as w,
+    ):
         for i in range(50):
             w.write(_sample(i))
         raise RuntimeError("boom")
@@ -95,11 +103,15 @@ def test_exception_inside_with_leaves_no_index_and_no_temp_files(tmp_path: Path)
 
 def test_schema_mismatch_mid_write_aborts_the_dataset(tmp_path: Path) -> None:
     """A bad sample raises FormatError naming it, and the dataset is left without index.json."""
-    with pytest.raises(FormatError, match=r"sample 3: field 'tokens' has dtype int64, schema says int32"):  # noqa: PT012
-        with ShardWriter(str(tmp_path), shard_size="1MB") as w:
-            for i in range(3):
-                w.write(_sample(i))
-            w.write({**_sample(3), "tokens": np.zeros(256, np.int64)})
+    with (
+        pytest.raises(
+            FormatError, match=r"sample 3: field 'tokens' has dtype int64, schema says int32"
+        ),
+        ShardWriter(str(tmp_path), shard_size="1MB") as w,
+    ):
+        for i in range(3):
+            w.write(_sample(i))
+        w.write({**_sample(3), "tokens": np.zeros(256, np.int64)})
     assert not (tmp_path / "index.json").exists()
 
 
@@ -160,13 +172,17 @@ def test_no_samples_and_no_schema_cannot_write_an_index(tmp_path: Path) -> None:
         ({"schema": {"columns": [{"name": "x", "kind": "blob"}]}}, FormatError, "unknown kind"),
     ],
 )
-def test_bad_settings_fail_at_construction(tmp_path: Path, kwargs: dict[str, Any], error: type, message: str) -> None:
+def test_bad_settings_fail_at_construction(
+    tmp_path: Path, kwargs: dict[str, Any], error: type, message: str
+) -> None:
     """Bad format, shard_size, compression or schema fail before anything is written."""
     with pytest.raises(error, match=message):
         ShardWriter(str(tmp_path / "ds"), **{"shard_size": "1MB", **kwargs})
 
 
-def test_default_shard_size_comes_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_shard_size_comes_from_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """shard_size=None uses the configured default (here from the environment)."""
     monkeypatch.setenv("STREAMLOAD_SHARD_SIZE", "4KiB")
     monkeypatch.delenv("STREAMLOAD_CONFIG", raising=False)
@@ -180,6 +196,11 @@ def test_index_json_is_the_documented_format(tmp_path: Path) -> None:
     _write(str(tmp_path), 3, shard_size="1MB")
     data = json.loads((tmp_path / "index.json").read_text())
     assert data["format_version"] == 1 and data["format"] == "arrow" and data["num_samples"] == 3
-    assert data["schema"]["columns"][1] == {"name": "tokens", "kind": "ndarray", "dtype": "int32", "shape": [256]}
+    assert data["schema"]["columns"][1] == {
+        "name": "tokens",
+        "kind": "ndarray",
+        "dtype": "int32",
+        "shape": [256],
+    }
     assert set(data["shards"][0]) == {"name", "num_samples", "bytes", "xxh3_64"}
     assert data["shards"][0]["name"] == "shard-00000.arrow"
