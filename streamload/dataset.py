@@ -254,7 +254,11 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return out
 
     def __iter__(self) -> Iterator[Any]:
-        """Samples in ``sample_order()``; inside a DataLoader worker, this worker's share."""
+        """Samples in ``sample_order()``; inside a DataLoader worker, this worker's share.
+
+        Samples are read with ``get_batch`` in chunks of a few hundred ids; a sample's fixed-shape
+        arrays are rows of that chunk's array (writable, disjoint from every other sample's).
+        """
         order = self.sample_order()
         worker = torch.utils.data.get_worker_info()
         if worker is not None:
@@ -338,8 +342,8 @@ def _rows(col: Column, values: Any) -> list[Any]:
     """A get_batch column as per-sample values, matching what ``ds[i]`` returns."""
     if col.kind in ("int", "float", "bool"):
         return values.tolist()
-    if col.kind == "ndarray" and not col.uses_var_layout:
-        return list(values)  # rows of the batch's own array (owned, writable), or numpy scalars
+    # Fixed arrays: rows of the chunk's own freshly copied array (writable, never the mapping);
+    # shape [] gives numpy scalars; str/bytes/variable arrays are already per-row objects.
     return list(values)
 
 
