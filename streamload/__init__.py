@@ -12,6 +12,7 @@ from streamload.errors import (
     StreamloadError,
     WorkerError,
 )
+from streamload.loader import StreamLoader
 from streamload.writer import ShardWriter
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "ShardWriter",
     "StateError",
     "StoreError",
+    "StreamLoader",
     "StreamingDataset",
     "StreamloadError",
     "WorkerError",

@@ -1,0 +1,477 @@
+"""StreamLoader: a drop-in ``torch.utils.data.DataLoader`` with a columnar path for StreamingDataset.
+
+Contract: for the same dataset, arguments, generator and global RNG state, iterating a
+StreamLoader yields the same batches as DataLoader (structure, dtypes, shapes, values) and leaves
+the torch RNGs in the same state. It reuses torch's own ``SequentialSampler``, ``RandomSampler``
+and ``BatchSampler`` and ``default_collate`` / ``default_convert``, validates arguments in
+DataLoader's order with the same exception types, and draws the iterator's base seed exactly
+when DataLoader does (after ``iter(batch_sampler)``, before ``iter(dataset)``).
+
+One pass is a *batch plan* (``batch_plan``: the ordered work items, made here) feeding a
+*fetcher* (``fetch.py``: ``fetch`` reads and collates, ``finish`` is the trainer-side last step).
+That split is the seam for worker processes: ``_worker_iterator`` is the one place
+num_workers > 0 is handled.
+
+Routes (chosen at each ``iter()``, see ``StreamLoader._route``):
+
+- COLUMNAR: a StreamingDataset with no transform and torch's ``default_collate`` (the default)
+  with auto-batching: ``get_batch(ids)`` -> ``collate.stack_columns`` ->
+  ``collate.columns_to_torch``; no per-sample dict is ever built. Ids are
+  ``dataset.sample_order()`` cut into batches (what DataLoader yields iterating the dataset), or
+  the batch sampler's index lists when shuffle/sampler/batch_sampler asked for random access.
+- MAP: map-style datasets, and a StreamingDataset with random access whose transform or custom
+  collate_fn (or batch_size=None) needs samples one by one: ``dataset[i]`` -> collate_fn.
+- ITERABLE: other IterableDatasets, and a StreamingDataset without random access that needs
+  samples one by one: the dataset's iterator -> collate_fn.
+
+Deliberate differences from DataLoader: it refuses ``shuffle``/``sampler``/``batch_sampler`` on
+any IterableDataset, but a StreamingDataset has random access, so StreamLoader accepts them and
+treats it as map-style — the batches equal DataLoader's over a map-style view of the dataset
+(``__getitem__`` and ``__len__`` only). ``timeout > 0`` with ``num_workers=0`` raises
+ConfigError (a ValueError) from ``iter()``, where DataLoader raises AssertionError. IterDataPipe
+datasets (deprecated in torch) get no special treatment.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    default_collate,
+    default_convert,
+)
+from torch.utils.data.dataloader import _InfiniteConstantSampler
+
+from streamload.dataset import StreamingDataset
+from streamload.errors import ConfigError
+from streamload.fetch import FetchSpec, Route, id_batches
+
+# Attributes DataLoader refuses to change once constructed (changing them would desynchronise
+# the samplers built from them).
+_FROZEN_ATTRIBUTES = frozenset(
+    ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
+)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """The worker-process settings of a loader, validated as DataLoader validates them."""
+
+    num_workers: int = 0
+    prefetch_factor: int | None = None
+    persistent_workers: bool = False
+    timeout: float = 0
+    worker_init_fn: Callable[[int], None] | None = None
+    multiprocessing_context: multiprocessing.context.BaseContext | None = None
+    in_order: bool = True
+
+    @classmethod
+    def validated(
+        cls,
+        num_workers: int,
+        prefetch_factor: int | None,
+        persistent_workers: bool,
+        timeout: float,
+        worker_init_fn: Callable[[int], None] | None,
+        multiprocessing_context: str | multiprocessing.context.BaseContext | None,
+        in_order: bool,
+    ) -> WorkerOptions:
+        """Check the settings in DataLoader's order and fill its defaults.
+
+        Raises:
+            ConfigError: negative num_workers/timeout/prefetch_factor, prefetch_factor or
+                persistent_workers or multiprocessing_context without workers, an unknown
+                start method.
+            TypeError: multiprocessing_context is neither a start method name nor a context.
+        """
+        if num_workers < 0:
+            raise ConfigError(
+                f"StreamLoader num_workers: must be >= 0 (0 loads in this process), got {num_workers}"
+            )
+        if timeout < 0:
+            raise ConfigError(f"StreamLoader timeout: must be >= 0, got {timeout}")
+        if num_workers == 0 and prefetch_factor is not None:
+            raise ConfigError(
+                "StreamLoader prefetch_factor: only meaningful with num_workers > 0;"
+                " leave it None for num_workers=0"
+            )
+        if num_workers > 0 and prefetch_factor is None:
+            prefetch_factor = 2
+        elif prefetch_factor is not None and prefetch_factor < 0:
+            raise ConfigError(f"StreamLoader prefetch_factor: must be >= 0, got {prefetch_factor}")
+        if persistent_workers and num_workers == 0:
+            raise ConfigError("StreamLoader persistent_workers: needs num_workers > 0")
+        return cls(
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            timeout=timeout,
+            worker_init_fn=worker_init_fn,
+            multiprocessing_context=_start_context(multiprocessing_context, num_workers),
+            in_order=in_order,
+        )
+
+
+def _start_context(
+    context: str | multiprocessing.context.BaseContext | None, num_workers: int
+) -> multiprocessing.context.BaseContext | None:
+    if context is None:
+        return None
+    if num_workers == 0:
+        raise ConfigError(
+            "StreamLoader multiprocessing_context: only used with num_workers > 0,"
+            f" got num_workers={num_workers}"
+        )
+    if isinstance(context, str):
+        methods = multiprocessing.get_all_start_methods()
+        if context not in methods:
+            raise ConfigError(
+                f"StreamLoader multiprocessing_context: {context!r} is not a start method"
+                f" here; use one of {methods}"
+            )
+        return multiprocessing.get_context(context)
+    if not isinstance(context, multiprocessing.context.BaseContext):
+        raise TypeError(
+            "StreamLoader multiprocessing_context: expected a start method name or a"
+            f" multiprocessing context, got {context!r}"
+        )
+    return context
+
+
+class StreamLoader:
+    """A drop-in for ``torch.utils.data.DataLoader`` (see the module docstring).
+
+    Args:
+        dataset: any torch map-style or iterable Dataset; a ``StreamingDataset`` gets the
+            columnar fast path.
+        batch_size: samples per batch; None disables auto-batching (each sample goes through
+            ``default_convert`` or ``collate_fn``).
+        shuffle: reshuffle every epoch (map-style datasets and StreamingDataset only).
+        sampler: the index order (map-style datasets and StreamingDataset only).
+        batch_sampler: yields whole index lists; excludes batch_size, shuffle, sampler, drop_last.
+        num_workers: worker processes; 0 loads in this process (> 0 is not available yet).
+        collate_fn: builds a batch from a list of samples; None: torch's default_collate
+            (default_convert without auto-batching).
+        pin_memory: copy batches into pinned memory when an accelerator is present.
+        drop_last: drop the last incomplete batch.
+        timeout, worker_init_fn, multiprocessing_context, prefetch_factor, persistent_workers,
+        in_order: worker settings, validated like DataLoader's (see ``WorkerOptions``).
+        generator: torch.Generator for the shuffle and the iterator's base seed; None draws
+            from the global torch RNG, as DataLoader does.
+        pin_memory_device: deprecated in DataLoader; accepted with its warning.
+
+    Raises:
+        ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader).
+        ValueError: from torch's samplers (bad batch_size, drop_last, num_samples).
+        TypeError: a bad multiprocessing_context or sampler argument type.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Sampler[Any] | Iterable[Any] | None = None,
+        batch_sampler: Sampler[list[Any]] | Iterable[list[Any]] | None = None,
+        num_workers: int = 0,
+        collate_fn: Callable[[Any], Any] | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Callable[[int], None] | None = None,
+        multiprocessing_context: str | multiprocessing.context.BaseContext | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+    ) -> None:
+        self.worker_options = WorkerOptions.validated(
+            num_workers,
+            prefetch_factor,
+            persistent_workers,
+            timeout,
+            worker_init_fn,
+            multiprocessing_context,
+            in_order,
+        )
+        self.dataset = dataset
+        self.pin_memory = pin_memory
+        self.pin_memory_device = pin_memory_device
+        random_access = bool(shuffle) or sampler is not None or batch_sampler is not None
+        if isinstance(dataset, IterableDataset) and not (
+            isinstance(dataset, StreamingDataset) and random_access
+        ):
+            self._map_style = False
+            _refuse_random_access(shuffle, sampler, batch_sampler)
+        else:
+            shuffle = bool(shuffle)
+            self._map_style = True
+        if sampler is not None and shuffle:
+            raise ConfigError("StreamLoader sampler: mutually exclusive with shuffle")
+        if batch_sampler is not None:
+            if batch_size != 1 or shuffle or sampler is not None or drop_last:
+                raise ConfigError(
+                    "StreamLoader batch_sampler: mutually exclusive with batch_size, shuffle,"
+                    " sampler and drop_last"
+                )
+            batch_size, drop_last = None, False
+        elif batch_size is None and drop_last:
+            raise ConfigError(
+                "StreamLoader drop_last: batch_size=None disables batching, so drop_last must be"
+                " False"
+            )
+        if sampler is None:
+            if not self._map_style:
+                sampler = _InfiniteConstantSampler()
+            elif shuffle:
+                sampler = RandomSampler(dataset, generator=generator)  # type: ignore[arg-type]
+            else:
+                sampler = SequentialSampler(dataset)  # type: ignore[arg-type]
+        if batch_size is not None and batch_sampler is None:
+            batch_sampler = BatchSampler(sampler, batch_size, drop_last)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.sampler = sampler
+        self.batch_sampler = batch_sampler
+        self.generator = generator
+        if collate_fn is None:
+            collate_fn = default_collate if self._auto_collation else default_convert
+        self.collate_fn = collate_fn
+        self._iterable_len_called: int | None = None
+        _warn_if_too_many_workers(num_workers)
+        self._initialized = True
+
+    # -- DataLoader's attribute surface ---------------------------------------------------------
+
+    @property
+    def num_workers(self) -> int:
+        return self.worker_options.num_workers
+
+    @property
+    def prefetch_factor(self) -> int | None:
+        return self.worker_options.prefetch_factor
+
+    @property
+    def persistent_workers(self) -> bool:
+        return self.worker_options.persistent_workers
+
+    @property
+    def timeout(self) -> float:
+        return self.worker_options.timeout
+
+    @property
+    def worker_init_fn(self) -> Callable[[int], None] | None:
+        return self.worker_options.worker_init_fn
+
+    @property
+    def multiprocessing_context(self) -> multiprocessing.context.BaseContext | None:
+        return self.worker_options.multiprocessing_context
+
+    @property
+    def in_order(self) -> bool:
+        return self.worker_options.in_order
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FROZEN_ATTRIBUTES and getattr(self, "_initialized", False):
+            raise ConfigError(
+                f"StreamLoader {name}: cannot be changed after construction; build a new loader"
+            )
+        super().__setattr__(name, value)
+
+    @property
+    def _auto_collation(self) -> bool:
+        return self.batch_sampler is not None
+
+    @property
+    def _index_sampler(self) -> Any:
+        return self.batch_sampler if self._auto_collation else self.sampler
+
+    def __len__(self) -> int:
+        """Batches per epoch: from the (batch) sampler, or ``len(dataset)`` for iterable ones.
+
+        Raises:
+            TypeError: the dataset or sampler has no length.
+        """
+        if self._map_style:
+            return len(self._index_sampler)
+        length = len(self.dataset)  # type: ignore[arg-type]
+        self._iterable_len_called = length
+        if self.batch_size is None:
+            return length
+        return length // self.batch_size if self.drop_last else math.ceil(length / self.batch_size)
+
+    # -- iteration ------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        """A new pass over the data (draws the base seed now, as DataLoader's iterator does)."""
+        if self.worker_options.num_workers > 0:
+            return _worker_iterator(self)
+        return _SingleProcessIter(self)
+
+    def _route(self) -> Route:
+        dataset = self.dataset
+        if (
+            isinstance(dataset, StreamingDataset)
+            and dataset.transform is None
+            and self._auto_collation
+            and self.collate_fn is default_collate
+        ):
+            return Route.COLUMNAR
+        return Route.MAP if self._map_style else Route.ITERABLE
+
+    def fetch_spec(self) -> FetchSpec:
+        """What a process needs, besides the dataset, to build this run's fetcher."""
+        return FetchSpec(
+            route=self._route(),
+            auto_collation=self._auto_collation,
+            collate_fn=self.collate_fn,
+            drop_last=self.drop_last,
+        )
+
+    def batch_plan(self, route: Route) -> Iterator[Any]:
+        """This run's work items, in order (see the module docstring).
+
+        ``iter()`` of the index sampler happens here, eagerly, as in DataLoader.
+        """
+        if route is Route.COLUMNAR and not self._map_style and self.batch_size is not None:
+            return id_batches(self.dataset, self.batch_size, self.drop_last)  # type: ignore[arg-type]
+        return iter(self._index_sampler)
+
+
+def _worker_iterator(loader: StreamLoader) -> Iterator[Any]:
+    """The multi-process iterator: the one place num_workers > 0 is handled.
+
+    It will run ``loader.fetch_spec().build(dataset)`` in each worker (seeded from the base seed
+    as DataLoader seeds workers), hand worker k the plan items k, k + n, ... of
+    ``loader.batch_plan(route)``, move payloads through the ring, and call ``fetcher.finish``
+    here, in plan order.
+    """
+    raise NotImplementedError("num_workers > 0 lands with the ring transport")
+
+
+def _refuse_random_access(shuffle: Any, sampler: Any, batch_sampler: Any) -> None:
+    if shuffle not in (False, None):
+        raise ConfigError(
+            f"StreamLoader shuffle: an IterableDataset decides its own order; got shuffle={shuffle}"
+        )
+    if sampler is not None:
+        raise ConfigError(
+            f"StreamLoader sampler: an IterableDataset takes no sampler; got sampler={sampler}"
+        )
+    if batch_sampler is not None:
+        raise ConfigError(
+            "StreamLoader batch_sampler: an IterableDataset takes no batch_sampler;"
+            f" got batch_sampler={batch_sampler}"
+        )
+
+
+def _warn_if_too_many_workers(num_workers: int) -> None:
+    if num_workers == 0:
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus is None or num_workers > cpus:
+        warnings.warn(
+            f"StreamLoader will create {num_workers} worker processes but only {cpus} CPUs are"
+            " usable; too many workers can slow loading down",
+            stacklevel=3,
+        )
+
+
+# -- the single-process iterator ----------------------------------------------------------------
+
+
+class _SingleProcessIter:
+    """One pass in this process; mirrors ``_SingleProcessDataLoaderIter`` step for step."""
+
+    def __init__(self, loader: StreamLoader) -> None:
+        self._pin_device = _pin_memory_device(loader)
+        spec = loader.fetch_spec()
+        self._index_sampler = loader._index_sampler
+        self._plan = loader.batch_plan(spec.route)
+        # Drawn and unused at num_workers=0, exactly like DataLoader: the RNG state after an
+        # epoch must match, and workers will derive their seeds from it.
+        self.base_seed = int(
+            torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
+        )
+        if loader.timeout != 0:
+            raise ConfigError(
+                f"StreamLoader timeout: only used with num_workers > 0, got timeout={loader.timeout}"
+            )
+        self._fetcher = spec.build(loader.dataset)
+        self._dataset = loader.dataset
+        self._map_style = loader._map_style
+        self._len_called = loader._iterable_len_called
+        self._num_yielded = 0
+
+    def __iter__(self) -> _SingleProcessIter:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._index_sampler)
+
+    def __next__(self) -> Any:
+        item = next(self._plan)
+        batch = self._fetcher.finish(self._fetcher.fetch(item))
+        if self._pin_device is not None:
+            from torch.utils.data._utils.pin_memory import pin_memory
+
+            batch = pin_memory(batch, self._pin_device)
+        self._num_yielded += 1
+        if (
+            not self._map_style
+            and self._len_called is not None
+            and self._num_yielded > self._len_called
+        ):
+            warnings.warn(
+                f"Length of IterableDataset {self._dataset} was reported to be"
+                f" {self._len_called} (when accessing len(loader)), but {self._num_yielded}"
+                " batches have been fetched.",
+                stacklevel=2,
+            )
+        return batch
+
+
+def _pin_memory_device(loader: StreamLoader) -> str | None:
+    """The device to pin for, or None; warns as DataLoader's iterator does."""
+    if not loader.pin_memory:
+        return None
+    if loader.pin_memory_device:
+        warnings.warn(
+            "pin_memory_device is deprecated, the current accelerator will be used as the"
+            f" device, ignore pin_memory_device='{loader.pin_memory_device}'.",
+            stacklevel=3,
+        )
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None or not accelerator.is_available():
+        warnings.warn(
+            "'pin_memory' argument is set as true but no accelerator is found, then device"
+            " pinned memory won't be used.",
+            stacklevel=3,
+        )
+        return None
+    device = accelerator.current_accelerator()
+    if device is None:
+        return None
+    if device.type == "mps":  # pinning fails on MPS (pytorch#86060); DataLoader skips it too
+        warnings.warn(
+            "'pin_memory' argument is set as true but not supported on MPS now, device pinned"
+            " memory won't be used.",
+            stacklevel=3,
+        )
+        return None
+    return str(device.type)
