@@ -83,6 +83,7 @@ def progress(
     unit: str = "it",
     enabled: bool | None = None,
     unit_scale: bool = False,
+    leave: bool = True,
 ) -> Any:
     """A progress bar over ``iterable`` (or driven by ``update(n)``), or a silent stand-in.
 
@@ -93,6 +94,7 @@ def progress(
         unit: the unit name (``"B"`` with ``unit_scale=True`` shows MB/s etc.).
         enabled: force bars on or off; None follows the ``progress`` setting.
         unit_scale: scale counts with SI prefixes (for bytes).
+        leave: keep the finished bar on screen (False erases it, for many short bars).
 
     Returns:
         A ``tqdm.tqdm`` writing to stderr, or a `NullProgress`; both support iteration,
@@ -110,6 +112,7 @@ def progress(
         desc=desc,
         unit=unit,
         unit_scale=unit_scale,
+        leave=leave,
         file=sys.stderr,
         dynamic_ncols=True,
         # Without a terminal (progress=always into a log), redraw rarely instead of spamming.
