@@ -52,7 +52,8 @@ typedef struct {
     uint64_t seq;
     Py_ssize_t exports;
     int released;
-    int allow_write; /* transient: set by view(writable=True) around one getbuffer */
+    int release_pending; /* release(deferred=True) with live exports: release at the last one */
+    int allow_write;     /* transient: set by view(writable=True) around one getbuffer */
 } RecordObject;
 
 typedef struct {
@@ -503,6 +504,7 @@ static PyObject *Ring_get(RingObject *self, PyObject *args, PyObject *kwds) {
     r->seq = rec.seq;
     r->exports = 0;
     r->released = 0;
+    r->release_pending = 0;
     r->allow_write = 0;
     self->outstanding++;
     return (PyObject *)r;
@@ -658,12 +660,20 @@ static void Record_dealloc(RecordObject *self) {
     PyObject_Free(self);
 }
 
-static PyObject *Record_release(RecordObject *self, PyObject *unused) {
+static PyObject *Record_release(RecordObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"deferred", NULL};
+    int deferred = 0;
+    if (args && !PyArg_ParseTupleAndKeywords(args, kwds, "|$p:release", kwlist, &deferred)) return NULL;
     if (self->released) Py_RETURN_NONE;
     if (self->exports > 0) {
+        if (deferred) {
+            self->release_pending = 1;
+            Py_RETURN_NONE;
+        }
         PyErr_Format(PyExc_BufferError,
                      "cannot release record seq=%llu: %zd buffer export(s) (memoryviews, numpy "
-                     "arrays, tensors) still use it; drop them or copy the data first",
+                     "arrays, tensors) still use it; drop them, copy the data first, or use "
+                     "release(deferred=True)",
                      (unsigned long long)self->seq, self->exports);
         return NULL;
     }
@@ -686,7 +696,7 @@ static PyObject *Record_enter(RecordObject *self, PyObject *unused) {
     return (PyObject *)self;
 }
 
-static PyObject *Record_exit(RecordObject *self, PyObject *args) { return Record_release(self, NULL); }
+static PyObject *Record_exit(RecordObject *self, PyObject *args) { return Record_release(self, NULL, NULL); }
 
 static int Record_getbuffer(RecordObject *self, Py_buffer *view, int flags) {
     if (self->released) {
@@ -700,7 +710,10 @@ static int Record_getbuffer(RecordObject *self, Py_buffer *view, int flags) {
     return 0;
 }
 
-static void Record_releasebuffer(RecordObject *self, Py_buffer *view) { self->exports--; }
+static void Record_releasebuffer(RecordObject *self, Py_buffer *view) {
+    self->exports--;
+    if (self->exports == 0 && self->release_pending) record_do_release(self, 0);
+}
 
 static Py_ssize_t Record_len(RecordObject *self) { return self->len; }
 
@@ -713,11 +726,13 @@ static PyObject *Record_get_seq(RecordObject *self, void *c) { return PyLong_Fro
 static PyObject *Record_get_type(RecordObject *self, void *c) { return PyLong_FromLong(self->type); }
 static PyObject *Record_get_nbytes(RecordObject *self, void *c) { return PyLong_FromSsize_t(self->len); }
 static PyObject *Record_get_released(RecordObject *self, void *c) { return PyBool_FromLong(self->released); }
+static PyObject *Record_get_pending(RecordObject *self, void *c) { return PyBool_FromLong(self->release_pending); }
 static PyObject *Record_get_exports(RecordObject *self, void *c) { return PyLong_FromSsize_t(self->exports); }
 
 static PyMethodDef Record_methods[] = {
-    {"release", (PyCFunction)Record_release, METH_NOARGS,
-     "release(): give the space back; BufferError while exports are alive. Idempotent."},
+    {"release", (PyCFunction)(void (*)(void))Record_release, METH_VARARGS | METH_KEYWORDS,
+     "release(*, deferred=False): give the space back. While exports are alive: BufferError, "
+     "or with deferred=True release when the last export dies. Idempotent."},
     {"view", (PyCFunction)(void (*)(void))Record_view, METH_VARARGS | METH_KEYWORDS,
      "view(*, writable=False) -> memoryview holding an export. The consumer owns the payload "
      "until release, so writing into it cannot disturb the ring."},
@@ -731,6 +746,7 @@ static PyGetSetDef Record_getset[] = {
     {"type", (getter)Record_get_type, NULL, "DATA (1), ERROR (2) or EOS (3).", NULL},
     {"nbytes", (getter)Record_get_nbytes, NULL, "Payload size.", NULL},
     {"released", (getter)Record_get_released, NULL, "True once released.", NULL},
+    {"release_pending", (getter)Record_get_pending, NULL, "release(deferred=True) awaits the last export.", NULL},
     {"exports", (getter)Record_get_exports, NULL, "Live buffer exports.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
