@@ -416,4 +416,11 @@ def _decode_view(view: memoryview, copy: bool, as_torch: bool, allow_pickle: boo
         tree = json.loads(bytes(view[_HEADER.size : _HEADER.size + meta_len]))
     except ValueError as exc:
         raise RingCorrupted(f"batch record metadata is not valid JSON: {exc}") from None
-    return _Decoder(view, _align(_HEADER.size + meta_len), copy, as_torch, allow_pickle).node(tree)
+    decoder = _Decoder(view, _align(_HEADER.size + meta_len), copy, as_torch, allow_pickle)
+    try:
+        return decoder.node(tree)
+    except (RingCorrupted, RingArgumentError):
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as exc:
+        # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity).
+        raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None
