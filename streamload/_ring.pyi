@@ -1,6 +1,6 @@
 """Type stub for the native ring binding (native/ringmodule.c). Use it through streamload.ring."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from typing_extensions import Buffer, Self
@@ -91,7 +91,7 @@ class RingCore:
         """
     def put(
         self,
-        data: Buffer | Sequence[Buffer],
+        data: object,  # a buffer (bytes, ndarray, ...) or a list/tuple of buffers
         *,
         type: int = ...,
         seq: int | None = None,

@@ -72,6 +72,7 @@ VERSION = 1
 FLAG_PICKLE = 1
 _HEADER = struct.Struct("<4sHHII")
 ALIGN = 64
+_JSON = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps(**kwargs) builds one per call
 
 
 def _align(n: int) -> int:
@@ -216,7 +217,7 @@ def plan_batch(batch: Any) -> BatchPlan:
     """
     planner = _Planner()
     tree = planner.node(batch)
-    meta = json.dumps(tree, separators=(",", ":")).encode("ascii")
+    meta = _JSON.encode(tree).encode("ascii")
     return BatchPlan(meta, planner.sources, planner.size, planner.flags)
 
 

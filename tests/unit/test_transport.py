@@ -6,6 +6,9 @@ import contextlib
 import gc
 import json
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,8 @@ from hypothesis.extra import numpy as hnp
 
 from streamload.ring import RecordTooLarge, Ring, RingArgumentError, RingCorrupted, RingTimeout
 from streamload.transport import BatchPlan, decode, encode, encoded_size, plan_batch, send
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_pair(capacity: int = 1 << 20) -> tuple[Ring, Ring]:
@@ -264,3 +269,21 @@ def test_failure_while_writing_aborts_the_reservation(monkeypatch: pytest.Monkey
     send(prod, {"ok": 1})
     rec = cons.get(timeout=0)
     assert rec.seq == 0 and decode(rec) == {"ok": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_transport_benchmark_quick_mode_runs(tmp_path: Path) -> None:
+    """benchmarks/transport.py --quick completes and reports every transport (keeps it from rotting)."""
+    out = tmp_path / "transport.json"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--quick", "--json", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    results = json.loads(out.read_text())["results"]
+    names = {r["name"] for r in results}
+    assert names == {"ring copy-out", "ring zero-copy", "ring raw", "mp.Queue", "DataLoader"}
+    assert all(r["items_per_s"] > 0 and len(r["seconds"]) == 1 for r in results)
