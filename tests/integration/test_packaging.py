@@ -18,7 +18,10 @@ def test_wheel_build_compiles_and_ships_native_ring(tmp_path: Path) -> None:
     """A wheel built from a clean copy of the sources contains `_ring` and it imports."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     src = tmp_path / "src"
     for name in files:
@@ -30,7 +33,8 @@ def test_wheel_build_compiles_and_ships_native_ring(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)],
-        check=True, timeout=240,
+        check=True,
+        timeout=240,
     )
     (wheel,) = wheels.glob("streamload-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -40,7 +44,12 @@ def test_wheel_build_compiles_and_ships_native_ring(tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(target)
     probe = "import streamload._ring as r, streamload; print(r.__file__)"
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
-        check=True, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target)},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     assert str(target) in out
