@@ -172,6 +172,8 @@ class StreamLoader:
         generator: torch.Generator for the shuffle and the iterator's base seed; None draws
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
+        ring_size: shared-memory ring bytes per worker (rounded down to a power of two); default
+            config ``ring_size`` (64MiB). A batch must fit in half of it.
 
     Raises:
         ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader).
@@ -199,7 +201,10 @@ class StreamLoader:
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         in_order: bool = True,
+        ring_size: int | None = None,
     ) -> None:
+        self.ring_size = ring_size
+        self._worker_iter: Any = None
         self.worker_options = WorkerOptions.validated(
             num_workers,
             prefetch_factor,
@@ -354,14 +359,18 @@ class StreamLoader:
 
 
 def _worker_iterator(loader: StreamLoader) -> Iterator[Any]:
-    """The multi-process iterator: the one place num_workers > 0 is handled.
+    """The multi-process iterator (``worker_pool.py``): the one place num_workers > 0 is handled.
 
-    It will run ``loader.fetch_spec().build(dataset)`` in each worker (seeded from the base seed
-    as DataLoader seeds workers), hand worker k the plan items k, k + n, ... of
-    ``loader.batch_plan(route)``, move payloads through the ring, and call ``fetcher.finish``
-    here, in plan order.
+    With ``persistent_workers`` one pool serves every epoch, as DataLoader reuses its iterator.
     """
-    raise NotImplementedError("num_workers > 0 lands with the ring transport")
+    from streamload.worker_pool import MultiProcessIter
+
+    if loader.persistent_workers and loader._worker_iter is not None:
+        return loader._worker_iter.reset(loader)  # type: ignore[no-any-return]
+    iterator = MultiProcessIter(loader)
+    if loader.persistent_workers:
+        loader._worker_iter = iterator
+    return iterator
 
 
 def _refuse_random_access(shuffle: Any, sampler: Any, batch_sampler: Any) -> None:

@@ -1,0 +1,344 @@
+"""The multi-process loader pass: worker processes feeding the trainer through native rings.
+
+Each worker k has its own ring (worker -> trainer: whole encoded batches) and a Pipe (trainer ->
+worker: int64 index lists, see ``workers.py``). Delivery order is DataLoader's ``in_order``
+order: the trainer dispatches plan items round-robin over the workers that still have work,
+keeps ``prefetch_factor`` items in flight per worker, and yields results in dispatch order. Each
+worker writes its records in the order it received items, so "the next batch" is always the
+next record of one known ring. An iterable worker that runs dry reports it (StopIteration) and
+gets no further items, as in DataLoader.
+
+Over a StreamingDataset without random access on the columnar route, the trainer sends nothing
+per batch: each worker computes batches k, k + n, ... of ``dataset.sample_order()`` itself and
+builds them with ``get_batch`` straight into its ring (its ring's capacity is the prefetch bound).
+
+Seeding: the base seed is drawn in ``__init__`` as DataLoader draws it; workers seed themselves
+from it (``workers._seed``). With ``persistent_workers`` one pool (and one base seed) serves every
+epoch, like DataLoader's reused iterator.
+
+Failures: an exception in a worker is raised here as `WorkerError` (with the worker's traceback)
+at that batch's position; a dead worker raises `WorkerError` naming its pid and signal; with
+``timeout > 0`` a batch that takes longer raises `WorkerError` ("timed out"). Shutdown (end of
+pass, error, ``break``/garbage collection, interpreter exit) is idempotent: close rings and pipes,
+join with a timeout, then terminate, then kill.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from streamload import config as sl_config
+from streamload.errors import WorkerError
+from streamload.fetch import Route
+from streamload.ring import PeerDied, RecordType, Ring, RingTimeout
+from streamload.transport import decode
+from streamload.workers import encode_item, worker_main
+
+_JOIN_TIMEOUT_S = 1.0
+_LIVENESS_POLL_S = 0.25
+
+
+def _ring_capacity(ring_size: int) -> int:
+    """The largest power of two <= ring_size (at least 4 KiB), the data area of one ring."""
+    size = max(int(ring_size), 4096)
+    return 1 << (size.bit_length() - 1)
+
+
+class WorkerPool:
+    """The worker processes of one loader, their rings and pipes; owns their shutdown."""
+
+    def __init__(self, loader: Any, base_seed: int) -> None:
+        options = loader.worker_options
+        self.num_workers = options.num_workers
+        context = options.multiprocessing_context
+        if context is None:
+            import multiprocessing
+
+            context = multiprocessing.get_context(sl_config.load().start_method)
+        ring_size = getattr(loader, "ring_size", None) or sl_config.load().ring_size
+        capacity = _ring_capacity(ring_size)
+        spec = loader.fetch_spec()
+        self.rings: list[Ring] = []
+        self.conns: list[Any] = []
+        self.procs: list[Any] = []
+        self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.rings, self.conns)
+        for worker_id in range(self.num_workers):
+            ring = Ring.create(capacity)
+            reader, writer = context.Pipe(duplex=False)
+            proc = context.Process(
+                target=worker_main,
+                args=(
+                    worker_id,
+                    self.num_workers,
+                    loader.dataset,
+                    spec,
+                    loader.batch_size,
+                    ring.handle(),
+                    reader,
+                    base_seed,
+                    options.worker_init_fn,
+                    os.getpid(),
+                ),
+                daemon=True,
+            )
+            self.rings.append(ring)
+            self.conns.append(writer)
+            self.procs.append(proc)
+            proc.start()
+            reader.close()
+            ring.set_producer_pid(proc.pid)
+
+    def send(self, worker_id: int, message: bytes) -> None:
+        """Send one control message; a dead worker is reported by the next read instead."""
+        try:
+            self.conns[worker_id].send_bytes(message)
+        except OSError:
+            pass
+
+    def receive(self, worker_id: int, timeout: float) -> tuple[int, Any]:
+        """The next record of worker `worker_id` as (type, record).
+
+        Raises:
+            WorkerError: the worker died (pid + signal) or, with timeout > 0, took too long.
+        """
+        ring = self.rings[worker_id]
+        waited = 0.0
+        while True:
+            step = _LIVENESS_POLL_S if timeout <= 0 else min(_LIVENESS_POLL_S, timeout - waited)
+            try:
+                record = ring.get(timeout=max(step, 0.0))
+                return record.type, record
+            except RingTimeout:
+                waited += step
+                self._check_alive(worker_id)
+                if timeout > 0 and waited >= timeout:
+                    pid = self.procs[worker_id].pid
+                    raise WorkerError(
+                        f"DataLoader timed out after {timeout} seconds"
+                        f" (StreamLoader worker {worker_id}, pid {pid})"
+                    ) from None
+            except PeerDied:
+                self.procs[worker_id].join(_JOIN_TIMEOUT_S)
+                self._check_alive(worker_id, dead=True)
+
+    def _check_alive(self, worker_id: int, dead: bool = False) -> None:
+        proc = self.procs[worker_id]
+        if not dead and proc.is_alive():
+            return
+        code = proc.exitcode
+        if code is not None and code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited unexpectedly with exit code {code}"
+        self.shutdown()
+        raise WorkerError(f"StreamLoader worker {worker_id} (pid {proc.pid}) {how}")
+
+    def shutdown(self) -> None:
+        """Stop every worker and free rings and pipes. Idempotent."""
+        self._finalizer()
+
+
+def _shutdown(procs: list[Any], rings: list[Ring], conns: list[Any]) -> None:
+    for conn in conns:
+        try:
+            conn.send_bytes(b"X")
+        except (OSError, ValueError):
+            pass
+    for ring in rings:
+        ring.close()
+    for proc in procs:
+        if proc.pid is None:
+            continue
+        proc.join(_JOIN_TIMEOUT_S)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(_JOIN_TIMEOUT_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(_JOIN_TIMEOUT_S)
+        proc.close()
+    for conn in conns:
+        conn.close()
+    procs.clear()
+    rings.clear()
+    conns.clear()
+
+
+class MultiProcessIter:
+    """One pass over the data through a `WorkerPool` (reused across epochs if persistent)."""
+
+    def __init__(self, loader: Any) -> None:
+        from streamload.loader import _pin_memory_device
+
+        self._pin_device = _pin_memory_device(loader)
+        self._loader = loader
+        self._spec = loader.fetch_spec()
+        self._plan_source = loader.batch_plan(self._spec.route)
+        self._len = loader._index_sampler
+        self.base_seed = int(_draw_seed(loader.generator))
+        self._timeout = float(loader.timeout)
+        self._pool = WorkerPool(loader, self.base_seed)
+        self._start_epoch(first=True)
+
+    def reset(self, loader: Any) -> MultiProcessIter:
+        """Start the next epoch on the same workers (persistent_workers)."""
+        self._drain()
+        self._spec = loader.fetch_spec()
+        self._plan_source = loader.batch_plan(self._spec.route)
+        self._start_epoch(first=False)
+        return self
+
+    def _start_epoch(self, first: bool) -> None:
+        n = self._pool.num_workers
+        self._own_plan = (
+            self._spec.route is Route.COLUMNAR
+            and not self._loader._map_style
+            and self._loader.batch_size is not None
+        )
+        self._pending: collections.deque[int] = collections.deque()  # worker of each task
+        self._active = [True] * n
+        self._next_worker = 0
+        self._in_flight = [0] * n
+        self._ended = False
+        if self._own_plan:
+            for worker_id in range(n):
+                self._pool.send(worker_id, b"O" + bytes([int(self._loader.drop_last)]))
+            return
+        for worker_id in range(n):
+            self._pool.send(worker_id, b"R")
+        prefetch = self._loader.prefetch_factor or 0
+        for _ in range(max(prefetch, 1) * n):
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send the next plan item to the next active worker (DataLoader's _try_put_index)."""
+        n = self._pool.num_workers
+        prefetch = max(self._loader.prefetch_factor or 0, 1)
+        for _ in range(n):
+            worker_id = self._next_worker
+            self._next_worker = (self._next_worker + 1) % n
+            if self._active[worker_id] and self._in_flight[worker_id] < prefetch:
+                break
+        else:
+            return
+        try:
+            item = next(self._plan_source)
+        except StopIteration:
+            return
+        ticket = self._spec.route is Route.ITERABLE
+        self._pool.send(worker_id, encode_item(item, ticket))
+        self._pending.append(worker_id)
+        self._in_flight[worker_id] += 1
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._len)
+
+    def __next__(self) -> Any:
+        while True:
+            if self._own_plan:
+                batch = self._next_own()
+            else:
+                batch = self._next_dispatched()
+            if batch is not _SKIP:
+                break
+        if self._pin_device is not None:
+            from torch.utils.data._utils.pin_memory import pin_memory
+
+            batch = pin_memory(batch, self._pin_device)
+        return batch
+
+    def _next_dispatched(self) -> Any:
+        if not self._pending:
+            self._finish_epoch()
+            raise StopIteration
+        worker_id = self._pending.popleft()
+        kind, record = self._pool.receive(worker_id, self._timeout)
+        self._in_flight[worker_id] -= 1
+        if kind == RecordType.ERROR:
+            body = bytes(record.view())
+            record.release()
+            if body == b"S":
+                self._active[worker_id] = False
+                self._dispatch()
+                return _SKIP
+            self._dispatch()
+            raise WorkerError(_error_text(worker_id, body))
+        self._dispatch()
+        return self._spec_finish(record)
+
+    def _next_own(self) -> Any:
+        if self._ended:
+            raise StopIteration
+        worker_id = self._next_worker
+        kind, record = self._pool.receive(worker_id, self._timeout)
+        if kind == RecordType.ERROR:
+            body = bytes(record.view())
+            record.release()
+            if body == b"S":
+                self._ended = True
+                self._active[worker_id] = False
+                self._finish_epoch()
+                raise StopIteration
+            self._next_worker = (worker_id + 1) % self._pool.num_workers
+            raise WorkerError(_error_text(worker_id, body))
+        self._next_worker = (worker_id + 1) % self._pool.num_workers
+        return self._spec_finish(record)
+
+    def _spec_finish(self, record: Any) -> Any:
+        payload = decode(record, copy=True)
+        return self._fetcher_finish(payload)
+
+    def _fetcher_finish(self, payload: Any) -> Any:
+        if self._spec.route is Route.COLUMNAR:
+            from streamload.collate import columns_to_torch
+
+            return columns_to_torch(payload)
+        return payload
+
+    def _drain(self) -> None:
+        """Read what is left of this epoch so the next one starts on empty rings."""
+        if self._own_plan:
+            for worker_id in range(self._pool.num_workers):
+                while self._active[worker_id]:
+                    kind, record = self._pool.receive(worker_id, self._timeout)
+                    body = bytes(record.view()) if kind == RecordType.ERROR else b""
+                    record.release()
+                    if body == b"S":
+                        self._active[worker_id] = False
+            return
+        while self._pending:
+            worker_id = self._pending.popleft()
+            _kind, record = self._pool.receive(worker_id, self._timeout)
+            record.release()
+
+    def _finish_epoch(self) -> None:
+        if not self._loader.persistent_workers:
+            self._pool.shutdown()
+        elif self._own_plan:
+            self._drain()
+
+    def shutdown(self) -> None:
+        """Stop the workers now (also what garbage collection and interpreter exit do)."""
+        self._pool.shutdown()
+
+
+_SKIP = object()
+
+
+def _error_text(worker_id: int, body: bytes) -> str:
+    text = body[1:].decode("utf-8", "replace")
+    return f"Caught an exception in StreamLoader worker process {worker_id}.\nOriginal {text}"
+
+
+def _draw_seed(generator: Any) -> int:
+    import torch
+
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())

@@ -1,0 +1,220 @@
+"""The worker process: the main loop that turns work items into batch records in its own ring.
+
+A worker owns the producer side of one ring (trainer <- worker, whole batches) and the reading
+end of one Pipe (trainer -> worker, tiny control messages). It is seeded exactly as DataLoader
+seeds its workers (``random``/``torch`` with base_seed + id, numpy via torch's
+``_generate_state``), publishes torch's ``WorkerInfo`` so ``get_worker_info()`` works, runs
+``worker_init_fn(id)`` once, then serves epochs until told to stop.
+
+Messages (first byte = kind): ``R`` start an epoch (build a fresh fetcher), ``O`` start an epoch
+that computes its own columnar plan (batches id, id + n, ... of ``dataset.sample_order()``),
+``I`` an int64 index list, ``N`` one int index, ``T`` an iterable ticket of length k, ``P`` a
+pickled trainer-made item (custom samplers), ``X`` exit.
+
+Records out: DATA = one encoded batch, ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
+the traceback text. Records are written in the order items arrived, so the trainer reads each
+ring in dispatch order.
+
+Invariants: the worker never outlives the trainer: PR_SET_PDEATHSIG (Linux) right after start,
+a getppid re-check on every idle poll, and every ring wait ends on ConsumerDied/RingClosed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import random
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data._utils import worker as torch_worker
+
+from streamload.fetch import FetchSpec, id_batches
+from streamload.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
+from streamload.transport import send
+
+_PR_SET_PDEATHSIG = 1
+_IDLE_POLL_S = 0.2
+
+
+def _die_with_parent(parent_pid: int) -> bool:
+    """Ask the kernel to SIGKILL us when the trainer dies; False if it is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the getppid polls still catch it
+        pass
+    return os.getppid() == parent_pid
+
+
+def _seed(base_seed: int, worker_id: int) -> int:
+    """Seed every RNG exactly as torch's ``_worker_loop`` does; returns the worker's seed."""
+    seed = base_seed + worker_id
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed(torch_worker._generate_state(base_seed, worker_id))
+    return seed
+
+
+def decode_item(message: bytes) -> Any:
+    """The work item a trainer message carries (see the module docstring)."""
+    kind, body = message[:1], message[1:]
+    if kind == b"I":
+        return np.frombuffer(body, dtype=np.int64).tolist()
+    if kind == b"N":
+        return int(np.frombuffer(body, dtype=np.int64)[0])
+    if kind == b"T":
+        return [None] * int(np.frombuffer(body, dtype=np.int64)[0])
+    return pickle.loads(body)  # trainer-made sampler output only, never dataset bytes
+
+
+def encode_item(item: Any, ticket: bool) -> bytes:
+    """The trainer message for one work item: int64 arrays when the item is integers."""
+    if ticket:
+        return b"T" + np.int64(len(item) if isinstance(item, list) else 1).tobytes()
+    if isinstance(item, int) and not isinstance(item, bool):
+        return b"N" + np.int64(item).tobytes()
+    if isinstance(item, list) and all(type(i) is int for i in item):
+        return b"I" + np.asarray(item, dtype=np.int64).tobytes()
+    return b"P" + pickle.dumps(item)
+
+
+def worker_main(
+    worker_id: int,
+    num_workers: int,
+    dataset: Any,
+    spec: FetchSpec,
+    batch_size: int | None,
+    handle: RingHandle,
+    conn: Connection,
+    base_seed: int,
+    worker_init_fn: Any,
+    parent_pid: int,
+) -> None:
+    """Entry point of one worker process (see the module docstring)."""
+    if not _die_with_parent(parent_pid):
+        return
+    torch.set_num_threads(1)  # as DataLoader's workers: n workers must not oversubscribe cores
+    ring = Ring.attach(handle, "producer")
+    try:
+        seed = _seed(base_seed, worker_id)
+        torch_worker._worker_info = torch_worker.WorkerInfo(
+            id=worker_id, num_workers=num_workers, seed=seed, dataset=dataset
+        )
+        init_error = None
+        try:
+            if worker_init_fn is not None:
+                worker_init_fn(worker_id)
+        except Exception:
+            init_error = traceback.format_exc()
+        _serve(
+            worker_id, num_workers, dataset, spec, batch_size, ring, conn, parent_pid, init_error
+        )
+    except (RingError, EOFError, OSError, KeyboardInterrupt):
+        pass  # trainer gone or closed: nothing left to tell anyone
+    finally:
+        ring.close(timeout=0)
+
+
+def _serve(
+    worker_id: int,
+    num_workers: int,
+    dataset: Any,
+    spec: FetchSpec,
+    batch_size: int | None,
+    ring: Ring,
+    conn: Connection,
+    parent_pid: int,
+    init_error: str | None,
+) -> None:
+    fetcher: Any = None
+    while True:
+        if not conn.poll(_IDLE_POLL_S):
+            if os.getppid() != parent_pid or ring.closed:
+                return
+            continue
+        message = conn.recv_bytes()
+        kind = message[:1]
+        if kind == b"X":
+            return
+        if init_error is not None:
+            if kind not in (b"R", b"O"):
+                _send_error(ring, b"E" + init_error.encode())
+            continue
+        if kind == b"R":
+            try:
+                fetcher = spec.build(dataset)
+            except Exception:
+                fetcher = _Failed(traceback.format_exc())
+            continue
+        if kind == b"O":
+            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, ring)
+            continue
+        _fetch_one(fetcher, decode_item(message), ring)
+
+
+class _Failed:
+    """A fetcher whose construction raised: every item reports that traceback."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def fetch(self, item: Any) -> Any:
+        raise _Reported(self.text)
+
+
+class _Reported(Exception):
+    pass
+
+
+def _fetch_one(fetcher: Any, item: Any, ring: Ring) -> None:
+    try:
+        payload = fetcher.fetch(item)
+    except StopIteration:
+        _send_error(ring, b"S")
+        return
+    except _Reported as exc:
+        _send_error(ring, b"E" + str(exc).encode())
+        return
+    except Exception:
+        _send_error(ring, b"E" + traceback.format_exc().encode())
+        return
+    _send_batch(ring, payload)
+
+
+def _send_batch(ring: Ring, payload: Any) -> None:
+    try:
+        send(ring, payload)
+    except RecordTooLarge:
+        _send_error(ring, b"E" + traceback.format_exc().encode())
+
+
+def _send_error(ring: Ring, body: bytes) -> None:
+    ring.put(body, type=RecordType.ERROR)
+
+
+def _own_plan(
+    worker_id: int,
+    num_workers: int,
+    dataset: Any,
+    spec: FetchSpec,
+    batch_size: int | None,
+    message: bytes,
+    ring: Ring,
+) -> None:
+    """A whole unshuffled columnar epoch with no trainer messages: batches id, id + n, ..."""
+    drop_last = bool(message[1])
+    try:
+        fetcher = spec.build(dataset)
+        plan = id_batches(dataset, int(batch_size or 1), drop_last)
+        for k, ids in enumerate(plan):
+            if k % num_workers == worker_id:
+                _fetch_one(fetcher, ids, ring)
+    except Exception:
+        _send_error(ring, b"E" + traceback.format_exc().encode())
+    ring.put(b"S", type=RecordType.ERROR)  # end of this worker's share
