@@ -135,8 +135,9 @@ class WorkerPool:
             how = f"was killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exited unexpectedly with exit code {code}"
+        message = f"StreamLoader worker {worker_id} (pid {proc.pid}) {how}"
         self.shutdown()
-        raise WorkerError(f"StreamLoader worker {worker_id} (pid {proc.pid}) {how}")
+        raise WorkerError(message)
 
     def shutdown(self) -> None:
         """Stop every worker and free rings and pipes. Idempotent."""

@@ -43,13 +43,31 @@ _IDLE_POLL_S = 0.2
 
 
 def _die_with_parent(parent_pid: int) -> bool:
-    """Ask the kernel to SIGKILL us when the trainer dies; False if it is already gone."""
+    """Ask the kernel to SIGKILL us when the trainer dies; False if it is already gone.
+
+    Under forkserver our parent is the fork server, not the trainer: the death signal then only
+    covers the server, and `trainer_alive` (polled while idle) covers the trainer.
+    """
+    if os.getppid() == parent_pid:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # not Linux: the idle polls still catch it
+            pass
+    return trainer_alive(parent_pid)
+
+
+def trainer_alive(parent_pid: int) -> bool:
+    """Whether the trainer still runs: our parent (fork/spawn) or a live pid (forkserver)."""
+    if os.getppid() == parent_pid:
+        return True
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the getppid polls still catch it
-        pass
-    return os.getppid() == parent_pid
+        os.kill(parent_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _seed(base_seed: int, worker_id: int) -> int:
@@ -135,7 +153,7 @@ def _serve(
     fetcher: Any = None
     while True:
         if not conn.poll(_IDLE_POLL_S):
-            if os.getppid() != parent_pid or ring.closed:
+            if not trainer_alive(parent_pid) or ring.closed:
                 return
             continue
         message = conn.recv_bytes()
