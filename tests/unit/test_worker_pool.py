@@ -1,0 +1,73 @@
+"""Trainer-side worker pool pieces: control messages, ring geometry, pin_memory, persistence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from streamload.loader import StreamLoader
+from streamload.worker_pool import _ring_capacity
+from streamload.workers import decode_item, encode_item
+
+
+@pytest.mark.parametrize("item", [[3, 1, 4], 7, [], ["a", 2], (1, 2)])
+def test_control_messages_round_trip_work_items(item: Any) -> None:
+    """Every sampler item a worker receives equals what the trainer sent."""
+    assert decode_item(encode_item(item, ticket=False)) == item
+
+
+def test_integer_index_lists_travel_as_int64_not_pickle() -> None:
+    """Index lists of ints are raw int64 arrays (no pickle on the trainer -> worker channel)."""
+    message = encode_item([5, 6, 7], ticket=False)
+    assert message[:1] == b"I" and np.frombuffer(message[1:], np.int64).tolist() == [5, 6, 7]
+
+
+def test_iterable_ticket_keeps_its_length() -> None:
+    """A DataLoader ticket ([None] * batch_size) arrives with its length."""
+    assert decode_item(encode_item([None] * 5, ticket=True)) == [None] * 5
+
+
+@pytest.mark.parametrize(("size", "capacity"), [(64 << 20, 64 << 20), (100_000, 65536), (1, 4096)])
+def test_ring_capacity_is_a_power_of_two_not_above_ring_size(size: int, capacity: int) -> None:
+    """ring_size is rounded down to the power of two the native ring needs (at least 4 KiB)."""
+    assert _ring_capacity(size) == capacity
+
+
+class _Tiny(Dataset[Any]):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> Any:
+        return torch.tensor([i])
+
+
+def test_pin_memory_without_accelerator_warns_like_dataloader() -> None:
+    """pin_memory=True without CUDA warns (as DataLoader) and still yields the batches."""
+    loader = StreamLoader(
+        _Tiny(), batch_size=2, num_workers=1, pin_memory=True, multiprocessing_context="fork"
+    )
+    with pytest.warns(UserWarning, match="no accelerator is found"):
+        batches = list(loader)
+    assert [b.tolist() for b in batches] == [[[0], [1]], [[2], [3]]]
+
+
+def test_persistent_workers_keep_their_pids_across_epochs() -> None:
+    """With persistent_workers the second epoch runs on the same processes."""
+    loader = StreamLoader(
+        _Tiny(),
+        batch_size=1,
+        num_workers=2,
+        persistent_workers=True,
+        multiprocessing_context="fork",
+    )
+    first = iter(loader)
+    pids = [p.pid for p in first._pool.procs]  # type: ignore[attr-defined]
+    assert len(list(first)) == 4
+    second = iter(loader)
+    assert [p.pid for p in second._pool.procs] == pids  # type: ignore[attr-defined]
+    assert len(list(second)) == 4
+    second.shutdown()  # type: ignore[attr-defined]
