@@ -366,7 +366,7 @@ def _worker_iterator(loader: StreamLoader) -> Iterator[Any]:
     from streamload.worker_pool import MultiProcessIter
 
     if loader.persistent_workers and loader._worker_iter is not None:
-        return loader._worker_iter.reset(loader)  # type: ignore[no-any-return]
+        return loader._worker_iter.reset(loader)
     iterator = MultiProcessIter(loader)
     if loader.persistent_workers:
         loader._worker_iter = iterator

@@ -26,6 +26,7 @@ join with a timeout, then terminate, then kill.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import weakref
@@ -95,10 +96,8 @@ class WorkerPool:
 
     def send(self, worker_id: int, message: bytes) -> None:
         """Send one control message; a dead worker is reported by the next read instead."""
-        try:
+        with contextlib.suppress(OSError):
             self.conns[worker_id].send_bytes(message)
-        except OSError:
-            pass
 
     def receive(self, worker_id: int, timeout: float) -> tuple[int, Any]:
         """The next record of worker `worker_id` as (type, record).
@@ -146,10 +145,8 @@ class WorkerPool:
 
 def _shutdown(procs: list[Any], rings: list[Ring], conns: list[Any]) -> None:
     for conn in conns:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             conn.send_bytes(b"X")
-        except (OSError, ValueError):
-            pass
     for ring in rings:
         ring.close()
     for proc in procs:
@@ -244,10 +241,7 @@ class MultiProcessIter:
 
     def __next__(self) -> Any:
         while True:
-            if self._own_plan:
-                batch = self._next_own()
-            else:
-                batch = self._next_dispatched()
+            batch = self._next_own() if self._own_plan else self._next_dispatched()
             if batch is not _SKIP:
                 break
         if self._pin_device is not None:

@@ -104,6 +104,7 @@ def test_random_kills_and_stops_deliver_exactly_once_or_raise(tmp_path: Any) -> 
             w.write({"x": i})
     streaming = sl.StreamingDataset(str(tmp_path))
     baseline_fds = len(os.listdir("/proc/self/fd"))
+    baseline_children = _children()  # e.g. a forkserver or resource tracker started earlier
     rng = random.Random(1234)
     for round_no in range(_ROUNDS):
         if round_no % 2:
@@ -113,4 +114,4 @@ def test_random_kills_and_stops_deliver_exactly_once_or_raise(tmp_path: Any) -> 
     assert len(os.listdir("/proc/self/fd")) == baseline_fds
     assert not [n for n in os.listdir("/dev/shm") if n.startswith("streamload")]
     assert multiprocessing.active_children() == []
-    assert _children() == set()
+    assert _children() <= baseline_children
