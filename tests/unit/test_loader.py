@@ -208,13 +208,13 @@ def test_iterable_longer_than_its_len_warns_like_dataloader() -> None:
 # -- workers seam ---------------------------------------------------------------------------------
 
 
-def test_num_workers_above_zero_constructs_but_iteration_is_not_implemented(url: str) -> None:
-    """Worker settings validate at construction; iterating says the ring transport is missing."""
-    loader = StreamLoader(_open(url), batch_size=4, num_workers=1, persistent_workers=True)
+def test_num_workers_above_zero_iterates_like_num_workers_zero(url: str) -> None:
+    """Worker settings validate at construction; a worker pass yields the single-process batches."""
+    loader = StreamLoader(_open(url), batch_size=4, num_workers=1, multiprocessing_context="fork")
     assert loader.prefetch_factor == 2
     assert len(loader) == 10
-    with pytest.raises(NotImplementedError, match="ring transport"):
-        iter(loader)
+    single = StreamLoader(_open(url), batch_size=4)
+    assert _ids(list(loader)) == _ids(list(single))
 
 
 def test_fetch_spec_and_plan_reproduce_the_single_process_pass(url: str) -> None:
