@@ -30,6 +30,8 @@ import contextlib
 import os
 import signal
 import weakref
+
+import numpy as np
 from collections.abc import Iterator
 from typing import Any
 
@@ -205,7 +207,11 @@ class MultiProcessIter:
         self._ended = False
         if self._own_plan:
             for worker_id in range(n):
-                self._pool.send(worker_id, b"O" + bytes([int(self._loader.drop_last)]))
+                # The trainer's epoch rides along: a persistent worker's dataset copy would
+                # otherwise miss set_epoch calls made after it started.
+                epoch = int(getattr(self._loader.dataset, "epoch", 0))
+                message = bytes([int(self._loader.drop_last)]) + np.int64(epoch).tobytes()
+                self._pool.send(worker_id, b"O" + message)
             return
         for worker_id in range(n):
             self._pool.send(worker_id, b"R")

@@ -228,6 +228,7 @@ def _own_plan(
     """A whole unshuffled columnar epoch with no trainer messages: batches id, id + n, ..."""
     drop_last = bool(message[1])
     try:
+        dataset.set_epoch(int(np.frombuffer(message[2:10], dtype=np.int64)[0]))
         fetcher = spec.build(dataset)
         plan = id_batches(dataset, int(batch_size or 1), drop_last)
         for k, ids in enumerate(plan):

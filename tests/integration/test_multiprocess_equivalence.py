@@ -196,3 +196,18 @@ def test_streaming_dataset_matches_dataloader(tmp_path: Any) -> None:
                 )
                 got = list(loader)
             _same(expected, got)
+
+
+def test_persistent_workers_follow_set_epoch(tmp_path: Any) -> None:
+    """A persistent pool over a StreamingDataset sees set_epoch calls made after it started."""
+    with sl.ShardWriter(str(tmp_path), shard_size="4KiB") as w:
+        for i in range(40):
+            w.write({"x": i})
+    ds = sl.StreamingDataset(str(tmp_path), shuffle=True)
+    loader = StreamLoader(
+        ds, batch_size=8, num_workers=2, persistent_workers=True, multiprocessing_context="fork"
+    )
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        got = [int(v) for b in loader for v in b["x"]]
+        assert got == ds.sample_order(epoch).tolist()
