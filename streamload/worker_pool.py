@@ -30,10 +30,10 @@ import contextlib
 import os
 import signal
 import weakref
-
-import numpy as np
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 from streamload import config as sl_config
 from streamload.errors import WorkerError
@@ -176,7 +176,14 @@ class MultiProcessIter:
         from streamload.loader import _pin_memory_device
 
         self._pin_device = _pin_memory_device(loader)
-        self._loader = loader
+        # Settings copied, not the loader: a persistent loader holds this iterator, and a
+        # reference back would make a cycle that keeps the workers alive until a gc pass.
+        self._map_style = loader._map_style
+        self._batch_size = loader.batch_size
+        self._drop_last = loader.drop_last
+        self._prefetch = max(loader.prefetch_factor or 0, 1)
+        self._persistent = loader.persistent_workers
+        self._dataset = loader.dataset
         self._spec = loader.fetch_spec()
         self._plan_source = loader.batch_plan(self._spec.route)
         self._len = loader._index_sampler
@@ -197,8 +204,8 @@ class MultiProcessIter:
         n = self._pool.num_workers
         self._own_plan = (
             self._spec.route is Route.COLUMNAR
-            and not self._loader._map_style
-            and self._loader.batch_size is not None
+            and not self._map_style
+            and self._batch_size is not None
         )
         self._pending: collections.deque[int] = collections.deque()  # worker of each task
         self._active = [True] * n
@@ -209,20 +216,20 @@ class MultiProcessIter:
             for worker_id in range(n):
                 # The trainer's epoch rides along: a persistent worker's dataset copy would
                 # otherwise miss set_epoch calls made after it started.
-                epoch = int(getattr(self._loader.dataset, "epoch", 0))
-                message = bytes([int(self._loader.drop_last)]) + np.int64(epoch).tobytes()
+                epoch = int(getattr(self._dataset, "epoch", 0))
+                message = bytes([int(self._drop_last)]) + np.int64(epoch).tobytes()
                 self._pool.send(worker_id, b"O" + message)
             return
         for worker_id in range(n):
             self._pool.send(worker_id, b"R")
-        prefetch = self._loader.prefetch_factor or 0
+        prefetch = self._prefetch
         for _ in range(max(prefetch, 1) * n):
             self._dispatch()
 
     def _dispatch(self) -> None:
         """Send the next plan item to the next active worker (DataLoader's _try_put_index)."""
         n = self._pool.num_workers
-        prefetch = max(self._loader.prefetch_factor or 0, 1)
+        prefetch = self._prefetch
         for _ in range(n):
             worker_id = self._next_worker
             self._next_worker = (self._next_worker + 1) % n
@@ -321,7 +328,7 @@ class MultiProcessIter:
             record.release()
 
     def _finish_epoch(self) -> None:
-        if not self._loader.persistent_workers:
+        if not self._persistent:
             self._pool.shutdown()
         elif self._own_plan:
             self._drain()
