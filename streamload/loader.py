@@ -162,7 +162,8 @@ class StreamLoader:
         shuffle: reshuffle every epoch (map-style datasets and StreamingDataset only).
         sampler: the index order (map-style datasets and StreamingDataset only).
         batch_sampler: yields whole index lists; excludes batch_size, shuffle, sampler, drop_last.
-        num_workers: worker processes; 0 loads in this process (> 0 is not available yet).
+        num_workers: worker processes feeding the trainer through shared-memory rings; 0 loads
+            in this process.
         collate_fn: builds a batch from a list of samples; None: torch's default_collate
             (default_convert without auto-batching).
         pin_memory: copy batches into pinned memory when an accelerator is present.
@@ -174,6 +175,11 @@ class StreamLoader:
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
         ring_size: shared-memory ring bytes per worker (rounded down to a power of two); default
             config ``ring_size`` (64MiB). A batch must fit in half of it.
+        zero_copy: with workers, hand out tensors that view the ring record instead of copying
+            each batch out once. The record's ring space is reused only after every tensor of
+            the batch is gone, so a loop that keeps more batches alive than fit in ``ring_size``
+            stalls its workers (with ``timeout`` > 0 that becomes a WorkerError). Default False:
+            one copy per batch, and the ring never waits on user code.
 
     Raises:
         ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader).
@@ -202,8 +208,10 @@ class StreamLoader:
         pin_memory_device: str = "",
         in_order: bool = True,
         ring_size: int | None = None,
+        zero_copy: bool = False,
     ) -> None:
         self.ring_size = ring_size
+        self.zero_copy = bool(zero_copy)
         self._worker_iter: Any = None
         self.worker_options = WorkerOptions.validated(
             num_workers,

@@ -189,6 +189,7 @@ class MultiProcessIter:
         self._len = loader._index_sampler
         self.base_seed = int(_draw_seed(loader.generator))
         self._timeout = float(loader.timeout)
+        self._zero_copy = bool(getattr(loader, "zero_copy", False))
         self._pool = WorkerPool(loader, self.base_seed)
         self._start_epoch(first=True)
 
@@ -301,7 +302,8 @@ class MultiProcessIter:
         return self._spec_finish(record)
 
     def _spec_finish(self, record: Any) -> Any:
-        payload = decode(record, copy=True)
+        # zero_copy: tensors view the record, which is released when the last of them dies.
+        payload = decode(record, copy=not self._zero_copy)
         return self._fetcher_finish(payload)
 
     def _fetcher_finish(self, payload: Any) -> Any:

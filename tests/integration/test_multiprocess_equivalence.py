@@ -211,3 +211,48 @@ def test_persistent_workers_follow_set_epoch(tmp_path: Any) -> None:
         ds.set_epoch(epoch)
         got = [int(v) for b in loader for v in b["x"]]
         assert got == ds.sample_order(epoch).tolist()
+
+
+def test_zero_copy_batches_equal_copied_ones_and_outlive_ring_reuse(tmp_path: Any) -> None:
+    """zero_copy=True yields the same batches as the copying default, and a batch the user keeps
+    stays intact while later batches cycle through the (small) ring."""
+    with sl.ShardWriter(str(tmp_path), shard_size="64KiB") as w:
+        for i in range(400):
+            w.write({"x": i, "tok": np.full(64, i, dtype=np.int32)})
+    ds = sl.StreamingDataset(str(tmp_path))
+    kwargs: dict[str, Any] = {"batch_size": 16, "num_workers": 2, "multiprocessing_context": "fork"}
+    copied = list(StreamLoader(ds, **kwargs))
+    zero = StreamLoader(ds, zero_copy=True, ring_size=64 * 1024, timeout=30, **kwargs)
+    kept = None
+    got = []
+    for n, batch in enumerate(zero):
+        if n == 1:
+            kept = batch  # held while ~24 more batches pass through 64 KiB rings
+        got.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()})
+    _same(copied, got)
+    assert kept is not None
+    assert torch.equal(kept["x"], copied[1]["x"]) and torch.equal(kept["tok"], copied[1]["tok"])
+
+
+def test_zero_copy_batches_hold_ring_space_until_they_die(tmp_path: Any) -> None:
+    """With zero_copy=True kept batches pin their ring records: keeping every batch of a ring too
+    small for them stalls the worker (a timed-out WorkerError, not a hang), while the copying
+    default finishes the same pass."""
+    with sl.ShardWriter(str(tmp_path), shard_size="64KiB") as w:
+        for i in range(400):
+            w.write({"x": i, "tok": np.full(64, i, dtype=np.int32)})
+    ds = sl.StreamingDataset(str(tmp_path))
+    kwargs: dict[str, Any] = {
+        "batch_size": 16,
+        "num_workers": 1,
+        "multiprocessing_context": "fork",
+        "ring_size": 32 * 1024,
+        "timeout": 1,
+    }
+    kept = list(StreamLoader(ds, **kwargs))
+    assert sum(len(b["x"]) for b in kept) == 400
+    kept = []
+    with pytest.raises(sl.WorkerError, match="timed out"):
+        for batch in StreamLoader(ds, zero_copy=True, **kwargs):
+            kept.append(batch)
+    assert 0 < len(kept) < 25
