@@ -1,0 +1,189 @@
+"""Loader benchmark (issue 3 item 6b): StreamLoader vs torch DataLoader at num_workers 0 and 2.
+
+Workloads W1 (64 KiB blobs), W2 (int32[2048] tokens), W3 (~100-byte text) are written once with
+`sl.ShardWriter`, plus one single Arrow IPC file for the hand-written map-style Dataset a user
+writes today. Contenders: (a) DataLoader over that hand-written Dataset, (b) DataLoader over
+`sl.StreamingDataset`, (c) `sl.StreamLoader` over `sl.StreamingDataset`. Every epoch checks that
+each id arrives exactly once. Peak PSS of the process tree comes from `memory.PeakPss`.
+DataLoader workers use fork (its Linux default); StreamLoader uses its own default start method.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import streamload as sl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
+import memory
+
+MiB = 1 << 20
+
+
+def _workloads(quick: bool) -> dict[str, dict[str, Any]]:
+    k = 100 if quick else 1
+    return {
+        "W1": dict(n=20_000 // k, batch=256, kind="blob"),
+        "W2": dict(n=100_000 // k, batch=256, kind="tokens"),
+        "W3": dict(n=1_000_000 // k, batch=1024, kind="text"),
+    }
+
+
+def _sample(kind: str, i: int, rng: np.random.Generator) -> dict[str, Any]:
+    if kind == "blob":
+        return {"id": i, "label": i % 10, "data": rng.bytes(64 * 1024)}
+    if kind == "tokens":
+        return {"id": i, "tokens": np.full(2048, i, dtype=np.int32)}
+    return {"id": i, "label": i % 10, "text": f"{i:010d} " + "x" * 89}
+
+
+def write(root: Path, kind: str, n: int) -> tuple[Path, Path, int]:
+    """Write the sharded dataset and the single IPC file; return (shard dir, ipc file, bytes)."""
+    rng = np.random.default_rng(0)
+    shard_dir, ipc = root / f"{kind}-{n}", root / f"{kind}-{n}.arrow"
+    if not ipc.exists():
+        rows: list[dict[str, Any]] = []
+        with sl.ShardWriter(str(shard_dir), format="arrow", shard_size="64MB") as w:
+            for i in range(n):
+                s = _sample(kind, i, rng)
+                w.write(s)
+                rows.append(s)
+        cols = {k: [r[k] for r in rows] for k in rows[0]}
+        if kind == "tokens":
+            cols["tokens"] = [r.tolist() for r in cols["tokens"]]
+        table = pa.table(cols)
+        with pa.OSFile(str(ipc), "wb") as f, pa.ipc.new_file(f, table.schema) as wr:
+            wr.write_table(table, max_chunksize=1024)
+    return shard_dir, ipc, ipc.stat().st_size
+
+
+class ArrowFileDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """The hand-written baseline: one memory-mapped Arrow IPC file, one row dict per index."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._reader: Any = None
+        with pa.memory_map(str(path)) as m:
+            r = pa.ipc.open_file(m)
+            self._n = sum(r.get_batch(i).num_rows for i in range(r.num_record_batches))
+            self._chunk = r.get_batch(0).num_rows
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._reader is None:  # opened lazily so each forked worker maps its own
+            self._reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
+        b = self._reader.get_batch(i // self._chunk)
+        row = {k: v for k, v in b.slice(i % self._chunk, 1).to_pylist()[0].items()}
+        if "tokens" in row:
+            row["tokens"] = np.asarray(row["tokens"], dtype=np.int32)
+        if "data" in row:
+            row["data"] = np.frombuffer(row["data"], dtype=np.uint8)
+        return row
+
+
+def run_epoch(loader: Any, n: int) -> float:
+    """Iterate one epoch, check exactly-once ids, return time to first batch (s)."""
+    start, first = time.perf_counter(), None
+    seen = np.zeros(n, dtype=np.int64)
+    for batch in loader:
+        if first is None:
+            first = time.perf_counter() - start
+        np.add.at(seen, np.asarray(batch["id"]), 1)
+    if not (seen == 1).all():
+        raise RuntimeError(f"ids not exactly once: {int((seen != 1).sum())} wrong")
+    return first or 0.0
+
+
+def make(contender: str, shard_dir: Path, ipc: Path, batch: int, workers: int) -> Any:
+    if contender == "DL(hand)":
+        return torch.utils.data.DataLoader(
+            ArrowFileDataset(ipc),
+            batch_size=batch,
+            num_workers=workers,
+            multiprocessing_context="fork" if workers else None,
+        )
+    ds = sl.StreamingDataset(str(shard_dir))
+    if contender == "DL(sl)":
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=batch,
+            num_workers=workers,
+            multiprocessing_context="fork" if workers else None,
+        )
+    return sl.StreamLoader(ds, batch_size=batch, num_workers=workers)
+
+
+def main() -> None:
+    p = harness.parser(__doc__.splitlines()[0])
+    p.add_argument("--dir", type=Path, default=None)
+    p.add_argument("--scale", action="store_true", help="also run W2 at 2x size")
+    p.add_argument("--workloads", default="W1,W2,W3")
+    args = p.parse_args()
+    root = args.dir or Path(tempfile.mkdtemp(prefix="sl-bench-"))
+    wl = _workloads(args.quick)
+    jobs = [(w, wl[w]) for w in args.workloads.split(",")]
+    if args.scale:
+        jobs.append(("W2x2", dict(wl["W2"], n=wl["W2"]["n"] * 2)))
+    results, extras = [], {}
+    for name, cfg in jobs:
+        shard_dir, ipc, nbytes = write(root, cfg["kind"], cfg["n"])
+        for workers in (0, 2):
+            for c in ("DL(hand)", "DL(sl)", "StreamLoader"):
+                params = {"workload": name, "contender": c, "workers": workers}
+                res = harness.Result(f"{name} {c} w{workers}", params, cfg["n"], nbytes)
+                try:
+                    loader = make(c, shard_dir, ipc, cfg["batch"], workers)
+                    with memory.PeakPss() as pss:
+                        ttfb = run_epoch(loader, cfg["n"])  # warm-up epoch also measures TTFB
+                        reps = 1 if args.quick or name in ("W1", "W3") else harness.repeats(args)
+                        for _ in range(min(reps, 3)):
+                            t0 = time.perf_counter()
+                            run_epoch(loader, cfg["n"])
+                            res.seconds.append(time.perf_counter() - t0)
+                    extras[res.name] = {
+                        "TTFB s": f"{ttfb:.3f}",
+                        "anon+shmem MiB": f"{pss.peak_anon_shmem / MiB:.0f}",
+                        "file MiB": f"{pss.peak_file / MiB:.0f}",
+                    }
+                except NotImplementedError:
+                    res.seconds.append(float("inf"))
+                    extras[res.name] = {"TTFB s": "n/a (not implemented)"}
+                results.append(res)
+                print(res.name, f"{res.items_per_s:,.0f}/s", extras[res.name], flush=True)
+    base = {
+        (r.params["workload"], r.params["workers"]): r
+        for r in results
+        if r.params["contender"] == "DL(hand)"
+    }
+
+    def extra(r: harness.Result) -> dict[str, str]:
+        b = base[(r.params["workload"], r.params["workers"])]
+        return {
+            "MB/s": f"{r.nbytes / r.median_s / 1e6:,.1f}",
+            "x DL(hand)": f"{r.items_per_s / b.items_per_s:.2f}",
+            **extras[r.name],
+        }
+
+    harness.report(
+        "Loader: StreamLoader vs DataLoader",
+        results,
+        args,
+        extra=extra,
+        notes="DataLoader workers: fork. StreamLoader: default start method. "
+        "W1/W3: 1 warm-up + 1 timed epoch; W2: median of up to 3. PSS = process tree peak.",
+    )
+
+
+if __name__ == "__main__":
+    main()
