@@ -53,7 +53,7 @@ def write(root: Path, kind: str, n: int) -> tuple[Path, Path, int]:
     shard_dir, ipc = root / f"{kind}-{n}", root / f"{kind}-{n}.arrow"
     if not ipc.exists():
         rows: list[dict[str, Any]] = []
-        with sl.ShardWriter(str(shard_dir), format="arrow", shard_size="64MB") as w:
+        with sl.ShardWriter(str(shard_dir), format="arrow", shard_size="64MB", overwrite=True) as w:
             for i in range(n):
                 s = _sample(kind, i, rng)
                 w.write(s)
