@@ -83,13 +83,20 @@ class ArrowFileDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self._reader is None:  # opened lazily so each forked worker maps its own
-            self._reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
-        b = self._reader.get_batch(i // self._chunk)
-        row = {k: v for k, v in b.slice(i % self._chunk, 1).to_pylist()[0].items()}
-        if "tokens" in row:
-            row["tokens"] = np.asarray(row["tokens"], dtype=np.int32)
-        if "data" in row:
-            row["data"] = np.frombuffer(row["data"], dtype=np.uint8)
+            # Record batches are views of the mapping: fetch them once, not per row.
+            reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
+            self._reader = [reader.get_batch(k) for k in range(reader.num_record_batches)]
+        b = self._reader[i // self._chunk]
+        j = i % self._chunk
+        # What a careful user writes: scalars via as_py, list columns as a numpy slice of the
+        # values buffer (not 2048 Python ints via to_pylist), bytes stay bytes as in streamload.
+        row: dict[str, Any] = {}
+        for name, col in zip(b.schema.names, b.columns, strict=True):
+            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+                lo, hi = col.offsets[j].as_py(), col.offsets[j + 1].as_py()
+                row[name] = col.values.slice(lo, hi - lo).to_numpy().astype(np.int32)
+            else:
+                row[name] = col[j].as_py()
         return row
 
 
