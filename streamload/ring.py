@@ -266,6 +266,12 @@ class Ring(_ring.RingCore):
                 self.put(b"", type=RecordType.EOS, timeout=timeout)
         self._close_core()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            "a Ring cannot be pickled: pass ring.handle() to the other process and call "
+            "Ring.attach(handle) there"
+        )
+
     def __enter__(self) -> Ring:
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import struct
 import subprocess
@@ -46,6 +47,7 @@ from streamload.ring import (
 NATIVE_DIR = Path(__file__).resolve().parents[1] / "native"
 HEADER = _ring.HEADER_SIZE
 HEAD_OFFSET = 128  # header layout, native/ring.c
+PRODUCER_START_OFFSET = 72
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -420,6 +422,51 @@ def test_signal_handler_exception_interrupts_a_blocking_get() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert cons.stats()["consumer_waits"] >= 1
+
+
+def test_recycled_producer_pid_counts_as_dead() -> None:
+    """A live pid whose start time differs from the recorded one (pid reuse) is not the producer."""
+    cons, _prod = make_pair()
+    cons._poke(PRODUCER_START_OFFSET, struct.pack("<Q", 12345))  # "started at another time"
+    start = time.monotonic()
+    with pytest.raises(ProducerDied, match=f"process {os.getpid()} died"):
+        cons.get(timeout=10)
+    assert time.monotonic() - start < 1.0
+
+
+def test_second_thread_entering_a_blocking_call_is_rejected() -> None:
+    """One thread per side: a get() while another thread is blocked in get() is a usage error."""
+    cons, prod = make_pair()
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(bytes(cons.get(timeout=20))))
+    thread.start()
+    while cons.stats()["consumer_waits"] == 0 and thread.is_alive():
+        time.sleep(0.001)  # polling for the waiter to be asleep, not synchronising the ring
+    # The blocked thread counts as busy only while it is inside the wait loop.
+    with pytest.raises(RingUsageError, match="another thread"):
+        cons.get(timeout=0)
+    prod.put(b"wake")
+    thread.join(10)
+    assert got == [b"wake"]
+
+
+def test_records_stay_readable_after_the_consumer_closes() -> None:
+    """Closing the consumer does not unmap memory that live records still expose."""
+    cons, prod = make_pair()
+    prod.put(b"kept")
+    rec = cons.get(timeout=0)
+    cons.close()
+    assert bytes(rec) == b"kept"
+    rec.release()
+    with pytest.raises(RingClosed):
+        prod.put(b"more", timeout=0)
+
+
+def test_pickling_a_ring_points_to_handles() -> None:
+    """A Ring cannot be pickled; the error says to pass ring.handle() instead."""
+    cons, _ = make_pair()
+    with pytest.raises(TypeError, match=r"ring\.handle\(\)"):
+        pickle.dumps(cons)
 
 
 # ---------------------------------------------------------------- corruption
