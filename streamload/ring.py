@@ -202,6 +202,13 @@ class Ring(_ring.RingCore):
 
     ``timeout`` is in seconds: None waits as long as the peer is alive and open, 0 polls.
     Sequence numbers default to one more than the previous record's.
+
+    ``stats()`` keys: role, capacity, max_record; positions head, tail, read_pos; bytes_in_use
+    (head - tail), bytes_held (delivered, not yet released), bytes_ready (committed, not yet
+    delivered); records/bytes (written), records_read/bytes_read, records_in_flight;
+    producer_waits/consumer_waits and *_wait_ns (sleeps after spinning, and their total time);
+    records_held (Records of this object not released); next_seq; producer_pid/consumer_pid;
+    producer_closed/consumer_closed.
     """
 
     @classmethod
