@@ -10,7 +10,10 @@ DataLoader workers use fork (its Linux default); StreamLoader uses its own defau
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,47 +135,82 @@ def make(contender: str, shard_dir: Path, ipc: Path, batch: int, workers: int) -
     return sl.StreamLoader(ds, batch_size=batch, num_workers=workers)
 
 
+def run_one(
+    workload: str, contender: str, workers: int, root: Path, quick: bool, reps: int
+) -> None:
+    """Child-process mode: time one contender, print one JSON line (seconds, ttfb)."""
+    cfg = _workloads(quick)[workload.replace("x2", "")]
+    n = cfg["n"] * (2 if workload.endswith("x2") else 1)
+    shard_dir, ipc, _ = write(root, cfg["kind"], n)
+    loader = make(contender, shard_dir, ipc, cfg["batch"], workers)
+    ttfb = run_epoch(loader, n)  # warm-up epoch also measures time to first batch
+    seconds = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run_epoch(loader, n)
+        seconds.append(time.perf_counter() - t0)
+    print(json.dumps({"seconds": seconds, "ttfb": ttfb}), flush=True)
+
+
+def measure_in_child(args: Any, root: Path, workload: str, contender: str, workers: int) -> Any:
+    """Run `run_one` in a fresh interpreter and sample its process tree's PSS from here.
+
+    A fresh process per contender keeps one contender's heap, imports and page-cache mappings
+    out of the next one's figures, and keeps the sampler thread out of the measured process
+    (StreamLoader's start method depends on whether the trainer runs other threads).
+    """
+    reps = 1 if args.quick or workload in ("W1", "W3") else min(harness.repeats(args), 3)
+    cmd = [sys.executable, __file__, "--one", workload, contender, str(workers), "--dir", str(root)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--repeats", str(reps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    with memory.PeakPss(proc.pid) as pss:
+        out, _ = proc.communicate(timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{workload} {contender} w{workers}: child exited {proc.returncode}")
+    return json.loads(out.strip().splitlines()[-1]), pss
+
+
 def main() -> None:
     p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, default=None)
     p.add_argument("--scale", action="store_true", help="also run W2 at 2x size")
     p.add_argument("--workloads", default="W1,W2,W3")
+    p.add_argument("--workers", default="0,2", help="worker counts to run")
+    p.add_argument("--contenders", default="DL(hand),DL(sl),StreamLoader")
+    p.add_argument(
+        "--one", nargs=3, metavar=("WORKLOAD", "CONTENDER", "WORKERS"), help=argparse.SUPPRESS
+    )
     args = p.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="sl-bench-"))
+    if args.one:
+        workload, contender, workers = args.one
+        run_one(workload, contender, int(workers), root, args.quick, args.repeats or 1)
+        return
     wl = _workloads(args.quick)
     jobs = [(w, wl[w]) for w in args.workloads.split(",")]
     if args.scale:
         jobs.append(("W2x2", dict(wl["W2"], n=wl["W2"]["n"] * 2)))
     results, extras = [], {}
     for name, cfg in jobs:
-        # Written in a child so the rows it builds do not inflate the trainer's measured PSS.
+        # Written in a child so the rows it builds do not inflate any measured process.
         child = multiprocessing.get_context("fork").Process(
             target=write, args=(root, cfg["kind"], cfg["n"])
         )
         child.start()
         child.join()
-        shard_dir, ipc, nbytes = write(root, cfg["kind"], cfg["n"])  # exists: just paths
-        for workers in (0, 2):
-            for c in ("DL(hand)", "DL(sl)", "StreamLoader"):
+        _, _, nbytes = write(root, cfg["kind"], cfg["n"])  # exists: just the size
+        for workers in (int(w) for w in args.workers.split(",")):
+            for c in args.contenders.split(","):
                 params = {"workload": name, "contender": c, "workers": workers}
                 res = harness.Result(f"{name} {c} w{workers}", params, cfg["n"], nbytes)
-                try:
-                    loader = make(c, shard_dir, ipc, cfg["batch"], workers)
-                    with memory.PeakPss() as pss:
-                        ttfb = run_epoch(loader, cfg["n"])  # warm-up epoch also measures TTFB
-                        reps = 1 if args.quick or name in ("W1", "W3") else harness.repeats(args)
-                        for _ in range(min(reps, 3)):
-                            t0 = time.perf_counter()
-                            run_epoch(loader, cfg["n"])
-                            res.seconds.append(time.perf_counter() - t0)
-                    extras[res.name] = {
-                        "TTFB s": f"{ttfb:.3f}",
-                        "anon+shmem MiB": f"{pss.peak_anon_shmem / MiB:.0f}",
-                        "file MiB": f"{pss.peak_file / MiB:.0f}",
-                    }
-                except NotImplementedError:
-                    res.seconds.append(float("inf"))
-                    extras[res.name] = {"TTFB s": "n/a (not implemented)"}
+                timing, pss = measure_in_child(args, root, name, c, workers)
+                res.seconds.extend(timing["seconds"])
+                extras[res.name] = {
+                    "TTFB s": f"{timing['ttfb']:.3f}",
+                    "anon+shmem MiB": f"{pss.peak_anon_shmem / MiB:.0f}",
+                    "file MiB": f"{pss.peak_file / MiB:.0f}",
+                }
                 results.append(res)
                 print(res.name, f"{res.items_per_s:,.0f}/s", extras[res.name], flush=True)
     base = {
@@ -194,8 +232,9 @@ def main() -> None:
         results,
         args,
         extra=extra,
-        notes="DataLoader workers: fork. StreamLoader: default start method. "
-        "W1/W3: 1 warm-up + 1 timed epoch; W2: median of up to 3. PSS = process tree peak.",
+        notes="Each contender runs in a fresh process; PSS = peak of that process tree "
+        "(sampled from outside). DataLoader workers: fork. StreamLoader: default start method. "
+        "W1/W3: 1 warm-up + 1 timed epoch; W2: median of up to 3.",
     )
 
 
