@@ -139,9 +139,10 @@ class Config:
     )
     ring_size: int = _setting(_size, "64MiB", "shared-memory ring bytes per loader worker")
     start_method: str = _setting(
-        _choice("fork", "spawn", "forkserver"),
-        "forkserver",
-        "multiprocessing start method of loader workers",
+        _choice("auto", "fork", "spawn", "forkserver"),
+        "auto",
+        "start method of loader workers: auto = fork while the trainer runs no other Python"
+        " thread, else forkserver (torch preloaded)",
     )
 
     # Not a setting: where each setting's value came from (see `source`).

@@ -170,6 +170,8 @@ class StreamLoader:
         drop_last: drop the last incomplete batch.
         timeout, worker_init_fn, multiprocessing_context, prefetch_factor, persistent_workers,
         in_order: worker settings, validated like DataLoader's (see ``WorkerOptions``).
+            Without ``multiprocessing_context`` workers start per config ``start_method``
+            (``auto``: fork, or forkserver while the trainer runs other Python threads).
         generator: torch.Generator for the shuffle and the iterator's base seed; None draws
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import multiprocessing
 import os
 import signal
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -52,18 +54,37 @@ def _ring_capacity(ring_size: int) -> int:
     return 1 << (size.bit_length() - 1)
 
 
+# Imported once by the fork server, so each forkserver worker starts without re-importing them
+# (torch alone costs ~1 s per worker on this class of machine).
+FORKSERVER_PRELOAD = ("__main__", "torch", "numpy", "pyarrow", "streamload.workers")
+
+
+def default_context(method: str) -> Any:
+    """The multiprocessing context for config ``start_method`` (see the module docstring).
+
+    ``auto`` forks while the calling process runs no Python thread but the main one (the usual
+    training script: fast start, nothing to pickle, DataLoader's Linux behaviour) and otherwise
+    uses forkserver, because forking while another thread may hold a lock (logging, a client
+    library's pool) can deadlock the child. A forkserver context preloads torch and streamload.
+    """
+    if method == "auto":
+        forkable = "fork" in multiprocessing.get_all_start_methods()
+        method = "fork" if forkable and threading.active_count() == 1 else "forkserver"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    return context
+
+
 class WorkerPool:
     """The worker processes of one loader, their rings and pipes; owns their shutdown."""
 
     def __init__(self, loader: Any, base_seed: int) -> None:
         options = loader.worker_options
         self.num_workers = options.num_workers
-        context = options.multiprocessing_context
-        if context is None:
-            import multiprocessing
-
-            context = multiprocessing.get_context(sl_config.load().start_method)
-        ring_size = getattr(loader, "ring_size", None) or sl_config.load().ring_size
+        settings = sl_config.load()
+        context = options.multiprocessing_context or default_context(settings.start_method)
+        ring_size = getattr(loader, "ring_size", None) or settings.ring_size
         capacity = _ring_capacity(ring_size)
         spec = loader.fetch_spec()
         self.rings: list[Ring] = []

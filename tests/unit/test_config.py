@@ -43,7 +43,7 @@ def test_defaults_apply_when_nothing_is_configured(isolated: Path) -> None:
     assert cfg.progress == "auto"
     assert cfg.log_level == "WARNING"
     assert cfg.ring_size == 64 * 2**20
-    assert cfg.start_method == "forkserver"
+    assert cfg.start_method == "auto"
     assert {cfg.source(k) for k in config.setting_names()} == {"default"}
 
 
@@ -205,7 +205,7 @@ def test_bad_file_value_names_key_value_and_file() -> None:
         ("compression", "gzip", "not one of none, zstd, lz4"),
         ("progress", True, "not one of auto, always, never"),
         ("log_level", "LOUD", "not one of DEBUG, INFO, WARNING, ERROR"),
-        ("start_method", "thread", "not one of fork, spawn, forkserver"),
+        ("start_method", "thread", "not one of auto, fork, spawn, forkserver"),
         ("verify_local", 2, "not a boolean"),
         ("cache_dir", "", "not a path"),
     ],

@@ -71,3 +71,50 @@ def test_persistent_workers_keep_their_pids_across_epochs() -> None:
     assert [p.pid for p in second._pool.procs] == pids  # type: ignore[attr-defined]
     assert len(list(second)) == 4
     second.shutdown()  # type: ignore[attr-defined]
+
+
+_START_METHOD_PROBE = """
+import threading
+import streamload as sl
+from streamload.worker_pool import default_context
+
+def batches():
+    loader = sl.StreamLoader(list(range(8)), batch_size=4, num_workers=1)
+    return [b.tolist() for b in loader]
+
+print(default_context("auto").get_start_method())
+stop = threading.Event()
+t = threading.Thread(target=stop.wait)
+t.start()
+ctx = default_context("auto")
+print(ctx.get_start_method())
+import multiprocessing.forkserver as forkserver
+print("torch" in forkserver._forkserver._preload_modules)
+print(batches())
+stop.set()
+t.join()
+"""
+
+
+def test_auto_start_method_forks_only_while_the_trainer_is_single_threaded() -> None:
+    """'auto' forks a single-threaded trainer, and uses forkserver (torch preloaded) once another thread runs."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _START_METHOD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    assert out[:3] == ["fork", "forkserver", "True"]
+    assert out[3] == "[[0, 1, 2, 3], [4, 5, 6, 7]]"  # workers started under forkserver work
+
+
+def test_explicit_start_methods_are_honoured() -> None:
+    """A configured start method other than auto is used as given."""
+    from streamload.worker_pool import default_context
+
+    for method in ("fork", "spawn", "forkserver"):
+        assert default_context(method).get_start_method() == method
