@@ -5,9 +5,9 @@ The dataset is its validated index.json plus shard readers opened lazily, per pr
 readers are dropped and re-opened in the child. At most ``MAX_OPEN_SHARDS`` readers stay open.
 
 Checksums: with ``verify`` on (config ``verify_local``, default True) a shard's checksum is
-checked once per process, on its first open, before it is mapped (a forked child trusts what
-its parent verified for the same file, size and mtime): this catches silent bit flips, which
-Arrow cannot see. Independently of ``verify``, the shard reader fully validates each record
+checked on its first open, before it is mapped — once per file version on this machine for local
+files (marks in the cache dir, see verified.py), once per process otherwise: this catches silent
+bit flips, which Arrow cannot see. Independently of ``verify``, the shard reader fully validates each record
 batch on first touch, so a malformed shard raises FormatError rather than crashing the process.
 
 Order: ``sample_order(epoch)`` is a pure function of (num_samples, shuffle, seed, epoch) —
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch.utils.data
 
-from streamload import store
+from streamload import store, verified
 from streamload.arrow_reader import ArrowShardReader
 from streamload.checksum import file_digest
 from streamload.errors import ConfigError, FormatError
@@ -40,8 +40,6 @@ from streamload.schema import Column, Schema
 
 MAX_OPEN_SHARDS = 64
 _ITER_CHUNK = 256
-# Files verified in this process (or the parent it forked from): (fs class, path, size, mtime, digest).
-_VERIFIED: set[tuple[str, str, int, str, str]] = set()
 
 
 def epoch_order(num_samples: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
@@ -299,7 +297,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 f" {info.bytes} (truncated or replaced)"
             )
         if self.verify:
-            _verify_once(self._fs, path, info, stat, self._url)
+            _verify_once(self._fs, path, info, stat, self._url, self._marks_dir())
         local = store.local_path(self._fs, path)
         source = local if local is not None else self._fs.open(path, "rb")
         return ArrowShardReader(
@@ -311,6 +309,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             columns=self._selected.names,
         )
 
+    def _marks_dir(self) -> str | None:
+        """Where verification marks live: the cache dir (argument, else config)."""
+        if self.cache_dir is not None:
+            return os.fspath(self.cache_dir)
+        from streamload import config
+
+        return config.load().cache_dir
+
     def __getstate__(self) -> dict[str, Any]:
         # Readers hold mmaps and file handles: a pickled copy (spawned worker) re-opens its own.
         state = self.__dict__.copy()
@@ -318,10 +324,20 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return state
 
 
-def _verify_once(fs: Any, path: str, info: ShardInfo, stat: dict[str, Any], url: str) -> None:
-    mtime = str(stat.get("mtime", stat.get("created", "")))
-    key = (type(fs).__name__, path, info.bytes, mtime, info.checksum)
-    if key in _VERIFIED:
+def _verify_once(
+    fs: Any, path: str, info: ShardInfo, stat: dict[str, Any], url: str, cache_dir: Any
+) -> None:
+    local = store.local_path(fs, path)
+    if local is not None:  # hashed once per file version on this machine (verified.py)
+        marks = None if cache_dir is None else os.fspath(cache_dir)
+        key = verified.version_key(local, info.checksum)
+    else:
+        mtime = str(stat.get("mtime", stat.get("created", "")))
+        marks, key = (
+            None,
+            "\0".join((type(fs).__name__, path, str(info.bytes), mtime, info.checksum)),
+        )
+    if verified.is_verified(key, marks):
         return
     actual = file_digest(fs, path, info.checksum_algorithm)
     if actual != info.checksum:
@@ -329,7 +345,7 @@ def _verify_once(fs: Any, path: str, info: ShardInfo, stat: dict[str, Any], url:
             f"shard {info.name} of {url}: {info.checksum_algorithm} checksum mismatch: index.json says"
             f" {info.checksum}, the file hashes to {actual} (corrupted or replaced)"
         )
-    _VERIFIED.add(key)
+    verified.mark_verified(key, marks)
 
 
 def _empty_column(col: Column) -> Any:
