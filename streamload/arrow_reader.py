@@ -139,11 +139,13 @@ class ArrowShardReader:
         batch = self.take(np.array([i], np.int64))
         return {col.name: _unbox(col, batch[col.name]) for col in self._selected.columns}
 
-    def take(self, rows: np.ndarray) -> dict[str, Any]:
+    def take(self, rows: np.ndarray, strings: str = "list") -> dict[str, Any]:
         """Many rows at once, columnar (see the module docstring for what each kind returns).
 
         Args:
             rows: int array of row numbers in this shard, any order, duplicates allowed.
+            strings: ``"list"``: str/bytes columns as Python lists; ``"arrow"``: as one Arrow
+                ``large_string``/``large_binary`` array each (no per-row Python objects).
 
         Raises:
             IndexError: a row is out of range.
@@ -167,11 +169,11 @@ class ArrowShardReader:
             ci = self._schema.names.index(col.name)
             layout = gather.layout(ci, col) if gather is not None else None
             if gather is not None and layout is not None:
-                out[col.name] = gather.take(col, layout, which, local)
+                out[col.name] = gather.take(col, layout, which, local, strings)
                 continue
             if groups is None:
                 groups = self._group(rows, which)
-            out[col.name] = self._take_column(col, ci, groups, n)
+            out[col.name] = self._take_column(col, ci, groups, n, strings)
         return out
 
     def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
@@ -234,8 +236,21 @@ class ArrowShardReader:
             self._views[key] = view
         return view
 
-    def _take_column(self, col: Column, ci: int, groups: list[_Group], n: int) -> Any:
+    def _take_column(
+        self, col: Column, ci: int, groups: list[_Group], n: int, strings: str = "list"
+    ) -> Any:
         """One column by per-batch slices/takes, scattered into output order."""
+        if strings == "arrow" and col.kind in ("str", "bytes"):
+            parts, placed = [], []
+            for b, where, local in groups:
+                parts.append(self._slice(ci, b, local).cast(_large_type(col)))
+                placed.append(np.arange(n)[where])
+            if len(parts) == 1:
+                return parts[0]
+            # Parts hold rows grouped by batch: put them back in output order with one take.
+            inverse = np.empty(n, np.int64)
+            inverse[np.concatenate(placed)] = np.arange(n)
+            return pa.concat_arrays(parts).take(pa.array(inverse))
         if col.kind in ("str", "bytes") or col.uses_var_layout:
             if len(groups) == 1:
                 b, _, local = groups[0]
@@ -252,12 +267,14 @@ class ArrowShardReader:
             out[positions] = self._numeric_view(col, ci, b)[local]
         return out
 
-    def _objects(self, col: Column, ci: int, b: int, local: np.ndarray | slice) -> list[Any]:
+    def _slice(self, ci: int, b: int, local: np.ndarray | slice) -> pa.Array:
         arr = self._batch(b).column(ci)
         if isinstance(local, slice):
-            arr = arr.slice(local.start, local.stop - local.start)
-        else:
-            arr = arr.take(pa.array(local))
+            return arr.slice(local.start, local.stop - local.start)
+        return arr.take(pa.array(local))
+
+    def _objects(self, col: Column, ci: int, b: int, local: np.ndarray | slice) -> list[Any]:
+        arr = self._slice(ci, b, local)
         if col.kind in ("str", "bytes"):
             return arr.to_pylist()
         return _var_arrays(col, arr)
@@ -327,6 +344,7 @@ class _MappedGather:
         layout: tuple[np.ndarray, np.ndarray],
         which: np.ndarray,
         local: np.ndarray,
+        strings: str = "list",
     ) -> Any:
         """Rows ``local`` of batches ``which``, returned as ``ArrowShardReader.take`` does."""
         first, data_pos = layout
@@ -359,7 +377,13 @@ class _MappedGather:
         views[~short, 3] = starts[~short]
         view_type = pa.string_view() if col.kind == "str" else pa.binary_view()
         array = pa.Array.from_buffers(view_type, n, [None, pa.py_buffer(views), self._whole])
+        if strings == "arrow":
+            return array.cast(_large_type(col))  # one C++ gather into a contiguous blob
         return array.to_pylist()
+
+
+def _large_type(col: Column) -> pa.DataType:
+    return pa.large_string() if col.kind == "str" else pa.large_binary()
 
 
 def _var_arrays(col: Column, arr: pa.StructArray) -> list[np.ndarray]:

@@ -24,13 +24,57 @@ dicts (tests/unit/test_collate.py checks every column kind, including the cases 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-# Column values after stack_columns: an array for numeric columns, a list for str/bytes.
-StackedColumn = np.ndarray | list[Any]
+
+@dataclass(frozen=True, eq=False)
+class BlobColumn:
+    """A str or bytes column as int64 ``offsets[n + 1]`` (starting at 0) plus one uint8 blob.
+
+    The worker-side form of a str/bytes column: it goes into the ring as two raw buffers (the
+    transport's ``ls``/``lb`` layout) and becomes the list ``default_collate`` gives only in the
+    trainer, so no per-row Python object is ever made in a worker.
+    """
+
+    text: bool
+    offsets: np.ndarray
+    data: np.ndarray
+
+    @classmethod
+    def from_arrow(cls, array: pa.Array) -> BlobColumn:
+        """From a null-free Arrow ``large_string``/``large_binary`` array (zero-copy views)."""
+        n = len(array)
+        _, offset_buf, data_buf = array.buffers()
+        if offset_buf is None:
+            offsets = np.zeros(n + 1, np.int64)
+        else:
+            offsets = np.frombuffer(offset_buf, np.int64)[array.offset : array.offset + n + 1]
+        start, stop = int(offsets[0]), int(offsets[-1])
+        data = np.frombuffer(data_buf, np.uint8)[start:stop] if data_buf is not None else None
+        return cls(
+            text=pa.types.is_large_string(array.type),
+            offsets=offsets - start,
+            data=data if data is not None else np.zeros(0, np.uint8),
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def tolist(self) -> list[Any]:
+        """The column as ``default_collate`` gives it: a list of str or bytes."""
+        kind = pa.large_string() if self.text else pa.large_binary()
+        buffers = [None, pa.py_buffer(self.offsets), pa.py_buffer(self.data)]
+        return pa.Array.from_buffers(kind, len(self), buffers).to_pylist()
+
+
+# Column values after stack_columns: an array for numeric columns, a list or BlobColumn for
+# str/bytes.
+StackedColumn = np.ndarray | list[Any] | BlobColumn
 
 
 def stack_columns(columns: Mapping[str, Any]) -> dict[str, StackedColumn]:
@@ -41,7 +85,8 @@ def stack_columns(columns: Mapping[str, Any]) -> dict[str, StackedColumn]:
 
     Returns:
         A new dict in the same order: numeric columns as C-contiguous writable arrays, str and
-        bytes columns as the given lists.
+        bytes columns as the given lists, or as ``BlobColumn`` when given as Arrow arrays
+        (``get_batch(ids, strings="arrow")``).
 
     Raises:
         RuntimeError: a variable-shape column's rows differ in shape (``torch.stack``'s error,
@@ -61,10 +106,15 @@ def columns_to_torch(columns: Mapping[str, StackedColumn]) -> dict[str, Any]:
         A new dict in the same order: arrays as tensors (``torch.from_numpy``; copied once only
         when an array is read-only or not C-contiguous), lists unchanged.
     """
-    return {
-        name: array_to_tensor(values) if isinstance(values, np.ndarray) else values
-        for name, values in columns.items()
-    }
+    return {name: _to_torch(values) for name, values in columns.items()}
+
+
+def _to_torch(values: StackedColumn) -> Any:
+    if isinstance(values, np.ndarray):
+        return array_to_tensor(values)
+    if isinstance(values, BlobColumn):
+        return values.tolist()
+    return values
 
 
 def collate_columns(columns: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,6 +145,10 @@ def array_to_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _stack(values: Any) -> StackedColumn:
+    if isinstance(values, pa.Array):
+        if len(values) == 0:
+            raise TypeError("a batch column must be a numpy array or a non-empty list, got []")
+        return BlobColumn.from_arrow(values)
     if isinstance(values, np.ndarray):
         if values.dtype == np.uint64 and values.ndim == 1:
             return _uint64_scalars(values)

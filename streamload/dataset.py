@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import torch.utils.data
 
 from streamload import store, verified
@@ -207,8 +208,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         sample = self._reader(k).get(i - int(offsets[k]))
         return self.transform(sample) if self.transform is not None else sample
 
-    def get_batch(self, ids: np.ndarray) -> dict[str, Any]:
+    def get_batch(self, ids: np.ndarray, strings: str = "list") -> dict[str, Any]:
         """Columnar rows ``ids`` (any order, duplicates allowed), no transform.
+
+        Args:
+            ids: global sample ids.
+            strings: ``"list"`` (str/bytes columns as lists) or ``"arrow"`` (as one Arrow
+                large_string/large_binary array each: what the loader's workers ship).
 
         Returns:
             ``{column: values}`` in schema order; conventions per kind as in ``ArrowShardReader.take``.
@@ -221,19 +227,22 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         n = len(ids)
         if n and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"sample ids out of range [0, {len(self)})")
+        if strings not in ("list", "arrow"):
+            raise ValueError(f"get_batch strings: 'list' or 'arrow', got {strings!r}")
         if n == 0:
-            return {col.name: _empty_column(col) for col in self._selected.columns}
+            return {col.name: _empty_column(col, strings) for col in self._selected.columns}
         offsets = self._index.sample_offsets
         shard_of = np.searchsorted(offsets, ids, "right") - 1
         first = int(shard_of[0])
         if (shard_of == first).all():
-            return self._reader(first).take(ids - offsets[first])
+            return self._reader(first).take(ids - offsets[first], strings)
         order = np.argsort(shard_of, kind="stable")
         parts = np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1)
         taken = [
-            (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]]))
+            (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
             for p in parts
         ]
+        inverse = None
         out: dict[str, Any] = {}
         for col in self._selected.columns:
             first_part = taken[0][1][col.name]
@@ -242,6 +251,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 for positions, columns in taken:
                     merged[positions] = columns[col.name]
                 out[col.name] = merged
+            elif isinstance(first_part, pa.Array):
+                if inverse is None:  # parts are grouped by shard: one take restores id order
+                    inverse = np.empty(n, np.int64)
+                    inverse[np.concatenate([p for p, _ in taken])] = np.arange(n)
+                merged_arrow = pa.concat_arrays([columns[col.name] for _, columns in taken])
+                out[col.name] = merged_arrow.take(pa.array(inverse))
             else:
                 objects = np.empty(n, dtype=object)
                 for positions, columns in taken:
@@ -348,7 +363,9 @@ def _verify_once(
     verified.mark_verified(key, marks)
 
 
-def _empty_column(col: Column) -> Any:
+def _empty_column(col: Column, strings: str = "list") -> Any:
+    if strings == "arrow" and col.kind in ("str", "bytes"):
+        return pa.array([], pa.large_string() if col.kind == "str" else pa.large_binary())
     if col.kind in ("str", "bytes") or col.uses_var_layout:
         return []
     return np.empty((0, *col.row_shape), dtype=col.numpy_dtype)

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamload.collate import BlobColumn
 from streamload.ring import (
     Record,
     RecordType,
@@ -164,6 +165,14 @@ class _Planner:
             return self._numpy(np.asarray(obj), "np")
         if isinstance(obj, torch.Tensor) and kind is torch.Tensor:
             return self._tensor(obj)
+        if kind is BlobColumn:  # a worker's str/bytes column: already offsets + blob
+            return [
+                "ls" if obj.text else "lb",
+                self._add(obj.offsets, obj.offsets.nbytes),
+                len(obj),
+                self._add(obj.data, obj.data.nbytes),
+                obj.data.nbytes,
+            ]
         return self._pickle(obj)
 
     def _list(self, items: list[Any]) -> Any:
@@ -336,16 +345,16 @@ class _Decoder:
     def _blob_list(self, n: list[Any], *, text: bool) -> list[Any]:
         _, off, count, blob_off, blob_n = n
         offsets = np.frombuffer(self._bytes(off, (count + 1) * 8), dtype=np.int64).tolist()
-        blob = bytes(self._bytes(blob_off, blob_n))
+        blob = self._bytes(blob_off, blob_n)  # items are copied straight out of the record
         pairs = list(itertools.pairwise(offsets))
         if offsets[0] != 0 or offsets[-1] != blob_n or any(a > b for a, b in pairs):
             raise RingCorrupted("batch record has inconsistent string offsets")
         if not text:
-            return [blob[a:b] for a, b in pairs]
-        decoded = blob.decode("utf-8", "surrogatepass")
-        if len(decoded) == len(blob):  # ASCII: byte offsets are character offsets
+            return [blob[a:b].tobytes() for a, b in pairs]
+        decoded = str(blob, "utf-8", "surrogatepass")
+        if len(decoded) == blob_n:  # ASCII: byte offsets are character offsets
             return [decoded[a:b] for a, b in pairs]
-        return [blob[a:b].decode("utf-8", "surrogatepass") for a, b in pairs]
+        return [str(blob[a:b], "utf-8", "surrogatepass") for a, b in pairs]
 
     def _unpickle(self, n: list[Any]) -> Any:
         if not self.allow_pickle:

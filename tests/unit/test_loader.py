@@ -359,8 +359,8 @@ def test_iteration_does_not_copy_numeric_columns_twice(
     arrays: list[np.ndarray] = []
     original = StreamingDataset.get_batch
 
-    def spy(self: StreamingDataset, ids: np.ndarray) -> dict[str, Any]:
-        out = original(self, ids)
+    def spy(self: StreamingDataset, ids: np.ndarray, strings: str = "list") -> dict[str, Any]:
+        out = original(self, ids, strings)
         arrays.append(out["tok"])
         return out
 
