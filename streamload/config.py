@@ -138,6 +138,12 @@ class Config:
         "streamload's logger level",
     )
     ring_size: int = _setting(_size, "64MiB", "shared-memory ring bytes per loader worker")
+    heap_retain: int = _setting(
+        _size,
+        "64MiB",
+        "freed heap a loader process keeps for the next batch instead of page-faulting it back"
+        " (glibc; 0 = malloc defaults)",
+    )
     start_method: str = _setting(
         _choice("auto", "fork", "spawn", "forkserver"),
         "auto",

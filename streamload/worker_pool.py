@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from streamload import config as sl_config
+from streamload import heap
 from streamload.errors import WorkerError
 from streamload.fetch import Route
 from streamload.ring import PeerDied, RecordType, Ring, RingTimeout
@@ -83,6 +84,7 @@ class WorkerPool:
         options = loader.worker_options
         self.num_workers = options.num_workers
         settings = sl_config.load()
+        heap.retain_freed(settings.heap_retain)  # the trainer copies every batch out, too
         context = options.multiprocessing_context or default_context(settings.start_method)
         ring_size = getattr(loader, "ring_size", None) or settings.ring_size
         capacity = _ring_capacity(ring_size)
