@@ -641,6 +641,27 @@ static sl_status advance_tail(sl_ring *r) {
     return SL_OK;
 }
 
+sl_status sl_ring_reopen(sl_ring *r) {
+    if (r->role != SL_ROLE_CONSUMER || is_closed(r)) return SL_STATE;
+    if (is_corrupt(r)) return SL_CORRUPT;
+    sl_header *h = r->hdr;
+    /* The previous producer must be finished for good: closed, or dead (never attached counts
+     * as dead: pid 0). A live, open producer could still publish into what we discard. */
+    if (!atomic_load_explicit(&h->producer_closed, memory_order_seq_cst) && peer_alive(r))
+        return SL_STATE;
+    if (r->tail != r->read_pos) return SL_STATE; /* records still held (zero-copy views) */
+    uint64_t hd = atomic_load_explicit(&h->head, memory_order_seq_cst);
+    if (hd - r->tail > r->capacity || (hd & (SL_ALIGN - 1))) return mark_corrupt(r);
+    /* Discard what was committed but never read, then let the next producer in. */
+    r->tail = r->read_pos = r->cached_head = hd;
+    atomic_store_explicit(&h->read_pos, hd, memory_order_relaxed);
+    atomic_store_explicit(&h->tail, hd, memory_order_seq_cst);
+    atomic_store_explicit(&h->producer_waiting, 0, memory_order_seq_cst);
+    publish_identity(h, SL_ROLE_PRODUCER, 0, 0);
+    atomic_store_explicit(&h->producer_closed, 0, memory_order_seq_cst);
+    return SL_OK;
+}
+
 static void set_released(sl_ring *r, uint64_t pos) {
     uint16_t *flags = (uint16_t *)(r->data + (pos & r->mask) + SL_FLAGS_OFFSET);
     *flags = (uint16_t)(*flags | SL_FLAG_RELEASED);

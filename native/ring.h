@@ -130,6 +130,10 @@ uint64_t sl_ring_max_record(const sl_ring *r);
 void sl_ring_set_spin(sl_ring *r, uint32_t spin);
 /* Consumer: watch `pid` as the producer before it attaches (records its start time). */
 sl_status sl_ring_set_producer_pid(sl_ring *r, int32_t pid);
+/* Consumer: make the ring ready for a new producer process after the previous one closed or
+ * died (a loader reusing its rings across epochs). Committed records never read are discarded.
+ * SL_STATE if the producer is alive and open, records are still held, or this side is closed. */
+sl_status sl_ring_reopen(sl_ring *r);
 /* Whole mapping (header page + data area), for test hooks and diagnostics only. */
 uint8_t *sl_ring_mapping(sl_ring *r, size_t *size);
 

@@ -548,6 +548,16 @@ static PyObject *Ring_set_producer_pid(RingObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Ring_reopen(RingObject *self, PyObject *unused) {
+    (void)unused;
+    if (check_usable(self, SL_ROLE_CONSUMER) < 0) return NULL;
+    sl_status st = sl_ring_reopen(self->ring);
+    if (st != SL_OK)
+        return raise_simple(self, st,
+                            "reopen needs the producer closed or dead and every record released");
+    Py_RETURN_NONE;
+}
+
 static PyObject *Ring_set_spin(RingObject *self, PyObject *arg) {
     long spin = PyLong_AsLong(arg);
     if (spin == -1 && PyErr_Occurred()) return NULL;
@@ -604,6 +614,8 @@ static PyMethodDef Ring_methods[] = {
     {"get", (PyCFunction)(void (*)(void))Ring_get, METH_VARARGS | METH_KEYWORDS,
      "get(timeout=None) -> Record: the next record (consumer)."},
     {"stats", (PyCFunction)Ring_stats, METH_NOARGS, "stats() -> dict of positions and counters."},
+    {"reopen", (PyCFunction)Ring_reopen, METH_NOARGS,
+     "reopen(): take a new producer after the previous one closed or died (consumer)."},
     {"set_producer_pid", (PyCFunction)Ring_set_producer_pid, METH_O,
      "set_producer_pid(pid): watch this process as the producer before it attaches (consumer)."},
     {"set_spin", (PyCFunction)Ring_set_spin, METH_O, "set_spin(n): spin iterations before sleeping."},

@@ -58,6 +58,7 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 from streamload.dataset import StreamingDataset
 from streamload.errors import ConfigError
 from streamload.fetch import FetchSpec, Route, id_batches
+from streamload.sizes import parse_size
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
@@ -175,8 +176,9 @@ class StreamLoader:
         generator: torch.Generator for the shuffle and the iterator's base seed; None draws
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
-        ring_size: shared-memory ring bytes per worker (rounded down to a power of two); default
-            config ``ring_size`` (64MiB). A batch must fit in half of it.
+        ring_size: shared-memory ring bytes per worker (an int or "64MiB"; rounded down to a power
+            of two); default config ``ring_size`` (64MiB). A batch must fit in half of it.
+            Without persistent_workers the rings outlive each pass and serve the next one.
         zero_copy: with workers, hand out tensors that view the ring record instead of copying
             each batch out once. The record's ring space is reused only after every tensor of
             the batch is gone, so a loop that keeps more batches alive than fit in ``ring_size``
@@ -209,10 +211,17 @@ class StreamLoader:
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         in_order: bool = True,
-        ring_size: int | None = None,
+        ring_size: int | str | None = None,
         zero_copy: bool = False,
     ) -> None:
+        if ring_size is not None:
+            try:
+                ring_size = parse_size(ring_size, what="StreamLoader ring_size")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         self.ring_size = ring_size
+        # Rings of a finished non-persistent pass, reused by the next pass (worker_pool.py).
+        self._spare_rings: list[Any] = []
         self.zero_copy = bool(zero_copy)
         self._worker_iter: Any = None
         self.worker_options = WorkerOptions.validated(

@@ -22,6 +22,7 @@ a getppid re-check on every idle poll, and every ring wait ends on ConsumerDied/
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import pickle
 import random
@@ -117,6 +118,9 @@ def worker_main(
     parent_pid: int,
 ) -> None:
     """Entry point of one worker process (see the module docstring)."""
+    # Everything inherited from the trainer stays out of this worker's garbage collections:
+    # a full collection would otherwise walk (and so copy-on-write) the trainer's whole heap.
+    gc.freeze()
     if not _die_with_parent(parent_pid):
         return
     torch.set_num_threads(1)  # as DataLoader's workers: n workers must not oversubscribe cores
