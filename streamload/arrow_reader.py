@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from streamload.collate import BlobColumn, many_small_runs
 from streamload.errors import FormatError
 from streamload.schema import Column, Schema
 
@@ -144,8 +145,8 @@ class ArrowShardReader:
 
         Args:
             rows: int array of row numbers in this shard, any order, duplicates allowed.
-            strings: ``"list"``: str/bytes columns as Python lists; ``"arrow"``: as one Arrow
-                ``large_string``/``large_binary`` array each (no per-row Python objects).
+            strings: ``"list"``: str/bytes columns as Python lists; ``"blob"``: as one
+                ``collate.BlobColumn`` each (offsets + one buffer, no per-row Python objects).
 
         Raises:
             IndexError: a row is out of range.
@@ -240,17 +241,16 @@ class ArrowShardReader:
         self, col: Column, ci: int, groups: list[_Group], n: int, strings: str = "list"
     ) -> Any:
         """One column by per-batch slices/takes, scattered into output order."""
-        if strings == "arrow" and col.kind in ("str", "bytes"):
+        if strings == "blob" and col.kind in ("str", "bytes"):
             parts, placed = [], []
             for b, where, local in groups:
-                parts.append(self._slice(ci, b, local).cast(_large_type(col)))
+                # Widening the offsets shares the data buffer: the blob still views the mapping.
+                large = self._slice(ci, b, local).cast(_large_type(col))
+                parts.append(BlobColumn.from_arrow(large))
                 placed.append(np.arange(n)[where])
             if len(parts) == 1:
                 return parts[0]
-            # Parts hold rows grouped by batch: put them back in output order with one take.
-            inverse = np.empty(n, np.int64)
-            inverse[np.concatenate(placed)] = np.arange(n)
-            return pa.concat_arrays(parts).take(pa.array(inverse))
+            return BlobColumn.scatter(parts, placed, n)
         if col.kind in ("str", "bytes") or col.uses_var_layout:
             if len(groups) == 1:
                 b, _, local = groups[0]
@@ -377,8 +377,12 @@ class _MappedGather:
         views[~short, 3] = starts[~short]
         view_type = pa.string_view() if col.kind == "str" else pa.binary_view()
         array = pa.Array.from_buffers(view_type, n, [None, pa.py_buffer(views), self._whole])
-        if strings == "arrow":
-            return array.cast(_large_type(col))  # one C++ gather into a contiguous blob
+        if strings == "blob":
+            # Arrow's C++ take wins for many small rows; large rows are copied run by run with
+            # numpy (Arrow's cast would leave a batch-sized mimalloc block behind every batch).
+            if many_small_runs(starts, lengths):
+                return BlobColumn.from_arrow(array.cast(_large_type(col)))
+            return BlobColumn.gather(col.kind == "str", self._u8, starts, lengths)
         return array.to_pylist()
 
 

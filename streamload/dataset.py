@@ -29,12 +29,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import torch.utils.data
 
 from streamload import store, verified
 from streamload.arrow_reader import ArrowShardReader
 from streamload.checksum import file_digest
+from streamload.collate import BlobColumn
 from streamload.errors import ConfigError, FormatError
 from streamload.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.schema import Column, Schema
@@ -213,8 +213,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
         Args:
             ids: global sample ids.
-            strings: ``"list"`` (str/bytes columns as lists) or ``"arrow"`` (as one Arrow
-                large_string/large_binary array each: what the loader's workers ship).
+            strings: ``"list"`` (str/bytes columns as lists) or ``"blob"`` (as one
+                ``collate.BlobColumn`` each: what the loader's workers ship).
 
         Returns:
             ``{column: values}`` in schema order; conventions per kind as in ``ArrowShardReader.take``.
@@ -227,8 +227,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         n = len(ids)
         if n and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"sample ids out of range [0, {len(self)})")
-        if strings not in ("list", "arrow"):
-            raise ValueError(f"get_batch strings: 'list' or 'arrow', got {strings!r}")
+        if strings not in ("list", "blob"):
+            raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
         offsets = self._index.sample_offsets
@@ -242,7 +242,6 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
             for p in parts
         ]
-        inverse = None
         out: dict[str, Any] = {}
         for col in self._selected.columns:
             first_part = taken[0][1][col.name]
@@ -251,12 +250,9 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 for positions, columns in taken:
                     merged[positions] = columns[col.name]
                 out[col.name] = merged
-            elif isinstance(first_part, pa.Array):
-                if inverse is None:  # parts are grouped by shard: one take restores id order
-                    inverse = np.empty(n, np.int64)
-                    inverse[np.concatenate([p for p, _ in taken])] = np.arange(n)
-                merged_arrow = pa.concat_arrays([columns[col.name] for _, columns in taken])
-                out[col.name] = merged_arrow.take(pa.array(inverse))
+            elif isinstance(first_part, BlobColumn):
+                blobs = [columns[col.name] for _, columns in taken]
+                out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
             else:
                 objects = np.empty(n, dtype=object)
                 for positions, columns in taken:
@@ -364,8 +360,8 @@ def _verify_once(
 
 
 def _empty_column(col: Column, strings: str = "list") -> Any:
-    if strings == "arrow" and col.kind in ("str", "bytes"):
-        return pa.array([], pa.large_string() if col.kind == "str" else pa.large_binary())
+    if strings == "blob" and col.kind in ("str", "bytes"):
+        return BlobColumn(col.kind == "str", np.zeros(1, np.int64), np.zeros(0, np.uint8))
     if col.kind in ("str", "bytes") or col.uses_var_layout:
         return []
     return np.empty((0, *col.row_shape), dtype=col.numpy_dtype)

@@ -146,7 +146,7 @@ class ColumnarFetcher:
         if ids.min() < 0:  # ds[-1] is the last sample, so a sampler may yield negative ids
             ids = np.where(ids < 0, ids + len(self._dataset), ids)
         # str/bytes columns stay Arrow buffers (BlobColumn) until the trainer: no per-row objects
-        return stack_columns(self._dataset.get_batch(ids, strings="arrow"))
+        return stack_columns(self._dataset.get_batch(ids, strings="blob"))
 
     def finish(self, payload: dict[str, StackedColumn]) -> dict[str, Any]:
         return columns_to_torch(payload)

@@ -44,13 +44,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> sl.StreamingDataset:
 def test_arrow_strings_hold_exactly_the_list_values(
     dataset: sl.StreamingDataset, ids: np.ndarray
 ) -> None:
-    """get_batch(strings='arrow') has the rows get_batch gives as lists, in the same order."""
+    """get_batch(strings='blob') has the rows get_batch gives as lists, in the same order."""
     as_lists = dataset.get_batch(ids)
-    as_arrow = dataset.get_batch(ids, strings="arrow")
+    as_blobs = dataset.get_batch(ids, strings="blob")
     for name in ("s", "b"):
-        assert isinstance(as_arrow[name], pa.Array)
-        assert as_arrow[name].to_pylist() == as_lists[name]
-    np.testing.assert_array_equal(as_arrow["id"], as_lists["id"])
+        assert isinstance(as_blobs[name], BlobColumn)
+        assert as_blobs[name].tolist() == as_lists[name]
+    np.testing.assert_array_equal(as_blobs["id"], as_lists["id"])
 
 
 def test_blob_column_of_a_sliced_array_starts_at_zero() -> None:
@@ -89,3 +89,38 @@ def test_loader_batches_with_workers_equal_in_process_batches(
     assert [b["s"] for b in workers] == [b["s"] for b in inline]
     assert [b["b"] for b in workers] == [b["b"] for b in inline]
     assert all(isinstance(b["s"], list) and isinstance(b["b"], list) for b in workers)
+
+
+@pytest.mark.parametrize(
+    "size", [10, 20_000], ids=["small-rows-arrow-take", "large-rows-run-copies"]
+)
+def test_shuffled_gathers_match_lists_for_small_and_large_rows(tmp_path: Path, size: int) -> None:
+    """Both gather strategies (Arrow take for many small rows, run copies for big ones) agree."""
+    rng = np.random.default_rng(size)
+    rows = [rng.bytes(int(rng.integers(0, size))) for _ in range(300)]
+    with sl.ShardWriter(str(tmp_path / "ds"), shard_size="1GB") as w:
+        for r in rows:
+            w.write({"b": r, "s": r.hex()})
+    ds = sl.StreamingDataset(str(tmp_path / "ds"))
+    ids = rng.permutation(300)
+    blobs = ds.get_batch(ids, strings="blob")
+    assert blobs["b"].tolist() == [rows[i] for i in ids]
+    assert blobs["s"].tolist() == [rows[i].hex() for i in ids]
+
+
+def test_copy_runs_copies_every_row_to_its_place() -> None:
+    """copy_runs equals a per-row copy, whatever the runs look like."""
+    from streamload.collate import copy_runs
+
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 255, 10_000, dtype=np.uint8)
+    lengths = rng.integers(0, 50, 200)
+    src_starts = np.where(rng.random(200) < 0.5, rng.integers(0, 9_000, 200), 0)
+    src_starts[1::3] = (
+        src_starts[0::3][: len(src_starts[1::3])] + lengths[0::3][: len(src_starts[1::3])]
+    )
+    dst_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    dst = np.zeros(int(lengths.sum()), np.uint8)
+    copy_runs(dst, src, src_starts, dst_starts, lengths)
+    expected = np.concatenate([src[s : s + n] for s, n in zip(src_starts, lengths, strict=True)])
+    np.testing.assert_array_equal(dst, expected)
