@@ -104,9 +104,15 @@ class ArrowShardReader:
                 f"  file:  {self._file.schema}\n  index: {expected_schema}"
             )
         counts = np.zeros(self._file.num_record_batches, np.int64)
+        # A mapped file's record batches are views of the mapping: decode each IPC message once
+        # per process (a worker opens every shard it touches, every epoch).
+        self._mapped_batches: list[pa.RecordBatch] = []
         try:
             for b in range(len(counts)):
-                counts[b] = self._file.get_batch(b).num_rows
+                batch = self._file.get_batch(b)
+                counts[b] = batch.num_rows
+                if self._mapped:
+                    self._mapped_batches.append(batch)
         except (pa.ArrowException, OSError) as exc:
             raise FormatError(f"shard {shard_name}: unreadable record batch: {exc}") from exc
         self._batch_offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
@@ -118,7 +124,7 @@ class ArrowShardReader:
         self._checked = np.zeros(len(counts), bool)
         self._batches: OrderedDict[int, pa.RecordBatch] = OrderedDict()
         self._views: dict[tuple[int, int], np.ndarray] = {}
-        self._gather = _MappedGather(whole, self._file) if self._mapped else None
+        self._gather = _MappedGather(whole, self._mapped_batches) if self._mapped else None
 
     def __len__(self) -> int:
         return self.num_rows
@@ -210,7 +216,7 @@ class ArrowShardReader:
         if batch is not None:
             return batch
         try:
-            batch = self._file.get_batch(b)
+            batch = self._mapped_batches[b] if self._mapped else self._file.get_batch(b)
             if not self._checked[b]:
                 batch.validate(full=True)
                 self._checked[b] = True
@@ -294,11 +300,11 @@ class _MappedGather:
     ``layout`` and use the per-batch path.
     """
 
-    def __init__(self, whole: pa.Buffer, file: pa.ipc.RecordBatchFileReader) -> None:
+    def __init__(self, whole: pa.Buffer, batches: list[pa.RecordBatch]) -> None:
         self._whole = whole
         self._size = whole.size
         self._u8 = np.frombuffer(whole, np.uint8)
-        self._file = file
+        self._batches = batches
         self._layouts: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
 
     def layout(self, ci: int, col: Column) -> tuple[np.ndarray, np.ndarray] | None:
@@ -314,12 +320,12 @@ class _MappedGather:
                 return None  # string views address the file with int32 offsets
         elif col.uses_var_layout or col.numpy_dtype == np.bool_:
             return None  # Arrow bools are bit-packed; variable shapes have no fixed row size
-        nb = self._file.num_record_batches
+        nb = len(self._batches)
         first, second = np.zeros(nb, np.int64), np.zeros(nb, np.int64)
         unit = 8 if strings else col.numpy_dtype.itemsize
         base = self._whole.address
         for b in range(nb):
-            arr = self._file.get_batch(b).column(ci)
+            arr = self._batches[b].column(ci)
             if arr.offset != 0:
                 return None
             if col.kind == "ndarray" and col.shape:
