@@ -421,7 +421,8 @@ class StreamLoader:
         rank = dataset.topology().rank
         self._cursor = _PassCursor(plan, rank, dataset.epoch)
         workers = self.worker_options.num_workers
-        if 0 < plan.num_steps < workers:
+        # Only for whole epochs: a resumed pass near its end is short by nature, not misconfigured.
+        if start == 0 and 0 < plan.num_steps < workers:
             warnings.warn(
                 f"StreamLoader: rank {rank} has {plan.num_steps} batches this epoch for"
                 f" {workers} workers; {workers - plan.num_steps} workers stay idle (use fewer"
