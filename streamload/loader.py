@@ -350,13 +350,23 @@ class StreamLoader:
         return self.batch_sampler if self._auto_collation else self.sampler
 
     def __len__(self) -> int:
-        """Batches per epoch: from the (batch) sampler, or ``len(dataset)`` for iterable ones.
+        """Batches per epoch: from the (batch) sampler; for a StreamingDataset's own order, this
+        rank's steps of a whole epoch (the same on every rank); ``len(dataset)`` based for other
+        iterable datasets.
 
         Raises:
             TypeError: the dataset or sampler has no length.
         """
         if self._map_style:
             return len(self._index_sampler)
+        if self._planned():
+            world_size = self.dataset.topology().world_size  # type: ignore[attr-defined]
+            return sl_plan.count_steps(
+                len(self.dataset),  # type: ignore[arg-type]
+                world_size,
+                int(self.batch_size or 1),
+                self.drop_last,
+            )
         length = len(self.dataset)  # type: ignore[arg-type]
         self._iterable_len_called = length
         if self.batch_size is None:

@@ -165,6 +165,14 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}: not an integer: {raw!r}") from None
 
 
+def count_steps(
+    num_samples: int, world_size: int, batch_size: int, drop_last: bool, start: int = 0
+) -> int:
+    """How many steps (batches per rank) an ``EpochPlan`` with these settings has."""
+    full, tail = divmod(num_samples - start, world_size * batch_size)
+    return full + (1 if tail and not drop_last else 0)
+
+
 class EpochPlan:
     """One epoch's steps for every rank, from a start position (see the module docstring).
 

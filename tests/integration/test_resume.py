@@ -4,6 +4,9 @@ worker counts and epoch boundaries, and StateError for states that cannot apply.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -142,6 +145,8 @@ def test_elastic_resume_from_four_ranks_to_two_loses_and_repeats_nothing(url: st
         padding += loader.padded_samples
         seen.update(i for b in batches for i in b)
     assert steps[0] == steps[1] > 0
+    assert len(_loader(_dataset(url, rank=0, world_size=2))) == -(-N // (2 * BATCH))
+    assert len(_loader(_dataset(url, rank=3, world_size=4), drop_last=True)) == N // (4 * BATCH)
     assert set(seen) == set(range(N))
     assert sum(seen.values()) == N + padding
 
@@ -289,3 +294,22 @@ def test_checkpoint_with_torch_save_round_trips(url: str, tmp_path: Path) -> Non
     assert loaded["loader"] == state
     full = [_ids(b) for b in _loader(_dataset(url))]
     assert got + _rest(url, loaded["loader"]) == full
+
+
+def test_readme_checkpoint_recipe_runs_as_written(tmp_path: Path) -> None:
+    """The README's checkpoint example (crash, restore from torch.save, finish) runs unchanged
+    in a fresh interpreter and checks its own samples."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    match = re.search(r"<!-- checkpoint -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README has no checkpoint example"
+    script = tmp_path / "checkpoint.py"
+    script.write_text(match.group(1))
+    out = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

@@ -16,6 +16,7 @@ from streamload.plan import (
     EpochPlan,
     ShuffleSettings,
     check_state,
+    count_steps,
     fingerprint,
     global_order,
     make_state,
@@ -314,3 +315,13 @@ def test_incompatible_states_raise_state_error_showing_both_sides(
 def test_state_is_small(epoch: int, position: int) -> None:
     """A state stays a few hundred bytes of JSON whatever the dataset size."""
     assert len(json.dumps(make_state(FP, epoch, position))) < 300
+
+
+@given(st.integers(0, 100), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.data())
+def test_count_steps_matches_the_plan(
+    n: int, world_size: int, batch_size: int, drop_last: bool, data: st.DataObject
+) -> None:
+    """count_steps (what len(loader) reports) equals the plan's step count without building it."""
+    start = data.draw(st.integers(0, n))
+    plan = EpochPlan(np.arange(n), world_size, batch_size, drop_last, start)
+    assert count_steps(n, world_size, batch_size, drop_last, start) == plan.num_steps
