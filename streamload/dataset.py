@@ -61,10 +61,7 @@ def epoch_order(num_samples: int, *, shuffle: bool, seed: int, epoch: int) -> np
     Returns:
         int64 array: ``arange`` or a permutation drawn by numpy's PCG64 seeded with (seed, epoch).
     """
-    if not shuffle:
-        return np.arange(num_samples, dtype=np.int64)
-    rng = np.random.Generator(np.random.PCG64([seed, epoch]))
-    return rng.permutation(num_samples).astype(np.int64, copy=False)
+    return plan.global_order([num_samples], plan.ShuffleSettings(shuffle, seed), epoch)
 
 
 class ShardCheck(NamedTuple):
@@ -211,15 +208,22 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     @property
     def shuffle_settings(self) -> plan.ShuffleSettings:
-        """Shuffle, seed, mode and block size (part of the resume fingerprint)."""
-        return self._shuffle_settings
+        """Shuffle, seed, mode and block size (part of the resume fingerprint); follows later
+        changes of the ``shuffle``/``seed`` attributes, as ``sample_order`` always has."""
+        current = self._shuffle_settings
+        if (current.shuffle, current.seed) != (bool(self.shuffle), self.seed):
+            current = plan.ShuffleSettings(
+                bool(self.shuffle), self.seed, current.mode, current.block
+            )
+            self._shuffle_settings = current.validated()
+        return current
 
     def sample_order(self, epoch: int | None = None) -> np.ndarray:
         """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
         the same for every rank and worker count."""
         sizes = [info.num_samples for info in self._index.shards]
         epoch = self._epoch if epoch is None else epoch
-        return plan.global_order(sizes, self._shuffle_settings, epoch)
+        return plan.global_order(sizes, self.shuffle_settings, epoch)
 
     def topology(self) -> plan.Topology:
         """This process's rank and world size (explicit arguments, torch.distributed, or env).
@@ -263,7 +267,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         if self._digest is None:
             shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
             self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
-        return plan.fingerprint(len(self), self._digest, self._shuffle_settings)
+        return plan.fingerprint(len(self), self._digest, self.shuffle_settings)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
