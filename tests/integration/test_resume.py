@@ -245,6 +245,42 @@ def test_more_workers_than_batches_warns_only_for_whole_epochs(url: str) -> None
         assert len(_rest(url, state, num_workers=2)) == 1
 
 
+def test_fewer_shards_than_ranks_times_workers_split_within_shards(tmp_path: Path) -> None:
+    """One shard read by 4 ranks x 2 workers: every sample exactly once, equal steps, no
+    warning (splitting a shard costs nothing on the columnar path)."""
+    with sl.ShardWriter(str(tmp_path)) as w:
+        for i in range(45):
+            w.write({"id": i, "tok": np.full(4, i, dtype=np.int32)})
+    assert StreamingDataset(str(tmp_path)).num_shards == 1
+    seen, steps = Counter[int](), set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rank in range(4):
+            ds = StreamingDataset(str(tmp_path), shuffle=True, rank=rank, world_size=4)
+            loader = StreamLoader(
+                ds, batch_size=4, num_workers=2, multiprocessing_context="fork", timeout=60
+            )
+            batches = [_ids(b) for b in loader]
+            steps.add(len(batches))
+            seen.update(i for b in batches for i in b)
+    assert steps == {3} and Counter(seen) == Counter(range(45))
+
+
+def test_shuffle_mode_and_block_default_from_config(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STREAMLOAD_SHUFFLE_MODE/SHUFFLE_BLOCK set the defaults; keyword arguments win; a bad
+    value is a ConfigError naming the setting."""
+    monkeypatch.setenv("STREAMLOAD_SHUFFLE_MODE", "block")
+    monkeypatch.setenv("STREAMLOAD_SHUFFLE_BLOCK", "3")
+    settings = _dataset(url).shuffle_settings
+    assert (settings.mode, settings.block) == ("block", 3)
+    assert _dataset(url, shuffle_mode="full").shuffle_settings.mode == "full"
+    monkeypatch.setenv("STREAMLOAD_SHUFFLE_BLOCK", "0")
+    with pytest.raises(sl.ConfigError, match="shuffle_block"):
+        _dataset(url)
+
+
 # -- refusals -------------------------------------------------------------------------------------
 
 
