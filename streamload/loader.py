@@ -39,7 +39,9 @@ StateError there.
 Deliberate differences from DataLoader: it refuses ``shuffle``/``sampler``/``batch_sampler`` on
 any IterableDataset, but a StreamingDataset has random access, so StreamLoader accepts them and
 treats it as map-style — the batches equal DataLoader's over a map-style view of the dataset
-(``__getitem__`` and ``__len__`` only). ``timeout > 0`` with ``num_workers=0`` raises
+(``__getitem__`` and ``__len__`` only). A StreamingDataset read in its own order yields the
+plan's batches (its order cut into batches, split across ranks), whatever num_workers, where
+DataLoader's workers would each batch their own share of the iterator. ``timeout > 0`` with ``num_workers=0`` raises
 ConfigError (a ValueError) from ``iter()``, where DataLoader raises AssertionError. IterDataPipe
 datasets (deprecated in torch) get no special treatment.
 """

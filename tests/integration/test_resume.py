@@ -179,6 +179,20 @@ def test_resume_with_more_workers_continues_exactly(url: str) -> None:
     assert got + _rest(url, state, num_workers=0) == full
 
 
+def test_persistent_workers_follow_a_state_loaded_between_epochs(url: str) -> None:
+    """A persistent pool that already served an epoch continues a state loaded afterwards
+    (the plan rides along to the workers at each pass)."""
+    ds = _dataset(url)
+    loader = _loader(ds, 2, persistent_workers=True)
+    assert sorted(i for b in loader for i in _ids(b)) == list(range(N))
+    other = _dataset(url)
+    other.set_epoch(1)
+    got, state = _take(_loader(other), 3)
+    loader.load_state_dict(state)
+    rest = [_ids(b) for b in loader]
+    assert [i for b in got + rest for i in b] == ds.sample_order(1).tolist()
+
+
 def test_resume_with_another_batch_size_continues_the_order(url: str) -> None:
     """The position counts samples, so a restart with another batch size continues the order."""
     order = _dataset(url).sample_order().tolist()
