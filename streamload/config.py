@@ -94,6 +94,18 @@ def _choice(*choices: str, none: str | None = None, upper: bool = False) -> Call
     return parse
 
 
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("not an integer >= 1")
+    try:
+        number = int(value) if isinstance(value, (int, str)) else None
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise ValueError("not an integer >= 1")
+    return number
+
+
 def _default_cache_dir() -> str:
     xdg = os.environ.get("XDG_CACHE_HOME")
     # The XDG spec says relative XDG_* paths are invalid and must be ignored.
@@ -149,6 +161,15 @@ class Config:
         "auto",
         "start method of loader workers: auto = fork while the trainer runs no other Python"
         " thread, else forkserver (torch preloaded)",
+    )
+    shuffle_mode: str = _setting(
+        _choice("full", "block"),
+        "full",
+        "StreamingDataset shuffle: full permutation, or block (shards shuffled, then samples"
+        " within windows of shuffle_block shards)",
+    )
+    shuffle_block: int = _setting(
+        _positive_int, 8, "shards per shuffle window in shuffle_mode=block"
     )
 
     # Not a setting: where each setting's value came from (see `source`).

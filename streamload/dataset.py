@@ -10,8 +10,11 @@ files (marks in the cache dir, see verified.py), once per process otherwise: thi
 bit flips, which Arrow cannot see. Independently of ``verify``, the shard reader fully validates each record
 batch on first touch, so a malformed shard raises FormatError rather than crashing the process.
 
-Order: ``sample_order(epoch)`` is a pure function of (num_samples, shuffle, seed, epoch) —
-``epoch_order`` below. Iterating inside a DataLoader worker yields ``order[worker_id::num_workers]``,
+Order: ``sample_order(epoch)`` is the global order of ``plan.global_order``, a pure function of
+(shard sizes, shuffle settings, seed, epoch) that no rank or worker count changes;
+``epoch_plan`` cuts it into per-rank steps for this process's ``plan.topology`` from a start
+position (``load_state_dict`` sets one for the next pass). Iterating yields this rank's share
+(steps of one sample per rank); inside a DataLoader worker, ``share[worker_id::num_workers]``,
 which is exactly the num_workers=0 order when the DataLoader takes one sample per worker turn
 (``batch_size=1``); with larger batches each sample is still yielded exactly once.
 
@@ -22,6 +25,7 @@ column kind are those of ``ArrowShardReader.take`` (arrow_reader.py).
 
 from __future__ import annotations
 
+import json
 import operator
 import os
 from collections import OrderedDict
@@ -30,8 +34,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch.utils.data
+import xxhash
 
-from streamload import store, verified
+from streamload import plan, store, verified
 from streamload.arrow_reader import ArrowShardReader
 from streamload.checksum import file_digest
 from streamload.collate import BlobColumn
@@ -55,10 +60,7 @@ def epoch_order(num_samples: int, *, shuffle: bool, seed: int, epoch: int) -> np
     Returns:
         int64 array: ``arange`` or a permutation drawn by numpy's PCG64 seeded with (seed, epoch).
     """
-    if not shuffle:
-        return np.arange(num_samples, dtype=np.int64)
-    rng = np.random.Generator(np.random.PCG64([seed, epoch]))
-    return rng.permutation(num_samples).astype(np.int64, copy=False)
+    return plan.global_order([num_samples], plan.ShuffleSettings(shuffle, seed), epoch)
 
 
 class ShardCheck(NamedTuple):
@@ -84,6 +86,11 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         transform: Callable[[dict[str, Any]], Any] | None = None,
         storage_options: dict[str, Any] | None = None,
         verify: bool | None = None,
+        *,
+        shuffle_mode: str | None = None,
+        shuffle_block: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         """Open a dataset (reads and validates index.json; shards open on first use).
 
@@ -97,18 +104,34 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             transform: applied to each sample by ``ds[i]`` and iteration (not by ``get_batch``).
             storage_options: passed to fsspec.
             verify: check shard checksums on first open; None takes config ``verify_local``.
+            shuffle_mode: ``"full"`` (a uniform permutation) or ``"block"`` (shuffled shard
+                order, samples shuffled within windows of ``shuffle_block`` shards: bounded
+                read-ahead and cache); None takes config ``shuffle_mode``.
+            shuffle_block: shards per window in block mode; None takes config ``shuffle_block``.
+            rank, world_size: this process's place in a distributed job (both or neither);
+                None: from torch.distributed when initialized, else RANK/WORLD_SIZE, at each
+                pass (see ``plan.topology``).
 
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
-            ConfigError: bad seed.
+            ConfigError: bad seed, shuffle_mode, shuffle_block, or rank/world_size.
         """
         super().__init__()
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"StreamingDataset seed: must be an int >= 0, got {seed!r}")
-        if verify is None:
+        if verify is None or shuffle_mode is None or shuffle_block is None:
             from streamload import config
 
-            verify = bool(config.load().verify_local)
+            cfg = config.load()
+            verify = bool(cfg.verify_local) if verify is None else verify
+            shuffle_mode = cfg.shuffle_mode if shuffle_mode is None else shuffle_mode
+            shuffle_block = cfg.shuffle_block if shuffle_block is None else shuffle_block
+        settings = plan.ShuffleSettings(bool(shuffle), seed, str(shuffle_mode), shuffle_block)
+        self._shuffle_settings = settings.validated()
+        if rank is not None or world_size is not None:
+            plan.topology(rank, world_size)  # fail at construction, not at the first pass
+        self._rank_arg = rank
+        self._world_size_arg = world_size
+        self._resume: int | None = None
+        self._digest: str | None = None
         self._url = os.fspath(url)
         self._fs, self._root = store.resolve(url, storage_options)
         self._index = read_index(
@@ -121,7 +144,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         self._selected = self._index.schema.select(columns)
         self.cache_dir = cache_dir
         self.cache_limit = cache_limit
-        self.shuffle = bool(shuffle)
+        self.shuffle = settings.shuffle
         self.seed = seed
         self.transform = transform
         self.verify = verify
@@ -168,7 +191,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (changes the shuffle permutation).
+        """Select the epoch (changes the shuffle permutation); a resume position loaded for
+        another epoch is dropped.
 
         Raises:
             ConfigError: not an int >= 0.
@@ -177,16 +201,95 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             raise ConfigError(
                 f"StreamingDataset.set_epoch: epoch must be an int >= 0, got {epoch!r}"
             )
+        if epoch != self._epoch:
+            self._resume = None
         self._epoch = epoch
 
+    @property
+    def shuffle_settings(self) -> plan.ShuffleSettings:
+        """Shuffle, seed, mode and block size (part of the resume fingerprint); follows later
+        changes of the ``shuffle``/``seed`` attributes, as ``sample_order`` always has."""
+        current = self._shuffle_settings
+        if (current.shuffle, current.seed) != (bool(self.shuffle), self.seed):
+            current = plan.ShuffleSettings(
+                bool(self.shuffle), self.seed, current.mode, current.block
+            )
+            self._shuffle_settings = current.validated()
+        return current
+
     def sample_order(self, epoch: int | None = None) -> np.ndarray:
-        """Global sample ids of ``epoch`` (default: the current one), see ``epoch_order``."""
-        return epoch_order(
-            len(self),
-            shuffle=self.shuffle,
-            seed=self.seed,
-            epoch=self._epoch if epoch is None else epoch,
+        """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
+        the same for every rank and worker count."""
+        sizes = [info.num_samples for info in self._index.shards]
+        epoch = self._epoch if epoch is None else epoch
+        return plan.global_order(sizes, self.shuffle_settings, epoch)
+
+    def topology(self) -> plan.Topology:
+        """This process's rank and world size (explicit arguments, torch.distributed, or env).
+
+        Raises:
+            ConfigError: a bad RANK/WORLD_SIZE environment.
+        """
+        return plan.topology(self._rank_arg, self._world_size_arg)
+
+    def epoch_plan(
+        self, batch_size: int, drop_last: bool = False, start: int | None = None
+    ) -> plan.EpochPlan:
+        """The current epoch's steps for every rank of ``topology()``.
+
+        Args:
+            batch_size: ids per rank per step.
+            drop_last: drop the tail that does not fill a whole step.
+            start: global position to start from; None: the position ``load_state_dict`` set
+                (0 if none).
+        """
+        if start is None:
+            start = self._resume or 0
+        world_size = self.topology().world_size
+        return plan.EpochPlan(self.sample_order(), world_size, batch_size, drop_last, start)
+
+    @property
+    def resume_pending(self) -> bool:
+        """Whether ``load_state_dict`` set a start position no pass has taken yet."""
+        return self._resume is not None
+
+    def take_resume_position(self) -> int:
+        """The start position of the next pass, which then forgets it (a later pass of the same
+        epoch starts at 0, as a fresh DataLoader iterator does)."""
+        position, self._resume = self._resume or 0, None
+        return position
+
+    # -- resume state ----------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resume state must agree on: index digest, sample count, shuffle settings."""
+        if self._digest is None:
+            shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
+            self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
+        return plan.fingerprint(len(self), self._digest, self.shuffle_settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
+        (JSON-serialisable). A StreamLoader's ``state_dict`` has the same shape and counts the
+        batches its user received."""
+        return plan.make_state(self.fingerprint(), self._epoch, self._resume or 0)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass continue ``state``: select its epoch and start at its position.
+
+        A position at the end of the epoch starts the next epoch.
+
+        Raises:
+            StateError: another dataset, other shuffle settings, an unknown version or a
+                malformed state (both sides shown).
+        """
+        epoch, position = plan.check_state(
+            state, self.fingerprint(), "StreamingDataset.load_state_dict"
         )
+        if position >= len(self) and len(self) > 0:
+            epoch, position = epoch + 1, 0
+        self._epoch = epoch
+        self._resume = position
 
     # -- access -------------------------------------------------------------------------------
 
@@ -263,22 +366,37 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return out
 
     def __iter__(self) -> Iterator[Any]:
-        """Samples in ``sample_order()``; inside a DataLoader worker, this worker's share.
+        """This rank's samples of ``sample_order()`` (one per rank per step, from the position
+        ``load_state_dict`` set); inside a DataLoader worker, this worker's share of those.
 
         Samples are read with ``get_batch`` in chunks of a few hundred ids; a sample's fixed-shape
         arrays are rows of that chunk's array (writable, disjoint from every other sample's).
         """
-        order = self.sample_order()
         worker = torch.utils.data.get_worker_info()
+        start = self._resume if worker is not None else self.take_resume_position()
+        order = self.epoch_plan(1, start=start or 0).rank_ids(self.topology().rank)
         if worker is not None:
             order = order[worker.id :: worker.num_workers]
-        columns = self._selected.columns
-        for start in range(0, len(order), _ITER_CHUNK):
-            batch = self.get_batch(order[start : start + _ITER_CHUNK])
-            rows = [_rows(col, batch[col.name]) for col in columns]
-            for values in zip(*rows, strict=True):
-                sample = dict(zip(self._selected.names, values, strict=True))
-                yield self.transform(sample) if self.transform is not None else sample
+        for first in range(0, len(order), _ITER_CHUNK):
+            yield from self.get_samples(order[first : first + _ITER_CHUNK])
+
+    def get_samples(self, ids: np.ndarray) -> list[Any]:
+        """Samples ``ids`` as iteration yields them: per-sample dicts (transformed if a
+        transform is set) built from one ``get_batch``.
+
+        Raises:
+            IndexError: an id is outside ``[0, len(self))``.
+            FormatError: a shard is missing, corrupt or fails its checksum.
+        """
+        batch = self.get_batch(ids)
+        rows = [_rows(col, batch[col.name]) for col in self._selected.columns]
+        samples = [
+            dict(zip(self._selected.names, values, strict=True))
+            for values in zip(*rows, strict=True)
+        ]
+        if self.transform is not None:
+            return [self.transform(sample) for sample in samples]
+        return samples
 
     # -- shards -------------------------------------------------------------------------------
 

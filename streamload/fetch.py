@@ -11,7 +11,9 @@ A loader pass is a *plan* (trainer side: the ordered work items) feeding a *fetc
 
 Work items per route: MAP, an index list from the batch sampler (a single index without
 auto-batching); ITERABLE, a ``[None] * batch_size`` ticket (DataLoader's infinite sampler) while
-the samples come from the dataset's own iterator; COLUMNAR, an int64 id array or index list.
+the samples come from the dataset's own iterator; COLUMNAR, an int64 id array or index list;
+SAMPLES, an int64 id array of a StreamingDataset's plan (``plan.EpochPlan.batches``) read as the
+dataset's own samples (transform applied) and collated with the user's collate_fn.
 A ``FetchSpec`` is the picklable recipe a worker needs, besides the dataset, to build its fetcher.
 Semantics mirror torch's ``_MapDatasetFetcher`` / ``_IterableDatasetFetcher``
 (torch/utils/data/_utils/fetch.py) exactly, including ``__getitems__`` and drop_last.
@@ -29,6 +31,7 @@ from torch.utils.data import default_collate
 
 from streamload.collate import StackedColumn, columns_to_torch, stack_columns
 from streamload.dataset import StreamingDataset
+from streamload.plan import EpochPlan
 
 
 class Route(enum.Enum):
@@ -37,16 +40,14 @@ class Route(enum.Enum):
     MAP = "map"
     ITERABLE = "iterable"
     COLUMNAR = "columnar"
+    SAMPLES = "samples"
 
 
-def id_batches(dataset: StreamingDataset, batch_size: int, drop_last: bool) -> Iterator[Any]:
-    """The columnar plan of an unshuffled pass: ``dataset.sample_order()`` in slices of
-    batch_size (the last one partial unless drop_last). The order is computed on the first
-    ``next``, as DataLoader's pass calls the dataset's generator ``__iter__`` lazily."""
-    order = dataset.sample_order()
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    for start in range(0, stop, batch_size):
-        yield order[start : start + batch_size]
+def id_batches(plan: EpochPlan, rank: int, first: int = 0, stride: int = 1) -> Iterator[Any]:
+    """The items of a pass in a StreamingDataset's own order: ``rank``'s batches of ``plan``
+    at steps ``first, first + stride, ...`` (a worker's share: ``first`` = its id, ``stride``
+    = the worker count)."""
+    yield from plan.batches(rank, first, stride)
 
 
 class Fetcher(Protocol):
@@ -70,6 +71,8 @@ class FetchSpec:
         """The fetcher for ``dataset`` (an iterable dataset's ``iter()`` is called here)."""
         if self.route is Route.COLUMNAR:
             return ColumnarFetcher(dataset)
+        if self.route is Route.SAMPLES:
+            return SampleFetcher(dataset, self.collate_fn)
         if self.route is Route.MAP:
             return MapFetcher(dataset, self.auto_collation, self.collate_fn)
         return IterableFetcher(iter(dataset), self.auto_collation, self.collate_fn, self.drop_last)
@@ -125,6 +128,20 @@ class IterableFetcher:
         if not samples or (self._drop_last and len(samples) < len(item)):
             raise StopIteration
         return self._collate_fn(samples)
+
+    def finish(self, payload: Any) -> Any:
+        return payload
+
+
+class SampleFetcher:
+    """Plan ids -> the StreamingDataset's own samples (as iteration yields them) -> collate_fn."""
+
+    def __init__(self, dataset: StreamingDataset, collate_fn: Callable[[Any], Any]):
+        self._dataset = dataset
+        self._collate_fn = collate_fn
+
+    def fetch(self, item: Any) -> Any:
+        return self._collate_fn(self._dataset.get_samples(np.asarray(item, dtype=np.int64)))
 
     def finish(self, payload: Any) -> Any:
         return payload

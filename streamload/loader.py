@@ -19,15 +19,29 @@ Routes (chosen at each ``iter()``, see ``StreamLoader._route``):
   ``collate.columns_to_torch``; no per-sample dict is ever built. Ids are
   ``dataset.sample_order()`` cut into batches (what DataLoader yields iterating the dataset), or
   the batch sampler's index lists when shuffle/sampler/batch_sampler asked for random access.
+- SAMPLES: a StreamingDataset without random access whose transform or custom collate_fn needs
+  samples: the plan's id batches -> ``dataset.get_samples`` (the samples iteration yields) ->
+  collate_fn.
 - MAP: map-style datasets, and a StreamingDataset with random access whose transform or custom
   collate_fn (or batch_size=None) needs samples one by one: ``dataset[i]`` -> collate_fn.
-- ITERABLE: other IterableDatasets, and a StreamingDataset without random access that needs
-  samples one by one: the dataset's iterator -> collate_fn.
+- ITERABLE: other IterableDatasets, and a StreamingDataset with batch_size=None: the dataset's
+  iterator -> collate_fn.
+
+Plan and resume: a StreamingDataset read in its own order with batches (COLUMNAR or SAMPLES
+without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
+order (``plan.py``), from the position ``load_state_dict`` set. Each pass records its plan and
+the batches handed to the user in a ``_PassCursor``, so ``state_dict()`` describes the last
+batch the user received (never what workers prefetched) as a global position that any world
+size, worker count or batch size can continue. Passes through a sampler (shuffle=True,
+sampler=, batch_sampler=) or over other datasets have no resumable plan: ``state_dict`` raises
+StateError there.
 
 Deliberate differences from DataLoader: it refuses ``shuffle``/``sampler``/``batch_sampler`` on
 any IterableDataset, but a StreamingDataset has random access, so StreamLoader accepts them and
 treats it as map-style — the batches equal DataLoader's over a map-style view of the dataset
-(``__getitem__`` and ``__len__`` only). ``timeout > 0`` with ``num_workers=0`` raises
+(``__getitem__`` and ``__len__`` only). A StreamingDataset read in its own order yields the
+plan's batches (its order cut into batches, split across ranks), whatever num_workers, where
+DataLoader's workers would each batch their own share of the iterator. ``timeout > 0`` with ``num_workers=0`` raises
 ConfigError (a ValueError) from ``iter()``, where DataLoader raises AssertionError. IterDataPipe
 datasets (deprecated in torch) get no special treatment.
 """
@@ -55,8 +69,9 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from streamload import plan as sl_plan
 from streamload.dataset import StreamingDataset
-from streamload.errors import ConfigError
+from streamload.errors import ConfigError, StateError
 from streamload.fetch import FetchSpec, Route, id_batches
 from streamload.sizes import parse_size
 
@@ -65,6 +80,27 @@ from streamload.sizes import parse_size
 _FROZEN_ATTRIBUTES = frozenset(
     ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
 )
+
+
+@dataclass
+class _PassCursor:
+    """One planned pass: its plan, this rank, and how many batches the user has received."""
+
+    plan: sl_plan.EpochPlan
+    rank: int
+    epoch: int
+    steps: int = 0
+
+    def worker_message(self) -> dict[str, Any]:
+        """What a worker needs to rebuild this pass's plan (see ``workers._own_plan``)."""
+        return {
+            "epoch": self.epoch,
+            "start": self.plan.start,
+            "rank": self.rank,
+            "world_size": self.plan.world_size,
+            "batch_size": self.plan.batch_size,
+            "drop_last": self.plan.drop_last,
+        }
 
 
 @dataclass(frozen=True)
@@ -223,6 +259,7 @@ class StreamLoader:
         # Rings of a finished non-persistent pass, reused by the next pass (worker_pool.py).
         self._spare_rings: list[Any] = []
         self.zero_copy = bool(zero_copy)
+        self._cursor: _PassCursor | None = None
         self._worker_iter: Any = None
         self.worker_options = WorkerOptions.validated(
             num_workers,
@@ -326,13 +363,23 @@ class StreamLoader:
         return self.batch_sampler if self._auto_collation else self.sampler
 
     def __len__(self) -> int:
-        """Batches per epoch: from the (batch) sampler, or ``len(dataset)`` for iterable ones.
+        """Batches per epoch: from the (batch) sampler; for a StreamingDataset's own order, this
+        rank's steps of a whole epoch (the same on every rank); ``len(dataset)`` based for other
+        iterable datasets.
 
         Raises:
             TypeError: the dataset or sampler has no length.
         """
         if self._map_style:
             return len(self._index_sampler)
+        if self._planned():
+            world_size = self.dataset.topology().world_size  # type: ignore[attr-defined]
+            return sl_plan.count_steps(
+                len(self.dataset),  # type: ignore[arg-type]
+                world_size,
+                int(self.batch_size or 1),
+                self.drop_last,
+            )
         length = len(self.dataset)  # type: ignore[arg-type]
         self._iterable_len_called = length
         if self.batch_size is None:
@@ -356,7 +403,17 @@ class StreamLoader:
             and self.collate_fn is default_collate
         ):
             return Route.COLUMNAR
+        if self._planned():
+            return Route.SAMPLES
         return Route.MAP if self._map_style else Route.ITERABLE
+
+    def _planned(self) -> bool:
+        """Whether passes follow the StreamingDataset's own plan (and so can resume)."""
+        return (
+            isinstance(self.dataset, StreamingDataset)
+            and not self._map_style
+            and self.batch_size is not None
+        )
 
     def fetch_spec(self) -> FetchSpec:
         """What a process needs, besides the dataset, to build this run's fetcher."""
@@ -370,11 +427,102 @@ class StreamLoader:
     def batch_plan(self, route: Route) -> Iterator[Any]:
         """This run's work items, in order (see the module docstring).
 
-        ``iter()`` of the index sampler happens here, eagerly, as in DataLoader.
+        ``iter()`` of the index sampler happens here, eagerly, as in DataLoader; a planned pass
+        starts here (from the position ``load_state_dict`` set) and becomes the one
+        ``state_dict`` describes.
         """
-        if route is Route.COLUMNAR and not self._map_style and self.batch_size is not None:
-            return id_batches(self.dataset, self.batch_size, self.drop_last)  # type: ignore[arg-type]
+        if self._planned():
+            cursor = self._begin_pass()
+            return id_batches(cursor.plan, cursor.rank)
+        self._cursor = None
         return iter(self._index_sampler)
+
+    def _begin_pass(self) -> _PassCursor:
+        dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
+        start = dataset.take_resume_position()
+        plan = dataset.epoch_plan(int(self.batch_size or 1), self.drop_last, start)
+        rank = dataset.topology().rank
+        self._cursor = _PassCursor(plan, rank, dataset.epoch)
+        workers = self.worker_options.num_workers
+        # Only for whole epochs: a resumed pass near its end is short by nature, not misconfigured.
+        if start == 0 and 0 < plan.num_steps < workers:
+            warnings.warn(
+                f"StreamLoader: rank {rank} has {plan.num_steps} batches this epoch for"
+                f" {workers} workers; {workers - plan.num_steps} workers stay idle (use fewer"
+                " workers or a smaller batch_size)",
+                stacklevel=4,
+            )
+        return self._cursor
+
+    # -- plan and resume ------------------------------------------------------------------------
+
+    def epoch_plan(self) -> sl_plan.EpochPlan:
+        """The plan of the current pass (or of the next one, before any): steps, ``padding``.
+
+        Raises:
+            StateError: this loader does not read a StreamingDataset in its own order.
+        """
+        dataset = self._require_plan("epoch_plan")
+        if self._cursor is not None:
+            return self._cursor.plan
+        return dataset.epoch_plan(int(self.batch_size or 1), self.drop_last)
+
+    @property
+    def padded_samples(self) -> int:
+        """Repeated samples this rank yields in the current (or next) epoch so every rank takes
+        the same number of steps: 0, or 1 when the epoch's tail has fewer samples than ranks."""
+        if not self._planned():
+            return 0
+        plan = self.epoch_plan()
+        return plan.padded(self.dataset.topology().rank)  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader stands: after the last batch its user received.
+
+        Returns:
+            ``{"version", "fingerprint", "epoch", "position"}``, JSON-serialisable and the same
+            on every rank; ``position`` counts samples of the epoch's global order consumed by
+            all ranks. After an epoch's last batch it names the next epoch at position 0.
+
+        Raises:
+            StateError: the loader does not read a StreamingDataset in its own order (a sampler,
+                shuffle=True, batch_size=None or another dataset).
+        """
+        dataset = self._require_plan("state_dict")
+        cursor = self._cursor
+        if cursor is None or dataset.resume_pending or dataset.epoch != cursor.epoch:
+            return dataset.state_dict()
+        epoch, position = cursor.epoch, cursor.plan.position_after(cursor.steps)
+        if cursor.steps >= cursor.plan.num_steps:
+            epoch, position = epoch + 1, 0
+        return sl_plan.make_state(dataset.fingerprint(), epoch, position)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` at the next ``iter()``: its epoch (``dataset.epoch``), from
+        its position, on this loader's world size, workers and batch size.
+
+        Raises:
+            StateError: another dataset or other shuffle settings (both sides shown), an
+                unknown version, a malformed state, or a loader without a resumable plan.
+        """
+        dataset = self._require_plan("load_state_dict")
+        dataset.load_state_dict(state)
+        self._cursor = None
+
+    def _require_plan(self, what: str) -> StreamingDataset:
+        if self._planned():
+            return self.dataset  # type: ignore[return-value]
+        if not isinstance(self.dataset, StreamingDataset):
+            reason = f"a {type(self.dataset).__name__} has no resumable plan"
+        elif self.batch_size is None:
+            reason = "batch_size=None reads samples without a plan"
+        else:
+            reason = (
+                "a sampler (shuffle=True, sampler= or batch_sampler=) decides the order, and"
+                " samplers carry no resumable state; shuffle with"
+                " StreamingDataset(shuffle=True, seed=...) and StreamLoader(shuffle=None)"
+            )
+        raise StateError(f"StreamLoader.{what}: not supported here: {reason}")
 
 
 def _worker_iterator(loader: StreamLoader) -> Iterator[Any]:
@@ -431,6 +579,7 @@ class _SingleProcessIter:
         spec = loader.fetch_spec()
         self._index_sampler = loader._index_sampler
         self._plan = loader.batch_plan(spec.route)
+        self._cursor = loader._cursor
         # Drawn and unused at num_workers=0, exactly like DataLoader: the RNG state after an
         # epoch must match, and workers will derive their seeds from it.
         self.base_seed = int(
@@ -455,6 +604,8 @@ class _SingleProcessIter:
     def __next__(self) -> Any:
         item = next(self._plan)
         batch = self._fetcher.finish(self._fetcher.fetch(item))
+        if self._cursor is not None:
+            self._cursor.steps += 1
         if self._pin_device is not None:
             from torch.utils.data._utils.pin_memory import pin_memory
 

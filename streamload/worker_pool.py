@@ -8,9 +8,12 @@ worker writes its records in the order it received items, so "the next batch" is
 next record of one known ring. An iterable worker that runs dry reports it (StopIteration) and
 gets no further items, as in DataLoader.
 
-Over a StreamingDataset without random access on the columnar route, the trainer sends nothing
-per batch: each worker computes batches k, k + n, ... of ``dataset.sample_order()`` itself and
-builds them with ``get_batch`` straight into its ring (its ring's capacity is the prefetch bound).
+Over a StreamingDataset read in its own order (a planned pass: COLUMNAR or SAMPLES route), the
+trainer sends nothing per batch: it sends the pass's plan parameters (epoch, start position,
+rank, world size, batch size, drop_last) once, and each worker k rebuilds the same pure plan and
+builds steps k, k + n, ... of this rank's batches straight into its ring (its ring's capacity is
+the prefetch bound). The trainer counts batches as it hands them to the user (the pass cursor
+``state_dict`` reads), never as workers produce them.
 
 Seeding: the base seed is drawn in ``__init__`` as DataLoader draws it; workers seed themselves
 from it (``workers._seed``). With ``persistent_workers`` one pool (and one base seed) serves every
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -34,8 +38,6 @@ import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
-
-import numpy as np
 
 from streamload import config as sl_config
 from streamload import heap
@@ -245,6 +247,7 @@ class MultiProcessIter:
         self.base_seed = int(_draw_seed(loader.generator))
         self._timeout = float(loader.timeout)
         self._zero_copy = bool(getattr(loader, "zero_copy", False))
+        self._cursor = loader._cursor
         self._pool = WorkerPool(loader, self.base_seed)
         self._start_epoch(first=True)
 
@@ -253,28 +256,24 @@ class MultiProcessIter:
         self._drain()
         self._spec = loader.fetch_spec()
         self._plan_source = loader.batch_plan(self._spec.route)
+        self._cursor = loader._cursor
         self._start_epoch(first=False)
         return self
 
     def _start_epoch(self, first: bool) -> None:
         n = self._pool.num_workers
-        self._own_plan = (
-            self._spec.route is Route.COLUMNAR
-            and not self._map_style
-            and self._batch_size is not None
-        )
+        self._own_plan = self._cursor is not None
         self._pending: collections.deque[int] = collections.deque()  # worker of each task
         self._active = [True] * n
         self._next_worker = 0
         self._in_flight = [0] * n
         self._ended = False
         if self._own_plan:
+            # The whole plan rides along (epoch included): a persistent worker's dataset copy
+            # would otherwise miss set_epoch/load_state_dict calls made after it started.
+            message = b"O" + json.dumps(self._cursor.worker_message()).encode()
             for worker_id in range(n):
-                # The trainer's epoch rides along: a persistent worker's dataset copy would
-                # otherwise miss set_epoch calls made after it started.
-                epoch = int(getattr(self._dataset, "epoch", 0))
-                message = bytes([int(self._drop_last)]) + np.int64(epoch).tobytes()
-                self._pool.send(worker_id, b"O" + message)
+                self._pool.send(worker_id, message)
             return
         for worker_id in range(n):
             self._pool.send(worker_id, b"R")
@@ -313,6 +312,8 @@ class MultiProcessIter:
             batch = self._next_own() if self._own_plan else self._next_dispatched()
             if batch is not _SKIP:
                 break
+        if self._cursor is not None:
+            self._cursor.steps += 1
         if self._pin_device is not None:
             from torch.utils.data._utils.pin_memory import pin_memory
 

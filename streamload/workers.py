@@ -6,8 +6,9 @@ seeds its workers (``random``/``torch`` with base_seed + id, numpy via torch's
 ``_generate_state``), publishes torch's ``WorkerInfo`` so ``get_worker_info()`` works, runs
 ``worker_init_fn(id)`` once, then serves epochs until told to stop.
 
-Messages (first byte = kind): ``R`` start an epoch (build a fresh fetcher), ``O`` start an epoch
-that computes its own columnar plan (batches id, id + n, ... of ``dataset.sample_order()``),
+Messages (first byte = kind): ``R`` start an epoch (build a fresh fetcher), ``O`` + JSON plan
+parameters: start an epoch that follows the dataset's own plan (this rank's steps id, id + n, ...
+of ``plan.EpochPlan`` from the given start position),
 ``I`` an int64 index list, ``N`` one int index, ``T`` an iterable ticket of length k, ``P`` a
 pickled trainer-made item (custom samplers), ``X`` exit.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
 import pickle
 import random
@@ -38,6 +40,7 @@ from torch.utils.data._utils import worker as torch_worker
 from streamload import config as sl_config
 from streamload import heap
 from streamload.fetch import FetchSpec, id_batches
+from streamload.plan import EpochPlan
 from streamload.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
 from streamload.transport import send
 
@@ -232,15 +235,20 @@ def _own_plan(
     message: bytes,
     ring: Ring,
 ) -> None:
-    """A whole unshuffled columnar epoch with no trainer messages: batches id, id + n, ..."""
-    drop_last = bool(message[1])
+    """A whole planned epoch with no further trainer messages: steps id, id + n, ..."""
     try:
-        dataset.set_epoch(int(np.frombuffer(message[2:10], dtype=np.int64)[0]))
+        params = json.loads(message[1:])
+        dataset.set_epoch(params["epoch"])
         fetcher = spec.build(dataset)
-        plan = id_batches(dataset, int(batch_size or 1), drop_last)
-        for k, ids in enumerate(plan):
-            if k % num_workers == worker_id:
-                _fetch_one(fetcher, ids, ring)
+        plan = EpochPlan(
+            dataset.sample_order(),
+            params["world_size"],
+            params["batch_size"],
+            params["drop_last"],
+            params["start"],
+        )
+        for ids in id_batches(plan, params["rank"], worker_id, num_workers):
+            _fetch_one(fetcher, ids, ring)
     except Exception:
         _send_error(ring, b"E" + traceback.format_exc().encode())
     ring.put(b"S", type=RecordType.ERROR)  # end of this worker's share

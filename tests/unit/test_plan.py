@@ -1,0 +1,327 @@
+"""The plan (streamload/plan.py): global order, per-rank steps, worker shares, resume states."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamload.errors import ConfigError, StateError
+from streamload.plan import (
+    EpochPlan,
+    ShuffleSettings,
+    check_state,
+    count_steps,
+    fingerprint,
+    global_order,
+    make_state,
+    topology,
+)
+
+shard_sizes = st.lists(st.integers(0, 30), min_size=0, max_size=12)
+shuffles = st.builds(
+    ShuffleSettings,
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**32),
+    mode=st.sampled_from(["full", "block"]),
+    block=st.integers(1, 5),
+)
+
+
+def _steps(plan: EpochPlan) -> list[list[np.ndarray]]:
+    """Every step as the list of each rank's batch."""
+    return [
+        [plan.batch(rank, step) for rank in range(plan.world_size)]
+        for step in range(plan.num_steps)
+    ]
+
+
+@given(shard_sizes, shuffles, st.integers(0, 5))
+def test_global_order_is_a_seeded_permutation(
+    sizes: list[int], shuffle: ShuffleSettings, epoch: int
+) -> None:
+    """Every epoch's order is a permutation of all ids, the same every time it is computed."""
+    order = global_order(sizes, shuffle, epoch)
+    assert order.dtype == np.int64
+    assert sorted(order.tolist()) == list(range(sum(sizes)))
+    assert np.array_equal(order, global_order(sizes, shuffle, epoch))
+    if not shuffle.shuffle:
+        assert np.array_equal(order, np.arange(sum(sizes)))
+
+
+def test_shuffled_orders_change_with_epoch_and_seed() -> None:
+    """Shuffled orders differ across epochs and seeds, in both modes."""
+    sizes = [50] * 20
+    for mode in ("full", "block"):
+        base = global_order(sizes, ShuffleSettings(True, 3, mode, 4), 0)
+        assert not np.array_equal(base, global_order(sizes, ShuffleSettings(True, 3, mode, 4), 1))
+        assert not np.array_equal(base, global_order(sizes, ShuffleSettings(True, 4, mode, 4), 0))
+
+
+@given(shard_sizes, st.integers(0, 2**32), st.integers(1, 5), st.integers(0, 3))
+def test_block_order_keeps_at_most_block_shards_live(
+    sizes: list[int], seed: int, block: int, epoch: int
+) -> None:
+    """In block mode, at any point of the order at most `block` shards have been started and not
+    yet finished: read-ahead and cache need only one window of shards."""
+    order = global_order(sizes, ShuffleSettings(True, seed, "block", block), epoch)
+    live = live_shards(sizes, order)
+    assert max(live, default=0) <= block
+
+
+def live_shards(sizes: list[int], order: np.ndarray) -> list[int]:
+    """For each position, how many shards have ids both at or before it and at or after it."""
+    shard_of = np.searchsorted(np.cumsum([0, *sizes]), order, "right") - 1
+    delta = np.zeros(len(order) + 1, dtype=np.int64)
+    for shard in np.unique(shard_of):
+        where = np.flatnonzero(shard_of == shard)
+        delta[where[0]] += 1
+        delta[where[-1] + 1] -= 1
+    return np.cumsum(delta)[:-1].tolist()
+
+
+def test_full_order_keeps_many_shards_live() -> None:
+    """The full permutation touches nearly every shard at once (what block mode avoids)."""
+    sizes = [100] * 20
+    order = global_order(sizes, ShuffleSettings(True, 0, "full"), 0)
+    assert max(live_shards(sizes, order)) >= 18
+
+
+@given(
+    shard_sizes,
+    shuffles,
+    st.integers(1, 6),
+    st.integers(1, 7),
+    st.booleans(),
+    st.data(),
+)
+def test_steps_consume_the_global_order_exactly_once_on_any_world_size(
+    sizes: list[int],
+    shuffle: ShuffleSettings,
+    world_size: int,
+    batch_size: int,
+    drop_last: bool,
+    data: st.DataObject,
+) -> None:
+    """Ranks' batches, read step by step and rank by rank (padding aside), are exactly the
+    global order from the start position: every id once, none invented, whatever the topology."""
+    order = global_order(sizes, shuffle, 0)
+    start = data.draw(st.integers(0, len(order)))
+    plan = EpochPlan(order, world_size, batch_size, drop_last, start)
+    consumed = [
+        i for step in range(plan.num_steps) for r in range(world_size) for i in _real(plan, r, step)
+    ]
+    assert consumed == order[start : plan.end].tolist()
+    if not drop_last:
+        assert plan.end == len(order)
+    else:
+        assert len(order) - plan.end < world_size * batch_size
+
+
+@given(st.integers(0, 80), st.integers(1, 9), st.integers(1, 9), st.booleans(), st.data())
+def test_every_rank_takes_the_same_number_of_nonempty_steps(
+    n: int, world_size: int, batch_size: int, drop_last: bool, data: st.DataObject
+) -> None:
+    """Each rank gets exactly num_steps batches, none empty, none larger than batch_size, and
+    the last step's batches differ in size by at most one."""
+    start = data.draw(st.integers(0, n))
+    plan = EpochPlan(np.arange(n, dtype=np.int64), world_size, batch_size, drop_last, start)
+    for rank in range(world_size):
+        batches = list(plan.batches(rank))
+        assert len(batches) == plan.num_steps
+        assert all(1 <= len(b) <= batch_size for b in batches)
+    if plan.num_steps:
+        last = [len(b) for b in _steps(plan)[-1]]
+        assert max(last) - min(last) <= 1
+
+
+@given(st.integers(0, 80), st.integers(1, 9), st.integers(1, 9), st.data())
+def test_padding_is_the_fewest_repeats_that_give_equal_steps(
+    n: int, world_size: int, batch_size: int, data: st.DataObject
+) -> None:
+    """Repeats happen only when the tail has fewer ids than ranks, one per empty rank; the
+    multiset of yielded ids is the remaining order plus exactly `padding` repeated tail ids."""
+    start = data.draw(st.integers(0, n))
+    plan = EpochPlan(np.arange(n, dtype=np.int64), world_size, batch_size, False, start)
+    tail = (n - start) % (world_size * batch_size)
+    assert plan.padding == (world_size - tail if 0 < tail < world_size else 0)
+    assert plan.padding == sum(plan.padded(r) for r in range(world_size))
+    counts = Counter(i for r in range(world_size) for i in plan.rank_ids(r).tolist())
+    assert set(counts) == set(range(start, n))
+    assert sum(counts.values()) == n - start + plan.padding
+
+
+@given(st.integers(0, 60), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5))
+def test_workers_rebuild_the_rank_batches_in_any_number(
+    n: int, world_size: int, batch_size: int, num_workers: int
+) -> None:
+    """Worker k's steps k, k+n, ... read round-robin give the rank's batches: batch contents do
+    not depend on the worker count."""
+    plan = EpochPlan(np.arange(n, dtype=np.int64)[::-1].copy(), world_size, batch_size)
+    for rank in range(world_size):
+        streams = [list(plan.batches(rank, k, num_workers)) for k in range(num_workers)]
+        merged = [streams[s % num_workers][s // num_workers] for s in range(plan.num_steps)]
+        expected = list(plan.batches(rank))
+        assert [b.tolist() for b in merged] == [b.tolist() for b in expected]
+        ids = np.concatenate(expected) if expected else np.empty(0, np.int64)
+        assert plan.rank_ids(rank).tolist() == ids.tolist()
+
+
+@given(st.integers(1, 80), st.integers(1, 6), st.integers(1, 6), st.integers(1, 6), st.data())
+def test_position_after_k_steps_resumes_on_another_world_size(
+    n: int, world_a: int, world_b: int, batch_size: int, data: st.DataObject
+) -> None:
+    """Stopping after k steps on one world size and restarting at position_after(k) on another
+    covers the rest of the epoch with no id lost or repeated (padding aside)."""
+    order = global_order([n], ShuffleSettings(True, 9), 2)
+    first = EpochPlan(order, world_a, batch_size)
+    k = data.draw(st.integers(0, first.num_steps))
+    before = [i for s in range(k) for r in range(world_a) for i in _real(first, r, s)]
+    second = EpochPlan(order, world_b, batch_size, start=first.position_after(k))
+    after = [
+        i for s in range(second.num_steps) for r in range(world_b) for i in _real(second, r, s)
+    ]
+    assert before + after == order.tolist()
+
+
+def _real(plan: EpochPlan, rank: int, step: int) -> list[int]:
+    """The batch without its padded repeat."""
+    if step == plan.num_steps - 1 and plan.padded(rank):
+        return []
+    return plan.batch(rank, step).tolist()
+
+
+def test_tail_smaller_than_world_size_is_padded_by_repeats() -> None:
+    """10 ids on 4 ranks of batch 4 split 3/3/2/2; 2 ids on 4 ranks pad two ranks with a repeat."""
+    plan = EpochPlan(np.arange(10), 4, 4)
+    assert [len(plan.batch(r, 0)) for r in range(4)] == [3, 3, 2, 2] and plan.padding == 0
+    plan = EpochPlan(np.arange(10), 4, 2)  # one full step of 8, then a tail of 2
+    assert plan.num_steps == 2 and plan.padding == 2
+    assert [plan.batch(r, 1).tolist() for r in range(4)] == [[8], [9], [8], [9]]
+    assert [plan.padded(r) for r in range(4)] == [0, 0, 1, 1]
+
+
+def test_plan_refuses_bad_arguments() -> None:
+    """A start past the end or a world size/batch size below one is a ConfigError; a step or
+    rank outside the plan is an IndexError."""
+    with pytest.raises(ConfigError, match="start position"):
+        EpochPlan(np.arange(5), 1, 1, start=6)
+    with pytest.raises(ConfigError, match="batch_size"):
+        EpochPlan(np.arange(5), 1, 0)
+    plan = EpochPlan(np.arange(5), 2, 2)
+    with pytest.raises(IndexError):
+        plan.batch(0, plan.num_steps)
+    with pytest.raises(IndexError):
+        plan.batch(2, 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seed": -1}, "seed"),
+        ({"mode": "window"}, "shuffle_mode"),
+        ({"block": 0}, "shuffle_block"),
+    ],
+)
+def test_bad_shuffle_settings_name_the_setting(kwargs: dict[str, Any], message: str) -> None:
+    """Invalid shuffle settings raise ConfigError naming the setting."""
+    with pytest.raises(ConfigError, match=message):
+        ShuffleSettings(True, **kwargs).validated()
+
+
+# -- topology -----------------------------------------------------------------------------------
+
+
+def test_topology_comes_from_arguments_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit rank/world_size win over RANK/WORLD_SIZE, which win over a single process."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert (topology().rank, topology().world_size) == (0, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    here = topology()
+    assert (here.rank, here.world_size, here.local_rank, here.local_world_size) == (3, 8, 1, 2)
+    assert (topology(1, 2).rank, topology(1, 2).world_size) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"WORLD_SIZE": "four"}, {}, "WORLD_SIZE"),
+        ({"RANK": "4", "WORLD_SIZE": "4"}, {}, "rank from RANK/WORLD_SIZE"),
+        ({}, {"rank": 1}, "both or neither"),
+        ({}, {"rank": 2, "world_size": 2}, "rank from arguments"),
+        ({}, {"rank": 0, "world_size": 0}, "world_size from arguments"),
+    ],
+)
+def test_bad_topology_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: dict[str, int], message: str
+) -> None:
+    """A malformed environment or inconsistent arguments name their source."""
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        topology(**args)
+
+
+# -- resume states ------------------------------------------------------------------------------
+
+FP = fingerprint(100, "abc", ShuffleSettings(True, 1, "block", 4))
+
+
+def test_state_round_trips_through_json() -> None:
+    """A state is plain JSON and loads back to its epoch and position."""
+    state = json.loads(json.dumps(make_state(FP, 3, 40)))
+    assert check_state(state, FP, "t") == (3, 40)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.update(version=2), "version 2 is not supported"),
+        (lambda s: s.pop("position"), "keys"),
+        (lambda s: s.update(extra=1), "keys"),
+        (lambda s: s["fingerprint"].update(seed=2), "seed: state has 2, this dataset has 1"),
+        (lambda s: s["fingerprint"].update(index="zzz"), "index: state has 'zzz'"),
+        (lambda s: s["fingerprint"].update(mode="full"), "mode: state has 'full'"),
+        (lambda s: s.update(position=101), "past the end"),
+        (lambda s: s.update(epoch=-1), "epoch must be"),
+        (lambda s: s.update(position="3"), "position must be"),
+    ],
+)
+def test_incompatible_states_raise_state_error_showing_both_sides(
+    change: Any, message: str
+) -> None:
+    """Another dataset, other settings, an unknown version or a malformed state: StateError."""
+    state = make_state(FP, 0, 10)
+    change(state)
+    with pytest.raises(StateError, match=message):
+        check_state(state, FP, "t")
+    with pytest.raises(StateError, match="expected a state dict"):
+        check_state([1], FP, "t")
+
+
+@settings(max_examples=30)
+@given(st.integers(0, 2**40), st.integers(0, 2**40))
+def test_state_is_small(epoch: int, position: int) -> None:
+    """A state stays a few hundred bytes of JSON whatever the dataset size."""
+    assert len(json.dumps(make_state(FP, epoch, position))) < 300
+
+
+@given(st.integers(0, 100), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.data())
+def test_count_steps_matches_the_plan(
+    n: int, world_size: int, batch_size: int, drop_last: bool, data: st.DataObject
+) -> None:
+    """count_steps (what len(loader) reports) equals the plan's step count without building it."""
+    start = data.draw(st.integers(0, n))
+    plan = EpochPlan(np.arange(n), world_size, batch_size, drop_last, start)
+    assert count_steps(n, world_size, batch_size, drop_last, start) == plan.num_steps
