@@ -61,6 +61,12 @@ def _size(value: object) -> int:
         raise ValueError("not a size (examples: 512MB, 20GiB, 1000000)") from None
 
 
+def _size_or_auto(value: object) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    return _size(value)
+
+
 def _bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -149,7 +155,12 @@ class Config:
         "WARNING",
         "streamload's logger level",
     )
-    ring_size: int = _setting(_size, "64MiB", "shared-memory ring bytes per loader worker")
+    ring_size: int = _setting(
+        _size_or_auto,
+        "auto",
+        "shared-memory ring bytes per loader worker; auto (0) = from the dataset's sample sizes"
+        " on the columnar path, else 64MiB",
+    )
     heap_retain: int = _setting(
         _size,
         "64MiB",

@@ -213,7 +213,8 @@ class StreamLoader:
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
         ring_size: shared-memory ring bytes per worker (an int or "64MiB"; rounded down to a power
-            of two); default config ``ring_size`` (64MiB). A batch must fit in half of it.
+            of two); default config ``ring_size`` (auto: sized from index.json for a
+            StreamingDataset without transform, else 64MiB). A batch must fit in half of it.
             Without persistent_workers the rings outlive each pass and serve the next one.
         zero_copy: with workers, hand out tensors that view the ring record instead of copying
             each batch out once. The record's ring space is reused only after every tensor of

@@ -51,6 +51,32 @@ _JOIN_TIMEOUT_S = 1.0
 _LIVENESS_POLL_S = 0.25
 
 
+_FALLBACK_RING_BYTES = 64 << 20
+_MIN_AUTO_RING_BYTES = 4 << 20
+_MAX_AUTO_RING_BYTES = 1 << 30
+
+
+def auto_ring_capacity(loader: Any, spec: Any) -> int:
+    """Ring capacity for ``ring_size = auto``: sized from the data where the data says enough.
+
+    Over a StreamingDataset on the columnar route (no transform, default collate) a batch's
+    size follows from index.json: batch_size x the largest per-shard average sample size. The
+    ring gets room for a record of 1.5x that estimate (the record limit is half the ring, so
+    two such batches are in flight) plus 64 KiB of framing, as a power of two between 4 MiB and
+    1 GiB: 8 MiB for 256 x 8 KiB token rows instead of a fixed 64 MiB. Anything else (map-style
+    datasets, transforms, custom collate) can make batches of any size: 64 MiB. A batch beyond
+    the estimate fails with RecordTooLarge naming ring_size, never silently.
+    """
+    dataset, batch_size = loader.dataset, loader.batch_size
+    if spec.route is not Route.COLUMNAR or batch_size is None:
+        return _FALLBACK_RING_BYTES
+    shards = dataset.index.shards
+    per_sample = max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
+    record = int(per_sample * batch_size * 1.5) + (64 << 10)
+    need = min(max(2 * record, _MIN_AUTO_RING_BYTES), _MAX_AUTO_RING_BYTES)
+    return 1 << (need - 1).bit_length()
+
+
 def _ring_capacity(ring_size: int) -> int:
     """The largest power of two <= ring_size (at least 4 KiB), the data area of one ring."""
     size = max(int(ring_size), 4096)
@@ -88,9 +114,9 @@ class WorkerPool:
         settings = sl_config.load()
         heap.retain_freed(settings.heap_retain)  # the trainer copies every batch out, too
         context = options.multiprocessing_context or default_context(settings.start_method)
-        ring_size = getattr(loader, "ring_size", None) or settings.ring_size
-        capacity = _ring_capacity(ring_size)
         spec = loader.fetch_spec()
+        ring_size = getattr(loader, "ring_size", None) or settings.ring_size
+        capacity = _ring_capacity(ring_size) if ring_size else auto_ring_capacity(loader, spec)
         # Rings kept by the loader from its previous pass (see `shutdown(keep_rings=True)`).
         self._spare: list[Ring] | None = getattr(loader, "_spare_rings", None)
         self.rings: list[Ring] = []

@@ -42,7 +42,7 @@ def test_defaults_apply_when_nothing_is_configured(isolated: Path) -> None:
     assert cfg.verify_local is True
     assert cfg.progress == "auto"
     assert cfg.log_level == "WARNING"
-    assert cfg.ring_size == 64 * 2**20
+    assert cfg.ring_size == 0  # auto
     assert cfg.start_method == "auto"
     assert {cfg.source(k) for k in config.setting_names()} == {"default"}
 

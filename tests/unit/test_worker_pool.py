@@ -118,3 +118,41 @@ def test_explicit_start_methods_are_honoured() -> None:
 
     for method in ("fork", "spawn", "forkserver"):
         assert default_context(method).get_start_method() == method
+
+
+def _blob_dataset(root: Any, sample_bytes: int, n: int = 64) -> Any:
+    import streamload as sl
+
+    with sl.ShardWriter(str(root), shard_size="1GB") as w:
+        for i in range(n):
+            w.write({"id": i, "data": bytes(sample_bytes)})
+    return sl.StreamingDataset(str(root))
+
+
+def test_auto_ring_size_follows_the_batches_the_dataset_makes(tmp_path: Any) -> None:
+    """ring_size=auto: small rows get a small ring, 256 x 64 KiB rows one that holds 1.5x a batch."""
+    from streamload.worker_pool import auto_ring_capacity
+
+    small = _blob_dataset(tmp_path / "small", 100)
+    big = _blob_dataset(tmp_path / "big", 64 * 1024)
+    small_loader = StreamLoader(small, batch_size=256, num_workers=1)
+    big_loader = StreamLoader(big, batch_size=256, num_workers=1)
+    assert auto_ring_capacity(small_loader, small_loader.fetch_spec()) == 4 << 20
+    capacity = auto_ring_capacity(big_loader, big_loader.fetch_spec())
+    assert capacity // 2 - 64 >= 1.5 * 256 * 64 * 1024
+    assert capacity == 64 << 20
+    transformed = StreamLoader(
+        _blob_dataset(tmp_path / "t", 100), batch_size=256, num_workers=1, collate_fn=lambda b: b
+    )
+    assert auto_ring_capacity(transformed, transformed.fetch_spec()) == 64 << 20
+
+
+def test_auto_sized_rings_carry_every_batch(tmp_path: Any) -> None:
+    """With the auto-sized (small) ring, an epoch arrives whole and in order."""
+    ds = _blob_dataset(tmp_path / "ds", 3000, n=500)
+    loader = StreamLoader(ds, batch_size=100, num_workers=2)
+    batches = list(loader)
+    assert [b["id"].tolist() for b in batches] == [
+        list(range(k, k + 100)) for k in range(0, 500, 100)
+    ]
+    assert all(ring.capacity == 4 << 20 for ring in loader._spare_rings)
