@@ -11,6 +11,7 @@ DataLoader workers use fork (its Linux default); StreamLoader uses its own defau
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import subprocess
@@ -153,22 +154,34 @@ def run_one(
 
 
 def measure_in_child(args: Any, root: Path, workload: str, contender: str, workers: int) -> Any:
-    """Run `run_one` in a fresh interpreter and sample its process tree's PSS from here.
+    """Time `run_one` in a fresh interpreter, then run it again with its process tree's PSS
+    sampled from here.
 
     A fresh process per contender keeps one contender's heap, imports and page-cache mappings
     out of the next one's figures, and keeps the sampler thread out of the measured process
-    (StreamLoader's start method depends on whether the trainer runs other threads).
+    (StreamLoader's start method depends on whether the trainer runs other threads). Timing and
+    memory come from separate runs: reading /proc/PID/smaps_rollup walks the target's page
+    tables under its mmap lock, which stalls the page faults of freshly started workers (it
+    slowed a W2 epoch 3x at a 30 ms sampling interval).
     """
     reps = 1 if args.quick or workload in ("W1", "W3") else min(harness.repeats(args), 3)
     cmd = [sys.executable, __file__, "--one", workload, contender, str(workers), "--dir", str(root)]
     cmd += ["--quick"] if args.quick else []
-    cmd += ["--repeats", str(reps)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    with memory.PeakPss(proc.pid) as pss:
-        out, _ = proc.communicate(timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{workload} {contender} w{workers}: child exited {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), pss
+
+    def run(repeats: int, sample: bool) -> tuple[Any, Any]:
+        proc = subprocess.Popen(
+            [*cmd, "--repeats", str(repeats)], stdout=subprocess.PIPE, text=True
+        )
+        pss = memory.PeakPss(proc.pid) if sample else None
+        with pss or contextlib.nullcontext():
+            out, _ = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{workload} {contender} w{workers}: child exited {proc.returncode}")
+        return json.loads(out.strip().splitlines()[-1]), pss
+
+    timing, _ = run(reps, sample=False)
+    _, pss = run(1, sample=True)
+    return timing, pss
 
 
 def main() -> None:
