@@ -24,7 +24,6 @@ dicts (tests/unit/test_collate.py checks every column kind, including the cases 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,18 +31,31 @@ import pyarrow as pa
 import torch
 
 
-@dataclass(frozen=True, eq=False)
 class BlobColumn:
-    """A str or bytes column as int64 ``offsets[n + 1]`` (starting at 0) plus one uint8 blob.
+    """A str or bytes column as int64 ``offsets[n + 1]`` (starting at 0) plus the row bytes.
 
     The worker-side form of a str/bytes column: it goes into the ring as two raw buffers (the
     transport's ``ls``/``lb`` layout) and becomes the list ``default_collate`` gives only in the
-    trainer, so no per-row Python object is ever made in a worker.
+    trainer, so no per-row Python object is ever made in a worker. Row ``i`` is
+    ``source[starts[i] : starts[i] + length(i)]``: the rows may still sit scattered in a mapped
+    shard, in which case ``write_data`` copies them straight into the ring (one copy from the
+    file to shared memory) and ``data`` gathers them only if someone asks for one blob.
     """
 
-    text: bool
-    offsets: np.ndarray
-    data: np.ndarray
+    __slots__ = ("_data", "offsets", "source", "starts", "text")
+
+    def __init__(
+        self,
+        text: bool,
+        offsets: np.ndarray,
+        source: np.ndarray,
+        starts: np.ndarray | None = None,
+    ) -> None:
+        self.text = text
+        self.offsets = offsets
+        self.source = source
+        self.starts = offsets[:-1] if starts is None else starts
+        self._data: np.ndarray | None = source if starts is None else None
 
     @classmethod
     def from_arrow(cls, array: pa.Array) -> BlobColumn:
@@ -57,21 +69,19 @@ class BlobColumn:
         start, stop = int(offsets[0]), int(offsets[-1])
         data = np.frombuffer(data_buf, np.uint8)[start:stop] if data_buf is not None else None
         return cls(
-            text=pa.types.is_large_string(array.type),
-            offsets=offsets - start,
-            data=data if data is not None else np.zeros(0, np.uint8),
+            pa.types.is_large_string(array.type),
+            offsets - start,
+            data if data is not None else np.zeros(0, np.uint8),
         )
 
     @classmethod
     def gather(
         cls, text: bool, source: np.ndarray, starts: np.ndarray, lengths: np.ndarray
     ) -> BlobColumn:
-        """Rows ``source[starts[i] : starts[i] + lengths[i]]`` copied into one new blob."""
+        """Rows ``source[starts[i] : starts[i] + lengths[i]]``, not copied until written."""
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        data = np.empty(int(offsets[-1]), np.uint8)
-        copy_runs(data, source, starts, offsets[:-1], lengths)
-        return cls(text, offsets, data)
+        return cls(text, offsets, source, np.asarray(starts, np.int64))
 
     @classmethod
     def scatter(cls, parts: list[BlobColumn], positions: list[np.ndarray], n: int) -> BlobColumn:
@@ -83,11 +93,32 @@ class BlobColumn:
         np.cumsum(lengths, out=offsets[1:])
         data = np.empty(int(offsets[-1]), np.uint8)
         for part, where in zip(parts, positions, strict=True):
-            copy_runs(data, part.data, part.offsets[:-1], offsets[where], np.diff(part.offsets))
+            copy_runs(data, part.source, part.starts, offsets[where], np.diff(part.offsets))
         return cls(parts[0].text, offsets, data)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all rows together."""
+        return int(self.offsets[-1])
+
+    @property
+    def data(self) -> np.ndarray:
+        """All rows as one contiguous blob (gathered on first use if they are scattered)."""
+        if self._data is None:
+            data = np.empty(self.nbytes, np.uint8)
+            self.write_data(data)
+            self._data = data
+        return self._data
+
+    def write_data(self, dst: np.ndarray) -> None:
+        """Copy the rows, back to back, into ``dst`` (at least ``nbytes`` long)."""
+        if self._data is not None:
+            dst[: self.nbytes] = self._data[: self.nbytes]
+        else:
+            copy_runs(dst, self.source, self.starts, self.offsets[:-1], np.diff(self.offsets))
 
     def tolist(self) -> list[Any]:
         """The column as ``default_collate`` gives it: a list of str or bytes."""

@@ -122,6 +122,8 @@ class BatchPlan:
                     .reshape(src.shape)
                 )
                 np.copyto(target, src, casting="no" if src.dtype.isnative else "equiv")
+            elif isinstance(src, BlobColumn):
+                src.write_data(dst[start : start + src.nbytes])
             else:
                 view = np.frombuffer(src, dtype=np.uint8)
                 dst[start : start + view.size] = view
@@ -165,13 +167,13 @@ class _Planner:
             return self._numpy(np.asarray(obj), "np")
         if isinstance(obj, torch.Tensor) and kind is torch.Tensor:
             return self._tensor(obj)
-        if kind is BlobColumn:  # a worker's str/bytes column: already offsets + blob
+        if kind is BlobColumn:  # a worker's str/bytes column: offsets + rows copied at write
             return [
                 "ls" if obj.text else "lb",
                 self._add(obj.offsets, obj.offsets.nbytes),
                 len(obj),
-                self._add(obj.data, obj.data.nbytes),
-                obj.data.nbytes,
+                self._add(obj, obj.nbytes),
+                obj.nbytes,
             ]
         return self._pickle(obj)
 
