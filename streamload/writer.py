@@ -15,8 +15,8 @@ index.json already exists is refused unless ``overwrite=True``, which deletes th
 first (the old dataset is visibly gone while the new one is written) and, after the new index is
 written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list.
 
-Shard formats plug in through the small ``ShardFileWriter`` protocol (Arrow today; LMDB is
-issue 6): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
+Shard formats plug in through the small ``ShardFileWriter`` protocol (``arrow_writer``,
+``lmdb_writer``): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
 """
 
 from __future__ import annotations
@@ -58,13 +58,13 @@ def _open_shard_file(
         from streamload.arrow_writer import ArrowShardFileWriter
 
         return ArrowShardFileWriter(fs, path, schema, compression)
-    raise NotImplementedError(
-        f"ShardWriter format {fmt!r} is not implemented yet (LMDB shards come later)"
-    )
+    from streamload.lmdb_writer import LmdbShardFileWriter
+
+    return LmdbShardFileWriter(fs, path, schema)
 
 
 class ShardWriter:
-    """Write a sharded dataset (index.json + shard-NNNNN.arrow) at a URL.
+    """Write a sharded dataset (index.json + shard-NNNNN.arrow | .lmdb) at a URL.
 
     Example::
 
@@ -87,7 +87,8 @@ class ShardWriter:
 
         Args:
             url: the dataset directory: local path, ``file://`` or ``memory://`` URL.
-            format: ``"arrow"`` (``"lmdb"`` is not implemented yet).
+            format: ``"arrow"`` (Arrow IPC files) or ``"lmdb"`` (one single-file LMDB
+                environment per shard, see ``lmdb_writer``).
             shard_size: target shard size, int bytes or a string such as ``"256MB"``; None takes
                 the configured default (``streamload.config.load().shard_size``).
             compression: None (uncompressed), ``"zstd"`` or ``"lz4"``.
@@ -100,15 +101,14 @@ class ShardWriter:
             ConfigError: bad format, shard_size or compression.
             FormatError: bad schema.
             StoreError: ``url`` already holds a dataset and ``overwrite`` is False.
-            NotImplementedError: ``format="lmdb"``.
         """
         if format not in ("arrow", "lmdb"):
             raise ConfigError(
                 f"ShardWriter format: unknown format {format!r}; use 'arrow' or 'lmdb'"
             )
-        if format == "lmdb":
-            raise NotImplementedError(
-                "ShardWriter(format='lmdb') is not implemented yet; use format='arrow'"
+        if format == "lmdb" and compression not in (None, "none", "uncompressed"):
+            raise ConfigError(
+                "ShardWriter compression: LMDB shards are stored uncompressed; use compression=None"
             )
         if shard_size is None:
             from streamload import config

@@ -1,0 +1,212 @@
+"""The sample codec of LMDB shards: one sample <-> one compact, self-describing binary value.
+
+No pickle: a value is plain little-endian structs and raw bytes, so decoding a hostile value can
+at worst raise ``FormatError``, never run code. Layout of one value (all integers little-endian)::
+
+    magic  b"SLS1"                       4 bytes
+    ncols  uint32                        4 bytes
+    ncols entries, 24 bytes each:        kind uint8 | dtype uint8 | ndim uint8 | 5 pad bytes
+                                         | offset uint64 | nbytes uint64
+    dims   uint64 x (sum of ndims)       every ndarray's shape, in column order
+    payloads                             at the entries' offsets
+
+Kinds: 1 int (int64), 2 float (float64), 3 bool (one byte 0/1), 4 str (UTF-8), 5 bytes,
+6 ndarray (``dtype`` is the 1-based position in ``schema.DTYPES``, C-order data). Every payload
+starts at an offset that is a multiple of 8 inside the value, ndarray data at a multiple of 64,
+so an array decodes as a zero-copy ``np.frombuffer`` view of the value: aligned in memory for
+values on LMDB overflow pages (large values start 16 bytes into a page), merely correct (numpy
+handles unaligned views) for small values stored inside leaf pages.
+
+The value describes its own types and shapes (decoding needs no schema); column names live in
+index.json's schema, and the reader checks each decoded value against it. ``decode`` bounds-checks
+every offset and size against the value before touching it: garbage is a ``FormatError``.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from streamload.errors import FormatError
+from streamload.schema import DTYPES, Column, Schema
+
+MAGIC = b"SLS1"
+KIND_CODES = {"int": 1, "float": 2, "bool": 3, "str": 4, "bytes": 5, "ndarray": 6}
+KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
+DTYPE_CODES = {name: i + 1 for i, name in enumerate(DTYPES)}
+_NUMPY_DTYPES = [np.dtype("uint8")] + [np.dtype(d).newbyteorder("<") for d in DTYPES]
+_HEAD = struct.Struct("<4sI")
+_ENTRY = struct.Struct("<BBB5xQQ")
+_INT = struct.Struct("<q")
+_FLOAT = struct.Struct("<d")
+_ARRAY_ALIGN = 64
+_ALIGN = 8
+_PAD = bytes(_ARRAY_ALIGN)
+
+
+def encode(schema: Schema, sample: dict[str, Any]) -> bytes:
+    """Encode one sample (already validated against ``schema``) as a value.
+
+    Returns:
+        The value's bytes (layout in the module docstring).
+    """
+    columns = schema.columns
+    payloads: list[tuple[int, int, int, bytes | memoryview, tuple[int, ...], int]] = []
+    ndims = 0
+    for col in columns:
+        value = sample[col.name]
+        kind = col.kind
+        if kind == "int":
+            payloads.append((1, 0, 0, _INT.pack(int(value)), (), _ALIGN))
+        elif kind == "float":
+            payloads.append((2, 0, 0, _FLOAT.pack(float(value)), (), _ALIGN))
+        elif kind == "bool":
+            payloads.append((3, 0, 0, b"\x01" if value else b"\x00", (), _ALIGN))
+        elif kind == "str":
+            payloads.append((4, 0, 0, value.encode("utf-8"), (), _ALIGN))
+        elif kind == "bytes":
+            payloads.append((5, 0, 0, memoryview(value).cast("B"), (), _ALIGN))
+        else:
+            arr = np.asarray(value, dtype=_NUMPY_DTYPES[DTYPE_CODES[col.dtype or ""]])
+            if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make 0-d arrays 1-d)
+                arr = arr.copy(order="C")
+            shape = tuple(int(d) for d in arr.shape)
+            ndims += len(shape)
+            data = arr.reshape(-1).view(np.uint8).data if arr.size else b""
+            payloads.append(
+                (6, DTYPE_CODES[col.dtype or ""], len(shape), data, shape, _ARRAY_ALIGN)
+            )
+    header_len = _HEAD.size + _ENTRY.size * len(columns) + 8 * ndims
+    entries: list[bytes] = []
+    dims: list[int] = []
+    body: list[bytes | memoryview] = []
+    pos = header_len
+    for kind_code, dtype_code, ndim, data, shape, align in payloads:
+        pad = -pos % align
+        if pad:
+            body.append(_PAD[:pad])
+            pos += pad
+        entries.append(_ENTRY.pack(kind_code, dtype_code, ndim, pos, len(data)))
+        dims.extend(shape)
+        body.append(data)
+        pos += len(data)
+    head = _HEAD.pack(MAGIC, len(columns))
+    return b"".join([head, *entries, struct.pack(f"<{len(dims)}Q", *dims), *body])
+
+
+def decode(value: bytes | memoryview) -> list[Any]:
+    """Decode one value into its column values, in stored order.
+
+    int -> int, float -> float, bool -> bool, str -> str, bytes -> ``memoryview`` slice of
+    ``value`` (zero-copy), ndarray -> read-only ``np.ndarray`` view of ``value`` (zero-copy;
+    shape [] gives a 0-d array). Views live as long as ``value``'s memory does.
+
+    Raises:
+        FormatError: bad magic, an entry or dimension outside the value, an unknown kind or
+            dtype, a size that does not match the shape, or invalid UTF-8.
+    """
+    view = memoryview(value).cast("B")
+    size = len(view)
+    if size < _HEAD.size:
+        raise FormatError(f"value of {size} bytes is too short for a sample header")
+    magic, ncols = _HEAD.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise FormatError(f"value does not start with the sample magic {MAGIC!r} (got {magic!r})")
+    dims_pos = _HEAD.size + _ENTRY.size * ncols
+    if dims_pos > size:
+        raise FormatError(f"value claims {ncols} columns but holds {size} bytes")
+    out: list[Any] = []
+    for c in range(ncols):
+        kind, dtype_code, ndim, offset, nbytes = _ENTRY.unpack_from(
+            view, _HEAD.size + _ENTRY.size * c
+        )
+        if offset > size or nbytes > size - offset:
+            raise FormatError(
+                f"column {c}: payload [{offset}, {offset}+{nbytes}) outside the {size}-byte value"
+            )
+        data = view[offset : offset + nbytes]
+        if kind == 1 or kind == 2:
+            if nbytes != 8:
+                raise FormatError(f"column {c}: a {KIND_NAMES[kind]} needs 8 bytes, has {nbytes}")
+            out.append((_INT if kind == 1 else _FLOAT).unpack_from(data, 0)[0])
+        elif kind == 3:
+            if nbytes != 1:
+                raise FormatError(f"column {c}: a bool needs 1 byte, has {nbytes}")
+            out.append(data[0] != 0)
+        elif kind == 4:
+            try:
+                out.append(str(data, "utf-8"))
+            except UnicodeDecodeError as exc:
+                raise FormatError(f"column {c}: str payload is not UTF-8: {exc}") from None
+        elif kind == 5:
+            out.append(data)
+        elif kind == 6:
+            if not 1 <= dtype_code <= len(DTYPES):
+                raise FormatError(f"column {c}: unknown dtype code {dtype_code}")
+            if dims_pos + 8 * ndim > size:
+                raise FormatError(f"column {c}: shape of {ndim} dims runs past the value")
+            shape = struct.unpack_from(f"<{ndim}Q", view, dims_pos)
+            dims_pos += 8 * ndim
+            dtype = _NUMPY_DTYPES[dtype_code]
+            count = 1
+            for d in shape:
+                count *= d
+            if count * dtype.itemsize != nbytes:
+                raise FormatError(
+                    f"column {c}: shape {shape} of {DTYPES[dtype_code - 1]} needs"
+                    f" {count * dtype.itemsize} bytes, payload has {nbytes}"
+                )
+            out.append(np.frombuffer(data, dtype=dtype).reshape(shape))
+        else:
+            raise FormatError(f"column {c}: unknown kind code {kind}")
+    return out
+
+
+def check_columns(schema: Schema, values: list[Any], where: str) -> None:
+    """Check that decoded ``values`` are what ``schema``'s columns say (cheap, per value).
+
+    Raises:
+        FormatError: wrong column count, kind, dtype, ndim or fixed dimension (names ``where``).
+    """
+    columns = schema.columns
+    if len(values) != len(columns):
+        raise FormatError(f"{where}: holds {len(values)} columns, the schema has {len(columns)}")
+    for col, value in zip(columns, values, strict=True):
+        if not _fits(col, value):
+            got = (
+                f"{value.dtype} array of shape {value.shape}"
+                if isinstance(value, np.ndarray)
+                else type(value).__name__
+            )
+            raise FormatError(
+                f"{where}: column {col.name!r} holds a {got}, the schema says {_describe(col)}"
+            )
+
+
+def _fits(col: Column, value: Any) -> bool:
+    kind = col.kind
+    if kind == "ndarray":
+        if not isinstance(value, np.ndarray) or value.dtype.name != col.dtype:
+            return False
+        want = col.shape or ()
+        return len(value.shape) == len(want) and all(
+            w is None or w == s for s, w in zip(value.shape, want, strict=True)
+        )
+    if kind == "int":
+        return type(value) is int
+    if kind == "float":
+        return type(value) is float
+    if kind == "bool":
+        return type(value) is bool
+    if kind == "str":
+        return type(value) is str
+    return isinstance(value, memoryview)
+
+
+def _describe(col: Column) -> str:
+    if col.kind != "ndarray":
+        return col.kind
+    shape = ", ".join("None" if d is None else str(d) for d in col.shape or ())
+    return f"{col.dtype} array of shape ({shape})"
