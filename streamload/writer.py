@@ -13,7 +13,8 @@ index.json is written, and already completed shards are left in place (without i
 are not a dataset, and writing the dataset again overwrites them by name). Writing where an
 index.json already exists is refused unless ``overwrite=True``, which deletes the old index.json
 first (the old dataset is visibly gone while the new one is written) and, after the new index is
-written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list.
+written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list (and the
+temp files of interrupted writers).
 
 Shard formats plug in through the small ``ShardFileWriter`` protocol (``arrow_writer``,
 ``lmdb_writer``): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
@@ -33,7 +34,10 @@ from streamload.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInf
 from streamload.schema import Schema, infer_schema, schema_from_json
 from streamload.sizes import parse_size
 
-_SHARD_FILE_RE = re.compile(r"^shard-\d{5,}\.(arrow|lmdb)$")
+# Shard files, and the temp files of interrupted writers (removed by overwrite=True).
+_SHARD_FILE_RE = re.compile(
+    r"^(shard-\d{5,}\.(arrow|lmdb)|\.shard-\d{5,}\.(arrow|lmdb)\.tmp-\d+-[0-9a-f]+)$"
+)
 
 
 class ShardFileWriter(Protocol):
@@ -82,6 +86,7 @@ class ShardWriter:
         schema: dict[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """Open a dataset for writing.
 
@@ -96,6 +101,8 @@ class ShardWriter:
                 first sample, with array shapes fixed.
             storage_options: passed to fsspec.
             overwrite: replace an existing dataset at ``url`` (see the module docstring).
+            metadata: a JSON-serialisable object stored as index.json's ``"metadata"`` (e.g.
+                ``{"classes": [...]}``); None or empty stores nothing.
 
         Raises:
             ConfigError: bad format, shard_size or compression.
@@ -134,6 +141,7 @@ class ShardWriter:
             None if schema is None else schema_from_json(schema, "ShardWriter(schema=...)")
         )
         self._overwrite = overwrite
+        self._metadata = dict(metadata) if metadata else None
         self._shards: list[ShardInfo] = []
         self._current: ShardFileWriter | None = None
         self._current_tmp = ""
@@ -203,6 +211,7 @@ class ShardWriter:
             schema=self._schema,
             num_samples=self._num_samples,
             shards=tuple(self._shards),
+            metadata=self._metadata,
         )
         self._publish_index(index.to_bytes())
         self._closed = True
