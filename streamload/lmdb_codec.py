@@ -18,7 +18,8 @@ values on LMDB overflow pages (large values start 16 bytes into a page), merely 
 handles unaligned views) for small values stored inside leaf pages.
 
 The value describes its own types and shapes (decoding needs no schema); column names live in
-index.json's schema, and the reader checks each decoded value against it. ``decode`` bounds-checks
+index.json's schema, and the reader has ``decode`` check each value against the schema's
+``layout`` (integer comparisons while decoding, so the check is nearly free). ``decode`` bounds-checks
 every offset and size against the value before touching it: garbage is a ``FormatError``.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.schema import DTYPES, Column, Schema
+from streamload.schema import DTYPES, Schema
 
 MAGIC = b"SLS1"
 KIND_CODES = {"int": 1, "float": 2, "bool": 3, "str": 4, "bytes": 5, "ndarray": 6}
@@ -96,16 +97,38 @@ def encode(schema: Schema, sample: dict[str, Any]) -> bytes:
     return b"".join([head, *entries, struct.pack(f"<{len(dims)}Q", *dims), *body])
 
 
-def decode(value: bytes | memoryview) -> list[Any]:
+# What a schema expects of each stored column: (kind code, dtype code, ndim, fixed dims or None).
+Layout = tuple[tuple[int, int, int, tuple[int | None, ...]], ...]
+
+
+def layout(schema: Schema) -> Layout:
+    """The per-column expectations ``decode`` checks a value against (integers only: cheap)."""
+    out = []
+    for col in schema.columns:
+        if col.kind == "ndarray":
+            dims = tuple(col.shape or ())
+            out.append((6, DTYPE_CODES[col.dtype or ""], len(dims), dims))
+        else:
+            out.append((KIND_CODES[col.kind], 0, 0, ()))
+    return tuple(out)
+
+
+def decode(value: bytes | memoryview, expect: Layout | None = None) -> list[Any]:
     """Decode one value into its column values, in stored order.
 
     int -> int, float -> float, bool -> bool, str -> str, bytes -> ``memoryview`` slice of
     ``value`` (zero-copy), ndarray -> read-only ``np.ndarray`` view of ``value`` (zero-copy;
     shape [] gives a 0-d array). Views live as long as ``value``'s memory does.
 
+    Args:
+        value: the encoded value.
+        expect: a schema's ``layout``: when given, the value must hold exactly those columns
+            (count, kinds, dtypes, ndims, fixed dims).
+
     Raises:
         FormatError: bad magic, an entry or dimension outside the value, an unknown kind or
-            dtype, a size that does not match the shape, or invalid UTF-8.
+            dtype, a size that does not match the shape, invalid UTF-8, or (with ``expect``) a
+            column that is not what the schema says.
     """
     view = memoryview(value).cast("B")
     size = len(view)
@@ -114,6 +137,8 @@ def decode(value: bytes | memoryview) -> list[Any]:
     magic, ncols = _HEAD.unpack_from(view, 0)
     if magic != MAGIC:
         raise FormatError(f"value does not start with the sample magic {MAGIC!r} (got {magic!r})")
+    if expect is not None and ncols != len(expect):
+        raise FormatError(f"value holds {ncols} columns, the schema has {len(expect)}")
     dims_pos = _HEAD.size + _ENTRY.size * ncols
     if dims_pos > size:
         raise FormatError(f"value claims {ncols} columns but holds {size} bytes")
@@ -126,6 +151,13 @@ def decode(value: bytes | memoryview) -> list[Any]:
             raise FormatError(
                 f"column {c}: payload [{offset}, {offset}+{nbytes}) outside the {size}-byte value"
             )
+        if expect is not None:
+            want = expect[c]
+            if kind != want[0] or dtype_code != want[1] or ndim != want[2]:
+                raise FormatError(
+                    f"column {c} holds {_what(kind, dtype_code, ndim)}, the schema says"
+                    f" {_what(*want[:3])}"
+                )
         data = view[offset : offset + nbytes]
         if kind == 1 or kind == 2:
             if nbytes != 8:
@@ -149,6 +181,12 @@ def decode(value: bytes | memoryview) -> list[Any]:
                 raise FormatError(f"column {c}: shape of {ndim} dims runs past the value")
             shape = struct.unpack_from(f"<{ndim}Q", view, dims_pos)
             dims_pos += 8 * ndim
+            if expect is not None and shape != expect[c][3]:
+                for d, w in zip(shape, expect[c][3], strict=True):
+                    if w is not None and d != w:
+                        raise FormatError(
+                            f"column {c} has shape {shape}, the schema says {expect[c][3]}"
+                        )
             dtype = _NUMPY_DTYPES[dtype_code]
             count = 1
             for d in shape:
@@ -164,49 +202,8 @@ def decode(value: bytes | memoryview) -> list[Any]:
     return out
 
 
-def check_columns(schema: Schema, values: list[Any], where: str) -> None:
-    """Check that decoded ``values`` are what ``schema``'s columns say (cheap, per value).
-
-    Raises:
-        FormatError: wrong column count, kind, dtype, ndim or fixed dimension (names ``where``).
-    """
-    columns = schema.columns
-    if len(values) != len(columns):
-        raise FormatError(f"{where}: holds {len(values)} columns, the schema has {len(columns)}")
-    for col, value in zip(columns, values, strict=True):
-        if not _fits(col, value):
-            got = (
-                f"{value.dtype} array of shape {value.shape}"
-                if isinstance(value, np.ndarray)
-                else type(value).__name__
-            )
-            raise FormatError(
-                f"{where}: column {col.name!r} holds a {got}, the schema says {_describe(col)}"
-            )
-
-
-def _fits(col: Column, value: Any) -> bool:
-    kind = col.kind
-    if kind == "ndarray":
-        if not isinstance(value, np.ndarray) or value.dtype.name != col.dtype:
-            return False
-        want = col.shape or ()
-        return len(value.shape) == len(want) and all(
-            w is None or w == s for s, w in zip(value.shape, want, strict=True)
-        )
-    if kind == "int":
-        return type(value) is int
-    if kind == "float":
-        return type(value) is float
-    if kind == "bool":
-        return type(value) is bool
-    if kind == "str":
-        return type(value) is str
-    return isinstance(value, memoryview)
-
-
-def _describe(col: Column) -> str:
-    if col.kind != "ndarray":
-        return col.kind
-    shape = ", ".join("None" if d is None else str(d) for d in col.shape or ())
-    return f"{col.dtype} array of shape ({shape})"
+def _what(kind: int, dtype_code: int, ndim: int) -> str:
+    if kind != 6:
+        return KIND_NAMES.get(kind, f"kind code {kind}")
+    dtype = DTYPES[dtype_code - 1] if 1 <= dtype_code <= len(DTYPES) else f"dtype {dtype_code}"
+    return f"a {ndim}-D {dtype} array"

@@ -25,7 +25,7 @@ import lmdb
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.lmdb_codec import check_columns, decode
+from streamload.lmdb_codec import decode, layout
 from streamload.lmdb_file import LmdbFile
 from streamload.lmdb_writer import row_key
 from streamload.schema import Column, Schema, schema_from_json
@@ -65,6 +65,7 @@ class LmdbShardReader:
         self._schema = schema
         self._selected = schema.select(columns)
         self._positions = [schema.names.index(n) for n in self._selected.names]
+        self._layout = layout(schema)
         self._file = LmdbFile(path_or_file, f"shard {shard_name}")
         if self._file.size != expected_bytes:
             raise FormatError(
@@ -93,12 +94,10 @@ class LmdbShardReader:
             raise FormatError(f"shard {self.name}: LMDB cannot read row {i}: {exc}") from exc
         if value is None:
             raise FormatError(f"shard {self.name}: row {i} is missing")
-        where = f"shard {self.name} row {i}"
         try:
-            values = decode(value)
+            values = decode(value, self._layout)
         except FormatError as exc:
-            raise FormatError(f"{where}: {exc}") from None
-        check_columns(self._schema, values, where)
+            raise FormatError(f"shard {self.name} row {i}: {exc}") from None
         return [values[p] for p in self._positions]
 
     def get(self, i: int) -> dict[str, Any]:

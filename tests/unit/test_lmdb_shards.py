@@ -315,3 +315,21 @@ def test_row_count_mismatch_is_refused(tmp_path: Path) -> None:
         LmdbShardReader(str(tmp_path / "s.lmdb"), SCHEMA, "s.lmdb", nbytes, num_samples=11)
     with pytest.raises(FormatError, match="size is"):
         LmdbShardReader(str(tmp_path / "s.lmdb"), SCHEMA, "s.lmdb", nbytes + 1)
+
+
+def test_values_that_do_not_match_the_schema_are_refused(tmp_path: Path) -> None:
+    """Reading a shard with a schema its values do not match is a FormatError naming the row."""
+    nbytes, _ = _write_shard(tmp_path / "s.lmdb", 3)
+    other = schema_from_json(
+        {
+            "columns": [
+                *SCHEMA.to_json()["columns"][:5],
+                {"name": "tokens", "kind": "ndarray", "dtype": "int64", "shape": [2, 3]},
+                *SCHEMA.to_json()["columns"][6:],
+            ]
+        },
+        "t",
+    )
+    reader = LmdbShardReader(str(tmp_path / "s.lmdb"), other, "s.lmdb", nbytes)
+    with pytest.raises(FormatError, match=r"shard s\.lmdb row 1: column 5 holds a 2-D int32 array"):
+        reader.get(1)
