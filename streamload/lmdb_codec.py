@@ -25,13 +25,15 @@ every offset and size against the value before touching it: garbage is a ``Forma
 
 from __future__ import annotations
 
+import functools
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.schema import DTYPES, Schema
+from streamload.schema import DTYPES, Column, Schema
 
 MAGIC = b"SLS1"
 KIND_CODES = {"int": 1, "float": 2, "bool": 3, "str": 4, "bytes": 5, "ndarray": 6}
@@ -80,21 +82,39 @@ def encode(schema: Schema, sample: dict[str, Any]) -> bytes:
                 (6, DTYPE_CODES[col.dtype or ""], len(shape), data, shape, _ARRAY_ALIGN)
             )
     header_len = _HEAD.size + _ENTRY.size * len(columns) + 8 * ndims
-    entries: list[bytes] = []
-    dims: list[int] = []
+    offsets = [0] * len(columns)
     body: list[bytes | memoryview] = []
     pos = header_len
-    for kind_code, dtype_code, ndim, data, shape, align in payloads:
+    for c in _payload_order(schema):
+        data, align = payloads[c][3], payloads[c][5]
         pad = -pos % align
         if pad:
             body.append(_PAD[:pad])
             pos += pad
-        entries.append(_ENTRY.pack(kind_code, dtype_code, ndim, pos, len(data)))
-        dims.extend(shape)
+        offsets[c] = pos
         body.append(data)
         pos += len(data)
+    entries = [
+        _ENTRY.pack(kind_code, dtype_code, ndim, offsets[c], len(data))
+        for c, (kind_code, dtype_code, ndim, data, _, _) in enumerate(payloads)
+    ]
+    dims = [d for p in payloads for d in p[4]]
     head = _HEAD.pack(MAGIC, len(columns))
     return b"".join([head, *entries, struct.pack(f"<{len(dims)}Q", *dims), *body])
+
+
+def is_fixed_size(col: Column) -> bool:
+    """Whether every value of ``col`` has the same payload size (scalars, fixed-shape arrays)."""
+    if col.kind in ("int", "float", "bool"):
+        return True
+    return col.kind == "ndarray" and None not in (col.shape or ())
+
+
+@functools.lru_cache(maxsize=256)
+def _payload_order(schema: Schema) -> tuple[int, ...]:
+    """Fixed-size payloads first (so they sit at the same offsets in every value), then the rest."""
+    fixed = [c for c, col in enumerate(schema.columns) if is_fixed_size(col)]
+    return (*fixed, *(c for c, col in enumerate(schema.columns) if not is_fixed_size(col)))
 
 
 # What a schema expects of each stored column: (kind code, dtype code, ndim, fixed dims or None).
@@ -113,7 +133,9 @@ def layout(schema: Schema) -> Layout:
     return tuple(out)
 
 
-def decode(value: bytes | memoryview, expect: Layout | None = None) -> list[Any]:
+def decode(
+    value: bytes | memoryview, expect: Layout | None = None, only: tuple[bool, ...] | None = None
+) -> list[Any]:
     """Decode one value into its column values, in stored order.
 
     int -> int, float -> float, bool -> bool, str -> str, bytes -> ``memoryview`` slice of
@@ -124,6 +146,7 @@ def decode(value: bytes | memoryview, expect: Layout | None = None) -> list[Any]
         value: the encoded value.
         expect: a schema's ``layout``: when given, the value must hold exactly those columns
             (count, kinds, dtypes, ndims, fixed dims).
+        only: per column, whether to decode it (None: all); skipped columns give None.
 
     Raises:
         FormatError: bad magic, an entry or dimension outside the value, an unknown kind or
@@ -158,6 +181,10 @@ def decode(value: bytes | memoryview, expect: Layout | None = None) -> list[Any]
                     f"column {c} holds {_what(kind, dtype_code, ndim)}, the schema says"
                     f" {_what(*want[:3])}"
                 )
+        if only is not None and not only[c]:
+            dims_pos += 8 * ndim if kind == 6 else 0
+            out.append(None)
+            continue
         data = view[offset : offset + nbytes]
         if kind == 1 or kind == 2:
             if nbytes != 8:
@@ -207,3 +234,59 @@ def _what(kind: int, dtype_code: int, ndim: int) -> str:
         return KIND_NAMES.get(kind, f"kind code {kind}")
     dtype = DTYPES[dtype_code - 1] if 1 <= dtype_code <= len(DTYPES) else f"dtype {dtype_code}"
     return f"a {ndim}-D {dtype} array"
+
+
+@dataclass(frozen=True)
+class FixedPrefix:
+    """Where a schema's fixed-size columns sit in every value, for checking and gathering in bulk.
+
+    ``encode`` places fixed-size payloads first, so in every value of a schema the header's
+    fixed parts and the fixed-size payloads occupy the same first ``length`` bytes. A batch of
+    values is then checked with one vectorised comparison (``check_at`` positions must hold
+    ``check_bytes``: magic, column count, every column's kind/dtype/ndim, the fixed columns'
+    offsets, sizes and dims) and each fixed
+    column is one strided copy out of the stacked prefixes: ``columns`` lists (column index,
+    payload offset, payload bytes).
+    """
+
+    length: int
+    check_at: np.ndarray
+    check_bytes: np.ndarray
+    columns: tuple[tuple[int, int, int], ...]
+
+
+def fixed_prefix(schema: Schema) -> FixedPrefix:
+    """The ``FixedPrefix`` of ``schema`` (just the header when no column has a fixed size)."""
+    fixed = [c for c, col in enumerate(schema.columns) if is_fixed_size(col)]
+    encoded = encode(schema, _zero_sample(schema))
+    template = np.frombuffer(encoded, np.uint8)
+    check: list[int] = list(range(_HEAD.size))
+    dims_pos = _HEAD.size + _ENTRY.size * len(schema.columns)
+    spans = []
+    for c, col in enumerate(schema.columns):
+        ndim = len(col.shape or ()) if col.kind == "ndarray" else 0
+        entry = _HEAD.size + _ENTRY.size * c
+        check += range(entry, entry + 8)  # kind, dtype, ndim, padding: the same in every value
+        if c in fixed:
+            check += range(entry + 8, entry + _ENTRY.size)
+            check += range(dims_pos, dims_pos + 8 * ndim)
+            _, _, _, offset, nbytes = _ENTRY.unpack_from(encoded, entry)
+            spans.append((c, offset, nbytes))
+        dims_pos += 8 * ndim
+    length = max([dims_pos, *(offset + nbytes for _, offset, nbytes in spans)])
+    at = np.asarray(check, np.intp)
+    return FixedPrefix(length, at, template[at].copy(), tuple(spans))
+
+
+def _zero_sample(schema: Schema) -> dict[str, Any]:
+    """A sample with zeros, empty strings and empty variable dims (its header is the template)."""
+    out: dict[str, Any] = {}
+    for col in schema.columns:
+        if col.kind == "ndarray":
+            shape = tuple(d or 0 for d in col.shape or ())
+            out[col.name] = np.zeros(shape, np.dtype(col.dtype))
+        else:
+            out[col.name] = {"int": 0, "float": 0.0, "bool": False, "str": "", "bytes": b""}[
+                col.kind
+            ]
+    return out

@@ -25,7 +25,7 @@ import lmdb
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.lmdb_codec import decode, layout
+from streamload.lmdb_codec import FixedPrefix, decode, fixed_prefix, layout
 from streamload.lmdb_file import LmdbFile
 from streamload.lmdb_writer import row_key
 from streamload.schema import Column, Schema, schema_from_json
@@ -66,6 +66,23 @@ class LmdbShardReader:
         self._selected = schema.select(columns)
         self._positions = [schema.names.index(n) for n in self._selected.names]
         self._layout = layout(schema)
+        # Bulk path: selected fixed-size columns in one gather, the rest decoded per row.
+        bulk: FixedPrefix | None = fixed_prefix(schema)
+        bulk_cols = {c for c, _, _ in bulk.columns} if bulk else set()
+        selected = set(self._positions)
+        self._bulk_wanted = {
+            c for c in bulk_cols & selected if not schema.columns[c].uses_var_layout
+        }
+        # str/bytes payloads are sliced per row using the entries read from the stacked headers.
+        self._bulk_strings = [
+            c for c in sorted(selected) if schema.columns[c].kind in ("str", "bytes")
+        ]
+        self._bulk = bulk if self._bulk_wanted or self._bulk_strings else None
+        rest = [
+            c in selected and c not in self._bulk_wanted and c not in self._bulk_strings
+            for c in range(len(schema.columns))
+        ]
+        self._rest: tuple[bool, ...] | None = tuple(rest) if any(rest) else None
         self._file = LmdbFile(path_or_file, f"shard {shard_name}")
         if self._file.size != expected_bytes:
             raise FormatError(
@@ -129,6 +146,10 @@ class LmdbShardReader:
         n = len(rows)
         if n and (rows.min() < 0 or rows.max() >= self.num_rows):
             raise IndexError(f"shard {self.name}: rows out of range [0, {self.num_rows})")
+        if n >= _BULK_MIN_ROWS and self._bulk is not None:
+            bulk = self._take_bulk(rows)
+            if bulk is not None:
+                return bulk
         cols = self._selected.columns
         out: list[Any] = [_batch_column(col, n) for col in cols]
         txn = self._file.txn()
@@ -140,6 +161,81 @@ class LmdbShardReader:
                 else:
                     target.append(_own(cols[c], value))
         return {col.name: values for col, values in zip(cols, out, strict=True)}
+
+    def _take_bulk(self, rows: np.ndarray) -> dict[str, Any] | None:
+        """``take`` in bulk: the rows' value prefixes are stacked and checked at once, fixed-size
+        columns are gathered with one strided copy each, str/bytes are sliced per row at the
+        offsets read from the stacked headers, and only variable-shape arrays are decoded row by
+        row. None when any value is not as expected (the per-row path then reads the rows and
+        reports exactly what is wrong)."""
+        bulk = self._bulk
+        assert bulk is not None  # checked by take; narrows the type for mypy
+        txn = self._file.txn()
+        n = len(rows)
+        values = []
+        try:
+            for i in rows.tolist():
+                value = txn.get(row_key(i))
+                if value is None or len(value) < bulk.length:
+                    return None
+                values.append(value)
+        except lmdb.Error:
+            return None
+        stacked = np.frombuffer(b"".join([v[: bulk.length] for v in values]), np.uint8).reshape(
+            n, bulk.length
+        )
+        if not (stacked[:, bulk.check_at] == bulk.check_bytes).all():
+            return None
+        out: dict[str, Any] = {}
+        for c, offset, nbytes in bulk.columns:
+            if c not in self._bulk_wanted:
+                continue
+            col = self._schema.columns[c]
+            raw = np.ascontiguousarray(stacked[:, offset : offset + nbytes])
+            if col.kind == "bool":
+                out[col.name] = raw[:, 0] != 0
+            else:
+                stored = _STORED_DTYPES[col.kind] if col.kind != "ndarray" else col.numpy_dtype
+                arr = raw.view(stored.newbyteorder("<")).astype(col.numpy_dtype, copy=False)
+                out[col.name] = arr.reshape((n, *col.row_shape))
+        for c in self._bulk_strings:
+            col = self._schema.columns[c]
+            entry = np.ascontiguousarray(stacked[:, 8 + 24 * c + 8 : 8 + 24 * c + 24])
+            spans = entry.view(np.dtype("<u8"))
+            starts, sizes = spans[:, 0], spans[:, 1]
+            lengths = np.fromiter((len(v) for v in values), np.uint64, n)
+            if not ((starts <= lengths) & (sizes <= lengths - np.minimum(starts, lengths))).all():
+                return None
+            ends = (starts + sizes).tolist()
+            if col.kind == "bytes":
+                out[col.name] = [
+                    bytes(v[a:b]) for v, a, b in zip(values, starts.tolist(), ends, strict=True)
+                ]
+                continue
+            try:
+                out[col.name] = [
+                    str(v[a:b], "utf-8")
+                    for v, a, b in zip(values, starts.tolist(), ends, strict=True)
+                ]
+            except UnicodeDecodeError:
+                return None
+        if self._rest is not None:
+            rest_cols = [c for c in self._selected.columns if c.name not in out]
+            lists: list[list[Any]] = [[] for _ in rest_cols]
+            positions = [self._schema.names.index(c.name) for c in rest_cols]
+            for i, value in zip(rows.tolist(), values, strict=True):
+                try:
+                    decoded = decode(value, self._layout, self._rest)
+                except FormatError as exc:
+                    raise FormatError(f"shard {self.name} row {i}: {exc}") from None
+                for target, p, col in zip(lists, positions, rest_cols, strict=True):
+                    target.append(_own(col, decoded[p]))
+            out.update({col.name: v for col, v in zip(rest_cols, lists, strict=True)})
+        return {name: out[name] for name in self._selected.names}
+
+
+_BULK_MIN_ROWS = 4
+_STORED_DTYPES = {"int": np.dtype("int64"), "float": np.dtype("float64")}
 
 
 def _batch_column(col: Column, n: int) -> Any:

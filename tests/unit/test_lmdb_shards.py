@@ -333,3 +333,28 @@ def test_values_that_do_not_match_the_schema_are_refused(tmp_path: Path) -> None
     reader = LmdbShardReader(str(tmp_path / "s.lmdb"), other, "s.lmdb", nbytes)
     with pytest.raises(FormatError, match=r"shard s\.lmdb row 1: column 5 holds a 2-D int32 array"):
         reader.get(1)
+    with pytest.raises(FormatError, match=r"shard s\.lmdb row 2: column 5 holds a 2-D int32 array"):
+        reader.take(np.array([2, 1, 0, 2, 1]))
+
+
+@pytest.mark.parametrize(
+    "columns", [None, ["id"], ["text", "var"], ["half", "blob"], ["tokens", "ok", "score"]]
+)
+def test_bulk_take_equals_row_by_row_reads(tmp_path: Path, columns: list[str] | None) -> None:
+    """A many-row take (fixed-size columns gathered at once) equals get() of each row."""
+    nbytes, _ = _write_shard(tmp_path / "s.lmdb", 64)
+    reader = LmdbShardReader(str(tmp_path / "s.lmdb"), SCHEMA, "s.lmdb", nbytes, columns=columns)
+    rows = np.random.default_rng(0).integers(0, 64, 50)
+    batch = reader.take(rows)
+    assert list(batch) == list(reader.columns)
+    for j, i in enumerate(rows.tolist()):
+        want = reader.get(i)
+        for name, value in want.items():
+            got = batch[name][j]
+            if isinstance(value, np.ndarray | np.generic):
+                assert got.dtype == value.dtype and np.array_equal(got, value), name
+            else:
+                assert got == value, name
+    for name in ("id", "score", "ok", "tokens", "half"):
+        if name in batch:
+            assert isinstance(batch[name], np.ndarray) and batch[name].flags.writeable
