@@ -6,9 +6,11 @@ download) makes a reader touch mapped pages past end-of-file, and the process di
 reads the two meta pages with plain ``read()`` and checks them: page flags and magic, version 1,
 a sane power-of-two page size, both metas' last page inside the file, the main tree's root page
 inside the file. LMDB itself refuses any page number at or past the newest meta's last page, so
-with the last page inside the file no page lookup can leave it. (A checksum, verified by the
-dataset before opening when ``verify`` is on, covers the rest for shards streamload wrote; a file
-truncated *after* it was opened can still SIGBUS, which is why the loader decodes in workers.)
+with the last page inside the file no page lookup can leave it. What this cannot catch: a node
+whose size field was crafted to run past the end of the file, and a file truncated *after* it
+was opened. The shard checksum (verified before opening when ``verify`` is on, the default)
+refuses every file that is not the one index.json describes, and the loader decodes in worker
+processes, so what remains is a hostile index.json + shard pair, or truncation during a read.
 
 ``LmdbFile`` owns one read-only environment (``readonly=True, lock=False, subdir=False``: no
 lock file, no reader table, nothing left stale when a worker is killed) and one long-lived read

@@ -174,6 +174,14 @@ def _rebatch(batches: Any, batch_rows: int) -> Iterator[pa.RecordBatch]:
             yield batch.slice(start, batch_rows)
 
 
+def _closing(file: Any, batches: Any) -> Iterator[pa.RecordBatch]:
+    """Yield ``batches``, closing ``file`` when they are exhausted or abandoned."""
+    try:
+        yield from batches
+    finally:
+        file.close()
+
+
 def _reading(path: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Turn pyarrow's read errors into FormatErrors naming the file."""
     try:
@@ -186,15 +194,14 @@ Opened = tuple[pa.Schema, Iterator[pa.RecordBatch], int | None]
 
 
 def _parquet(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+    file = fs.open(path, "rb")
     try:
-        pf = pq.ParquetFile(fs.open(path, "rb"))
+        pf = pq.ParquetFile(file)
     except (pa.ArrowException, OSError) as exc:
+        file.close()
         raise FormatError(f"convert: cannot read Parquet file {path}: {exc}") from exc
-    return (
-        pf.schema_arrow,
-        _reading(path, pf.iter_batches(batch_size=batch_rows)),
-        pf.metadata.num_rows,
-    )
+    batches = _closing(file, pf.iter_batches(batch_size=batch_rows))
+    return pf.schema_arrow, _reading(path, batches), pf.metadata.num_rows
 
 
 def _parquet_rows(fs: Any, path: str) -> int:
@@ -203,23 +210,23 @@ def _parquet_rows(fs: Any, path: str) -> int:
 
 
 def _jsonl(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+    file = fs.open(path, "rb")
     try:
-        reader = pa_json.open_json(
-            fs.open(path, "rb"), read_options=pa_json.ReadOptions(block_size=block_bytes)
-        )
+        reader = pa_json.open_json(file, read_options=pa_json.ReadOptions(block_size=block_bytes))
     except (pa.ArrowException, OSError) as exc:
+        file.close()
         raise FormatError(f"convert: cannot read JSON lines file {path}: {exc}") from exc
-    return reader.schema, _reading(path, _rebatch(reader, batch_rows)), None
+    return reader.schema, _reading(path, _closing(file, _rebatch(reader, batch_rows))), None
 
 
 def _csv(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+    file = fs.open(path, "rb")
     try:
-        reader = pa_csv.open_csv(
-            fs.open(path, "rb"), read_options=pa_csv.ReadOptions(block_size=block_bytes)
-        )
+        reader = pa_csv.open_csv(file, read_options=pa_csv.ReadOptions(block_size=block_bytes))
     except (pa.ArrowException, OSError) as exc:
+        file.close()
         raise FormatError(f"convert: cannot read CSV file {path}: {exc}") from exc
-    return reader.schema, _reading(path, _rebatch(reader, batch_rows)), None
+    return reader.schema, _reading(path, _closing(file, _rebatch(reader, batch_rows))), None
 
 
 def _arrow(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
@@ -231,11 +238,12 @@ def _arrow(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
         except pa.ArrowInvalid:
             source.seek(0)
             stream = pa.ipc.open_stream(source)
-            return stream.schema, _reading(path, _rebatch(stream, batch_rows)), None
+            batches = _closing(source, _rebatch(stream, batch_rows))
+            return stream.schema, _reading(path, batches), None
     except (pa.ArrowException, OSError) as exc:
         raise FormatError(f"convert: {path} is not an Arrow IPC file or stream: {exc}") from exc
     count = file_reader.num_record_batches
-    batches = (file_reader.get_batch(i) for i in range(count))
+    batches = _closing(source, (file_reader.get_batch(i) for i in range(count)))
     # Mapped batches cost nothing to count; remote ones would be downloaded twice, so skip.
     rows = sum(file_reader.get_batch(i).num_rows for i in range(count)) if local else None
     return file_reader.schema, _reading(path, _rebatch(batches, batch_rows)), rows
