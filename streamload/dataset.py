@@ -89,7 +89,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """Open a dataset (reads and validates index.json; shards open on first use).
 
         Args:
-            url: dataset root: local path, ``file://`` or ``memory://`` URL.
+            url: dataset root: local path, ``file://`` or ``memory://`` URL; or an LMDB
+                environment streamload did not write (``{"key", "value"}`` rows, see lmdb_env.py).
             cache_dir: local shard cache for remote datasets (stored; local data is read in place).
             cache_limit: byte limit of that cache (stored).
             shuffle: iterate in a seeded permutation instead of index order.

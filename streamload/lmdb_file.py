@@ -124,7 +124,8 @@ class LmdbFile:
         """Check and open a file.
 
         Args:
-            source: a local path, or a binary file object (copied to a local temp file first).
+            source: a local path, or a binary file object (copied to a local temp file first,
+                then closed).
             name: the file's name in messages.
 
         Raises:
@@ -175,9 +176,16 @@ class LmdbFile:
 
 
 def _spool(file: Any) -> str:
+    """Copy a file object to a local temp file (then close it: the copy is what gets mapped)."""
     fd, path = tempfile.mkstemp(prefix="streamload-", suffix=".lmdb")
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(file, out, 4 * 2**20)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(file, out, 4 * 2**20)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        file.close()
     return path
 
 
