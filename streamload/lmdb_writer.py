@@ -36,7 +36,9 @@ TXN_ROWS = 1024
 TXN_BYTES = 16 * 2**20
 MIN_MAP_SIZE = 16 * 2**20
 _KEY = struct.Struct(">Q")
-_ENTRY_OVERHEAD = 24  # node header + key + slot, per row (page headers are amortised)
+_ENTRY_OVERHEAD = 24  # node header + key + slot, per row, counted toward a transaction's size
+_PAGE_HEADER = 16
+_NODE_HEADER = 8
 
 
 def row_key(row: int) -> bytes:
@@ -91,21 +93,45 @@ class LmdbShardFileWriter:
             meminit=False,
             max_dbs=0,
         )
+        self._page_size = int(self._env.stat()["psize"])
+        # LMDB's largest in-page node (mdb.c: me_nodemax), for 2 keys per page at least.
+        self._node_max = (((self._page_size - _PAGE_HEADER) // 2) & -2) - 2
+        self._leaf_pages = 0
+        self._leaf_used = 0
+        self._overflow_bytes = 0
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._committed_bytes = 0
         self.num_samples = 0
 
     @property
     def estimated_bytes(self) -> int:
-        """Bytes the shard would roughly have if closed now (payload plus per-row overhead)."""
-        return self._committed_bytes + self._pending_bytes
+        """Bytes the shard would have if closed now, from LMDB's page layout (see ``_account``)."""
+        leaf_pages = self._leaf_pages
+        return self._page_size * (2 + leaf_pages + leaf_pages // 64) + self._overflow_bytes
+
+    def _account(self, value_bytes: int) -> None:
+        """Add one row to the size estimate. A leaf node is an 8-byte header + key + value (2-byte
+        aligned) plus a 2-byte slot; a value too big for a node (over ``nodemax``, ~2 KB on 4 KiB
+        pages) moves to its own run of whole overflow pages and the node keeps a page number.
+        Appended keys fill leaf pages in order, a node going to a new page when it does not fit
+        (what MDB_APPEND's split does); branch pages add about 1/64."""
+        node = _NODE_HEADER + _KEY.size + value_bytes
+        if node > self._node_max:
+            pages = -(-(_PAGE_HEADER + value_bytes) // self._page_size)
+            self._overflow_bytes += pages * self._page_size
+            node = _NODE_HEADER + _KEY.size + 8
+        node += (node & 1) + 2
+        if self._leaf_pages == 0 or self._leaf_used + node > self._page_size - _PAGE_HEADER:
+            self._leaf_pages += 1
+            self._leaf_used = 0
+        self._leaf_used += node
 
     def add(self, sample: dict[str, Any]) -> None:
         """Encode one (already validated) sample; commit a transaction when one is full."""
         value = encode(self._schema, sample)
         self._pending.append(value)
         self._pending_bytes += len(value) + _ENTRY_OVERHEAD
+        self._account(len(value))
         self.num_samples += 1
         if len(self._pending) >= self._txn_rows or self._pending_bytes >= self._txn_bytes:
             self._commit()
@@ -130,7 +156,6 @@ class LmdbShardFileWriter:
             except BaseException:
                 txn.abort()
                 raise
-        self._committed_bytes += self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
 

@@ -358,3 +358,17 @@ def test_bulk_take_equals_row_by_row_reads(tmp_path: Path, columns: list[str] | 
     for name in ("id", "score", "ok", "tokens", "half"):
         if name in batch:
             assert isinstance(batch[name], np.ndarray) and batch[name].flags.writeable
+
+
+@pytest.mark.parametrize("value_bytes", [100, 1500, 2100, 9000])
+def test_lmdb_shards_rotate_close_to_shard_size(tmp_path: Path, value_bytes: int) -> None:
+    """The size estimate follows LMDB's page layout: full shards land within 10% of shard_size."""
+    shard_size = 256 * 1024
+    rng = np.random.default_rng(value_bytes)
+    with sl.ShardWriter(str(tmp_path), format="lmdb", shard_size=shard_size) as w:
+        for i in range(3 * shard_size // value_bytes):
+            w.write({"id": i, "blob": rng.bytes(value_bytes)})
+    shards = load_index(str(tmp_path)).shards
+    assert len(shards) >= 3
+    for shard in shards[:-1]:
+        assert shard_size <= shard.bytes <= shard_size * 1.1, (shard.name, shard.bytes)
