@@ -148,3 +148,20 @@ def test_values_decode_into_tensors_with_a_transform(tmp_path: Path) -> None:
     x, y = next(iter(loader))
     assert x.shape == (8, 4) and x[:, 0].tolist() == list(range(8))
     assert y.tolist() == [i % 3 for i in range(8)]
+
+
+def test_remote_environment_is_read_through_a_local_copy(
+    env_dir: tuple[Path, dict[bytes, bytes]],
+) -> None:
+    """An environment at an fsspec URL (memory://) reads like a local one."""
+    import fsspec
+
+    path, entries = env_dir
+    fs = fsspec.filesystem("memory")
+    fs.put_file(str(path / "data.mdb"), "/remote-env/data.mdb")
+    try:
+        ds = sl.StreamingDataset("memory://remote-env")
+        assert len(ds) == len(entries)
+        assert [(s["key"], s["value"]) for s in ds] == sorted(entries.items())
+    finally:
+        fs.rm("/remote-env", recursive=True)
