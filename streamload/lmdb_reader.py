@@ -25,7 +25,14 @@ import lmdb
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.lmdb_codec import FixedPrefix, decode, fixed_prefix, layout
+from streamload.lmdb_codec import (
+    ENTRY_BYTES,
+    HEADER_BYTES,
+    FixedPrefix,
+    decode,
+    fixed_prefix,
+    layout,
+)
 from streamload.lmdb_file import LmdbFile
 from streamload.lmdb_writer import row_key
 from streamload.schema import Column, Schema, schema_from_json
@@ -200,7 +207,8 @@ class LmdbShardReader:
                 out[col.name] = arr.reshape((n, *col.row_shape))
         for c in self._bulk_strings:
             col = self._schema.columns[c]
-            entry = np.ascontiguousarray(stacked[:, 8 + 24 * c + 8 : 8 + 24 * c + 24])
+            end = HEADER_BYTES + ENTRY_BYTES * (c + 1)
+            entry = np.ascontiguousarray(stacked[:, end - 16 : end])  # offset, size
             spans = entry.view(np.dtype("<u8"))
             starts, sizes = spans[:, 0], spans[:, 1]
             lengths = np.fromiter((len(v) for v in values), np.uint64, n)

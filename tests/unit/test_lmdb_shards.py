@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import lmdb
 import numpy as np
 import pytest
 
@@ -372,3 +373,23 @@ def test_lmdb_shards_rotate_close_to_shard_size(tmp_path: Path, value_bytes: int
     assert len(shards) >= 3
     for shard in shards[:-1]:
         assert shard_size <= shard.bytes <= shard_size * 1.1, (shard.name, shard.bytes)
+
+
+def test_bulk_take_falls_back_and_names_a_corrupt_row(tmp_path: Path) -> None:
+    """A value whose string is not UTF-8 makes a many-row take fail naming that row."""
+    from streamload.lmdb_codec import encode
+    from streamload.lmdb_writer import row_key
+
+    _write_shard(tmp_path / "s.lmdb", 20)
+    value = bytearray(encode(SCHEMA, {**_sample(3), "text": "abc"}))
+    at = bytes(value).index(b"abc")
+    value[at : at + 3] = b"\xff\xfe\xfd"
+    env = lmdb.open(str(tmp_path / "s.lmdb"), subdir=False, lock=False)
+    with env.begin(write=True) as txn:
+        txn.put(row_key(3), bytes(value))
+    env.close()
+    nbytes = os.path.getsize(tmp_path / "s.lmdb")
+    reader = LmdbShardReader(str(tmp_path / "s.lmdb"), SCHEMA, "s.lmdb", nbytes)
+    assert reader.take(np.arange(4, 20))["id"].tolist() == [i * 7 - 3 for i in range(4, 20)]
+    with pytest.raises(FormatError, match=r"shard s\.lmdb row 3: .*not UTF-8"):
+        reader.take(np.arange(20))
