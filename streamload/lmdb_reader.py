@@ -18,6 +18,7 @@ so random access costs one B-tree lookup and memory grows with the total key byt
 
 from __future__ import annotations
 
+import array
 import os
 from typing import Any
 
@@ -296,7 +297,7 @@ class LmdbEnvReader:
             )
         txn = self._file.txn()
         blob = bytearray()
-        offsets = [0]
+        offsets = array.array("q", [0])  # 8 bytes per key while building, not a Python int each
         try:
             with txn.cursor() as cursor:
                 for key in cursor.iternext(keys=True, values=False):
@@ -305,7 +306,7 @@ class LmdbEnvReader:
         except lmdb.Error as exc:
             raise FormatError(f"{name}: LMDB cannot list the keys: {exc}") from exc
         self._keys = bytes(blob)
-        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._offsets = np.frombuffer(offsets, dtype=np.int64)
         self.num_rows = len(offsets) - 1
         if num_samples is not None and num_samples != self.num_rows:
             raise FormatError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,9 @@ _CONVERT = textwrap.dedent(
             print(status("VmHWM:") - before)
         table = None
     """
+)
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset"
 )
 SMALL, LARGE = 16 * 2**20, 128 * 2**20
 ROW_BYTES = 16 * 2**10
