@@ -200,7 +200,8 @@ def test_unsupported_types_and_nulls_name_the_column(
 
 
 def test_interrupted_conversion_leaves_no_index_and_a_rerun_finishes(tmp_path: Path) -> None:
-    """A conversion failing midway publishes nothing; running again replaces the partial output."""
+    """A conversion failing midway publishes nothing; running again replaces the partial output
+    (leftover shards and a killed writer's temp file included)."""
     src = tmp_path / "src"
     src.mkdir()
     pq.write_table(_table(400), src / "a.parquet")
@@ -209,6 +210,7 @@ def test_interrupted_conversion_leaves_no_index_and_a_rerun_finishes(tmp_path: P
         sl.convert(src, tmp_path / "out", format="lmdb", shard_size="4KB")
     leftovers = os.listdir(tmp_path / "out")
     assert "index.json" not in leftovers and len(leftovers) > 3
+    (tmp_path / "out" / ".shard-00007.lmdb.tmp-4242-0badf00d").write_bytes(b"killed mid-shard")
     (src / "b.parquet").unlink()
     (src / "a.parquet").unlink()
     pq.write_table(_table(20), src / "c.parquet")
