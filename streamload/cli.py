@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--source-format",
         default=None,
-        choices=("parquet", "jsonl", "csv", "arrow", "hf", "lmdb", "imagefolder"),
+        choices=("parquet", "jsonl", "csv", "arrow", "hf", "lmdb", "imagefolder", "streamload"),
         help="source kind (default: recognised from the name or contents)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a complete dataset at DST")

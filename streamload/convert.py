@@ -1,5 +1,6 @@
 """``convert``: turn Parquet, JSONL, CSV, Arrow, HF ``save_to_disk``, image folders and LMDB
-environments into a streamload dataset (Arrow or LMDB shards) at any fsspec URL.
+environments into a streamload dataset (Arrow or LMDB shards) at any fsspec URL; a streamload
+dataset (a directory with index.json) converts too, keeping its schema (re-shard, or Arrow <-> LMDB).
 
 Flow: ``sources.open_source`` yields bounded Arrow record batches; ``column_plan`` maps the
 source's Arrow schema to streamload column kinds before any row is read; each batch's columns
@@ -23,7 +24,7 @@ holding a complete dataset is refused unless ``overwrite=True``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamload import store
-from streamload.errors import FormatError
+from streamload.errors import ConfigError, FormatError
 from streamload.index import INDEX_NAME, DatasetIndex, load_index
 from streamload.sources import BATCH_ROWS, open_source
 from streamload.writer import ShardWriter
@@ -62,7 +63,9 @@ def convert(
         shard_size: target shard size (int bytes or ``"256MB"``); None takes the configured one.
         compression: Arrow compression (None, ``"zstd"``, ``"lz4"``).
         source_format: the source kind (``"parquet"``, ``"jsonl"``, ``"csv"``, ``"arrow"``,
-            ``"hf"``, ``"lmdb"``, ``"imagefolder"``); None recognises it.
+            ``"hf"``, ``"lmdb"``, ``"imagefolder"``, or ``"streamload"`` for a streamload
+            dataset: a directory with index.json, to change its format or shard size); None
+            recognises it.
         overwrite: replace a complete dataset at ``dst``.
         storage_options: fsspec options of the source.
         dst_storage_options: fsspec options of the destination.
@@ -76,17 +79,25 @@ def convert(
         FormatError: an unrecognised source, a column type or null value streamload cannot
             store (names the column), or unreadable input.
         StoreError: ``dst`` holds a complete dataset and ``overwrite`` is False.
-        ConfigError: bad format, shard_size or compression.
+        ConfigError: bad format, shard_size or compression; ``src`` is ``dst``.
     """
     from streamload.progress import progress as progress_bar
 
-    source = open_source(os.fspath(src), source_format, storage_options, batch_rows)
-    plan = column_plan(source.schema)
-    schema = {"columns": [column for column, _ in plan]}
     fs, root = store.resolve(dst, dst_storage_options)
+    src_fs, src_root = store.resolve(src, storage_options)
+    if type(src_fs) is type(fs) and src_root == root:
+        raise ConfigError(f"convert: source and destination are the same place ({os.fspath(dst)})")
+    if source_format == "streamload" or (
+        source_format is None and src_fs.exists(store.join(src_root, INDEX_NAME))
+    ):
+        schema, metadata, num_rows, chunks = _dataset_chunks(src, storage_options, batch_rows)
+    else:
+        schema, metadata, num_rows, chunks = _source_chunks(
+            src, source_format, storage_options, batch_rows
+        )
     # Nothing complete to protect without index.json: overwrite cleans up an interrupted run.
     replace = overwrite or not fs.exists(store.join(root, INDEX_NAME))
-    bar = progress_bar(total=source.num_rows, desc="convert", unit="rows", enabled=progress)
+    bar = progress_bar(total=num_rows, desc="convert", unit="rows", enabled=progress)
     with (
         bar,
         ShardWriter(
@@ -97,16 +108,61 @@ def convert(
             schema=schema,
             storage_options=dst_storage_options,
             overwrite=replace,
-            metadata=source.metadata,
+            metadata=metadata,
         ) as writer,
     ):
-        names = [column["name"] for column, _ in plan]
-        for batch in source.batches:
-            columns = [to_rows(batch.column(i)) for i, (_, to_rows) in enumerate(plan)]
+        names = [column["name"] for column in schema["columns"]]
+        for columns in chunks:
+            count = 0
             for values in zip(*columns, strict=True):
                 writer.write(dict(zip(names, values, strict=True)))
-            bar.update(batch.num_rows)
+                count += 1
+            bar.update(count)
     return load_index(dst, dst_storage_options)
+
+
+# (schema JSON, index metadata, total rows if known, per-chunk column value lists)
+_Chunks = tuple[dict[str, Any], dict[str, Any] | None, int | None, Iterator[list[list[Any]]]]
+
+
+def _source_chunks(
+    src: str | os.PathLike[str],
+    source_format: str | None,
+    storage_options: dict[str, Any] | None,
+    batch_rows: int,
+) -> _Chunks:
+    """A foreign source (``sources.open_source``), its Arrow types mapped by ``column_plan``."""
+    source = open_source(os.fspath(src), source_format, storage_options, batch_rows)
+    plan = column_plan(source.schema)
+
+    def chunks() -> Iterator[list[list[Any]]]:
+        for batch in source.batches:
+            yield [to_rows(batch.column(i)) for i, (_, to_rows) in enumerate(plan)]
+
+    schema = {"columns": [column for column, _ in plan]}
+    return schema, source.metadata, source.num_rows, chunks()
+
+
+def _dataset_chunks(
+    src: str | os.PathLike[str], storage_options: dict[str, Any] | None, batch_rows: int
+) -> _Chunks:
+    """A streamload dataset (to change its format or shard size), read with ``get_batch``."""
+    from streamload.dataset import StreamingDataset
+
+    ds = StreamingDataset(src, storage_options=storage_options)
+    columns = ds.schema.columns
+
+    def chunks() -> Iterator[list[list[Any]]]:
+        for start in range(0, len(ds), batch_rows):
+            batch = ds.get_batch(np.arange(start, min(start + batch_rows, len(ds))))
+            yield [
+                batch[c.name].tolist()
+                if c.kind in ("int", "float", "bool")
+                else list(batch[c.name])
+                for c in columns
+            ]
+
+    return ds.schema.to_json(), ds.index.metadata, len(ds), chunks()
 
 
 def column_plan(schema: pa.Schema) -> list[tuple[dict[str, Any], ToRows]]:

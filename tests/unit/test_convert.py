@@ -259,3 +259,36 @@ def test_unrecognisable_sources_ask_for_source_format(tmp_path: Path) -> None:
     (tmp_path / "data.bin").write_bytes(b"x")
     with pytest.raises(FormatError, match="source_format"):
         sl.convert(tmp_path / "data.bin", tmp_path / "out")
+
+
+def test_streamload_datasets_convert_between_formats_keeping_schema(tmp_path: Path) -> None:
+    """A streamload dataset re-shards or switches Arrow <-> LMDB with its schema and metadata."""
+    schema = {
+        "columns": [
+            {"name": "id", "kind": "int"},
+            {"name": "half", "kind": "ndarray", "dtype": "float16", "shape": []},
+            {"name": "grid", "kind": "ndarray", "dtype": "uint8", "shape": [2, 3]},
+            {"name": "var", "kind": "ndarray", "dtype": "float32", "shape": [None]},
+            {"name": "text", "kind": "str"},
+        ]
+    }
+    with sl.ShardWriter(
+        tmp_path / "a", schema=schema, shard_size="2KB", metadata={"classes": ["x"]}
+    ) as w:
+        for i in range(100):
+            w.write(
+                {
+                    "id": i,
+                    "half": np.float16(i / 4),
+                    "grid": np.full((2, 3), i, np.uint8),
+                    "var": np.arange(i % 5, dtype=np.float32),
+                    "text": f"t{i}",
+                }
+            )
+    index = sl.convert(tmp_path / "a", tmp_path / "b", format="lmdb", shard_size="64KB")
+    assert index.schema.to_json() == schema and index.metadata == {"classes": ["x"]}
+    assert len(index.shards) < len(sl.StreamingDataset(tmp_path / "a").index.shards)
+    sl.convert(tmp_path / "b", tmp_path / "c", format="arrow")
+    assert _read_rows(tmp_path / "c") == _read_rows(tmp_path / "a") == _read_rows(tmp_path / "b")
+    with pytest.raises(sl.ConfigError, match="same place"):
+        sl.convert(tmp_path / "a", tmp_path / "a", overwrite=True)
