@@ -1,6 +1,7 @@
 """streamload: stream sharded Arrow/LMDB datasets into PyTorch, fast and in bounded memory."""
 
 from streamload import config
+from streamload.convert import convert
 from streamload.dataset import StreamingDataset
 from streamload.errors import (
     CacheError,
@@ -31,4 +32,5 @@ __all__ = [
     "WorkerError",
     "__version__",
     "config",
+    "convert",
 ]

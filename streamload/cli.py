@@ -148,6 +148,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Convert Parquet/JSONL/CSV/Arrow/HF/image-folder/LMDB data into streamload shards."""
+    from streamload.convert import convert
+
+    index = convert(
+        args.src,
+        args.dst,
+        format=args.format,
+        shard_size=args.shard_size,
+        compression=args.compression,
+        source_format=args.source_format,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {index.num_samples:,} samples in {len(index.shards):,} {index.format} shards"
+        f" ({format_size(index.total_bytes)}) to {args.dst}"
+    )
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Write a synthetic corpus, stream it with StreamLoader and DataLoader, compare."""
     from streamload import demo
@@ -198,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="check every shard's checksum")
     p.add_argument("url", help="dataset directory or URL")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "convert", parents=[common], help="convert Parquet/JSONL/CSV/Arrow/images/LMDB to shards"
+    )
+    p.add_argument("src", help="source file or directory (local path or URL)")
+    p.add_argument("dst", help="destination dataset directory (local path or URL)")
+    p.add_argument("--format", choices=("arrow", "lmdb"), default="arrow", help="shard format")
+    p.add_argument("--shard-size", default=None, help="target shard size, e.g. 256MB")
+    p.add_argument("--compression", default=None, help="arrow compression: zstd or lz4")
+    p.add_argument(
+        "--source-format",
+        default=None,
+        choices=("parquet", "jsonl", "csv", "arrow", "hf", "lmdb", "imagefolder", "streamload"),
+        help="source kind (default: recognised from the name or contents)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a complete dataset at DST")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
         "demo", parents=[common], help="benchmark StreamLoader against DataLoader on synthetic data"

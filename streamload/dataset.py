@@ -37,12 +37,12 @@ import torch.utils.data
 import xxhash
 
 from streamload import plan, store, verified
-from streamload.arrow_reader import ArrowShardReader
 from streamload.checksum import file_digest
 from streamload.collate import BlobColumn
 from streamload.errors import ConfigError, FormatError
 from streamload.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.schema import Column, Schema
+from streamload.shard_reader import ShardReader, open_reader
 
 MAX_OPEN_SHARDS = 64
 _ITER_CHUNK = 256
@@ -95,7 +95,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """Open a dataset (reads and validates index.json; shards open on first use).
 
         Args:
-            url: dataset root: local path, ``file://`` or ``memory://`` URL.
+            url: dataset root: local path, ``file://`` or ``memory://`` URL; or an LMDB
+                environment streamload did not write (``{"key", "value"}`` rows, see lmdb_env.py).
             cache_dir: local shard cache for remote datasets (stored; local data is read in place).
             cache_limit: byte limit of that cache (stored).
             shuffle: iterate in a seeded permutation instead of index order.
@@ -134,13 +135,19 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         self._digest: str | None = None
         self._url = os.fspath(url)
         self._fs, self._root = store.resolve(url, storage_options)
-        self._index = read_index(
-            self._fs, store.join(self._root, INDEX_NAME), f"{self._url}/{INDEX_NAME}"
-        )
-        if self._index.format != "arrow":
-            raise FormatError(
-                f"{self._url}: format {self._index.format!r} shards are not readable yet"
+        try:
+            self._index = read_index(
+                self._fs, store.join(self._root, INDEX_NAME), f"{self._url}/{INDEX_NAME}"
             )
+        except (FormatError, OSError):
+            # No index.json: maybe an LMDB environment streamload did not write (lmdb_env.py).
+            from streamload import lmdb_env
+
+            env = lmdb_env.detect(self._fs, self._root, self._url)
+            if env is None:
+                raise
+            self._root, self._index = env
+            verify = False  # nothing to verify against: the environment has no checksums
         self._selected = self._index.schema.select(columns)
         self.cache_dir = cache_dir
         self.cache_limit = cache_limit
@@ -150,7 +157,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         self.verify = verify
         self._epoch = 0
         self._pid = os.getpid()
-        self._readers: OrderedDict[int, ArrowShardReader] = OrderedDict()
+        self._readers: OrderedDict[int, ShardReader] = OrderedDict()
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -400,7 +407,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     # -- shards -------------------------------------------------------------------------------
 
-    def _reader(self, k: int) -> ArrowShardReader:
+    def _reader(self, k: int) -> ShardReader:
         if os.getpid() != self._pid:  # forked: the parent's mmaps and handles are not ours
             self._readers = OrderedDict()
             self._pid = os.getpid()
@@ -414,7 +421,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             self._readers.popitem(last=False)
         return reader
 
-    def _open_shard(self, info: ShardInfo) -> ArrowShardReader:
+    def _open_shard(self, info: ShardInfo) -> ShardReader:
         path = store.join(self._root, info.name)
         try:
             stat = self._fs.info(path)
@@ -429,13 +436,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             _verify_once(self._fs, path, info, stat, self._url, self._marks_dir())
         local = store.local_path(self._fs, path)
         source = local if local is not None else self._fs.open(path, "rb")
-        return ArrowShardReader(
+        return open_reader(
+            self._index.format,
             source,
             self._index.schema,
             info.name,
             info.bytes,
-            num_samples=info.num_samples,
-            columns=self._selected.names,
+            info.num_samples,
+            self._selected.names,
         )
 
     def _marks_dir(self) -> str | None:

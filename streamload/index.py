@@ -6,6 +6,10 @@ Format version 1 (DESIGN.md "On-disk format")::
      "num_samples": N,
      "shards": [{"name": "shard-00000.arrow", "num_samples": n, "bytes": b, "xxh3_64": "hex"}, ...]}
 
+An optional ``"metadata"`` object carries facts about the data that are not columns (``convert``
+stores an image folder's class names as ``{"classes": [...]}``); it is omitted when empty, so
+datasets without it are byte-for-byte what older readers expect.
+
 Each shard has exactly one checksum key, ``xxh3_64`` (written by ShardWriter) or ``sha256``.
 Invariants checked by ``parse_index`` before anything else is read: the version is one this
 streamload reads, counts are non-negative ints and the shard counts sum to ``num_samples``, shard
@@ -66,6 +70,7 @@ class DatasetIndex:
     schema: Schema
     num_samples: int
     shards: tuple[ShardInfo, ...]
+    metadata: dict[str, Any] | None = None
 
     @cached_property
     def sample_offsets(self) -> np.ndarray:
@@ -80,13 +85,16 @@ class DatasetIndex:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form of the index."""
-        return {
+        out = {
             "format_version": self.format_version,
             "format": self.format,
             "schema": self.schema.to_json(),
             "num_samples": self.num_samples,
             "shards": [s.to_json() for s in self.shards],
         }
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
 
     def to_bytes(self) -> bytes:
         """index.json's bytes (UTF-8, indented for people, trailing newline)."""
@@ -159,7 +167,10 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
             f" format_version {', '.join(map(str, FORMAT_VERSIONS))} (upgrade streamload to read newer datasets)"
         )
     expected_keys = {"format_version", "format", "schema", "num_samples", "shards"}
-    if set(raw) != expected_keys:
+    metadata = raw.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise FormatError(f"{source}: 'metadata' must be a JSON object")
+    if set(raw) - {"metadata"} != expected_keys:
         missing = sorted(expected_keys - set(raw))
         extra = sorted(str(k) for k in set(raw) - expected_keys)
         raise FormatError(
@@ -182,7 +193,7 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         raise FormatError(
             f"{source}: shards hold {total} samples but num_samples says {num_samples}"
         )
-    return DatasetIndex(version, fmt, schema, num_samples, shards)
+    return DatasetIndex(version, fmt, schema, num_samples, shards, dict(metadata or {}) or None)
 
 
 def _parse_shard(raw: object, where: str) -> ShardInfo:

@@ -13,10 +13,11 @@ index.json is written, and already completed shards are left in place (without i
 are not a dataset, and writing the dataset again overwrites them by name). Writing where an
 index.json already exists is refused unless ``overwrite=True``, which deletes the old index.json
 first (the old dataset is visibly gone while the new one is written) and, after the new index is
-written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list.
+written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list (and the
+temp files of interrupted writers).
 
-Shard formats plug in through the small ``ShardFileWriter`` protocol (Arrow today; LMDB is
-issue 6): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
+Shard formats plug in through the small ``ShardFileWriter`` protocol (``arrow_writer``,
+``lmdb_writer``): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from streamload.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInf
 from streamload.schema import Schema, infer_schema, schema_from_json
 from streamload.sizes import parse_size
 
-_SHARD_FILE_RE = re.compile(r"^shard-\d{5,}\.(arrow|lmdb)$")
+# Shard files, and the temp files of interrupted writers (removed by overwrite=True).
+_SHARD_FILE_RE = re.compile(
+    r"^(shard-\d{5,}\.(arrow|lmdb)|\.shard-\d{5,}\.(arrow|lmdb)\.tmp-\d+-[0-9a-f]+)$"
+)
 
 
 class ShardFileWriter(Protocol):
@@ -58,13 +62,13 @@ def _open_shard_file(
         from streamload.arrow_writer import ArrowShardFileWriter
 
         return ArrowShardFileWriter(fs, path, schema, compression)
-    raise NotImplementedError(
-        f"ShardWriter format {fmt!r} is not implemented yet (LMDB shards come later)"
-    )
+    from streamload.lmdb_writer import LmdbShardFileWriter
+
+    return LmdbShardFileWriter(fs, path, schema)
 
 
 class ShardWriter:
-    """Write a sharded dataset (index.json + shard-NNNNN.arrow) at a URL.
+    """Write a sharded dataset (index.json + shard-NNNNN.arrow | .lmdb) at a URL.
 
     Example::
 
@@ -82,12 +86,14 @@ class ShardWriter:
         schema: dict[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """Open a dataset for writing.
 
         Args:
             url: the dataset directory: local path, ``file://`` or ``memory://`` URL.
-            format: ``"arrow"`` (``"lmdb"`` is not implemented yet).
+            format: ``"arrow"`` (Arrow IPC files) or ``"lmdb"`` (one single-file LMDB
+                environment per shard, see ``lmdb_writer``).
             shard_size: target shard size, int bytes or a string such as ``"256MB"``; None takes
                 the configured default (``streamload.config.load().shard_size``).
             compression: None (uncompressed), ``"zstd"`` or ``"lz4"``.
@@ -95,20 +101,21 @@ class ShardWriter:
                 first sample, with array shapes fixed.
             storage_options: passed to fsspec.
             overwrite: replace an existing dataset at ``url`` (see the module docstring).
+            metadata: a JSON-serialisable object stored as index.json's ``"metadata"`` (e.g.
+                ``{"classes": [...]}``); None or empty stores nothing.
 
         Raises:
             ConfigError: bad format, shard_size or compression.
             FormatError: bad schema.
             StoreError: ``url`` already holds a dataset and ``overwrite`` is False.
-            NotImplementedError: ``format="lmdb"``.
         """
         if format not in ("arrow", "lmdb"):
             raise ConfigError(
                 f"ShardWriter format: unknown format {format!r}; use 'arrow' or 'lmdb'"
             )
-        if format == "lmdb":
-            raise NotImplementedError(
-                "ShardWriter(format='lmdb') is not implemented yet; use format='arrow'"
+        if format == "lmdb" and compression not in (None, "none", "uncompressed"):
+            raise ConfigError(
+                "ShardWriter compression: LMDB shards are stored uncompressed; use compression=None"
             )
         if shard_size is None:
             from streamload import config
@@ -134,6 +141,7 @@ class ShardWriter:
             None if schema is None else schema_from_json(schema, "ShardWriter(schema=...)")
         )
         self._overwrite = overwrite
+        self._metadata = dict(metadata) if metadata else None
         self._shards: list[ShardInfo] = []
         self._current: ShardFileWriter | None = None
         self._current_tmp = ""
@@ -203,6 +211,7 @@ class ShardWriter:
             schema=self._schema,
             num_samples=self._num_samples,
             shards=tuple(self._shards),
+            metadata=self._metadata,
         )
         self._publish_index(index.to_bytes())
         self._closed = True

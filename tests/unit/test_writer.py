@@ -168,7 +168,11 @@ def test_no_samples_and_no_schema_cannot_write_an_index(tmp_path: Path) -> None:
         ({"shard_size": 0}, ConfigError, "shard_size"),
         ({"compression": "gzip"}, ConfigError, "compression"),
         ({"format": "parquet"}, ConfigError, "format"),
-        ({"format": "lmdb"}, NotImplementedError, "lmdb"),
+        (
+            {"format": "lmdb", "compression": "zstd"},
+            ConfigError,
+            "LMDB shards are stored uncompressed",
+        ),
         ({"schema": {"columns": [{"name": "x", "kind": "blob"}]}}, FormatError, "unknown kind"),
     ],
 )
