@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from streamload.collate import StackedColumn, columns_to_torch, stack_columns
 from streamload.dataset import StreamingDataset
@@ -152,6 +152,10 @@ class ColumnarFetcher:
 
     def __init__(self, dataset: StreamingDataset):
         self._dataset = dataset
+        # In a worker, str/bytes columns stay offsets + bytes (BlobColumn) until the trainer
+        # makes the list: no per-row objects in the worker, one copy from file to ring. In the
+        # trainer itself the list is built at once (a blob would only add a copy).
+        self._strings = "list" if get_worker_info() is None else "blob"
 
     def fetch(self, item: Any) -> dict[str, StackedColumn]:
         ids = np.asarray(item)
@@ -162,8 +166,7 @@ class ColumnarFetcher:
         ids = ids.astype(np.int64, copy=False).reshape(-1)
         if ids.min() < 0:  # ds[-1] is the last sample, so a sampler may yield negative ids
             ids = np.where(ids < 0, ids + len(self._dataset), ids)
-        # str/bytes columns stay Arrow buffers (BlobColumn) until the trainer: no per-row objects
-        return stack_columns(self._dataset.get_batch(ids, strings="blob"))
+        return stack_columns(self._dataset.get_batch(ids, strings=self._strings))
 
     def finish(self, payload: dict[str, StackedColumn]) -> dict[str, Any]:
         return columns_to_torch(payload)
