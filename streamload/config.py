@@ -175,12 +175,12 @@ class Config:
     )
     shuffle_mode: str = _setting(
         _choice("full", "block"),
-        "full",
+        "block",
         "StreamingDataset shuffle: full permutation, or block (shards shuffled, then samples"
         " within windows of shuffle_block shards)",
     )
     shuffle_block: int = _setting(
-        _positive_int, 8, "shards per shuffle window in shuffle_mode=block"
+        _positive_int, 16, "shards per shuffle window in shuffle_mode=block"
     )
 
     # Not a setting: where each setting's value came from (see `source`).
