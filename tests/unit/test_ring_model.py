@@ -1,7 +1,7 @@
 """Property test: the native ring against a pure-Python model of its positions.
 
 Hypothesis drives random interleavings of reserve / commit (full or short) / abort / get / release
-(in and out of order) on a small ring, so wraps, PAD records and full/empty edges happen often.
+(in and out of order) / reopen for a new producer on a small ring, so wraps, PAD records and full/empty edges happen often.
 The model (`RingModel`) computes where every record must land from the documented layout alone
 (64-byte aligned records of align64(64 + len) bytes, a PAD to the end when a record does not fit,
 tail advancing over the released prefix). After every step the ring's head/tail/read_pos must equal
@@ -194,6 +194,25 @@ class RingMachine(RuleBasedStateMachine):
         rec, entry = self.held.pop(pick % len(self.held))  # any order
         rec.release()
         self.model.release(entry)
+
+    @precondition(lambda self: self.reservation is None and not self.held)
+    @rule()
+    def reopen_for_a_new_producer(self) -> None:
+        """A live, open producer is never cut off; once it is closed, reopen discards what was
+        never read and the next producer continues after the last published byte."""
+        try:
+            self.cons.reopen()
+        except RingUsageError:
+            pass
+        else:
+            raise AssertionError("reopen succeeded while the producer was alive and open")
+        self.prod._close_core()  # closed without an EOS record (the model has none)
+        self.cons.reopen()
+        self.prod = Ring.attach(self.cons.handle(), "producer")
+        self.model.tail = self.model.read_pos = self.model.head
+        self.model.entries.clear()
+        self.committed = self.committed[: len(self.delivered)]  # unread records are gone
+        self.next_seq = self.prod.stats()["next_seq"]
 
     @invariant()
     def positions_match_the_model(self) -> None:
