@@ -33,6 +33,7 @@ writable ``np.ndarray`` of the row's shape.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections import OrderedDict
 from typing import Any
@@ -90,12 +91,16 @@ class ArrowShardReader:
         self._mapped = isinstance(path_or_file, str | os.PathLike)
         try:
             if self._mapped:
-                mapping = pa.memory_map(os.fspath(path_or_file), "r")
-                whole = mapping.read_buffer()  # zero-copy view of the whole mapping
-                self._file = pa.ipc.open_file(mapping)
+                # Python's mmap, not pa.memory_map: the descriptor is closed once mapped, so a
+                # dataset can keep hundreds of shards open (a full shuffle touches ~one shard
+                # per sample) without running into the open-files limit.
+                with open(os.fspath(path_or_file), "rb") as f:
+                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                whole = pa.py_buffer(mapping)  # zero-copy; keeps the mapping alive
+                self._file = pa.ipc.open_file(pa.BufferReader(whole))
             else:
                 self._file = pa.ipc.open_file(path_or_file)
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: empty file
             raise FormatError(f"shard {shard_name}: not a readable Arrow IPC file: {exc}") from exc
         expected_schema = schema.arrow_schema()
         if not self._file.schema.equals(expected_schema):

@@ -2,7 +2,8 @@
 
 The dataset is its validated index.json plus shard readers opened lazily, per process: a reader
 (an mmap and a file handle) is never carried across ``fork``; when ``os.getpid()`` changes, the
-readers are dropped and re-opened in the child. At most ``MAX_OPEN_SHARDS`` readers stay open.
+readers are dropped and re-opened in the child. At most ``MAX_OPEN_SHARDS`` readers stay open
+(``MAX_OPEN_LMDB_SHARDS`` for LMDB, whose environments hold a file descriptor each).
 
 Checksums: with ``verify`` on (config ``verify_local``, default True) a shard's checksum is
 checked on its first open, before it is mapped — once per file version on this machine for local
@@ -44,7 +45,10 @@ from streamload.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.schema import Column, Schema
 from streamload.shard_reader import ShardReader, open_reader
 
-MAX_OPEN_SHARDS = 64
+# Open readers kept per process (LRU). An Arrow reader holds a mapping but no file descriptor;
+# an LMDB environment holds one, so LMDB datasets keep fewer open.
+MAX_OPEN_SHARDS = 512
+MAX_OPEN_LMDB_SHARDS = 64
 _ITER_CHUNK = 256
 
 
@@ -417,7 +421,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             return reader
         reader = self._open_shard(self._index.shards[k])
         self._readers[k] = reader
-        if len(self._readers) > MAX_OPEN_SHARDS:
+        limit = MAX_OPEN_SHARDS if self._index.format == "arrow" else MAX_OPEN_LMDB_SHARDS
+        if len(self._readers) > limit:
             self._readers.popitem(last=False)
         return reader
 
@@ -447,12 +452,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         )
 
     def _marks_dir(self) -> str | None:
-        """Where verification marks live: the cache dir (argument, else config)."""
+        """Where verification marks live: the cache dir (argument, else config, read once)."""
         if self.cache_dir is not None:
             return os.fspath(self.cache_dir)
-        from streamload import config
+        if getattr(self, "_config_cache_dir", None) is None:
+            from streamload import config
 
-        return config.load().cache_dir
+            self._config_cache_dir: str | None = config.load().cache_dir
+        return self._config_cache_dir
 
     def __getstate__(self) -> dict[str, Any]:
         # Readers hold mmaps and file handles: a pickled copy (spawned worker) re-opens its own.
