@@ -32,6 +32,7 @@ writable ``np.ndarray`` of the row's shape.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import os
@@ -91,12 +92,8 @@ class ArrowShardReader:
         self._mapped = isinstance(path_or_file, str | os.PathLike)
         try:
             if self._mapped:
-                # Python's mmap, not pa.memory_map: the descriptor is closed once mapped, so a
-                # dataset can keep hundreds of shards open (a full shuffle touches ~one shard
-                # per sample) without running into the open-files limit.
-                with open(os.fspath(path_or_file), "rb") as f:
-                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                whole = pa.py_buffer(mapping)  # zero-copy; keeps the mapping alive
+                mapping = _Mapping(os.fspath(path_or_file))
+                whole = pa.foreign_buffer(mapping.address, mapping.size, base=mapping)
                 self._file = pa.ipc.open_file(pa.BufferReader(whole))
             else:
                 self._file = pa.ipc.open_file(path_or_file)
@@ -289,6 +286,49 @@ class ArrowShardReader:
         if col.kind in ("str", "bytes"):
             return arr.to_pylist()
         return _var_arrays(col, arr)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _Mapping:
+    """A read-only shared mapping of a whole file that holds no file descriptor.
+
+    ``pa.memory_map`` and Python's ``mmap`` both keep a descriptor per mapping; a dataset keeps
+    hundreds of shards open (a full shuffle touches about one shard per sample), which would
+    run into the open-files limit. The mapping lives as long as this object (the Arrow buffer
+    built on it holds it as its base) and is unmapped when it is collected.
+    """
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                raise ValueError("the file is empty")
+            address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if address in (None, _MAP_FAILED):
+                err = ctypes.get_errno()
+                raise OSError(err, f"mmap: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        self.address: int = address
+        self.size = size
+
+    def __del__(self) -> None:
+        if getattr(self, "address", None):  # __init__ may have failed before mapping
+            _libc.munmap(self.address, self.size)
 
 
 class _MappedGather:

@@ -14,7 +14,7 @@ import streamload as sl
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 def test_many_open_arrow_shards_hold_no_file_descriptors(tmp_path: Path) -> None:
     """Reading from 120 shards at once leaves every reader open and no descriptor behind."""
-    with sl.ShardWriter(str(tmp_path / "ds"), shard_size=2000) as w:
+    with sl.ShardWriter(str(tmp_path / "ds"), shard_size=700) as w:
         for i in range(1200):
             w.write({"id": i, "x": np.full(8, i, dtype=np.int64)})
     ds = sl.StreamingDataset(str(tmp_path / "ds"), shuffle=True, shuffle_mode="full")
