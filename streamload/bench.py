@@ -37,11 +37,12 @@ from streamload.stats import batch_size_and_bytes
 MIN_INTERVAL_S = 0.2
 
 # Run as `python -c` so the sampler starts in milliseconds without importing torch/streamload.
-# argv: root pid, interval seconds, output path. Writes "seconds_since_start pss_bytes" lines.
+# argv: root pid, interval seconds, output path. Writes "monotonic_seconds pss_bytes" lines
+# (CLOCK_MONOTONIC is system-wide, so the parent aligns them with its own samples).
 _SAMPLER = r"""
 import os, sys, time
 root, interval, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-me, start = os.getpid(), time.monotonic()
+me = os.getpid()
 def tree(pid):
     todo, seen = [pid], []
     while todo:
@@ -65,7 +66,7 @@ with open(out, "w") as f:
                             total += int(line.split()[1]) * 1024
             except OSError:
                 pass
-        f.write(f"{time.monotonic() - start:.3f} {total}\n")
+        f.write(f"{time.monotonic():.4f} {total}\n")
         f.flush()
         time.sleep(interval)
 """
@@ -136,7 +137,7 @@ class _MemorySampler:
         for line in Path(self._file.name).read_text().splitlines():
             parts = line.split()
             if len(parts) == 2:
-                out.append((float(parts[0]), int(parts[1])))
+                out.append((float(parts[0]) - self._started, int(parts[1])))
         self._file.close()
         return sorted(out)
 
