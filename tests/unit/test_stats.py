@@ -197,3 +197,34 @@ def test_batch_size_and_bytes_walks_nested_batches() -> None:
     }
     assert sl_stats.batch_size_and_bytes(batch) == (5, 5 * 3 * 8 + 2 + 3 + 3)
     assert sl_stats.batch_size_and_bytes(["s1", "s2"]) == (2, 4)
+
+
+def test_persistent_workers_report_every_epoch(url: str) -> None:
+    """Over two epochs on one persistent pool, counts double and every batch is accounted."""
+    loader = StreamLoader(
+        StreamingDataset(url), batch_size=8, num_workers=2, persistent_workers=True
+    )
+    for _ in range(2):
+        for _ in loader:
+            pass
+    stats = loader.stats()
+    assert stats["samples"] == 2 * N and stats["steps"] == 2 * len(loader)
+    assert sum(w["batches"] for w in stats["stages"]["per_worker"]) == 2 * len(loader)
+
+
+class Countdown(torch.utils.data.IterableDataset[Any]):
+    """An iterable dataset split across workers by get_worker_info."""
+
+    def __iter__(self) -> Any:
+        info = torch.utils.data.get_worker_info()
+        first, step = (info.id, info.num_workers) if info else (0, 1)
+        return iter(np.arange(first, N, step, dtype=np.int64))
+
+
+def test_iterable_dataset_with_workers_counts_every_sample() -> None:
+    """The dispatched iterable route (workers run dry at different times) counts all samples."""
+    loader = StreamLoader(Countdown(), batch_size=5, num_workers=2)
+    got = sum(len(batch) for batch in loader)
+    stats = loader.stats()
+    assert got == stats["samples"] == N
+    assert stats["bytes"] == N * 8
