@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
+import harness
 
-import streamload as sl  # noqa: E402
-from streamload.stats import LoaderStats  # noqa: E402
+import streamload as sl
+from streamload.stats import LoaderStats
 
 
 class _Off(LoaderStats):
