@@ -136,8 +136,9 @@ def is_stats_record(body: bytes | memoryview) -> bool:
 
 def batch_size_and_bytes(batch: Any) -> tuple[int, int]:
     """(samples, bytes) of a delivered batch: the leading dimension of its first array leaf
-    (else the length of its first list/str leaf, else 1) and the sum of its array/tensor/bytes
-    leaves' sizes (str leaves counted as UTF-8 bytes)."""
+    (else the length of its first list of str/bytes, else 1) and the sum of its array, tensor
+    and bytes leaves' sizes; a str counts its UTF-8 bytes, except in a list of strings (a text
+    column), which counts characters: the walk stays a C-level pass over the column."""
     samples: list[int] = []
     nbytes = _walk(batch, samples)
     return (samples[0] if samples else 1), nbytes
@@ -156,8 +157,13 @@ def _walk(obj: Any, samples: list[int]) -> int:
     if isinstance(obj, dict):
         return sum(_walk(v, samples) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        if obj and isinstance(obj[0], (str, bytes)) and not samples:
-            samples.append(len(obj))
+        if obj and isinstance(obj[0], (str, bytes)):
+            if not samples:
+                samples.append(len(obj))
+            try:  # a column of strings: one C-level pass, no per-item Python call
+                return sum(map(len, obj))
+            except TypeError:  # mixed leaves
+                pass
         return sum(_walk(v, samples) for v in obj)
     return 0
 
