@@ -13,6 +13,7 @@ from streamload.errors import (
     StreamloadError,
     WorkerError,
 )
+from streamload.exporter import StatsExporter
 from streamload.loader import StreamLoader
 from streamload.writer import ShardWriter
 
@@ -25,6 +26,7 @@ __all__ = [
     "RingError",
     "ShardWriter",
     "StateError",
+    "StatsExporter",
     "StoreError",
     "StreamLoader",
     "StreamingDataset",

@@ -187,6 +187,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if results["ok"] else EXIT_PROBLEM
 
 
+def _worker_counts(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated worker counts such as 0,1,2, got {text!r}"
+        ) from None
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Stream a dataset per worker count without a model; print a table, save JSON and a plot."""
+    from streamload import bench
+
+    runs = bench.run_bench(
+        args.url,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        vs_dataloader=args.vs_dataloader,
+        interval=args.interval,
+    )
+    rows = bench.table(runs)
+    _print_table(rows[1:], rows[0])
+    if args.out:
+        json_path, _png, note = bench.save(runs, args.out)
+        print(f"results: {json_path}")
+        print(note)
+    return EXIT_OK
+
+
 # --- parser and entry point -----------------------------------------------------------------
 
 
@@ -247,6 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny corpus (for smoke tests)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "bench", parents=[common], help="stream a dataset without a model: throughput and memory"
+    )
+    p.add_argument("url", help="dataset directory or URL")
+    p.add_argument(
+        "--workers", type=_worker_counts, default=[0, 1, 2], help="worker counts (default 0,1,2)"
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
+    p.add_argument(
+        "--vs-dataloader",
+        action="store_true",
+        help="also run torch DataLoader over the same dataset and print the ratio",
+    )
+    p.add_argument("--out", default=None, help="directory for bench.json and bench.png")
+    p.add_argument(
+        "--interval", type=float, default=0.5, help="memory sampling interval, s (default 0.5)"
+    )
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

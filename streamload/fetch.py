@@ -22,6 +22,7 @@ Semantics mirror torch's ``_MapDatasetFetcher`` / ``_IterableDatasetFetcher``
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from torch.utils.data import default_collate, get_worker_info
 from streamload.collate import StackedColumn, columns_to_torch, stack_columns
 from streamload.dataset import StreamingDataset
 from streamload.plan import EpochPlan
+from streamload.stats import StageClock
 
 
 class Route(enum.Enum):
@@ -67,19 +69,29 @@ class FetchSpec:
     collate_fn: Callable[[Any], Any]
     drop_last: bool
 
-    def build(self, dataset: Any) -> Fetcher:
-        """The fetcher for ``dataset`` (an iterable dataset's ``iter()`` is called here)."""
+    def build(self, dataset: Any, clock: StageClock | None = None) -> Fetcher:
+        """The fetcher for ``dataset`` (an iterable dataset's ``iter()`` is called here);
+        ``clock`` receives its read and collate times (``stats.py``)."""
+        fetcher: Any
         if self.route is Route.COLUMNAR:
-            return ColumnarFetcher(dataset)
-        if self.route is Route.SAMPLES:
-            return SampleFetcher(dataset, self.collate_fn)
-        if self.route is Route.MAP:
-            return MapFetcher(dataset, self.auto_collation, self.collate_fn)
-        return IterableFetcher(iter(dataset), self.auto_collation, self.collate_fn, self.drop_last)
+            fetcher = ColumnarFetcher(dataset)
+        elif self.route is Route.SAMPLES:
+            fetcher = SampleFetcher(dataset, self.collate_fn)
+        elif self.route is Route.MAP:
+            fetcher = MapFetcher(dataset, self.auto_collation, self.collate_fn)
+        else:
+            fetcher = IterableFetcher(
+                iter(dataset), self.auto_collation, self.collate_fn, self.drop_last
+            )
+        if clock is not None:
+            fetcher.clock = clock
+        return fetcher
 
 
 class MapFetcher:
     """Samples by index (``__getitems__`` when the dataset has it, as DataLoader), then collate."""
+
+    clock = StageClock()  # shared default; `FetchSpec.build(dataset, clock)` sets its own
 
     def __init__(self, dataset: Any, auto_collation: bool, collate_fn: Callable[[Any], Any]):
         self._dataset = dataset
@@ -87,11 +99,17 @@ class MapFetcher:
         self._collate_fn = collate_fn
 
     def fetch(self, item: Any) -> Any:
+        started = time.perf_counter_ns()
         if not self._auto_collation:
-            return self._collate_fn(self._dataset[item])
-        getitems = getattr(self._dataset, "__getitems__", None)
-        samples = getitems(item) if getitems else [self._dataset[i] for i in item]
-        return self._collate_fn(samples)
+            sample = self._dataset[item]
+            started = self.clock.add("read", started)
+        else:
+            getitems = getattr(self._dataset, "__getitems__", None)
+            sample = getitems(item) if getitems else [self._dataset[i] for i in item]
+            started = self.clock.add("read", started)
+        batch = self._collate_fn(sample)
+        self.clock.add("collate", started)
+        return batch
 
     def finish(self, payload: Any) -> Any:
         return payload
@@ -99,6 +117,8 @@ class MapFetcher:
 
 class IterableFetcher:
     """Up to batch_size samples from the dataset's iterator per ticket, then collate."""
+
+    clock = StageClock()  # shared default; `FetchSpec.build(dataset, clock)` sets its own
 
     def __init__(
         self,
@@ -116,8 +136,13 @@ class IterableFetcher:
     def fetch(self, item: Any) -> Any:
         if self._ended:
             raise StopIteration
+        started = time.perf_counter_ns()
         if not self._auto_collation:
-            return self._collate_fn(next(self._iterator))
+            sample = next(self._iterator)
+            started = self.clock.add("read", started)
+            batch = self._collate_fn(sample)
+            self.clock.add("collate", started)
+            return batch
         samples = []
         for _ in item:
             try:
@@ -127,7 +152,10 @@ class IterableFetcher:
                 break
         if not samples or (self._drop_last and len(samples) < len(item)):
             raise StopIteration
-        return self._collate_fn(samples)
+        started = self.clock.add("read", started)
+        batch = self._collate_fn(samples)
+        self.clock.add("collate", started)
+        return batch
 
     def finish(self, payload: Any) -> Any:
         return payload
@@ -136,12 +164,19 @@ class IterableFetcher:
 class SampleFetcher:
     """Plan ids -> the StreamingDataset's own samples (as iteration yields them) -> collate_fn."""
 
+    clock = StageClock()  # shared default; `FetchSpec.build(dataset, clock)` sets its own
+
     def __init__(self, dataset: StreamingDataset, collate_fn: Callable[[Any], Any]):
         self._dataset = dataset
         self._collate_fn = collate_fn
 
     def fetch(self, item: Any) -> Any:
-        return self._collate_fn(self._dataset.get_samples(np.asarray(item, dtype=np.int64)))
+        started = time.perf_counter_ns()
+        samples = self._dataset.get_samples(np.asarray(item, dtype=np.int64))
+        started = self.clock.add("read", started)
+        batch = self._collate_fn(samples)
+        self.clock.add("collate", started)
+        return batch
 
     def finish(self, payload: Any) -> Any:
         return payload
@@ -149,6 +184,8 @@ class SampleFetcher:
 
 class ColumnarFetcher:
     """Rows by id through ``StreamingDataset.get_batch``: numpy columns out, tensors at finish."""
+
+    clock = StageClock()  # shared default; `FetchSpec.build(dataset, clock)` sets its own
 
     def __init__(self, dataset: StreamingDataset):
         self._dataset = dataset
@@ -166,7 +203,12 @@ class ColumnarFetcher:
         ids = ids.astype(np.int64, copy=False).reshape(-1)
         if ids.min() < 0:  # ds[-1] is the last sample, so a sampler may yield negative ids
             ids = np.where(ids < 0, ids + len(self._dataset), ids)
-        return stack_columns(self._dataset.get_batch(ids, strings=self._strings))
+        started = time.perf_counter_ns()
+        columns = self._dataset.get_batch(ids, strings=self._strings)
+        started = self.clock.add("read", started)
+        batch = stack_columns(columns)
+        self.clock.add("collate", started)
+        return batch
 
     def finish(self, payload: dict[str, StackedColumn]) -> dict[str, Any]:
         return columns_to_torch(payload)

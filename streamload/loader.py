@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ from streamload.dataset import StreamingDataset
 from streamload.errors import ConfigError, StateError
 from streamload.fetch import FetchSpec, Route, id_batches
 from streamload.sizes import parse_size
+from streamload.stats import LoaderStats
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
@@ -262,6 +264,7 @@ class StreamLoader:
         self.zero_copy = bool(zero_copy)
         self._cursor: _PassCursor | None = None
         self._worker_iter: Any = None
+        self._stats = LoaderStats()
         self.worker_options = WorkerOptions.validated(
             num_workers,
             prefetch_factor,
@@ -455,6 +458,15 @@ class StreamLoader:
             )
         return self._cursor
 
+    # -- statistics ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """What this loader measured since it was built: throughput, data-wait per step
+        (p50/p95/p99/max), busy time per pipeline stage and worker, ring occupancy, padding and
+        cache counters, as a plain JSON-serialisable dict (keys: ``stats.LoaderStats.snapshot``).
+        """
+        return self._stats.snapshot(self.padded_samples)
+
     # -- plan and resume ------------------------------------------------------------------------
 
     def epoch_plan(self) -> sl_plan.EpochPlan:
@@ -590,7 +602,9 @@ class _SingleProcessIter:
             raise ConfigError(
                 f"StreamLoader timeout: only used with num_workers > 0, got timeout={loader.timeout}"
             )
-        self._fetcher = spec.build(loader.dataset)
+        self._stats = loader._stats
+        self._fetcher = spec.build(loader.dataset, self._stats.local)
+        self._stats.begin_pass()
         self._dataset = loader.dataset
         self._map_style = loader._map_style
         self._len_called = loader._iterable_len_called
@@ -603,8 +617,19 @@ class _SingleProcessIter:
         return len(self._index_sampler)
 
     def __next__(self) -> Any:
+        started = time.perf_counter()
+        try:
+            batch = self._next_batch()
+        except StopIteration:
+            self._stats.end_pass()
+            raise
+        self._stats.step(time.perf_counter() - started, batch)
+        return batch
+
+    def _next_batch(self) -> Any:
         item = next(self._plan)
         batch = self._fetcher.finish(self._fetcher.fetch(item))
+        self._stats.local.batches += 1
         if self._cursor is not None:
             self._cursor.steps += 1
         if self._pin_device is not None:
@@ -621,7 +646,7 @@ class _SingleProcessIter:
                 f"Length of IterableDataset {self._dataset} was reported to be"
                 f" {self._len_called} (when accessing len(loader)), but {self._num_yielded}"
                 " batches have been fetched.",
-                stacklevel=2,
+                stacklevel=3,
             )
         return batch
 

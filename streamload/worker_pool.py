@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,7 @@ from streamload import heap
 from streamload.errors import WorkerError
 from streamload.fetch import Route
 from streamload.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
+from streamload.stats import is_stats_record
 from streamload.transport import decode
 from streamload.workers import encode_item, worker_main
 
@@ -120,6 +122,8 @@ class WorkerPool:
         # Rings kept by the loader from its previous pass (see `shutdown(keep_rings=True)`).
         self._spare: list[Ring] | None = getattr(loader, "_spare_rings", None)
         self.rings: list[Ring] = []
+        # Receives workers' stats records (pid, body); `receive` never returns them.
+        self.stats_sink: Any = None
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.rings, self.conns)
@@ -166,6 +170,9 @@ class WorkerPool:
             step = _LIVENESS_POLL_S if timeout <= 0 else min(_LIVENESS_POLL_S, timeout - waited)
             try:
                 record = ring.get(timeout=max(step, 0.0))
+                if record.type == RecordType.ERROR and is_stats_record(record.view()):
+                    self._absorb_stats(worker_id, record)
+                    continue
                 return record.type, record
             except RingTimeout:
                 waited += step
@@ -179,6 +186,12 @@ class WorkerPool:
             except PeerDied:
                 self.procs[worker_id].join(_JOIN_TIMEOUT_S)
                 self._check_alive(worker_id, dead=True)
+
+    def _absorb_stats(self, worker_id: int, record: Any) -> None:
+        body = bytes(record.view())
+        record.release()
+        if self.stats_sink is not None:
+            self.stats_sink(self.procs[worker_id].pid, body)
 
     def _check_alive(self, worker_id: int, dead: bool = False) -> None:
         proc = self.procs[worker_id]
@@ -274,7 +287,9 @@ class MultiProcessIter:
         self._timeout = float(loader.timeout)
         self._zero_copy = bool(getattr(loader, "zero_copy", False))
         self._cursor = loader._cursor
+        self._stats = loader._stats
         self._pool = WorkerPool(loader, self.base_seed)
+        self._pool.stats_sink = self._stats.worker_report
         self._start_epoch(first=True)
 
     def reset(self, loader: Any) -> MultiProcessIter:
@@ -283,6 +298,8 @@ class MultiProcessIter:
         self._spec = loader.fetch_spec()
         self._plan_source = loader.batch_plan(self._spec.route)
         self._cursor = loader._cursor
+        self._stats = loader._stats
+        self._pool.stats_sink = self._stats.worker_report
         self._start_epoch(first=False)
         return self
 
@@ -294,6 +311,7 @@ class MultiProcessIter:
         self._next_worker = 0
         self._in_flight = [0] * n
         self._ended = False
+        self._stats.begin_pass(self._pool.rings, n)
         if self._own_plan:
             # The whole plan rides along (epoch included): a persistent worker's dataset copy
             # would otherwise miss set_epoch/load_state_dict calls made after it started.
@@ -334,6 +352,16 @@ class MultiProcessIter:
         return len(self._len)
 
     def __next__(self) -> Any:
+        started = time.perf_counter()
+        try:
+            batch = self._next_batch()
+        except StopIteration:
+            self._stats.end_pass()
+            raise
+        self._stats.step(time.perf_counter() - started, batch)
+        return batch
+
+    def _next_batch(self) -> Any:
         while True:
             batch = self._next_own() if self._own_plan else self._next_dispatched()
             if batch is not _SKIP:

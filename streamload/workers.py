@@ -13,8 +13,9 @@ of ``plan.EpochPlan`` from the given start position),
 pickled trainer-made item (custom samplers), ``X`` exit.
 
 Records out: DATA = one encoded batch, ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
-the traceback text. Records are written in the order items arrived, so the trainer reads each
-ring in dispatch order.
+the traceback text, or ``T`` + the worker's stage-time snapshot (``stats.py``), written just
+before a batch record now and then and before a planned pass's ``S``. Records are written in
+the order items arrived, so the trainer reads each ring in dispatch order.
 
 Invariants: the worker never outlives the trainer: PR_SET_PDEATHSIG (Linux) right after start,
 a getppid re-check on every idle poll, and every ring wait ends on ConsumerDied/RingClosed.
@@ -29,6 +30,7 @@ import os
 import pickle
 import random
 import signal
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -39,6 +41,7 @@ from torch.utils.data._utils import worker as torch_worker
 
 from streamload import config as sl_config
 from streamload import heap
+from streamload import stats as sl_stats
 from streamload.fetch import FetchSpec, id_batches
 from streamload.plan import EpochPlan
 from streamload.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
@@ -161,8 +164,13 @@ def _serve(
     init_error: str | None,
 ) -> None:
     fetcher: Any = None
+    reporter = sl_stats.WorkerReporter(worker_id)
+    _time_transform(dataset, reporter.clock)
     while True:
-        if not conn.poll(_IDLE_POLL_S):
+        waiting = time.perf_counter_ns()
+        ready = conn.poll(_IDLE_POLL_S)
+        reporter.clock.idle_ns += time.perf_counter_ns() - waiting
+        if not ready:
             if not trainer_alive(parent_pid) or ring.closed:
                 return
             continue
@@ -176,14 +184,26 @@ def _serve(
             continue
         if kind == b"R":
             try:
-                fetcher = spec.build(dataset)
+                fetcher = spec.build(dataset, reporter.clock)
             except Exception:
                 fetcher = _Failed(traceback.format_exc())
             continue
         if kind == b"O":
-            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, ring)
+            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, ring, reporter)
             continue
-        _fetch_one(fetcher, decode_item(message), ring)
+        # Nothing queued after this item: ship the stats now, the trainer may read no more.
+        _fetch_one(fetcher, decode_item(message), ring, reporter, last=not conn.poll(0))
+
+
+def _time_transform(dataset: Any, clock: sl_stats.StageClock) -> None:
+    """Charge a StreamingDataset's transform to the ``transform`` stage (this worker's copy)."""
+    from streamload.dataset import StreamingDataset
+
+    if isinstance(dataset, StreamingDataset) and dataset.transform is not None:
+        dataset.transform = sl_stats.TimedTransform(dataset.transform, clock)
+
+
+_END = object()
 
 
 class _Failed:
@@ -200,7 +220,13 @@ class _Reported(Exception):
     pass
 
 
-def _fetch_one(fetcher: Any, item: Any, ring: Ring) -> None:
+def _fetch_one(
+    fetcher: Any,
+    item: Any,
+    ring: Ring,
+    reporter: sl_stats.WorkerReporter | None = None,
+    last: bool = False,
+) -> None:
     try:
         payload = fetcher.fetch(item)
     except StopIteration:
@@ -212,7 +238,15 @@ def _fetch_one(fetcher: Any, item: Any, ring: Ring) -> None:
     except Exception:
         _send_error(ring, b"E" + traceback.format_exc().encode())
         return
+    if reporter is None:
+        _send_batch(ring, payload)
+        return
+    reporter.clock.batches += 1
+    if last or reporter.due():
+        _send_error(ring, reporter.record())
+    started = time.perf_counter_ns()
     _send_batch(ring, payload)
+    reporter.clock.add("transport", started)
 
 
 def _send_batch(ring: Ring, payload: Any) -> None:
@@ -234,12 +268,13 @@ def _own_plan(
     batch_size: int | None,
     message: bytes,
     ring: Ring,
+    reporter: sl_stats.WorkerReporter,
 ) -> None:
     """A whole planned epoch with no further trainer messages: steps id, id + n, ..."""
     try:
         params = json.loads(message[1:])
         dataset.set_epoch(params["epoch"])
-        fetcher = spec.build(dataset)
+        fetcher = spec.build(dataset, reporter.clock)
         plan = EpochPlan(
             dataset.sample_order(),
             params["world_size"],
@@ -247,8 +282,14 @@ def _own_plan(
             params["drop_last"],
             params["start"],
         )
-        for ids in id_batches(plan, params["rank"], worker_id, num_workers):
-            _fetch_one(fetcher, ids, ring)
+        # One batch of lookahead: the stats ride before this worker's last batch, because the
+        # trainer stops reading at the first worker's end of share.
+        batches = id_batches(plan, params["rank"], worker_id, num_workers)
+        upcoming = next(batches, _END)
+        while upcoming is not _END:
+            ids, upcoming = upcoming, next(batches, _END)
+            _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END)
     except Exception:
         _send_error(ring, b"E" + traceback.format_exc().encode())
+    _send_error(ring, reporter.record())  # exact totals (read when a persistent pool drains)
     ring.put(b"S", type=RecordType.ERROR)  # end of this worker's share
