@@ -183,6 +183,12 @@ class Config:
         _seconds, 0.5, "base seconds of the jittered exponential backoff between retries"
     )
     request_timeout: float = _setting(_timeout, 60, "time limit in seconds of one remote request")
+    readahead_shards: int = _setting(
+        _count, 2, "remote shards each reading process downloads ahead of use"
+    )
+    readahead_bytes: int = _setting(
+        _size, "2GiB", "max bytes each reading process reserves in the cache ahead of use"
+    )
 
     # Not a setting: where each setting's value came from (see `source`).
     _sources: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)

@@ -348,8 +348,8 @@ def remote_shards(dataset: Any, fs: Any, root: str) -> RemoteShards:
         dataset.index,
         DiskCache(cfg.cache_dir, cfg.cache_limit, verify=bool(dataset.verify)),
         plan,
-        readahead_shards=int(getattr(cfg, "readahead_shards", 2)),
-        readahead_bytes=int(getattr(cfg, "readahead_bytes", 2 * 2**30)),
+        readahead_shards=cfg.readahead_shards,
+        readahead_bytes=cfg.readahead_bytes,
         processes=workers * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)),
     )
     weakref.finalize(dataset, shards.close)
