@@ -63,6 +63,10 @@ class TruncatedRead(OSError):
     """A response body ended before the bytes it announced (or the bytes we asked for)."""
 
 
+class RequestTimeout(OSError):
+    """One attempt took longer than the policy's ``timeout`` and was cancelled."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """How one failed attempt is judged: retry or not, and a short human-readable cause."""
@@ -93,6 +97,8 @@ def _http_status(exc: BaseException) -> tuple[int | None, str | None]:
     code = getattr(exc, "code", None)  # gcsfs HttpError
     if type(exc).__name__ == "HttpError" and isinstance(code, int):
         return code, None
+    if type(exc) is OSError and str(exc).startswith("Forbidden: "):
+        return 403, None  # gcsfs reports a 403 as a bare OSError("Forbidden: <url>...")
     return None, None
 
 
@@ -101,6 +107,7 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the connection or the body failed", from importable clients."""
     types: list[type[BaseException]] = [
         TruncatedRead,
+        RequestTimeout,
         ConnectionError,  # resets, refusals, broken pipes
         TimeoutError,  # also asyncio.TimeoutError and socket.timeout on 3.11+
         asyncio.TimeoutError,

@@ -43,7 +43,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from streamload.errors import StoreError
-from streamload.retry import RetryPolicy, TruncatedRead
+from streamload.retry import RequestTimeout, RetryPolicy, TruncatedRead
 
 T = TypeVar("T")
 
@@ -201,7 +201,10 @@ def read_bytes(
         _check_length(fs, path, data, expected_size, "object")
         return data
 
-    return _call(fs, path, "cat_file", (path,), {}, policy, "read", check)
+    # s3fs stats a whole-object read first (HEAD, and a listing on 404) to split it into
+    # concurrent ranges: one GET is what a whole-object read should cost.
+    kwargs = {"max_concurrency": 1} if "s3" in _protocols(fs) else {}
+    return _call(fs, path, "cat_file", (path,), kwargs, policy, "read", check)
 
 
 def read_range(
@@ -418,7 +421,8 @@ async def _bounded(
     try:
         return await asyncio.wait_for(coroutine_fn(*args, **kwargs), timeout)
     except asyncio.TimeoutError:
-        raise TimeoutError(f"no complete response within request_timeout={timeout:g}s") from None
+        # Not a TimeoutError: fsspec's sync() would turn that into a bare FSTimeoutError.
+        raise RequestTimeout(f"no complete response within request_timeout={timeout:g}s") from None
 
 
 def _check_length(fs: Any, path: str, data: bytes, expected: int | None, what: str) -> None:

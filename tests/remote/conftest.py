@@ -8,7 +8,7 @@ test, a fresh location on one of them, as a `Remote` (``url``, ``storage_options
 - ``gcs_url``: ``gs://<fresh bucket>/ds`` on fake-gcs-server;
 - ``http_url``: ``http://127.0.0.1:PORT/<fresh dir>/ds``, read-only; write the files into
   ``remote.local_dir`` (a local path served at that URL);
-- ``faulty_s3`` / ``faulty_http``: the same behind a `proxy.FaultProxy` (``remote.proxy``), with
+- ``faulty_s3`` / ``faulty_gcs`` / ``faulty_http``: the same behind a `proxy.FaultProxy` (``remote.proxy``), with
   ``remote.direct`` the same location without the proxy (to set up data without faults).
 
 Retry settings are not part of the fixtures: tests pass a policy explicitly (``fast_policy``:
@@ -24,7 +24,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +47,9 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "STORAGE
 sys.path.append(str(Path(__file__).parent))  # the helper modules next to this file
 
 from proxy import FaultProxy  # noqa: E402
-from servers import FakeGCS, LoopThread, MotoS3, http_file_server  # noqa: E402
+from servers import FakeGCS, LoopThread, MotoS3, Remote, http_file_server  # noqa: E402
 
 from streamload.retry import RetryPolicy  # noqa: E402
-
-
-@dataclass
-class Remote:
-    """A fresh dataset location on a test server."""
-
-    url: str
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    local_dir: Path | None = None  # http: the directory served at ``url``
-    proxy: FaultProxy | None = None  # faulty_*: the fault proxy in front of the server
-    direct: Remote | None = None  # faulty_*: the same location, not through the proxy
 
 
 @pytest.fixture(scope="session")
@@ -146,4 +135,17 @@ def faulty_http(server_loop: LoopThread, http_url: Remote, http_root: Any) -> It
     _, base = http_root
     proxy = FaultProxy(server_loop, base)
     yield replace(http_url, url=http_url.url.replace(base, proxy.url), proxy=proxy, direct=http_url)
+    proxy.stop()
+
+
+@pytest.fixture
+def faulty_gcs(server_loop: LoopThread, gcs_url: Remote) -> Iterator[Remote]:
+    """``gcs_url`` reached through a fault proxy (``.proxy``); ``.direct`` bypasses it.
+
+    Reads go through the proxy; resumable uploads are redirected to the server itself (its
+    external URL), so write test data through ``.direct``.
+    """
+    proxy = FaultProxy(server_loop, gcs_url.storage_options["endpoint_url"])
+    options = {**gcs_url.storage_options, "endpoint_url": proxy.url}
+    yield replace(gcs_url, storage_options=options, proxy=proxy, direct=gcs_url)
     proxy.stop()

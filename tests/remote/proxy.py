@@ -180,7 +180,10 @@ class FaultProxy:
         if kind == "stall":
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._release.wait(), self.stall_seconds)
-        return await self._forward(request, truncate=kind == "truncate")
+        try:
+            return await self._forward(request, truncate=kind == "truncate")
+        except ConnectionResetError:  # the client gave up (e.g. its time-out cut a stall)
+            raise asyncio.CancelledError from None
 
     async def _forward(self, request: web.Request, *, truncate: bool) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}

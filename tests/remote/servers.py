@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,17 @@ from aiohttp import web
 T = TypeVar("T")
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
+
+
+@dataclass
+class Remote:
+    """A fresh dataset location on a test server (what the conftest fixtures return)."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    local_dir: Path | None = None  # http: the directory served at ``url``
+    proxy: Any = None  # faulty_*: the proxy.FaultProxy in front of the server
+    direct: Remote | None = None  # faulty_*: the same location, not through the proxy
 
 
 class LoopThread:
