@@ -11,8 +11,8 @@ test, a fresh location on one of them, as a `Remote` (``url``, ``storage_options
 - ``faulty_s3`` / ``faulty_gcs`` / ``faulty_http``: the same behind a `proxy.FaultProxy` (``remote.proxy``), with
   ``remote.direct`` the same location without the proxy (to set up data without faults).
 
-Retry settings are not part of the fixtures: tests pass a policy explicitly (``fast_policy``:
-millisecond backoff) so that retry sleeps stay short.
+Every remote test runs with its own cache dir (``STREAMLOAD_CACHE_DIR`` under tmp_path) and a
+millisecond ``STREAMLOAD_RETRY_BACKOFF``; ``fast_policy`` is a policy to pass explicitly.
 
 The environment the clients need (testing AWS credentials, no EC2 metadata probing, gcsfs's
 gRPC bucket probe off) is set here, for the test session only, before gcsfs is imported.
@@ -50,6 +50,14 @@ from proxy import FaultProxy  # noqa: E402
 from servers import FakeGCS, LoopThread, MotoS3, Remote, http_file_server  # noqa: E402
 
 from streamload.retry import RetryPolicy  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _remote_test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each remote test gets its own shard cache (never the user's) and millisecond backoff
+    for code paths that take the retry policy from the configuration."""
+    monkeypatch.setenv("STREAMLOAD_CACHE_DIR", str(tmp_path / "streamload-cache"))
+    monkeypatch.setenv("STREAMLOAD_RETRY_BACKOFF", "0.005")
 
 
 @pytest.fixture(scope="session")
