@@ -34,9 +34,12 @@ and `local_path` reports local files so readers can memory-map them in place.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import types
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
 import fsspec
@@ -49,7 +52,8 @@ T = TypeVar("T")
 
 REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "http", "https")
 _EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
-DOWNLOAD_CHUNK = 16 * 2**20  # bytes per ranged GET in `download`: bounds its memory
+DOWNLOAD_CHUNK = 8 * 2**20  # bytes per ranged GET in `download`
+DOWNLOAD_CONCURRENCY = 4  # ranged GETs in flight per download: hides each request's round trip
 
 # Clients made in this process: fs token -> client (see `client`). Reset when the pid changes.
 _clients: dict[str, Any] = {}
@@ -249,31 +253,40 @@ def download(
     *,
     expected_size: int | None = None,
     chunk_size: int = DOWNLOAD_CHUNK,
+    concurrency: int = DOWNLOAD_CONCURRENCY,
     policy: RetryPolicy | None = None,
 ) -> int:
     """Copy an object into ``fileobj`` in ranged reads of ``chunk_size`` bytes.
 
-    Memory stays bounded by one chunk. Each chunk is retried on its own, so a reset or a
-    truncated body late in a large object re-fetches only the failed chunk (resume by range).
-    Bytes are written in order; on an error ``fileobj`` holds a prefix of the object, and the
-    caller discards it (the cache writes to a temp file and publishes only complete ones).
+    Each chunk is retried on its own, so a reset or a truncated body late in a large object
+    re-fetches only the failed chunk (resume by range). The first chunk is fetched alone: an
+    object that fails for good (403, 404, throttled past every attempt) costs exactly the
+    policy's attempts. The others run up to ``concurrency`` at a time, hiding the round trip of
+    each request; they are written strictly in order, so memory stays bounded by about
+    ``(concurrency + 1) * chunk_size`` bytes. On an error ``fileobj`` holds a prefix of the
+    object, and the caller discards it (the cache writes to a temp file and publishes only
+    complete, verified ones).
 
     Args:
-        fileobj: a binary file object open for writing.
+        fileobj: anything with a binary ``write`` (a file, a hasher wrapper), written in order
+            from its current position.
         expected_size: the object's size if known (index.json's ``bytes``), which saves a
             metadata request; a size the object does not have surfaces as a truncated read or a
             checksum mismatch downstream.
         chunk_size: bytes per request (> 0).
+        concurrency: ranged requests in flight at once (>= 1).
 
     Returns:
         The number of bytes written.
 
     Raises:
         StoreError: a permanent failure, or retries exhausted on one chunk.
-        ValueError: ``chunk_size`` or ``expected_size`` out of range.
+        ValueError: ``chunk_size``, ``concurrency`` or ``expected_size`` out of range.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"download chunk_size must be an int > 0, got {chunk_size!r}")
+    for name, value in (("chunk_size", chunk_size), ("concurrency", concurrency)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"download {name} must be an int > 0, got {value!r}")
+    policy = policy or RetryPolicy.from_config()
     if expected_size is None:
         size = info(fs, path, policy=policy).get("size")
         if not isinstance(size, int):
@@ -282,13 +295,37 @@ def download(
         if isinstance(expected_size, bool) or expected_size < 0:
             raise ValueError(f"download expected_size must be >= 0, got {expected_size!r}")
         size = expected_size
-    policy = policy or RetryPolicy.from_config()
+    ranges = [(start, min(size, start + chunk_size)) for start in range(0, size, chunk_size)]
+    if not ranges:
+        return 0
     written = 0
-    while written < size:
-        end = min(size, written + chunk_size)
-        data = read_range(fs, path, written, end, policy=policy)
-        fileobj.write(data)
-        written += len(data)
+    first = read_range(fs, path, *ranges[0], policy=policy)
+    fileobj.write(first)
+    written += len(first)
+    rest = iter(ranges[1:])
+    if concurrency == 1 or len(ranges) == 1:
+        for start, end in rest:
+            data = read_range(fs, path, start, end, policy=policy)
+            fileobj.write(data)
+            written += len(data)
+        return written
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="streamload-download") as pool:
+        pending: deque[Future[bytes]] = deque(
+            pool.submit(read_range, fs, path, start, end, policy=policy)
+            for start, end in itertools.islice(rest, concurrency)
+        )
+        try:
+            while pending:
+                data = pending.popleft().result()
+                fileobj.write(data)
+                written += len(data)
+                following = next(rest, None)
+                if following is not None:
+                    pending.append(pool.submit(read_range, fs, path, *following, policy=policy))
+        except BaseException:
+            for future in pending:  # requests not started yet never start
+                future.cancel()
+            raise
     return written
 
 

@@ -164,11 +164,53 @@ def test_download_refetches_only_the_failed_chunk(
     proxy.fail_next(1, "truncate", method="GET")
     out = io.BytesIO()
     written = store.download(
-        fs, path, out, expected_size=len(DATA), chunk_size=4096, policy=fast_policy
+        fs, path, out, expected_size=len(DATA), chunk_size=4096, concurrency=1, policy=fast_policy
     )
     assert written == len(DATA)
     assert out.getvalue() == DATA
     assert proxy.count("GET") == 3 + 1  # ceil(10240 / 4096) chunks plus one retry
+
+
+def test_a_download_that_fails_for_good_costs_exactly_the_attempts(
+    faulty: Remote, fast_policy: RetryPolicy
+) -> None:
+    """Concurrent chunk reads do not multiply attempts: the first chunk goes alone, so a
+    permanently throttled object costs `attempts` GETs and a 404 costs one."""
+    import io
+
+    fs, path = _put(faulty)
+    proxy = faulty.proxy
+    assert proxy is not None
+    proxy.reset_counts()
+    proxy.fail_next(1000, "slowdown", method="GET")
+    with pytest.raises(StoreError, match="after 4 attempts"):
+        store.download(
+            fs, path, io.BytesIO(), expected_size=len(DATA), chunk_size=1024, policy=fast_policy
+        )
+    assert proxy.count("GET") == fast_policy.attempts
+    proxy.clear()
+    proxy.reset_counts()
+    with pytest.raises(StoreError) as caught:
+        store.download(fs, path + ".missing", io.BytesIO(), chunk_size=1024, policy=fast_policy)
+    assert caught.value.errno == errno.ENOENT
+
+
+def test_concurrent_chunked_download_is_exact_under_random_faults(faulty: Remote) -> None:
+    """Ten chunks, four in flight, 30% of GETs failing: the file is written whole and in order."""
+    import io
+
+    fs, path = _put(faulty)
+    proxy = faulty.proxy
+    assert proxy is not None
+    proxy.fail_randomly(0.3, ("slowdown", "reset", "truncate", "500"), seed=3)
+    policy = RetryPolicy(attempts=10, backoff=0.001, max_backoff=0.002, timeout=5.0)
+    for _ in range(3):
+        out = io.BytesIO()
+        n = store.download(
+            fs, path, out, expected_size=len(DATA), chunk_size=1024, concurrency=4, policy=policy
+        )
+        assert n == len(DATA) and out.getvalue() == DATA
+    assert sum(proxy.injected.values()) > 0
 
 
 def test_random_faults_every_read_still_exact(faulty_s3: Remote) -> None:
