@@ -154,6 +154,7 @@ class DiskCache:
         verify: bool = True,
         stall_timeout: float = STALL_TIMEOUT_S,
         room_timeout: float = ROOM_TIMEOUT_S,
+        others_wait: float = OTHERS_WAIT_S,
     ) -> None:
         """Open (create) a cache directory.
 
@@ -164,6 +165,8 @@ class DiskCache:
                 always made); False is the cheap mode that trusts files this cache published.
             stall_timeout: seconds a waiter lets another process's download go without growth.
             room_timeout: seconds to wait for pinned shards to be released when the limit is met.
+            others_wait: seconds to wait for other processes to read a shard they announced
+                before evicting it anyway (which costs them a second download).
 
         Raises:
             CacheError: the directory cannot be created or written.
@@ -173,6 +176,7 @@ class DiskCache:
         self.verify = verify
         self.stall_timeout = stall_timeout
         self.room_timeout = room_timeout
+        self.others_wait = others_wait
         self._plans: dict[str, int] = {}  # dataset dir -> fd of this process's plan file
         self._plans_pid = os.getpid()
         self._generation = 0  # of the plan last published (in the plan file's header)
@@ -526,7 +530,7 @@ class DiskCache:
                     if not e.temp and (protect is None or own.get(e.path, protect + 1) > protect)
                 ]
                 now, later = eviction_order(candidates, own, self._others_next_use())
-                if waited >= min(OTHERS_WAIT_S, timeout):
+                if waited >= min(self.others_wait, timeout):
                     now += later  # the others are not moving: a second download beats a stall
                 for entry in now:
                     if used + key.bytes <= self.cache_limit:
