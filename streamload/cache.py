@@ -530,7 +530,7 @@ class DiskCache:
                     if not e.temp and (protect is None or own.get(e.path, protect + 1) > protect)
                 ]
                 now, later = eviction_order(candidates, own, self._others_next_use())
-                if waited >= min(self.others_wait, timeout):
+                if timeout > 0 and waited >= min(self.others_wait, timeout):
                     now += later  # the others are not moving: a second download beats a stall
                 for entry in now:
                     if used + key.bytes <= self.cache_limit:

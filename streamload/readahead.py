@@ -196,9 +196,12 @@ class RemoteShards:
     def _replan(self, epoch: int) -> None:
         self._epoch = epoch
         # This epoch, then the next: the read-ahead runs over the boundary.
-        self._plan = np.concatenate([self._plan_of(epoch), self._plan_of(epoch + 1)])
+        current = self._plan_of(epoch)
+        self._plan = np.concatenate([current, self._plan_of(epoch + 1)])
         self._cursor = 0
-        names = [self._keys[k].file_name for k in self._plan.tolist()]
+        # Other processes spare what we need in this epoch only: a worker done with its share
+        # must not hold the others back for an epoch that may never come.
+        names = [self._keys[k].file_name for k in current.tolist()]
         self.cache.announce(self._url, names, 0)
         self.readahead.replan(self._plan)
 
@@ -253,6 +256,11 @@ class ReadAhead:
         with self._cond:
             return list(self._window)
 
+    def wait_reserved(self, shards: list[int], timeout: float) -> bool:
+        """Wait until all of ``shards`` are reserved ahead; False on time-out (for tests, stats)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: set(shards) <= set(self._window), timeout)
+
     def close(self) -> None:
         """Stop the thread and drop every reservation (a download in progress finishes in the
         background and is released then; the thread is a daemon)."""
@@ -288,11 +296,17 @@ class ReadAhead:
                 pin = None
             delay = _BACKOFF_S[0]
             with self._cond:
-                stale = self._stop or plan is not self._plan or k in self._window
+                stale = (
+                    self._stop
+                    or plan is not self._plan
+                    or k in self._window
+                    or position <= self._reader  # the reader got there first: it has its own pin
+                )
                 if pin is not None and not stale:
                     self._window[k] = pin
                     self._bytes += self._shards.key(k).bytes
                     self.downloaded += 1
+                    self._cond.notify_all()
                 elif pin is not None:
                     pin.close()
                 if plan is self._plan and self._next == position:

@@ -152,12 +152,15 @@ def test_a_forked_child_does_not_keep_its_parents_pins(tmp_path: Path) -> None:
         pin = cache.pin(ShardKey({URL!r}, "shard-00000.arrow", 1000, "xxh3_64",
                                  xxhash.xxh3_64_hexdigest(data)), lambda f: f.write(data))
         r, w = os.pipe()
+        ready_r, ready_w = os.pipe()
         child = os.fork()
-        if child == 0:
+        if child == 0:  # fork hooks have run by the time any code runs here
             os.close(w)
+            os.write(ready_w, b"!")
             os.read(r, 1)  # lives until the parent is done
             os._exit(0)
         os.close(r)
+        os.read(ready_r, 1)
         busy = cache.clear()[0]  # pinned by us: not evictable
         pin.close()
         freed = cache.clear()[0]  # the child still runs but holds no pin
