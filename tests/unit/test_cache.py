@@ -278,7 +278,9 @@ def test_working_set_larger_than_the_limit_is_refused_naming_setting_and_sizes(
     """cache_limit below (pinned shards x largest shard) is a CacheError that shows the arithmetic."""
     cache = DiskCache(tmp_path, 10_000_000)
     cache.check_working_set(1_000_000, 10, "10 pins")
-    with pytest.raises(CacheError, match=r"cache_limit = .*10000000 B.*11 shards pinned.*976.6 KiB"):
+    with pytest.raises(
+        CacheError, match=r"cache_limit = .*10000000 B.*11 shards pinned.*976.6 KiB"
+    ):
         cache.check_working_set(1_000_000, 11, "11 pins")
     with pytest.raises(CacheError, match=r"cache_limit .* cannot hold shard shard-00000\.arrow"):
         cache.pin(_key("shard-00000.arrow", b"x" * 20_000_000), lambda f: None)
