@@ -124,10 +124,10 @@ def test_truncated_bodies_never_return_short_data(faulty: Remote, fast_policy: R
         store.read_bytes(fs, path, policy=fast_policy)
 
 
-def test_a_stalled_request_is_cut_by_the_timeout_and_retried(faulty_s3: Remote) -> None:
+def test_a_stalled_request_is_cut_by_the_timeout_and_retried(faulty: Remote) -> None:
     """A request that gets no answer is cancelled after request_timeout and tried again."""
-    fs, path = _put(faulty_s3)
-    proxy = faulty_s3.proxy
+    fs, path = _put(faulty)
+    proxy = faulty.proxy
     assert proxy is not None
     proxy.reset_counts()
     proxy.fail_next(1, "stall", method="GET")
