@@ -71,6 +71,7 @@ PLAN_HORIZON = 4096  # plan positions of other processes that eviction looks at
 STALL_TIMEOUT_S = 120.0  # a download whose temp file does not grow for this long is abandoned
 ROOM_TIMEOUT_S = 120.0  # how long to wait for pins to go when the limit cannot be met
 _LOCK_TIMEOUT_S = 60.0  # the admission lock and pin locks are held for milliseconds
+_OURS_RE = re.compile(r"^[0-9a-f]{16}-")  # published and temp shard files: <checksum>-<name>
 _TMP_RE = re.compile(r"^(?P<file>.+)\.tmp\.(?P<pid>\d+)\.(?P<bytes>\d+)$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _HASH_CHUNK = 4 * 2**20
@@ -289,9 +290,7 @@ class DiskCache:
         """Cache path -> soonest next use by any other live process (caller holds admission)."""
         out: dict[str, int] = {}
         mine = {os.path.join(d, f".plan.{os.getpid()}.{id(self)}") for d in self._plans}
-        for ds in _scandir(self.cache_dir):
-            if not ds.is_dir(follow_symlinks=False):
-                continue
+        for ds in _dataset_dirs(self.cache_dir):
             for entry in _scandir(ds.path):
                 if not entry.name.startswith(".plan.") or entry.path in mine:
                     continue
@@ -335,13 +334,12 @@ class DiskCache:
     def datasets(self) -> dict[str, str]:
         """Per-dataset directory -> dataset URL."""
         out = {}
-        for entry in _scandir(self.cache_dir):
-            if entry.is_dir(follow_symlinks=False):
-                try:
-                    with open(os.path.join(entry.path, "SOURCE"), encoding="utf-8") as f:
-                        out[entry.path] = f.read().strip()
-                except OSError:
-                    out[entry.path] = "?"
+        for entry in _dataset_dirs(self.cache_dir):
+            try:
+                with open(os.path.join(entry.path, "SOURCE"), encoding="utf-8") as f:
+                    out[entry.path] = f.read().strip()
+            except OSError:
+                out[entry.path] = "?"
         return out
 
     def clear(self) -> tuple[int, int]:
@@ -581,12 +579,10 @@ class DiskCache:
 
     def _scan(self) -> list[CacheEntry]:
         out = []
-        for ds in _scandir(self.cache_dir):
-            if not ds.is_dir(follow_symlinks=False):
-                continue
+        for ds in _dataset_dirs(self.cache_dir):
             for entry in _scandir(ds.path):
                 name = entry.name
-                if name == "SOURCE" or name.endswith(".lock") or name.startswith("."):
+                if not _OURS_RE.match(name) or name.endswith(".lock"):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -652,6 +648,16 @@ class DiskCache:
             except OSError as exc:
                 raise CacheError(f"cache_dir {self.cache_dir!r} is not writable: {exc}") from exc
         return directory
+
+
+def _dataset_dirs(cache_dir: str) -> list[os.DirEntry[str]]:
+    """The per-dataset directories this cache made (they hold SOURCE): anything else in
+    cache_dir is not ours and is never counted, listed or deleted."""
+    return [
+        d
+        for d in _scandir(cache_dir)
+        if d.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(d.path, "SOURCE"))
+    ]
 
 
 def _scandir(path: str) -> list[os.DirEntry[str]]:

@@ -330,7 +330,8 @@ def remote_shards(dataset: Any, fs: Any, root: str) -> RemoteShards:
     """The `RemoteShards` of ``dataset`` (a StreamingDataset over a remote ``fs``) in this process.
 
     The cache directory and limit are the dataset's ``cache_dir``/``cache_limit`` when given,
-    else the configuration's; the plan is this process's share of ``dataset.sample_order()``
+    else the configuration's (written back to the dataset, so its copies in worker processes
+    use the same cache whatever their environment); the plan is this process's share of ``dataset.sample_order()``
     (inside a loader worker ``order[id::num_workers]``, as the dataset's iteration reads it).
 
     Raises:
@@ -344,6 +345,9 @@ def remote_shards(dataset: Any, fs: Any, root: str) -> RemoteShards:
     from streamload import config
 
     cfg = config.load(cache_dir=dataset.cache_dir, cache_limit=dataset.cache_limit)
+    # Settled once, where the dataset is made: a worker started by a fork server or spawn may
+    # see another environment, and must still share the trainer's cache.
+    dataset.cache_dir, dataset.cache_limit = cfg.cache_dir, cfg.cache_limit
     worker = torch.utils.data.get_worker_info()
     wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
     ref = weakref.ref(dataset)

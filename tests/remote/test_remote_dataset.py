@@ -18,6 +18,7 @@ import pytest
 from servers import Remote
 
 from streamload import ShardWriter, StreamingDataset, StreamLoader
+from streamload.cli import main
 
 N = 600
 
@@ -143,3 +144,21 @@ def test_time_to_first_sample_does_not_grow_with_the_shard_count(
         requests[shards] = (faulty_http.proxy.count(), faulty_http.proxy.count("GET", "index.json"))
     assert requests[10] == requests[10_000]
     assert requests[10][1] == 1
+
+
+def test_info_and_verify_work_on_a_remote_url(
+    http_url: Remote, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``streamload info`` and ``verify`` read a remote dataset; verify names a corrupted shard."""
+    _write(http_url)
+    assert main(["info", http_url.url]) == 0
+    assert "600" in capsys.readouterr().out
+    assert main(["verify", http_url.url]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert http_url.local_dir is not None
+    shard = sorted(http_url.local_dir.glob("shard-*.arrow"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["verify", http_url.url]) == 1
+    assert f"BAD  {shard.name}: checksum mismatch" in capsys.readouterr().out

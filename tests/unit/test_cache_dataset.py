@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,16 @@ def test_loader_workers_share_one_cache_one_download_per_shard(
         set(names) - next_pass, 1
     )
     assert all(fetched[n] in (1, 2) for n in next_pass)
+
+
+def test_copies_in_workers_use_the_cache_settled_when_the_dataset_was_made(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose environment differs (spawn, fork server) still shares the trainer's cache."""
+    monkeypatch.setenv("STREAMLOAD_CACHE_DIR", str(tmp_path / "trainer"))
+    ds = StreamingDataset("slfake://" + corpus, cache_limit="10MB")
+    monkeypatch.setenv("STREAMLOAD_CACHE_DIR", str(tmp_path / "elsewhere"))
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy[0]["id"] == 0
+    assert (tmp_path / "trainer").is_dir()
+    assert not (tmp_path / "elsewhere").exists()
