@@ -15,7 +15,9 @@ uploaded to moto as is, and read for one epoch by ``StreamLoader(num_workers=--w
 - ``local``: the local copy (memory-mapped in place);
 - ``s3 cold``: the remote copy through the shaping proxy with an empty cache (every shard is
   downloaded during the epoch; read-ahead overlaps downloads with consumption);
-- ``s3 warm``: the same again with the cache filled by the previous epoch.
+- ``s3 warm``: the same again with the cache filled by the previous epoch;
+- ``s3 download only``: every shard through ``store.download`` into a sink, no cache, no
+  loader: the ceiling the emulated link (a Python proxy) and moto give on this machine.
 
 Each row runs twice: ``step 0 ms`` (pure input pipeline: the remote rows are bound by the link)
 and ``step --step-ms`` (a training step per batch, simulated by sleeping as a trainer waits on
@@ -219,6 +221,23 @@ def _epoch(url: str, options: dict[str, Any], workers: int, step_s: float, **kw:
     return seen
 
 
+class _Sink:
+    """A write-only file object that drops what it is given (download throughput alone)."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _download_all(url: str, options: dict[str, Any]) -> None:
+    """Every shard through store.download, one after another: the link as the store sees it."""
+    from streamload import store
+    from streamload.index import load_index
+
+    fs, root = store.resolve(url, options)
+    for shard in load_index(url, options).shards:
+        store.download(fs, store.join(root, shard.name), _Sink(), expected_size=shard.bytes)
+
+
 def _allocated(directory: Path) -> int:
     total = 0
     for dirpath, _, files in os.walk(directory):
@@ -272,6 +291,17 @@ def main() -> None:
                 _epoch("s3://bench/ds", shaped, args.workers, step_s, cache_dir=str(caches),
                        cache_limit=limit)  # fmt: skip
 
+            results.append(
+                harness.measure(
+                    "s3 download only",
+                    lambda: _download_all("s3://bench/ds", shaped),
+                    items=n,
+                    nbytes=nbytes,
+                    params={"step_ms": 0.0, "workers": 0},
+                    warmup=0,
+                    repeats=repeats,
+                )
+            )
             for step_ms in steps:
                 step_s = step_ms / 1000
                 params = {"step_ms": step_ms, "workers": args.workers}

@@ -40,7 +40,7 @@ import types
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -54,6 +54,13 @@ REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "http", "https")
 _EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 DOWNLOAD_CHUNK = 8 * 2**20  # bytes per ranged GET in `download`
 DOWNLOAD_CONCURRENCY = 4  # ranged GETs in flight per download: hides each request's round trip
+
+
+class Writer(Protocol):
+    """Where `download` writes: a binary file, or anything with the same ``write``."""
+
+    def write(self, data: bytes, /) -> Any: ...
+
 
 # Clients made in this process: fs token -> client (see `client`). Reset when the pid changes.
 _clients: dict[str, Any] = {}
@@ -249,7 +256,7 @@ def read_range(
 def download(
     fs: Any,
     path: str,
-    fileobj: BinaryIO,
+    fileobj: Writer,
     *,
     expected_size: int | None = None,
     chunk_size: int = DOWNLOAD_CHUNK,
