@@ -1,15 +1,9 @@
 """DiskCache: a byte-limited directory of verified shard copies, shared by every process on a node.
 
-Layout (one directory per dataset URL, so two datasets never collide)::
-
-    <cache_dir>/.lock                                  admission lock (flock, held for milliseconds)
-    <cache_dir>/<url slug>-<xxh3(url)>/SOURCE          the dataset URL (for ``streamload cache ls``)
-    <cache_dir>/<...>/<checksum>-<shard name>          a published, verified shard
-    <cache_dir>/<...>/<checksum>-<shard name>.lock     single-flight lock of that shard (empty)
-    <cache_dir>/<...>/<checksum>-<shard name>.tmp.<pid>.<bytes>   a download in progress
-
-The cache key is (dataset URL, shard name, checksum): a dataset rewritten in place gets new
-checksums, hence new file names, and never serves stale bytes.
+``<cache_dir>/.lock`` is the admission lock (flock, held for milliseconds); one directory per
+dataset URL holds its shards, their single-flight locks and downloads in progress
+(`streamload.cache_layout`); `streamload.eviction` chooses what to evict; `streamload.file_locks`
+has the locks and `Pin`.
 
 Invariants, all from flock(2) locks (released by the kernel when a holder dies, so a SIGKILLed
 process leaves nothing that blocks the others):
@@ -27,10 +21,11 @@ process leaves nothing that blocks the others):
   files plus live temp files at their expected size. A temp file whose shard lock is free belongs
   to a dead process and is deleted by the scan. So the cache never exceeds ``cache_limit``; a
   SIGKILL mid-download costs nothing but the partial file, which the next scan removes.
-- **Eviction order**: `eviction_order` (pure): files with no known next use first, oldest use
-  (mtime, set on every pin) first; then files whose next use is furthest away (Belady).
-  Pinned files are never evicted; when the limit cannot be met the caller waits (bounded) for
-  pins to go, then gets `CacheError`.
+- **Eviction order** (`eviction_order`, pure): files nobody needs first, least recently used
+  (mtime, set on every pin) first; then files whose next use is furthest away (Belady), using
+  the plans every reading process publishes; a file another live process still needs is evicted
+  only after waiting ``others_wait`` for it to move on. Pinned files are never evicted; when the
+  limit cannot be met the caller waits (bounded) for pins to go, then gets `CacheError`.
 
 Disk full (ENOSPC) or an unwritable directory raise `CacheError` naming the directory; the temp
 file is removed first, so nothing partial is ever visible and the next run works.
@@ -39,25 +34,28 @@ file is removed first, so nothing partial is ever visible and the next run works
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any
+from typing import IO
 
-import xxhash
-
+from streamload.cache_layout import (
+    ShardKey,
+    dataset_dir_name,
+    dataset_dirs,
+    scan,
+    temps_of,
+)
 from streamload.checksum import new_hasher
 from streamload.errors import CacheError, FormatError
+from streamload.eviction import CacheEntry, PlanBoard, eviction_order
 from streamload.file_locks import (
     Pin,
     close_fd,
     flock_wait,
-    lock_is_free,
     open_fd,
     same_inode,
     try_flock,
@@ -67,12 +65,9 @@ from streamload.sizes import format_size
 log = logging.getLogger(__name__)
 
 OTHERS_WAIT_S = 5.0  # wait this long for other processes to pass a shard before evicting it
-PLAN_HORIZON = 4096  # plan positions of other processes that eviction looks at
 STALL_TIMEOUT_S = 120.0  # a download whose temp file does not grow for this long is abandoned
 ROOM_TIMEOUT_S = 120.0  # how long to wait for pins to go when the limit cannot be met
 _LOCK_TIMEOUT_S = 60.0  # the admission lock and pin locks are held for milliseconds
-_OURS_RE = re.compile(r"^[0-9a-f]{16}-")  # published and temp shard files: <checksum>-<name>
-_TMP_RE = re.compile(r"^(?P<file>.+)\.tmp\.(?P<pid>\d+)\.(?P<bytes>\d+)$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _HASH_CHUNK = 4 * 2**20
 
@@ -82,66 +77,6 @@ _HASH_CHUNK = 4 * 2**20
 _VERIFIED: set[tuple[str, int, int]] = set()
 
 Fetch = Callable[[IO[bytes]], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardKey:
-    """What identifies one shard in the cache, and what its bytes must hash to."""
-
-    url: str  # the dataset URL
-    name: str  # the shard's plain file name from index.json
-    bytes: int
-    algorithm: str  # "xxh3_64" or "sha256"
-    checksum: str
-
-    @property
-    def file_name(self) -> str:
-        """The published file's name inside the dataset's cache directory."""
-        return f"{self.checksum[:16]}-{self.name}"
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheEntry:
-    """One file in the cache as the scan sees it."""
-
-    path: str
-    bytes: int
-    mtime: float  # last pin (LRU clock)
-    temp: bool = False  # a download in progress (counted at its expected size)
-
-
-def dataset_dir_name(url: str) -> str:
-    """The per-dataset directory name: a readable slug of the URL plus its xxh3 (unique)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", url)[-40:].strip("_.") or "dataset"
-    return f"{slug}-{xxhash.xxh3_64_hexdigest(url.encode())}"
-
-
-def eviction_order(
-    entries: list[CacheEntry],
-    own: Mapping[str, int],
-    others: Mapping[str, int] | None = None,
-) -> tuple[list[CacheEntry], list[CacheEntry]]:
-    """Which files to evict, in order (pure; the caller skips pinned ones).
-
-    Args:
-        entries: candidate published files.
-        own: path -> how many shard opens from now this process needs it (smaller = sooner).
-        others: the same for the other live processes on the node (the smallest distance).
-
-    Returns:
-        ``(now, later)``. ``now``: files nobody is known to need, least recently used first,
-        then files only this process needs, furthest first (Belady). ``later``: files other
-        processes still need, furthest first; evicting one of them means a second download, so
-        the caller first waits a little for those processes to move past them.
-    """
-    others = others or {}
-    unknown = [e for e in entries if e.path not in own and e.path not in others]
-    mine = [e for e in entries if e.path in own and e.path not in others]
-    theirs = [e for e in entries if e.path in others]
-    unknown.sort(key=lambda e: (e.mtime, e.path))
-    mine.sort(key=lambda e: (-own[e.path], e.mtime, e.path))
-    theirs.sort(key=lambda e: (-min(others[e.path], own.get(e.path, others[e.path])), e.path))
-    return unknown + mine, theirs
 
 
 class DiskCache:
@@ -178,11 +113,7 @@ class DiskCache:
         self.stall_timeout = stall_timeout
         self.room_timeout = room_timeout
         self.others_wait = others_wait
-        self._plans: dict[str, int] = {}  # dataset dir -> fd of this process's plan file
-        self._plans_pid = os.getpid()
-        self._generation = 0  # of the plan last published (in the plan file's header)
-        # Other processes' plan files as last parsed: path -> ((inode, size), cache paths).
-        self._parsed: dict[str, tuple[tuple[int, int], list[str]]] = {}
+        self._board = PlanBoard()
         try:
             os.makedirs(self.cache_dir, exist_ok=True)
             fd = os.open(os.path.join(self.cache_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -252,80 +183,24 @@ class DiskCache:
 
         Args:
             url: the dataset URL.
-            upcoming: the cache file names (`ShardKey.file_name`) of this process's whole plan,
-                or None to keep the last one published (only the position moved).
+            upcoming: the cache file names (`ShardKey.file_name`) of this process's plan for the
+                current epoch, or None to keep the last one published (only the position moved).
             position: index in that plan of the shard being read now.
         """
         directory = self._dataset_dir(url)
-        if self._plans_pid != os.getpid():  # forked: the parent's plan files are not ours
-            self._plans, self._plans_pid = {}, os.getpid()
-        fd = self._plans.get(directory)
         with self._admission():  # readers of plan files hold it too: no torn reads
-            if fd is None:
-                path = os.path.join(directory, f".plan.{os.getpid()}.{id(self)}")
-                fd = open_fd(path, os.O_RDWR | os.O_CREAT)
-                try_flock(fd, fcntl.LOCK_EX)  # held while we live: tells others we are alive
-                self._plans[directory] = fd
-                upcoming = upcoming if upcoming is not None else []
-            if upcoming is not None:
-                self._generation += 1
-            header = f"{self._generation:019d} {position:019d}\n".encode()
-            if upcoming is None:
-                os.pwrite(fd, header, 0)
-            else:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, header + "\n".join(upcoming).encode(), 0)
+            self._board.announce(directory, upcoming, position)
 
     def withdraw(self) -> None:
         """Remove this process's plan files (the process stops reading)."""
-        if self._plans_pid != os.getpid():
-            return
-        for directory, fd in list(self._plans.items()):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, f".plan.{os.getpid()}.{id(self)}"))
-            close_fd(fd)
-        self._plans.clear()
-
-    def _others_next_use(self) -> dict[str, int]:
-        """Cache path -> soonest next use by any other live process (caller holds admission)."""
-        out: dict[str, int] = {}
-        mine = {os.path.join(d, f".plan.{os.getpid()}.{id(self)}") for d in self._plans}
-        for ds in _dataset_dirs(self.cache_dir):
-            for entry in _scandir(ds.path):
-                if not entry.name.startswith(".plan.") or entry.path in mine:
-                    continue
-                if lock_is_free(entry.path):  # its process is gone
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                    self._parsed.pop(entry.path, None)
-                    continue
-                position, paths = self._read_plan(entry.path, ds.path)
-                for distance, path in enumerate(paths[position : position + PLAN_HORIZON]):
-                    if out.get(path, PLAN_HORIZON) > distance:
-                        out[path] = distance
-        return out
-
-    def _read_plan(self, plan_file: str, directory: str) -> tuple[int, list[str]]:
-        try:
-            with open(plan_file, "rb") as f:
-                generation, position = (int(x) for x in f.read(40).split())
-                sig = (os.fstat(f.fileno()).st_ino, generation)
-                cached = self._parsed.get(plan_file)
-                if cached is None or cached[0] != sig:
-                    names = f.read().decode(errors="replace").split("\n")
-                    paths = [os.path.join(directory, n) for n in names if n]
-                    cached = (sig, paths)
-                    self._parsed[plan_file] = cached
-            return position, cached[1]
-        except (OSError, ValueError):
-            return 0, []
+        self._board.withdraw()
 
     # -- inspection (CLI) ----------------------------------------------------------------------
 
     def entries(self) -> list[CacheEntry]:
         """Every shard file and live download in the cache (stale temp files are removed)."""
         with self._admission():
-            return self._scan()
+            return scan(self.cache_dir)
 
     def usage(self) -> int:
         """Bytes the cache holds now (published files plus downloads in progress)."""
@@ -334,7 +209,7 @@ class DiskCache:
     def datasets(self) -> dict[str, str]:
         """Per-dataset directory -> dataset URL."""
         out = {}
-        for entry in _dataset_dirs(self.cache_dir):
+        for entry in dataset_dirs(self.cache_dir):
             try:
                 with open(os.path.join(entry.path, "SOURCE"), encoding="utf-8") as f:
                     out[entry.path] = f.read().strip()
@@ -350,7 +225,7 @@ class DiskCache:
         """
         removed = freed = 0
         with self._admission():
-            for entry in self._scan():
+            for entry in scan(self.cache_dir):
                 if not entry.temp and self._evict(entry):
                     removed += 1
                     freed += entry.bytes
@@ -444,11 +319,11 @@ class DiskCache:
         """Block until we hold the shard lock; give up if the holder's download stops growing."""
         progress, last_change, delay = -1, time.monotonic(), 0.001
         while not try_flock(lock_fd, fcntl.LOCK_EX):
-            written = sum(size for _, size in _temps_of(path))
+            written = sum(size for _, size in temps_of(path))
             if written != progress:
                 progress, last_change = written, time.monotonic()
             elif time.monotonic() - last_change > self.stall_timeout:
-                holders = ", ".join(str(pid) for pid, _ in _temps_of(path)) or "unknown"
+                holders = ", ".join(str(pid) for pid, _ in temps_of(path)) or "unknown"
                 raise CacheError(
                     f"shard {key.name} of {key.url}: the download by pid {holders} into"
                     f" {os.path.dirname(path)} made no progress for {self.stall_timeout:.0f} s"
@@ -466,7 +341,7 @@ class DiskCache:
         protect: int | None,
     ) -> None:
         """Fetch into a temp file, verify, publish. Caller holds the shard lock."""
-        for stale, _ in _temps_of(path, paths=True):  # we hold the lock: any temp is stale
+        for stale, _ in temps_of(path, paths=True):  # we hold the lock: any temp is stale
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)
         tmp = f"{path}.tmp.{os.getpid()}.{key.bytes}"
@@ -520,14 +395,15 @@ class DiskCache:
             waited = time.monotonic() - start
             own = dict(next_use()) if next_use is not None else {}
             with self._admission():
-                entries = self._scan()
+                entries = scan(self.cache_dir)
                 used = sum(e.bytes for e in entries)
                 candidates = [
                     e
                     for e in entries
                     if not e.temp and (protect is None or own.get(e.path, protect + 1) > protect)
                 ]
-                now, later = eviction_order(candidates, own, self._others_next_use())
+                others = self._board.others_next_use(dataset_dirs(self.cache_dir))
+                now, later = eviction_order(candidates, own, others)
                 if timeout > 0 and waited >= min(self.others_wait, timeout):
                     now += later  # the others are not moving: a second download beats a stall
                 for entry in now:
@@ -577,31 +453,6 @@ class DiskCache:
 
     # -- scan and eviction (caller holds the admission lock) ------------------------------------
 
-    def _scan(self) -> list[CacheEntry]:
-        out = []
-        for ds in _dataset_dirs(self.cache_dir):
-            for entry in _scandir(ds.path):
-                name = entry.name
-                if not _OURS_RE.match(name) or name.endswith(".lock"):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                match = _TMP_RE.match(name)
-                if match is None:
-                    out.append(CacheEntry(entry.path, st.st_size, st.st_mtime))
-                    continue
-                lock = os.path.join(ds.path, match["file"] + ".lock")
-                if lock_is_free(lock):  # its downloader is gone (killed): a stale partial file
-                    log.info("removing stale partial download %s", entry.path)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                    continue
-                expected = max(int(match["bytes"]), st.st_size)
-                out.append(CacheEntry(entry.path, expected, st.st_mtime, temp=True))
-        return out
-
     def _evict(self, entry: CacheEntry) -> bool:
         """Delete one published file unless someone pins it; True if deleted."""
         try:
@@ -648,40 +499,6 @@ class DiskCache:
             except OSError as exc:
                 raise CacheError(f"cache_dir {self.cache_dir!r} is not writable: {exc}") from exc
         return directory
-
-
-def _dataset_dirs(cache_dir: str) -> list[os.DirEntry[str]]:
-    """The per-dataset directories this cache made (they hold SOURCE): anything else in
-    cache_dir is not ours and is never counted, listed or deleted."""
-    return [
-        d
-        for d in _scandir(cache_dir)
-        if d.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(d.path, "SOURCE"))
-    ]
-
-
-def _scandir(path: str) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except FileNotFoundError:
-        return []
-
-
-def _temps_of(path: str, paths: bool = False) -> list[tuple[Any, int]]:
-    """Temp files of one shard: ``(pid or path, current size)``."""
-    directory, base = os.path.split(path)
-    out: list[tuple[Any, int]] = []
-    for entry in _scandir(directory):
-        match = _TMP_RE.match(entry.name)
-        if match is None or match["file"] != base:
-            continue
-        try:
-            size = entry.stat().st_size
-        except FileNotFoundError:
-            continue
-        out.append((entry.path if paths else int(match["pid"]), size))
-    return out
 
 
 def _create_full_size(path: str, size: int) -> None:

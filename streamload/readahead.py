@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from streamload import store
-from streamload.cache import DiskCache, ShardKey, dataset_dir_name
+from streamload.cache import DiskCache
+from streamload.cache_layout import ShardKey, dataset_dir_name
 from streamload.errors import CacheError
 from streamload.file_locks import Pin
 from streamload.index import DatasetIndex, ShardInfo

@@ -15,8 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamload import cache as cache_mod
-from streamload.cache import CacheEntry, DiskCache, ShardKey, eviction_order
+from streamload.cache import DiskCache, ShardKey
+from streamload.cache_layout import dataset_dir_name
 from streamload.errors import CacheError, FormatError
+from streamload.eviction import CacheEntry, eviction_order
 
 URL = "s3://bucket/dataset"
 
@@ -87,7 +89,7 @@ def test_nothing_is_published_until_the_download_is_complete_and_verified(tmp_pa
     name = "shard-00000.arrow"
     key = _key(name, source.shards[name])
     cache = DiskCache(tmp_path, 10_000)
-    published = os.path.join(str(tmp_path), cache_mod.dataset_dir_name(URL), key.file_name)
+    published = os.path.join(str(tmp_path), dataset_dir_name(URL), key.file_name)
     seen: list[bytes] = []
     waiter_started = threading.Event()
 

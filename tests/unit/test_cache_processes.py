@@ -37,7 +37,7 @@ READER = textwrap.dedent(
         data = open(os.path.join(src, name), "rb").read()
         keys.append(ShardKey("URL", name, len(data), "xxh3_64", xxhash.xxh3_64_hexdigest(data)))
     cache = DiskCache(cache_dir, limit, others_wait=60)
-    directory = os.path.join(cache_dir, __import__("streamload.cache").cache.dataset_dir_name("URL"))
+    directory = os.path.join(cache_dir, __import__("streamload.cache_layout").cache_layout.dataset_dir_name("URL"))
     plan = keys * passes
     cache.announce("URL", [k.file_name for k in plan], 0)
     # Start together (as a loader's workers do): wait until every reader has announced its plan.

@@ -1,0 +1,150 @@
+"""What to evict from the shard cache: the eviction order (pure) and the plans it is based on.
+
+Every process reading through the cache knows the order in which it will open shards (its plan).
+It publishes that plan in a small file in the dataset's cache directory (`PlanBoard`), so the
+evictor in any process can see what every live process still needs and how soon:
+
+    <dataset dir>/.plan.<pid>.<n>     "<generation> <position>\\n" then one cache file name a line
+
+The file is held with ``flock(LOCK_EX)`` for the life of its process (liveness: a file whose lock
+can be taken belongs to a dead process and is deleted). Writers and readers hold the cache's
+admission lock, so nobody reads a half-written plan. Only the current epoch is published: a
+process done with its share must not hold the others back for an epoch that may never come.
+
+`eviction_order` turns (cached files, this process's next uses, the others' next uses) into the
+order to evict in: files nobody needs (least recently used first), then files only this process
+needs (furthest next use first: Belady), then — only after the caller has waited a little for
+the other processes to move on — files other processes still need (furthest first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+from collections.abc import Mapping
+
+from streamload.file_locks import close_fd, lock_is_free, open_fd, try_flock
+
+PLAN_HORIZON = 4096  # plan positions of other processes that eviction looks at
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """One file in the cache as the scan sees it."""
+
+    path: str
+    bytes: int
+    mtime: float  # last pin (LRU clock)
+    temp: bool = False  # a download in progress (counted at its expected size)
+
+
+def eviction_order(
+    entries: list[CacheEntry],
+    own: Mapping[str, int],
+    others: Mapping[str, int] | None = None,
+) -> tuple[list[CacheEntry], list[CacheEntry]]:
+    """Which files to evict, in order (pure; the caller skips pinned ones).
+
+    Args:
+        entries: candidate published files.
+        own: path -> how many shard opens from now this process needs it (smaller = sooner).
+        others: the same for the other live processes on the node (the smallest distance).
+
+    Returns:
+        ``(now, later)``. ``now``: files nobody is known to need, least recently used first,
+        then files only this process needs, furthest first (Belady). ``later``: files other
+        processes still need, furthest first; evicting one of them means a second download, so
+        the caller first waits a little for those processes to move past them.
+    """
+    others = others or {}
+    unknown = [e for e in entries if e.path not in own and e.path not in others]
+    mine = [e for e in entries if e.path in own and e.path not in others]
+    theirs = [e for e in entries if e.path in others]
+    unknown.sort(key=lambda e: (e.mtime, e.path))
+    mine.sort(key=lambda e: (-own[e.path], e.mtime, e.path))
+    theirs.sort(key=lambda e: (-min(others[e.path], own.get(e.path, others[e.path])), e.path))
+    return unknown + mine, theirs
+
+
+class PlanBoard:
+    """This process's published plans, and reading the other processes' (see module docstring).
+
+    Callers hold the cache's admission lock around every method.
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[str, int] = {}  # dataset dir -> fd of this process's plan file
+        self._pid = os.getpid()
+        self._generation = 0  # of the plan last published (in the plan file's header)
+        # Other processes' plan files as last parsed: path -> ((inode, generation), cache paths).
+        self._parsed: dict[str, tuple[tuple[int, int], list[str]]] = {}
+
+    def _name(self, directory: str) -> str:
+        return os.path.join(directory, f".plan.{os.getpid()}.{id(self)}")
+
+    def announce(self, directory: str, upcoming: list[str] | None, position: int) -> None:
+        """Publish this process's plan for one dataset dir (``upcoming`` None: move only)."""
+        if self._pid != os.getpid():  # forked: the parent's plan files are not ours
+            self._plans, self._pid = {}, os.getpid()
+        fd = self._plans.get(directory)
+        if fd is None:
+            fd = open_fd(self._name(directory), os.O_RDWR | os.O_CREAT)
+            try_flock(fd, fcntl.LOCK_EX)  # held while we live: tells others we are alive
+            self._plans[directory] = fd
+            upcoming = upcoming if upcoming is not None else []
+        if upcoming is not None:
+            self._generation += 1
+        header = f"{self._generation:019d} {position:019d}\n".encode()
+        if upcoming is None:
+            os.pwrite(fd, header, 0)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, header + "\n".join(upcoming).encode(), 0)
+
+    def withdraw(self) -> None:
+        """Remove this process's plan files."""
+        if self._pid != os.getpid():
+            return
+        for directory, fd in list(self._plans.items()):
+            with contextlib.suppress(OSError):
+                os.unlink(self._name(directory))
+            close_fd(fd)
+        self._plans.clear()
+
+    def others_next_use(self, dataset_dirs: list[os.DirEntry[str]]) -> dict[str, int]:
+        """Cache path -> soonest next use by any other live process; dead processes' plan
+        files are deleted."""
+        out: dict[str, int] = {}
+        mine = {self._name(d) for d in self._plans} if self._pid == os.getpid() else set()
+        for ds in dataset_dirs:
+            with os.scandir(ds.path) as it:
+                plans = [e.path for e in it if e.name.startswith(".plan.")]
+            for plan in plans:
+                if plan in mine:
+                    continue
+                if lock_is_free(plan):  # its process is gone
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(plan)
+                    self._parsed.pop(plan, None)
+                    continue
+                position, paths = self._read(plan, ds.path)
+                for distance, path in enumerate(paths[position : position + PLAN_HORIZON]):
+                    if out.get(path, PLAN_HORIZON) > distance:
+                        out[path] = distance
+        return out
+
+    def _read(self, plan_file: str, directory: str) -> tuple[int, list[str]]:
+        try:
+            with open(plan_file, "rb") as f:
+                generation, position = (int(x) for x in f.read(40).split())
+                sig = (os.fstat(f.fileno()).st_ino, generation)
+                cached = self._parsed.get(plan_file)
+                if cached is None or cached[0] != sig:
+                    names = f.read().decode(errors="replace").split("\n")
+                    cached = (sig, [os.path.join(directory, n) for n in names if n])
+                    self._parsed[plan_file] = cached
+            return position, cached[1]
+        except (OSError, ValueError):  # vanished, or written by a process killed mid-write
+            return 0, []
