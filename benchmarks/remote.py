@@ -106,13 +106,13 @@ async def _pump(
 ) -> None:
     """Copy one direction, delivering each chunk ``delay`` seconds after it was read."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=64)  # ~16 MiB in flight
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=16)  # <= 16 MiB in flight
 
     async def receive() -> None:
         data = b"x"
         while data:
             try:
-                data = await reader.read(256 * 1024)
+                data = await reader.read(1024 * 1024)
             except (ConnectionError, OSError):
                 data = b""
             await queue.put((loop.time() + delay, data))
