@@ -23,14 +23,19 @@ URL = "s3://bucket/shared"
 # the limit.
 READER = textwrap.dedent(
     """
-    import os, sys, time, xxhash
+    import fcntl, os, sys, time, xxhash
     from streamload.cache import DiskCache, ShardKey
     cache_dir, limit, src, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     passes, readers = int(sys.argv[5]), int(sys.argv[6])
 
-    def disk():
-        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(cache_dir)
-                   for f in fs if not (f == "SOURCE" or f.endswith(".lock") or f.startswith(".")))
+    def disk():  # under the cache's admission lock: every file appears or goes under it
+        fd = os.open(os.path.join(cache_dir, ".lock"), os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(cache_dir)
+                       for f in fs if not (f == "SOURCE" or f.endswith(".lock") or f.startswith(".")))
+        finally:
+            os.close(fd)
 
     keys = []
     for name in sorted(os.listdir(src)):
