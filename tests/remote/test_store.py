@@ -99,6 +99,20 @@ def test_existing_remote_dataset_is_refused_unless_overwrite(s3_url: Remote) -> 
     assert len(shards) == len(load_index(s3_url.url, s3_url.storage_options).shards)
 
 
+def test_shardwriter_retries_failed_uploads(faulty_s3: Remote) -> None:
+    """PUTs failing with SlowDown, 500 or a reset are retried; the dataset arrives intact."""
+    proxy = faulty_s3.proxy
+    assert proxy is not None
+    proxy.fail_next(1, "slowdown", method="PUT", path="shard-00000")
+    proxy.fail_next(1, "500", method="PUT", path="shard-00001")
+    proxy.fail_next(1, "reset", method="PUT", path="index.json")
+    _write(faulty_s3.url, faulty_s3.storage_options, n=100)
+    assert sum(proxy.injected.values()) == 3
+    shards = load_index(faulty_s3.url, faulty_s3.storage_options).shards
+    assert proxy.count("PUT") == len(shards) + 1 + 3  # every object once, plus the retries
+    _assert_reads_back(faulty_s3.url, faulty_s3.storage_options, n=100)
+
+
 def test_http_dataset_reads(http_url: Remote) -> None:
     """A dataset served over http:// (Range-capable server) opens and reads every sample."""
     assert http_url.local_dir is not None
