@@ -19,7 +19,9 @@ at most ``retries + 1`` requests on the wire, never a product of two retry loops
 
 - s3 (s3fs): ``fs.retries = 1`` (s3fs's own loop runs once) and botocore
   ``config_kwargs={"retries": {"total_max_attempts": 1}}``; botocore connect/read time-outs
-  are set to ``request_timeout``.
+  are set to ``request_timeout``. (s3fs still sleeps 0.1 s after a throttled or dropped
+  attempt before giving up: latency, not extra requests.) Whole-object reads pass
+  ``max_concurrency=1`` so s3fs does not stat the object first.
 - gs (gcsfs): gcsfs retries inside a decorator bound at class creation (6 tries, sleeps of 1-32
   s) that no option reaches; each client made here calls the undecorated ``_request`` instead.
 - http(s) (fsspec HTTPFileSystem): no retries of its own; nothing to switch off.
