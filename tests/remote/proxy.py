@@ -12,8 +12,8 @@ injected per request, chosen by rules the test sets:
 Fault kinds: ``slowdown`` (503 with S3's SlowDown XML), ``500`` (InternalError XML), ``502``,
 ``504``, ``429``, ``403``, ``404``, ``reset`` (the connection is closed with a TCP RST before any
 response), ``truncate`` (the upstream response with its full Content-Length but only half of
-the body, then the connection closes) and ``stall`` (no response until ``stall_seconds`` pass or
-the proxy stops; the request then goes through).
+the body, then the connection closes; a reset where there is no body to cut) and ``stall`` (no
+response until ``stall_seconds`` pass or the proxy stops; the request then goes through).
 """
 
 from __future__ import annotations
@@ -202,11 +202,14 @@ class FaultProxy:
                     response.headers.add(key, value)
             length = upstream.headers.get("Content-Length")
             response.content_length = int(length) if length is not None else len(payload)
+            if truncate and (request.method == "HEAD" or len(payload) < 2):
+                _reset(request)  # nothing to cut short: fail the request as a reset instead
+                raise asyncio.CancelledError
             await response.prepare(request)
             if request.method == "HEAD":
                 await response.write_eof()
                 return response
-            if truncate and len(payload) > 1:
+            if truncate:
                 await response.write(payload[: len(payload) // 2])
                 _reset(request, graceful=True)
                 raise asyncio.CancelledError
