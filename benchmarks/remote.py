@@ -254,7 +254,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="loader workers (default 2, quick 0)")
     p.add_argument("--rtt-ms", type=float, default=20.0)
     p.add_argument("--mbps", type=float, default=200.0, help="link cap, MB/s (10^6 bytes)")
-    p.add_argument("--step-ms", type=float, default=10.0, help="simulated training step per batch")
+    p.add_argument(
+        "--step-ms",
+        type=float,
+        default=None,
+        help="simulated training step per batch (default: the step at which the trainer consumes"
+        " half of what `s3 download only` measured)",
+    )
     p.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     args = p.parse_args()
     mib = args.mib or (16 if args.quick else 256)
@@ -262,7 +268,6 @@ def main() -> None:
     repeats = harness.repeats(args)
     if args.workers is None:
         args.workers = 0 if args.quick else 2
-    steps = (0.0,) if args.quick else (0.0, args.step_ms)
     work = Path(tempfile.mkdtemp(prefix="sl-remote-bench-", dir=args.dir))
     results: list[harness.Result] = []
     try:
@@ -302,6 +307,13 @@ def main() -> None:
                     repeats=repeats,
                 )
             )
+            link = results[-1].nbytes / results[-1].median_s  # bytes/s the store gets
+            if args.quick:
+                steps: tuple[float, ...] = (0.0,)
+            elif args.step_ms is not None:
+                steps = (0.0, args.step_ms)
+            else:  # a trainer consuming half of what the link delivers
+                steps = (0.0, round(BATCH * SAMPLE_BYTES / (link / 2) * 1000, 1))
             for step_ms in steps:
                 step_s = step_ms / 1000
                 params = {"step_ms": step_ms, "workers": args.workers}
@@ -358,7 +370,15 @@ def main() -> None:
         notes = (
             f"{mib} MiB dataset, {shard_mib} MiB shards, {BATCH} x 64 KiB samples per batch; "
             f"link: {args.rtt_ms:g} ms RTT, {args.mbps:g} MB/s cap (TCP proxy); moto via waitress. "
-            f"Cache on-disk peak during a cold epoch with cache_limit = {small / 2**20:.0f} MiB: "
+            f"`s3 download only` = {link / 1e6:.0f} MB/s is the emulated link's real ceiling here"
+            " (moto and the Python proxy share the machine's cores with the loader). "
+            + (
+                f"A step of {steps[-1]:g} ms per {BATCH * SAMPLE_BYTES // 2**20} MiB batch caps"
+                f" the trainer at {BATCH * SAMPLE_BYTES / steps[-1] / 1e3:.0f} MB/s. "
+                if steps[-1]
+                else ""
+            )
+            + f"Cache on-disk peak during a cold epoch with cache_limit = {small / 2**20:.0f} MiB: "
             f"{peak / 2**20:.1f} MiB ({peak / small:.2f} x limit)."
         )
         harness.report(
