@@ -403,7 +403,8 @@ class DiskCache:
                     if not e.temp and (protect is None or own.get(e.path, protect + 1) > protect)
                 ]
                 others = self._board.others_next_use(dataset_dirs(self.cache_dir))
-                now, later = eviction_order(candidates, own, others)
+                target = tmp[: tmp.rindex(".tmp.")]  # the published path being made room for
+                now, later = eviction_order(candidates, own, others, target)
                 if timeout > 0 and waited >= min(self.others_wait, timeout):
                     now += later  # the others are not moving: a second download beats a stall
                 for entry in now:

@@ -11,10 +11,10 @@ can be taken belongs to a dead process and is deleted). Writers and readers hold
 admission lock, so nobody reads a half-written plan. Only the current epoch is published: a
 process done with its share must not hold the others back for an epoch that may never come.
 
-`eviction_order` turns (cached files, this process's next uses, the others' next uses) into the
-order to evict in: files nobody needs (least recently used first), then files only this process
-needs (furthest next use first: Belady), then — only after the caller has waited a little for
-the other processes to move on — files other processes still need (furthest first).
+`eviction_order` turns (cached files, this process's next uses, each other process's next uses,
+the shard being fetched) into the order to evict in: files nobody needs (least recently used
+first), then needed files by furthest next use (Belady), and last — only after the caller has
+waited a little — files another process will read before it needs the shard being fetched.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from streamload.file_locks import close_fd, lock_is_free, open_fd, try_flock
 
@@ -43,29 +43,40 @@ class CacheEntry:
 def eviction_order(
     entries: list[CacheEntry],
     own: Mapping[str, int],
-    others: Mapping[str, int] | None = None,
+    others: Sequence[Mapping[str, int]] = (),
+    target: str | None = None,
 ) -> tuple[list[CacheEntry], list[CacheEntry]]:
     """Which files to evict, in order (pure; the caller skips pinned ones).
 
     Args:
         entries: candidate published files.
         own: path -> how many shard opens from now this process needs it (smaller = sooner).
-        others: the same for the other live processes on the node (the smallest distance).
+        others: the same, one mapping per other live process on the node.
+        target: the path of the shard being fetched (room is made for it).
 
     Returns:
         ``(now, later)``. ``now``: files nobody is known to need, least recently used first,
-        then files only this process needs, furthest first (Belady). ``later``: files other
-        processes still need, furthest first; evicting one of them means a second download, so
-        the caller first waits a little for those processes to move past them.
+        then needed files, the one whose next use (by anyone) is furthest first (Belady).
+        ``later``: files another process will read *before* it needs ``target``: evicting one
+        means a second download, and that process is making progress without us, so the caller
+        first waits a little for it to move past them (furthest first). A file others need only
+        after ``target`` is not worth waiting for: they will be waiting for this very fetch.
     """
-    others = others or {}
-    unknown = [e for e in entries if e.path not in own and e.path not in others]
-    mine = [e for e in entries if e.path in own and e.path not in others]
-    theirs = [e for e in entries if e.path in others]
+    never = 2**62
+
+    def soonest(path: str) -> int:
+        return min([own.get(path, never), *(p.get(path, never) for p in others)])
+
+    def worth_waiting(path: str) -> bool:
+        return any(p.get(path, never) < p.get(target or "", never) for p in others)
+
+    unknown = [e for e in entries if soonest(e.path) == never]
+    needed = [e for e in entries if soonest(e.path) != never and not worth_waiting(e.path)]
+    waits = [e for e in entries if soonest(e.path) != never and worth_waiting(e.path)]
     unknown.sort(key=lambda e: (e.mtime, e.path))
-    mine.sort(key=lambda e: (-own[e.path], e.mtime, e.path))
-    theirs.sort(key=lambda e: (-min(others[e.path], own.get(e.path, others[e.path])), e.path))
-    return unknown + mine, theirs
+    needed.sort(key=lambda e: (-soonest(e.path), e.mtime, e.path))
+    waits.sort(key=lambda e: (-soonest(e.path), e.path))
+    return unknown + needed, waits
 
 
 class PlanBoard:
@@ -113,10 +124,10 @@ class PlanBoard:
             close_fd(fd)
         self._plans.clear()
 
-    def others_next_use(self, dataset_dirs: list[os.DirEntry[str]]) -> dict[str, int]:
-        """Cache path -> soonest next use by any other live process; dead processes' plan
-        files are deleted."""
-        out: dict[str, int] = {}
+    def others_next_use(self, dataset_dirs: list[os.DirEntry[str]]) -> list[dict[str, int]]:
+        """For each other live process: cache path -> how many opens until it needs it. Plan
+        files of dead processes are deleted."""
+        out: list[dict[str, int]] = []
         mine = {self._name(d) for d in self._plans} if self._pid == os.getpid() else set()
         for ds in dataset_dirs:
             with os.scandir(ds.path) as it:
@@ -130,9 +141,10 @@ class PlanBoard:
                     self._parsed.pop(plan, None)
                     continue
                 position, paths = self._read(plan, ds.path)
+                needs: dict[str, int] = {}
                 for distance, path in enumerate(paths[position : position + PLAN_HORIZON]):
-                    if out.get(path, PLAN_HORIZON) > distance:
-                        out[path] = distance
+                    needs.setdefault(path, distance)
+                out.append(needs)
         return out
 
     def _read(self, plan_file: str, directory: str) -> tuple[int, list[str]]:

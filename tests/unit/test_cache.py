@@ -251,27 +251,39 @@ _entries = st.lists(
 )
 
 
+_paths = st.sampled_from([f"/c/{i}" for i in range(12)])
+
+
 @given(
     _entries,
-    st.dictionaries(st.sampled_from([f"/c/{i}" for i in range(12)]), st.integers(0, 50)),
-    st.dictionaries(st.sampled_from([f"/c/{i}" for i in range(12)]), st.integers(0, 50)),
+    st.dictionaries(_paths, st.integers(0, 50)),
+    st.lists(st.dictionaries(_paths, st.integers(0, 50)), max_size=3),
+    _paths,
 )
-def test_eviction_order_is_unknown_lru_then_furthest_own_then_others(
-    entries: list[CacheEntry], own: dict[str, int], others: dict[str, int]
+def test_eviction_order_is_unknown_lru_then_furthest_next_use_then_worth_waiting(
+    entries: list[CacheEntry], own: dict[str, int], others: list[dict[str, int]], target: str
 ) -> None:
-    """Every entry appears once; others' needs only in ``later``; unknown before own, LRU, Belady."""
-    now, later = eviction_order(entries, own, others)
+    """Every entry once; nobody's files first (LRU); then Belady by the soonest use by anyone;
+    ``later`` holds exactly the files some other process reads before it needs ``target``."""
+    now, later = eviction_order(entries, own, others, target)
     assert sorted(e.path for e in now + later) == sorted(e.path for e in entries)
-    assert all(e.path in others for e in later)
-    assert all(e.path not in others for e in now)
-    kinds = [e.path in own for e in now]
+    never = 10**9
+
+    def soonest(path: str) -> int:
+        return min([own.get(path, never), *(p.get(path, never) for p in others)])
+
+    def worth_waiting(path: str) -> bool:
+        return any(p.get(path, never) < p.get(target, never) for p in others)
+
+    assert {e.path for e in later} == {e.path for e in entries if worth_waiting(e.path)}
+    kinds = [soonest(e.path) != never for e in now]
     assert kinds == sorted(kinds)  # unknown (False) first
-    unknown = [e for e in now if e.path not in own]
+    unknown = [e for e in now if soonest(e.path) == never]
     assert [e.mtime for e in unknown] == sorted(e.mtime for e in unknown)
-    mine = [own[e.path] for e in now if e.path in own]
-    assert mine == sorted(mine, reverse=True)
-    theirs = [min(others[e.path], own.get(e.path, 10**9)) for e in later]
-    assert theirs == sorted(theirs, reverse=True)
+    needed = [soonest(e.path) for e in now if soonest(e.path) != never]
+    assert needed == sorted(needed, reverse=True)
+    waits = [soonest(e.path) for e in later]
+    assert waits == sorted(waits, reverse=True)
 
 
 def test_working_set_larger_than_the_limit_is_refused_naming_setting_and_sizes(
