@@ -300,3 +300,12 @@ def test_bad_retry_settings_are_refused_naming_the_key(key: str, value: str) -> 
     """A negative retry count or backoff, or a zero time-out, is a ConfigError naming the key."""
     with pytest.raises(ConfigError, match=key):
         config.load(**{key: value})
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"attempts": 0}, {"attempts": 1.5}, {"backoff": -1.0}, {"timeout": 0.0}]
+)
+def test_nonsense_policies_are_refused(kwargs: dict[str, float]) -> None:
+    """A policy that could never try, sleeps a negative time or has no time limit is refused."""
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
