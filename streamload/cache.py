@@ -388,6 +388,21 @@ class DiskCache:
     ) -> None:
         """Make room for ``key.bytes`` and create ``tmp`` at full size, or raise CacheError."""
         timeout = self.room_timeout if room_timeout is None else room_timeout
+        try:
+            self._admit_or_wait(key, tmp, next_use, timeout, protect)
+        finally:
+            if self._board.waiting:
+                with self._admission():
+                    self._board.set_waiting(False)
+
+    def _admit_or_wait(
+        self,
+        key: ShardKey,
+        tmp: str,
+        next_use: Callable[[], Mapping[str, int]] | None,
+        timeout: float,
+        protect: int | None,
+    ) -> None:
         start = time.monotonic()
         delay = 0.005
         retried_full = False
@@ -402,9 +417,11 @@ class DiskCache:
                     for e in entries
                     if not e.temp and (protect is None or own.get(e.path, protect + 1) > protect)
                 ]
-                others = self._board.others_next_use(dataset_dirs(self.cache_dir))
+                plans = self._board.others_next_use(dataset_dirs(self.cache_dir))
+                others = [needs for needs, _ in plans]
+                moving = [needs for needs, waiting in plans if not waiting]
                 target = tmp[: tmp.rindex(".tmp.")]  # the published path being made room for
-                now, later = eviction_order(candidates, own, others, target)
+                now, later = eviction_order(candidates, own, others, target, moving)
                 if timeout > 0 and waited >= min(self.others_wait, timeout):
                     now += later  # the others are not moving: a second download beats a stall
                 for entry in now:
@@ -430,6 +447,8 @@ class DiskCache:
                         for entry in now + later:
                             self._evict(entry)
                         continue
+                if timeout > 0:  # others must not wait for us to move on: we are stuck too
+                    self._board.set_waiting(True)
             if waited >= timeout:
                 raise CacheError(
                     f"cache_limit = {format_size(self.cache_limit)}: cannot make room for shard"

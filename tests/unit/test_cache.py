@@ -257,15 +257,21 @@ _paths = st.sampled_from([f"/c/{i}" for i in range(12)])
 @given(
     _entries,
     st.dictionaries(_paths, st.integers(0, 50)),
-    st.lists(st.dictionaries(_paths, st.integers(0, 50)), max_size=3),
+    st.lists(st.tuples(st.dictionaries(_paths, st.integers(0, 50)), st.booleans()), max_size=3),
     _paths,
 )
 def test_eviction_order_is_unknown_lru_then_furthest_next_use_then_worth_waiting(
-    entries: list[CacheEntry], own: dict[str, int], others: list[dict[str, int]], target: str
+    entries: list[CacheEntry],
+    own: dict[str, int],
+    plans: list[tuple[dict[str, int], bool]],
+    target: str,
 ) -> None:
     """Every entry once; nobody's files first (LRU); then Belady by the soonest use by anyone;
-    ``later`` holds exactly the files some other process reads before it needs ``target``."""
-    now, later = eviction_order(entries, own, others, target)
+    ``later`` holds exactly the files some other process that is not itself stuck reads before
+    it needs ``target``."""
+    others = [needs for needs, _ in plans]
+    moving = [needs for needs, stuck in plans if not stuck]
+    now, later = eviction_order(entries, own, others, target, moving)
     assert sorted(e.path for e in now + later) == sorted(e.path for e in entries)
     never = 10**9
 
@@ -273,7 +279,7 @@ def test_eviction_order_is_unknown_lru_then_furthest_next_use_then_worth_waiting
         return min([own.get(path, never), *(p.get(path, never) for p in others)])
 
     def worth_waiting(path: str) -> bool:
-        return any(p.get(path, never) < p.get(target, never) for p in others)
+        return any(p.get(path, never) < p.get(target, never) for p in moving)
 
     assert {e.path for e in later} == {e.path for e in entries if worth_waiting(e.path)}
     kinds = [soonest(e.path) != never for e in now]
