@@ -3,11 +3,14 @@
 A remote request either succeeds, fails *transiently* (throttling: HTTP 429, 503 / S3
 ``SlowDown``; server errors 500, 502, 504, 408; connection resets and refusals; a body shorter
 than announced; a read time-out) or fails *for good* (403, 404, a bad request, anything
-unknown). `RetryPolicy.call` runs a request at most ``attempts`` times in all, sleeping an
-exponential backoff with full jitter between attempts (``uniform(0, min(max_backoff,
-backoff * 2**i))``, the AWS "full jitter" scheme: clients hitting one throttled bucket spread
-out instead of retrying in lock step), and raises `StoreError` naming the URL, the number of
-attempts and the last cause. A permanent failure raises `StoreError` at once, after one attempt.
+unknown). Expired credentials (HTTP 401, S3 ``ExpiredToken``) get one more attempt, for clients
+whose credential provider refreshes them, never two. `RetryPolicy.call` runs a request at most
+``attempts`` times in all, sleeping an exponential backoff with full jitter between attempts
+(``uniform(0, min(max_backoff, backoff * 2**i))``, the AWS "full jitter" scheme: clients
+hitting one throttled bucket spread out instead of retrying in lock step), and raises
+`StoreError` naming the URL, the number of attempts and the last cause. A permanent failure
+raises `StoreError` at once, after one attempt. `failure_counts()` counts failed attempts per
+cause in this process.
 
 Invariants: the number of requests one logical read makes is at most ``attempts`` — the
 storage clients' own retry loops are switched off by `streamload.store` so attempts are never
@@ -26,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +46,9 @@ log = logging.getLogger(__name__)
 # HTTP statuses worth another attempt: request timeout, throttling and transient server errors.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # S3 error codes that mean "slow down / try again", whatever status carried them.
+# Expired credentials (HTTP 401, S3 ExpiredToken): retried once, for a client whose credential
+# provider refreshes them (as gcsfs does for 401 "Invalid Credentials"); never more.
+AUTH_EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
 RETRYABLE_S3_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"}
 )
@@ -73,6 +81,7 @@ class Failure:
 
     retryable: bool
     cause: str
+    auth: bool = False  # expired credentials: at most one retry per call
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -169,6 +178,8 @@ def classify(exc: BaseException) -> Failure:
             label += f" {_STATUS_NAMES[status]}"
         if code:
             label += f" ({code})"
+        if status == 401 or code in AUTH_EXPIRED_CODES:
+            return Failure(True, f"{label}: {_short(exc)}", auth=True)
         retryable = status in RETRYABLE_STATUS or code in RETRYABLE_S3_CODES
         return Failure(retryable, f"{label}: {_short(exc)}")
     if isinstance(exc, FileNotFoundError):
@@ -257,11 +268,18 @@ class RetryPolicy:
                 The original exception is chained (``__cause__``); FileNotFoundError and
                 PermissionError keep their meaning through ``StoreError.errno``.
         """
+        auth_retried = False
         for attempt in range(1, self.attempts + 1):
             try:
                 return request()
             except Exception as exc:  # classified below: nothing is swallowed silently
                 failure = classify(exc)
+                _count(failure)
+                if failure.auth and (auth_retried or attempt == self.attempts):
+                    raise _store_error(
+                        exc, f"{what} {url} failed: credentials rejected ({failure.cause})"
+                    ) from exc
+                auth_retried = auth_retried or failure.auth
                 if not failure.retryable:
                     raise _store_error(exc, f"{what} {url} failed: {failure.cause}") from exc
                 if attempt == self.attempts:
@@ -281,6 +299,27 @@ class RetryPolicy:
                 )
                 self.sleep(pause)
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+
+_COUNTS: dict[str, int] = {}
+_COUNTS_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child counts its own failures
+    os.register_at_fork(after_in_child=_COUNTS.clear)
+
+
+def _count(failure: Failure) -> None:
+    kind = "transient" if failure.retryable else "permanent"
+    cause = failure.cause.split(":", 1)[0]
+    with _COUNTS_LOCK:  # download threads fail concurrently
+        _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
+        _COUNTS[cause] = _COUNTS.get(cause, 0) + 1
+
+
+def failure_counts() -> dict[str, int]:
+    """Failed attempts seen by every RetryPolicy in this process since it started (or forked):
+    ``transient`` and ``permanent`` (by kind, whether or not attempts remained) and one count per cause (``HTTP 503
+    service unavailable (SlowDown)``, ``TruncatedRead``, ...), for stats and logs."""
+    return dict(_COUNTS)
 
 
 def _store_error(exc: BaseException, message: str) -> StoreError:

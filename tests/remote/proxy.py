@@ -10,7 +10,7 @@ injected per request, chosen by rules the test sets:
   ``rate``, drawing the kind from ``kinds`` with a seeded generator.
 
 Fault kinds: ``slowdown`` (503 with S3's SlowDown XML), ``500`` (InternalError XML), ``502``,
-``504``, ``429``, ``403``, ``404``, ``reset`` (the connection is closed with a TCP RST before any
+``504``, ``429``, ``401`` (ExpiredToken), ``403``, ``404``, ``reset`` (the connection is closed with a TCP RST before any
 response), ``truncate`` (the upstream response with its full Content-Length but only half of
 the body, then the connection closes; a reset where there is no body to cut) and ``stall`` (no
 response until ``stall_seconds`` pass or the proxy stops; the request then goes through).
@@ -31,7 +31,9 @@ import aiohttp
 from aiohttp import web
 from servers import AiohttpServer, LoopThread
 
-KINDS = ("slowdown", "500", "502", "504", "429", "403", "404", "reset", "truncate", "stall")
+KINDS = (
+    "slowdown", "500", "502", "504", "429", "401", "403", "404", "reset", "truncate", "stall"
+)  # fmt: skip
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -49,6 +51,7 @@ _ERROR_XML = {
     "502": (502, "BadGateway", "Bad gateway."),
     "504": (504, "GatewayTimeout", "Gateway timeout."),
     "429": (429, "TooManyRequests", "Too many requests."),
+    "401": (401, "ExpiredToken", "The provided token has expired."),
     "403": (403, "AccessDenied", "Access Denied"),
     "404": (404, "NoSuchKey", "The specified key does not exist."),
 }

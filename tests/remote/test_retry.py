@@ -98,6 +98,39 @@ def test_forbidden_and_not_found_fail_at_once(
     assert "obj.bin" in str(caught.value)
 
 
+def test_expired_credentials_are_retried_once_only(
+    faulty: Remote, fast_policy: RetryPolicy
+) -> None:
+    """A 401 / ExpiredToken gets one more try (a refreshed credential may work), never two."""
+    fs, path = _put(faulty)
+    proxy = faulty.proxy
+    assert proxy is not None
+    proxy.reset_counts()
+    proxy.fail_next(1, "401", method="GET")
+    assert store.read_range(fs, path, 0, 100, policy=fast_policy) == DATA[:100]
+    assert proxy.count("GET") == 2
+    proxy.reset_counts()
+    proxy.fail_next(1000, "401", method="GET")
+    with pytest.raises(StoreError, match="credentials rejected"):
+        store.read_range(fs, path, 0, 100, policy=fast_policy)
+    assert proxy.count("GET") == 2
+
+
+def test_failures_are_counted_per_cause(faulty_s3: Remote, fast_policy: RetryPolicy) -> None:
+    """failure_counts() reports transient failures and their causes (for stats and logs)."""
+    from streamload.retry import failure_counts
+
+    fs, path = _put(faulty_s3)
+    assert faulty_s3.proxy is not None
+    before = failure_counts()
+    faulty_s3.proxy.fail_next(2, "slowdown", method="GET")
+    store.read_range(fs, path, 0, 100, policy=fast_policy)
+    after = failure_counts()
+    assert after.get("transient", 0) - before.get("transient", 0) == 2
+    slowdown = [k for k in after if "SlowDown" in k]
+    assert slowdown and after[slowdown[0]] - before.get(slowdown[0], 0) == 2
+
+
 def test_missing_object_fails_at_once_with_enoent(faulty: Remote, fast_policy: RetryPolicy) -> None:
     """A key the server really does not have: one request, StoreError(ENOENT) naming it."""
     fs, path = _put(faulty)
