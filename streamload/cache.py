@@ -79,6 +79,10 @@ _VERIFIED: set[tuple[str, int, int]] = set()
 Fetch = Callable[[IO[bytes]], None]
 
 
+class ShardBusy(CacheError):
+    """``pin(nowait=True)``: another thread or process is downloading that shard right now."""
+
+
 class DiskCache:
     """A shard cache directory with a byte limit (see the module docstring)."""
 
@@ -136,6 +140,7 @@ class DiskCache:
         next_use: Callable[[], Mapping[str, int]] | None = None,
         room_timeout: float | None = None,
         protect: int | None = None,
+        nowait: bool = False,
     ) -> Pin:
         """A pinned, verified local copy of one shard, downloading it if it is not cached.
 
@@ -148,6 +153,8 @@ class DiskCache:
             room_timeout: override of how long to wait for pinned files to go when full.
             protect: never evict files whose next use is at most this far away (read-ahead of
                 a shard needed at distance d must not evict one needed sooner).
+            nowait: read-ahead mode: never wait for room, and raise `ShardBusy` at once if
+                another thread or process is downloading this shard (fetch the next one).
 
         Returns:
             A `Pin`; ``pin.path`` is a complete, verified file until ``pin.close()``.
@@ -168,7 +175,11 @@ class DiskCache:
         for _ in range(3):  # a corrupt cached copy is dropped and fetched again, at most twice
             pin = self._try_pin(path)
             if pin is None:
-                pin = self._fetch_single_flight(key, path, fetch, next_use, room_timeout, protect)
+                if nowait:
+                    room_timeout = 0
+                pin = self._fetch_single_flight(
+                    key, path, fetch, next_use, room_timeout, protect, nowait
+                )
             if self._intact(pin, key):
                 return pin
             log.warning("cached shard %s is corrupt: discarding and fetching again", pin.path)
@@ -300,10 +311,15 @@ class DiskCache:
         next_use: Callable[[], Mapping[str, int]] | None,
         room_timeout: float | None,
         protect: int | None,
+        nowait: bool,
     ) -> Pin:
         lock_fd = self._open_lock(path + ".lock")
         try:
-            self._wait_for_download_lock(lock_fd, path, key)
+            if nowait:
+                if not try_flock(lock_fd, fcntl.LOCK_EX):
+                    raise ShardBusy(f"shard {key.name} of {key.url} is being downloaded")
+            else:
+                self._wait_for_download_lock(lock_fd, path, key)
             pin = self._try_pin(path)  # someone published it while we waited
             if pin is not None:
                 return pin
@@ -329,7 +345,7 @@ class DiskCache:
                     f" {os.path.dirname(path)} made no progress for {self.stall_timeout:.0f} s"
                 )
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.01)  # the waiter's latency once the file is published
 
     def _download(
         self,

@@ -15,8 +15,10 @@ for every process of the node before the first download (`CacheError` naming the
 
 Read-ahead never blocks the reader: it downloads only when the cache has room without waiting
 and without evicting a shard needed sooner than the one it fetches (Belady: the cache's
-``next_use`` comes from this plan), and a failed read-ahead download is only logged (the reader
-fetches that shard itself and reports the error). The plan is a hint: a reader that opens a shard
+``next_use`` comes from this plan), it skips a shard another worker is already downloading (so
+workers reading the same shards download different ones at once instead of queueing), and a
+failed read-ahead download is only logged (the reader fetches that shard itself and reports
+the error). The plan is a hint: a reader that opens a shard
 the plan did not predict still gets it, and the read-ahead re-synchronises on the next shard it
 finds in the plan.
 """
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from streamload import store
-from streamload.cache import DiskCache
+from streamload.cache import DiskCache, ShardBusy
 from streamload.cache_layout import ShardKey, dataset_dir_name
 from streamload.errors import CacheError
 from streamload.file_locks import Pin
@@ -168,7 +170,8 @@ class RemoteShards:
 
     def pin_shard(self, k: int, *, ahead: int | None = None) -> Pin:
         """Pin shard k (downloading it on a miss). ``ahead`` is set by read-ahead: no waiting
-        for room, no evicting shards needed within ``ahead`` opens."""
+        for room or for another's download of it (`ShardBusy`), no evicting shards needed
+        within ``ahead`` opens."""
         key = self.key(k)
         path = store.join(self._root, key.name)
 
@@ -177,7 +180,7 @@ class RemoteShards:
 
         if ahead is None:
             return self.cache.pin(key, fetch, next_use=self.next_use)
-        return self.cache.pin(key, fetch, next_use=self.next_use, room_timeout=0, protect=ahead)
+        return self.cache.pin(key, fetch, next_use=self.next_use, protect=ahead, nowait=True)
 
     def next_use(self) -> Mapping[str, int]:
         """Cache path -> opens until this process needs it (within HORIZON plan positions)."""
@@ -286,6 +289,11 @@ class ReadAhead:
                 ahead = position - self._reader
             try:
                 pin = self._shards.pin_shard(k, ahead=ahead)
+            except ShardBusy:  # someone else is downloading it: fetch the next one meanwhile
+                with self._cond:
+                    if plan is self._plan and self._next == position:
+                        self._next = position + 1
+                continue
             except CacheError as exc:  # no room now: try again later (the reader moves on)
                 log.debug("read-ahead of shard %d waits for room: %s", k, exc)
                 with self._cond:

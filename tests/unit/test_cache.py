@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamload import cache as cache_mod
-from streamload.cache import DiskCache, ShardKey
+from streamload.cache import DiskCache, ShardBusy, ShardKey
 from streamload.cache_layout import dataset_dir_name
 from streamload.errors import CacheError, FormatError
 from streamload.eviction import CacheEntry, eviction_order
@@ -372,3 +372,29 @@ def test_a_stalled_download_by_another_holder_times_out_instead_of_hanging(tmp_p
     finally:
         release.set()
         holder.join(10)
+
+
+def test_readahead_mode_skips_a_shard_someone_else_is_downloading(tmp_path: Path) -> None:
+    """pin(nowait=True) raises ShardBusy at once instead of queueing behind another download."""
+    release = threading.Event()
+    started = threading.Event()
+    data = b"r" * 1000
+    key = _key("shard-00000.arrow", data)
+    cache = DiskCache(tmp_path, 10_000)
+
+    def slow(f: IO[bytes]) -> None:
+        started.set()
+        release.wait(30)
+        f.write(data)
+
+    holder = threading.Thread(target=lambda: cache.pin(key, slow).close())
+    holder.start()
+    try:
+        assert started.wait(10)
+        with pytest.raises(ShardBusy, match=r"shard-00000\.arrow"):
+            cache.pin(key, lambda f: f.write(data), nowait=True)
+    finally:
+        release.set()
+        holder.join(10)
+    with cache.pin(key, lambda f: f.write(b"never called"), nowait=True) as pin:
+        assert Path(pin.path).read_bytes() == data

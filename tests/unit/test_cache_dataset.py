@@ -1,8 +1,8 @@
 """StreamingDataset over the disk cache: local data in place, remote shards cached, read ahead.
 
-"Remote" here is a fake fsspec filesystem (protocol ``slfake://``) serving a local directory and
-logging every shard fetch to a file (loader workers are other processes); real servers are
-exercised in tests/remote.
+"Remote" here is a fake fsspec filesystem (protocol ``slfake://``) serving a local directory;
+``fetch_log`` logs every shard download to a file (loader workers are other processes). Real
+servers are exercised in tests/remote.
 """
 
 from __future__ import annotations
@@ -18,22 +18,17 @@ import numpy as np
 import pytest
 from fsspec.spec import AbstractFileSystem
 
-from streamload import ShardWriter, StreamingDataset, StreamLoader
+from streamload import ShardWriter, StreamingDataset, StreamLoader, store
 from streamload.errors import CacheError
 from streamload.readahead import OPEN_SHARDS
 
 
 class FakeRemote(AbstractFileSystem):
-    """A non-local filesystem over local files; each shard read is appended to ``$SLFAKE_LOG``."""
+    """A non-local filesystem over local files (so datasets at ``slfake://`` use the cache)."""
 
     protocol = "slfake"
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
-        log = os.environ.get("SLFAKE_LOG")
-        if log and path.endswith(".arrow"):
-            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            os.write(fd, (os.path.basename(path) + "\n").encode())
-            os.close(fd)
         return open(path, mode)
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -68,8 +63,18 @@ def _remote(corpus: str, cache: Path, shards_in_cache: int, **kwargs: Any) -> St
 
 @pytest.fixture
 def fetch_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file listing every shard download (``store.download`` call, retries inside it count
+    once), from this process and from forked loader workers."""
     log = tmp_path / "fetches.log"
-    monkeypatch.setenv("SLFAKE_LOG", str(log))
+    real = store.download
+
+    def download(fs: Any, path: str, fileobj: Any, **kwargs: Any) -> int:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, (os.path.basename(path) + "\n").encode())
+        os.close(fd)
+        return real(fs, path, fileobj, **kwargs)
+
+    monkeypatch.setattr(store, "download", download)
     return log
 
 
