@@ -121,6 +121,7 @@ class RemoteShards:
             processes * (OPEN_SHARDS + ahead),
             f"{processes} process(es) x ({OPEN_SHARDS} open + {ahead} read-ahead)",
         )
+        self._pid = os.getpid()
         self._pins: collections.OrderedDict[int, Pin] = collections.OrderedDict()
         self._epoch: int | None = None
         self._plan = np.empty(0, np.int64)
@@ -155,7 +156,10 @@ class RemoteShards:
             pin.close()
 
     def close(self) -> None:
-        """Stop read-ahead and drop every pin."""
+        """Stop read-ahead and drop every pin (a no-op in a forked child: the thread, its lock
+        and the pins belong to the parent; the child's copies of the locks are already gone)."""
+        if os.getpid() != self._pid:
+            return
         self.readahead.close()
         for pin in self._pins.values():
             pin.close()

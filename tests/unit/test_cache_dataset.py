@@ -10,6 +10,9 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +243,41 @@ def test_copies_in_workers_use_the_cache_settled_when_the_dataset_was_made(
     assert copy[0]["id"] == 0
     assert (tmp_path / "trainer").is_dir()
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_forked_child_of_a_reading_process_reads_and_exits_cleanly(
+    corpus: str, tmp_path: Path
+) -> None:
+    """fork while read-ahead runs: the child reads through its own cache state and exits
+    normally (finalizers included)."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        import fsspec
+        from fsspec.spec import AbstractFileSystem
+        from streamload import StreamingDataset
+
+        class FakeRemote(AbstractFileSystem):
+            protocol = "slfake"
+            def _open(self, path, mode="rb", **kwargs):
+                return open(path, mode)
+            def info(self, path, **kwargs):
+                return {{"name": path, "size": os.stat(path).st_size, "type": "file"}}
+
+        fsspec.register_implementation("slfake", FakeRemote, clobber=True)
+        ds = StreamingDataset("slfake://{corpus}", cache_dir={str(tmp_path / "cache")!r},
+                              cache_limit="10MB")
+        assert ds[0]["id"] == 0  # read-ahead starts
+        pid = os.fork()
+        if pid == 0:
+            ok = ds[{N - 1}]["id"] == {N - 1}
+            sys.exit(0 if ok else 3)  # a normal exit: finalizers run
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
