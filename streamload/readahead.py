@@ -18,9 +18,8 @@ and without evicting a shard needed sooner than the one it fetches (Belady: the 
 ``next_use`` comes from this plan), it skips a shard another worker is already downloading (so
 workers reading the same shards download different ones at once instead of queueing), and a
 failed read-ahead download is only logged (the reader fetches that shard itself and reports
-the error). The plan is a hint: a reader that opens a shard
-the plan did not predict still gets it, and the read-ahead re-synchronises on the next shard it
-finds in the plan.
+the error). The plan is a hint: a reader that opens a shard the plan did not predict still gets
+it, and the read-ahead re-synchronises on the next shard it finds in the plan.
 """
 
 from __future__ import annotations
@@ -115,7 +114,8 @@ class RemoteShards:
         directory = os.path.join(cache.cache_dir, dataset_dir_name(url))
         self._paths = [os.path.join(directory, key.file_name) for key in self._keys]
         biggest = max((s.bytes for s in index.shards), default=0)
-        ahead = readahead_shards if biggest <= readahead_bytes else 0
+        # The window holds at most readahead_shards shards and readahead_bytes bytes.
+        ahead = min(readahead_shards, readahead_bytes // biggest) if biggest else 0
         cache.check_working_set(
             biggest,
             processes * (OPEN_SHARDS + ahead),
@@ -238,10 +238,14 @@ class ReadAhead:
         self.downloaded = 0  # shards this thread pinned (hits and downloads): for tests and stats
 
     def replan(self, plan: np.ndarray) -> None:
-        """Start over on a new plan (a new epoch): reservations of the old one are dropped."""
+        """Start over on a new plan (a new epoch). Reservations the new plan starts with (made
+        across the epoch boundary) are kept; the others are dropped."""
         with self._cond:
+            head = set(plan[: self._max_shards + OPEN_SHARDS].tolist())
+            self._drop_window(lambda k: k not in head)
             self._plan, self._next, self._reader = plan, 0, 0
-            self._drop_window(lambda k: True)
+            while self._next < len(plan) and int(plan[self._next]) in self._window:
+                self._next += 1  # already reserved: the reader's next positions
             self._cond.notify_all()
         if self._thread is None and self._max_shards > 0:
             self._thread = threading.Thread(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,4 +99,28 @@ def test_a_failed_readahead_download_is_reported_by_the_reader_not_the_thread(
     assert shards.readahead.wait_reserved([2], timeout=30)  # it skipped 1 and went on
     with pytest.raises(OSError, match=index.shards[1].name):
         shards.open(index.shards[1], 0)
+    shards.close()
+
+
+def test_reservations_made_across_the_epoch_boundary_survive_the_new_epoch(
+    remote: tuple[str, object, str], tmp_path: Path
+) -> None:
+    """At the last shard of epoch 0 the next epoch's first shards are reserved; starting epoch 1
+    keeps them (no second pin or download) and reads ahead from there."""
+    index = load_index(remote[0])
+    shards = _shards(remote, tmp_path, readahead_shards=2, readahead_bytes=2**30)
+    pinned: list[int] = []
+    real = shards.pin_shard
+
+    def counting(k: int, **kwargs: Any) -> Any:
+        pinned.append(k)
+        return real(k, **kwargs)
+
+    shards.pin_shard = counting  # type: ignore[method-assign]
+    last = len(index.shards) - 1
+    shards.open(index.shards[last], 0)
+    assert shards.readahead.wait_reserved([0, 1], timeout=30)
+    shards.open(index.shards[0], 1)
+    assert shards.readahead.wait_reserved([1, 2], timeout=30)
+    assert pinned.count(1) == 1
     shards.close()
