@@ -139,7 +139,10 @@ class RemoteShards:
         k = self._by_name[info.name]
         if epoch != self._epoch:
             self._replan(epoch)
-        self._advance(k)
+            self._advance(k)
+            self.readahead.replan(self._plan, self._cursor)
+        else:
+            self._advance(k)
         self.cache.announce(self._url, None, self._cursor)
         pin = self._pins.get(k)
         if pin is None or pin.closed:
@@ -211,7 +214,6 @@ class RemoteShards:
         # must not hold the others back for an epoch that may never come.
         names = [self._keys[k].file_name for k in current.tolist()]
         self.cache.announce(self._url, names, 0)
-        self.readahead.replan(self._plan)
 
     def _advance(self, k: int) -> None:
         window = self._plan[self._cursor : self._cursor + HORIZON]
@@ -237,13 +239,14 @@ class ReadAhead:
         self._thread: threading.Thread | None = None
         self.downloaded = 0  # shards this thread pinned (hits and downloads): for tests and stats
 
-    def replan(self, plan: np.ndarray) -> None:
-        """Start over on a new plan (a new epoch). Reservations the new plan starts with (made
-        across the epoch boundary) are kept; the others are dropped."""
+    def replan(self, plan: np.ndarray, reader: int) -> None:
+        """Start over on a new plan (a new epoch) with the reader at position ``reader``.
+        Reservations the new plan needs next (made across the epoch boundary) are kept; the
+        others are dropped."""
         with self._cond:
-            head = set(plan[: self._max_shards + OPEN_SHARDS].tolist())
+            head = set(plan[reader : reader + 1 + self._max_shards + OPEN_SHARDS].tolist())
             self._drop_window(lambda k: k not in head)
-            self._plan, self._next, self._reader = plan, 0, 0
+            self._plan, self._next, self._reader = plan, reader + 1, reader
             while self._next < len(plan) and int(plan[self._next]) in self._window:
                 self._next += 1  # already reserved: the reader's next positions
             self._cond.notify_all()
