@@ -8,6 +8,7 @@ servers are exercised in tests/remote.
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import pickle
 import subprocess
@@ -86,12 +87,19 @@ def _fetched(log: Path) -> collections.Counter[str]:
 
 
 def _disk_bytes(cache_dir: Path) -> int:
-    return sum(
-        os.path.getsize(os.path.join(r, f))
-        for r, _, files in os.walk(cache_dir)
-        for f in files
-        if not (f == "SOURCE" or f.endswith(".lock") or f.startswith("."))
-    )
+    """Shard bytes on disk, walked under the cache's admission lock (files come and go only
+    under it, and a read-ahead thread may be evicting right now)."""
+    fd = os.open(cache_dir / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return sum(
+            os.path.getsize(os.path.join(r, f))
+            for r, _, files in os.walk(cache_dir)
+            for f in files
+            if not (f == "SOURCE" or f.endswith(".lock") or f.startswith("."))
+        )
+    finally:
+        os.close(fd)
 
 
 def test_a_local_dataset_is_read_in_place_never_copied(corpus: str, tmp_path: Path) -> None:
