@@ -112,11 +112,12 @@ def test_a_local_dataset_is_read_in_place_never_copied(corpus: str, tmp_path: Pa
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_remote_epochs_yield_every_sample_once_with_a_cache_smaller_than_the_corpus(
-    corpus: str, tmp_path: Path, fetch_log: Path, shuffle: bool
+    corpus: str, tmp_path: Path, fetch_log: Path, shuffle: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two epochs through a cache holding half the shards: every sample exactly once, in order,
     the cache within its limit; in plan order no shard is fetched more than once per epoch (a
     per-sample shuffle touches every shard in every chunk, so there it may thrash, correctly)."""
+    monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "2")
     ds = _remote(corpus, tmp_path / "cache", 6, shuffle=shuffle)
     limit = int(ds.cache_limit)  # type: ignore[arg-type]
     for epoch in (0, 1):
@@ -128,7 +129,9 @@ def test_remote_epochs_yield_every_sample_once_with_a_cache_smaller_than_the_cor
     fetched = _fetched(fetch_log)
     assert set(fetched) == {s.name for s in ds.index.shards}
     if not shuffle:
-        assert max(fetched.values()) <= 2
+        # Once per epoch; read-ahead (2 shards) may already have fetched epoch 2's first shards.
+        names = [s.name for s in ds.index.shards]
+        assert all(fetched[n] <= (3 if n in names[:2] else 2) for n in names), fetched
 
 
 def test_a_cache_that_holds_the_corpus_serves_the_next_epoch_without_downloads(
