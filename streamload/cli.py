@@ -217,6 +217,70 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    """``cache ls`` (cached shards), ``cache du`` (usage against cache_limit), ``cache clear``."""
+    import os
+    import time
+
+    from streamload.cache import DiskCache
+
+    cfg = config.load()
+    cache = DiskCache(cfg.cache_dir, cfg.cache_limit)
+    if args.action == "clear":
+        removed, freed = cache.clear()
+        print(f"removed {removed} shard(s), {format_size(freed)} from {cache.cache_dir}")
+        return EXIT_OK
+    sources = cache.datasets()
+    entries = cache.entries()
+    if args.action == "du":
+        per: dict[str, list[int]] = {}
+        for e in entries:
+            n_bytes = per.setdefault(sources.get(os.path.dirname(e.path), "?"), [0, 0])
+            n_bytes[0] += 1
+            n_bytes[1] += e.bytes
+        used = sum(e.bytes for e in entries)
+        if args.json:
+            out = {
+                "cache_dir": cache.cache_dir,
+                "cache_limit": cache.cache_limit,
+                "bytes": used,
+                "datasets": {url: {"shards": n, "bytes": b} for url, (n, b) in per.items()},
+            }
+            print(json.dumps(out, indent=2))
+            return EXIT_OK
+        _print_table(
+            [(url, str(n), format_size(b)) for url, (n, b) in sorted(per.items())],
+            header=("dataset", "shards", "bytes"),
+        )
+        print(
+            f"total {format_size(used)} of cache_limit {format_size(cache.cache_limit)}"
+            f" in {cache.cache_dir}"
+        )
+        return EXIT_OK
+    rows: list[dict[str, Any]] = []
+    for e in sorted(entries, key=lambda e: e.path):
+        name = os.path.basename(e.path).split("-", 1)[-1]
+        if e.temp:
+            name = name.split(".tmp.", 1)[0] + " (downloading)"
+        rows.append(
+            {
+                "dataset": sources.get(os.path.dirname(e.path), "?"),
+                "shard": name,
+                "bytes": e.bytes,
+                "last_used": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.mtime)),
+                "path": e.path,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    _print_table(
+        [(r["dataset"], r["shard"], format_size(r["bytes"]), r["last_used"]) for r in rows],
+        header=("dataset", "shard", "bytes", "last used"),
+    )
+    return EXIT_OK
+
+
 # --- parser and entry point -----------------------------------------------------------------
 
 
@@ -297,6 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=0.5, help="memory sampling interval, s (default 0.5)"
     )
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "cache", parents=[common], help="inspect or empty the shard cache (config cache_dir)"
+    )
+    p.add_argument(
+        "action",
+        choices=("ls", "du", "clear"),
+        help="ls: cached shards; du: bytes per dataset and total vs cache_limit; clear: delete"
+        " every shard no running process is reading",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (ls, du)")
+    p.set_defaults(func=_cmd_cache)
     return parser
 
 

@@ -87,6 +87,39 @@ def _path(value: object) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
+def _count(value: object) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError("not a whole number") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("not a whole number")
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError("not a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number of seconds")
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a finite number >= 0")
+    return float(value)
+
+
+def _timeout(value: object) -> float:
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise ValueError("must be > 0 (a request without a time limit could hang)")
+    return seconds
+
+
 def _choice(*choices: str, none: str | None = None, upper: bool = False) -> Callable[[object], Any]:
     """A parser accepting one of ``choices`` (case-insensitive); ``none`` maps that word to None."""
 
@@ -182,6 +215,19 @@ class Config:
     shuffle_block: int = _setting(
         _positive_int, 16, "shards per shuffle window in shuffle_mode=block"
     )
+    retries: int = _setting(
+        _count, 5, "retries of a failed remote request (attempts = retries + 1)"
+    )
+    retry_backoff: float = _setting(
+        _seconds, 0.5, "base seconds of the jittered exponential backoff between retries"
+    )
+    request_timeout: float = _setting(_timeout, 60, "time limit in seconds of one remote request")
+    readahead_shards: int = _setting(
+        _count, 2, "remote shards each reading process downloads ahead of use"
+    )
+    readahead_bytes: int = _setting(
+        _size, "2GiB", "max bytes each reading process reserves in the cache ahead of use"
+    )
 
     # Not a setting: where each setting's value came from (see `source`).
     _sources: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -212,12 +258,19 @@ class Setting:
     name: str
     doc: str
     env: str
-    kind: str  # "size" (int bytes), "bool", "path" or "choice"
+    kind: str  # "size" (int bytes), "bool", "path", "int", "seconds" (float) or "choice"
 
 
 def settings() -> tuple[Setting, ...]:
     """Every setting, in declaration order."""
-    kinds = {_size: "size", _bool: "bool", _path: "path"}
+    kinds = {
+        _size: "size",
+        _bool: "bool",
+        _path: "path",
+        _count: "int",
+        _seconds: "seconds",
+        _timeout: "seconds",
+    }
     return tuple(
         Setting(
             f.name,

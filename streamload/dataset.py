@@ -36,12 +36,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch.utils.data
 import xxhash
+from fsspec.implementations.local import LocalFileSystem
 
 from streamload import plan, store, verified
 from streamload.checksum import file_digest
 from streamload.collate import BlobColumn
 from streamload.errors import ConfigError, FormatError
 from streamload.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
+from streamload.readahead import OPEN_SHARDS, RemoteShards, reads_in_place, remote_shards
 from streamload.schema import Column, Schema
 from streamload.shard_reader import ShardReader, open_reader
 
@@ -99,10 +101,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """Open a dataset (reads and validates index.json; shards open on first use).
 
         Args:
-            url: dataset root: local path, ``file://`` or ``memory://`` URL; or an LMDB
-                environment streamload did not write (``{"key", "value"}`` rows, see lmdb_env.py).
-            cache_dir: local shard cache for remote datasets (stored; local data is read in place).
-            cache_limit: byte limit of that cache (stored).
+            url: dataset root: local path, ``file://``, ``memory://``, ``s3://``, ``gs://`` or
+                ``http(s)://`` URL; or an LMDB environment streamload did not write
+                (``{"key", "value"}`` rows, see lmdb_env.py).
+            cache_dir: shard cache directory for remote datasets (None: config ``cache_dir``);
+                local and ``memory://`` data is read in place, never copied.
+            cache_limit: byte limit of that cache (None: config ``cache_limit``).
             shuffle: iterate in a seeded permutation instead of index order.
             seed: shuffle seed (int >= 0).
             columns: columns to return (None: all); results keep schema order.
@@ -120,6 +124,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
             ConfigError: bad seed, shuffle_mode, shuffle_block, or rank/world_size.
+            CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
         if verify is None or shuffle_mode is None or shuffle_block is None:
@@ -162,6 +167,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         self._epoch = 0
         self._pid = os.getpid()
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
+        self._remote: tuple[int, RemoteShards] | None = None  # (pid, shards) if not in place
+        self._remote_shards()  # a remote dataset checks its cache settings now
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -421,15 +428,24 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             return reader
         reader = self._open_shard(self._index.shards[k])
         self._readers[k] = reader
-        limit = MAX_OPEN_SHARDS if self._index.format == "arrow" else MAX_OPEN_LMDB_SHARDS
+        remote = self._remote_shards()
+        if remote is not None:  # pinned cache copies count against cache_limit
+            limit = OPEN_SHARDS
+        else:
+            limit = MAX_OPEN_SHARDS if self._index.format == "arrow" else MAX_OPEN_LMDB_SHARDS
         if len(self._readers) > limit:
-            self._readers.popitem(last=False)
+            dropped, _ = self._readers.popitem(last=False)
+            if remote is not None:  # the reader is gone: its cached copy may be evicted
+                remote.release(self._index.shards[dropped])
         return reader
 
     def _open_shard(self, info: ShardInfo) -> ShardReader:
-        path = store.join(self._root, info.name)
+        fs, path = self._fs, store.join(self._root, info.name)
+        remote = self._remote_shards()
+        if remote is not None:  # a pinned, verified copy in the shared disk cache, mapped in place
+            fs, path = LocalFileSystem(), remote.open(info, self._epoch)
         try:
-            stat = self._fs.info(path)
+            stat = fs.info(path)
         except FileNotFoundError:
             raise FormatError(f"shard {info.name} of {self._url} is missing") from None
         if stat.get("size") != info.bytes:
@@ -437,10 +453,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 f"shard {info.name} of {self._url}: size is {stat.get('size')} bytes, index.json says"
                 f" {info.bytes} (truncated or replaced)"
             )
-        if self.verify:
-            _verify_once(self._fs, path, info, stat, self._url, self._marks_dir())
-        local = store.local_path(self._fs, path)
-        source = local if local is not None else self._fs.open(path, "rb")
+        if self.verify and remote is None:  # the cache verifies its copies itself
+            _verify_once(fs, path, info, stat, self._url, self._marks_dir())
+        local = store.local_path(fs, path)
+        source = local if local is not None else fs.open(path, "rb")
         return open_reader(
             self._index.format,
             source,
@@ -461,10 +477,19 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             self._config_cache_dir: str | None = config.load().cache_dir
         return self._config_cache_dir
 
+    def _remote_shards(self) -> RemoteShards | None:
+        """This process's pinned cached copies of remote shards; None if read in place."""
+        if reads_in_place(self._fs):
+            return None
+        if self._remote is None or self._remote[0] != os.getpid():
+            self._remote = (os.getpid(), remote_shards(self, self._fs, self._root))
+        return self._remote[1]
+
     def __getstate__(self) -> dict[str, Any]:
         # Readers hold mmaps and file handles: a pickled copy (spawned worker) re-opens its own.
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()
+        state["_remote"] = None  # pins and a read-ahead thread belong to this process
         return state
 
 

@@ -249,6 +249,8 @@ def load_index(
 
 def read_index(fs: Any, path: str, source: str) -> DatasetIndex:
     """Read and validate the index at ``path`` of filesystem ``fs`` (see ``load_index``)."""
+    if store.is_remote(fs):
+        return parse_index(_read_remote_index(fs, path, source), source)
     try:
         size = fs.size(path)
         if size is not None and size > MAX_INDEX_BYTES:
@@ -262,3 +264,25 @@ def read_index(fs: Any, path: str, source: str) -> DatasetIndex:
             " index.json last, so an interrupted write leaves none)"
         ) from None
     return parse_index(data, source)
+
+
+def _read_remote_index(fs: Any, path: str, source: str) -> bytes:
+    """index.json of a remote dataset, through the retrying store (a stat, then one GET)."""
+    import errno
+
+    from streamload.errors import StoreError
+
+    try:
+        size = store.info(fs, path).get("size")
+        if isinstance(size, int) and size > MAX_INDEX_BYTES:
+            raise FormatError(
+                f"{source}: index is {size} bytes, more than the {MAX_INDEX_BYTES} allowed"
+            )
+        return store.read_bytes(fs, path, expected_size=size if isinstance(size, int) else None)
+    except StoreError as exc:
+        if exc.errno == errno.ENOENT:
+            raise FormatError(
+                f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
+                " index.json last, so an interrupted write leaves none)"
+            ) from exc
+        raise

@@ -6,7 +6,9 @@ sample), appended to the current shard, and the shard is closed once its bytes r
 framing). A shard is written under a temp name in the dataset directory and renamed to
 ``shard-NNNNN.<ext>`` only when complete (local files are fsynced first). ``index.json`` is
 written LAST and atomically (temp + rename locally; one put on object stores), so "index.json
-exists" means "the dataset is complete".
+exists" means "the dataset is complete". Object stores (s3, gs) have no rename: a shard is built
+in a local temp file and uploaded to its final key in one retried upload (the object appears
+only once complete), and every request goes through ``streamload.store``'s retry policy.
 
 Failure policy: if the ``with`` block raises, the current shard's temp file is deleted, no
 index.json is written, and already completed shards are left in place (without index.json they
@@ -22,11 +24,15 @@ Shard formats plug in through the small ``ShardFileWriter`` protocol (``arrow_wr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import tempfile
 from types import TracebackType
 from typing import Any, Protocol
+
+from fsspec.implementations.local import LocalFileSystem
 
 from streamload import store
 from streamload.errors import ConfigError, FormatError, StoreError
@@ -91,7 +97,8 @@ class ShardWriter:
         """Open a dataset for writing.
 
         Args:
-            url: the dataset directory: local path, ``file://`` or ``memory://`` URL.
+            url: the dataset directory: local path, ``file://``, ``memory://``, ``s3://`` or
+                ``gs://`` URL.
             format: ``"arrow"`` (Arrow IPC files) or ``"lmdb"`` (one single-file LMDB
                 environment per shard, see ``lmdb_writer``).
             shard_size: target shard size, int bytes or a string such as ``"256MB"``; None takes
@@ -137,6 +144,10 @@ class ShardWriter:
         self._format = format
         self._url = os.fspath(url)
         self._fs, self._root = store.resolve(url, storage_options)
+        # Remote (s3, gs): shards are built in a local temp file and uploaded whole, so the
+        # object appears only when complete (object stores have no rename) and a failed upload
+        # is retried by the store's one retry policy.
+        self._remote = store.is_remote(self._fs)
         self._schema: Schema | None = (
             None if schema is None else schema_from_json(schema, "ShardWriter(schema=...)")
         )
@@ -151,13 +162,20 @@ class ShardWriter:
 
     def _prepare_directory(self) -> None:
         index_path = store.join(self._root, INDEX_NAME)
-        self._fs.makedirs(self._root, exist_ok=True)
-        if self._fs.exists(index_path):
+        if self._remote:  # object stores have no directories (and s3fs would create a bucket)
+            exists = store.exists(self._fs, index_path)
+        else:
+            self._fs.makedirs(self._root, exist_ok=True)
+            exists = self._fs.exists(index_path)
+        if exists:
             if not self._overwrite:
                 raise StoreError(
                     f"{self._url} already holds a dataset ({INDEX_NAME} exists); pass overwrite=True to replace it"
                 )
-            self._fs.rm_file(index_path)
+            if self._remote:
+                store.remove(self._fs, index_path)
+            else:
+                self._fs.rm_file(index_path)
 
     @property
     def num_samples(self) -> int:
@@ -226,7 +244,9 @@ class ShardWriter:
         if self._current is not None:
             self._current.abort()
             self._current = None
-            if self._fs.exists(self._current_tmp):
+            if self._remote:
+                _remove_local(self._current_tmp)
+            elif self._fs.exists(self._current_tmp):
                 self._fs.rm_file(self._current_tmp)
 
     def __enter__(self) -> ShardWriter:
@@ -246,11 +266,17 @@ class ShardWriter:
     def _open_next_shard(self) -> None:
         assert self._schema is not None  # write() sets it before opening a shard
         name = f"shard-{len(self._shards):05d}.{self._format}"
-        self._current_tmp = store.join(
-            self._root, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        )
+        fs = self._fs
+        if self._remote:
+            fd, self._current_tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            fs = LocalFileSystem()
+        else:
+            self._current_tmp = store.join(
+                self._root, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            )
         self._current = _open_shard_file(
-            self._format, self._fs, self._current_tmp, self._schema, self._compression
+            self._format, fs, self._current_tmp, self._schema, self._compression
         )
 
     def _finish_shard(self) -> None:
@@ -261,7 +287,12 @@ class ShardWriter:
         name = f"shard-{len(self._shards):05d}.{self._format}"
         final = store.join(self._root, name)
         local = store.local_path(self._fs, final)
-        if local:
+        if self._remote:
+            try:
+                store.upload(self._fs, self._current_tmp, final)
+            finally:
+                _remove_local(self._current_tmp)
+        elif local:
             os.replace(self._current_tmp, local)
         else:
             self._fs.mv(self._current_tmp, final)
@@ -270,7 +301,9 @@ class ShardWriter:
     def _publish_index(self, data: bytes) -> None:
         final = store.join(self._root, INDEX_NAME)
         local = store.local_path(self._fs, final)
-        if not local:
+        if self._remote:
+            store.write_bytes(self._fs, final, data)  # one put: published whole, atomically
+        elif not local:
             self._fs.pipe_file(
                 final, data
             )  # one put: object stores publish whole objects atomically
@@ -287,10 +320,23 @@ class ShardWriter:
 
     def _remove_stale_shards(self, index: DatasetIndex) -> None:
         keep = {s.name for s in index.shards}
-        for path in self._fs.ls(self._root, detail=False):
+        paths = (
+            store.listdir(self._fs, self._root)
+            if self._remote
+            else self._fs.ls(self._root, detail=False)
+        )
+        for path in paths:
             name = path.rstrip("/").rsplit("/", 1)[-1]
             if _SHARD_FILE_RE.match(name) and name not in keep:
-                self._fs.rm_file(path)
+                if self._remote:
+                    store.remove(self._fs, path)
+                else:
+                    self._fs.rm_file(path)
+
+
+def _remove_local(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def _fsync_dir(path: str) -> None:
