@@ -313,6 +313,12 @@ def _count(failure: Failure) -> None:
     with _COUNTS_LOCK:  # download threads fail concurrently
         _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
         _COUNTS[cause] = _COUNTS.get(cause, 0) + 1
+    if failure.retryable:  # loader.stats()["cache"]
+        from streamload import stats
+
+        stats.CACHE.add("retries")
+        if cause.startswith("throttled") or "429" in cause or "503" in cause:
+            stats.CACHE.add("throttled")
 
 
 def failure_counts() -> dict[str, int]:

@@ -21,8 +21,9 @@ max kept separately); nothing here draws from the global RNGs (the reservoir has
 ``random.Random``), so enabling stats never changes a loader's batches or RNG state. The
 ``stats()`` dict's keys are documented in `LoaderStats.snapshot` and are stable.
 
-Cache counters: the remote cache (a later module) increments the process-wide `CACHE`
-`Counters`; workers reset it at start and report theirs with their clock.
+Cache counters: the remote cache (``cache.py``: hits, misses, evictions, bytes downloaded) and
+the retry policy (``retry.py``: retried attempts, throttling among them) increment the
+process-wide `CACHE` `Counters`; workers reset it at start and report theirs with their clock.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,10 +53,13 @@ class Counters:
     def __init__(self, keys: tuple[str, ...]) -> None:
         self._keys = keys
         self.values = dict.fromkeys(keys, 0)
+        self._lock = threading.Lock()
 
     def add(self, key: str, n: int = 1) -> None:
-        """Add ``n`` to counter ``key`` (one of the keys given at construction)."""
-        self.values[key] += n
+        """Add ``n`` to counter ``key`` (one of the keys given at construction). Thread-safe:
+        read-ahead threads count downloads while the reader counts hits."""
+        with self._lock:
+            self.values[key] += n
 
     def reset(self) -> None:
         self.values = dict.fromkeys(self._keys, 0)
@@ -298,7 +303,7 @@ class LoaderStats:
                 ready/capacity sampled every 8 steps), ``producer_waits``/``producer_wait_s``
                 (workers waiting for ring space), ``consumer_waits``/``consumer_wait_s``.
             ``padding_samples``: repeated samples this rank yields this epoch for equal steps.
-            ``cache``: ``enabled`` (False until the remote cache lands), ``note``, ``hits``,
+            ``cache``: ``enabled`` (True once a remote shard went through the cache), ``note``, ``hits``,
                 ``misses``, ``evictions``, ``bytes_downloaded``, ``retries``, ``throttled``,
                 ``hit_rate`` (None without lookups).
         """
@@ -412,8 +417,8 @@ class LoaderStats:
                 totals[key] += snap["cache"].get(key, 0)
         lookups = totals["hits"] + totals["misses"]
         return {
-            "enabled": False,
-            "note": "no remote cache: shards are read in place",
+            "enabled": lookups > 0,
+            "note": "" if lookups else "no remote cache used: shards are read in place",
             **totals,
             "hit_rate": totals["hits"] / lookups if lookups else None,
         }

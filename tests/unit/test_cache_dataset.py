@@ -297,3 +297,27 @@ def test_a_forked_child_of_a_reading_process_reads_and_exits_cleanly(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0"]
+
+
+def test_loader_stats_count_the_cache_downloads(
+    corpus: str, tmp_path: Path, fetch_log: Path
+) -> None:
+    """loader.stats()['cache']: the first epoch misses and downloads every shard once (the bytes
+    the store wrapper saw), the second epoch is served from the cache (hits, no new bytes)."""
+    from streamload import StreamLoader, stats
+
+    stats.CACHE.reset()
+    ds = _remote(corpus, tmp_path / "cache", 100)
+    loader = StreamLoader(ds, batch_size=64)
+    assert sorted(int(i) for b in loader for i in b["id"]) == list(range(N))
+    first = loader.stats()["cache"]
+    shards = ds.index.shards
+    assert first["enabled"] is True
+    assert sum(_fetched(fetch_log).values()) == len(shards)
+    assert first["bytes_downloaded"] == sum(s.bytes for s in shards)
+    assert first["misses"] >= len(shards) and first["evictions"] == 0
+    list(loader)
+    second = loader.stats()["cache"]
+    assert second["bytes_downloaded"] == first["bytes_downloaded"]
+    assert second["hits"] > first["hits"]
+    assert sum(_fetched(fetch_log).values()) == len(shards)
