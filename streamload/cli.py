@@ -179,6 +179,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         keep=args.keep,
         quick=args.quick,
         repeats=args.repeats,
+        remote=args.remote,
     )
     if args.json:
         print(json.dumps(results, indent=2))
@@ -340,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the corpus after the run")
     p.add_argument("--quick", action="store_true", help="tiny corpus (for smoke tests)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--remote",
+        default=None,
+        metavar="URL",
+        help="write the corpus under this s3:// or gs:// prefix and stream it back through the"
+        " shard cache (endpoint and credentials from the usual AWS_*/GOOGLE_* settings)",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(

@@ -24,12 +24,13 @@ renders it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import os
 import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -190,15 +191,21 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, int], Iterator[dict[str, A
 
 
 def write_corpus(
-    root: str, size: int, *, seed: int = 0, shard_size: int | None = None
+    root: str,
+    size: int,
+    *,
+    seed: int = 0,
+    shard_size: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the three demo datasets under ``root`` (see the module docstring).
 
     Args:
-        root: an existing, empty directory.
+        root: an existing, empty directory, or a fresh prefix of an object store URL.
         size: approximate total payload bytes.
         seed: RNG seed of the synthetic data.
         shard_size: shard size in bytes; None picks about 8 shards per dataset (at least 64 KiB).
+        storage_options: fsspec options of a remote ``root``.
 
     Returns:
         ``{"datasets": {name: url}, "bytes": total shard bytes, "write_seconds": s}``.
@@ -212,9 +219,11 @@ def write_corpus(
     with progress(total=size, desc="write corpus", unit="B", unit_scale=True) as bar:
         for name, share in _SHARE.items():
             budget = int(size * share)
-            url = os.path.join(root, name)
+            url = f"{root.rstrip('/')}/{name}"
             per_shard = shard_size or max(64 * 1024, budget // 8)
-            with ShardWriter(url, shard_size=per_shard, compression=None) as writer:
+            with ShardWriter(
+                url, shard_size=per_shard, compression=None, storage_options=storage_options
+            ) as writer:
                 written = 0
                 for record in _GENERATORS[name](rng, budget):
                     writer.write(record)
@@ -223,7 +232,7 @@ def write_corpus(
                     bar.update(min(step, max(0, budget - written + step)))
             urls[name] = url
     seconds = time.perf_counter() - start
-    total = sum(load_index(url).total_bytes for url in urls.values())
+    total = sum(load_index(url, storage_options).total_bytes for url in urls.values())
     return {"datasets": urls, "bytes": total, "write_seconds": seconds}
 
 
@@ -240,11 +249,12 @@ def _record_bytes(record: dict[str, Any]) -> int:
 # --- runs ---------------------------------------------------------------------------------------
 
 
-def _warm(url: str) -> None:
-    """Open every shard once, so checksum verification (once per process) is in neither run."""
+def _warm(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Open every shard once, so checksum verification (and, for a remote corpus, the download
+    into the shard cache) is in neither run."""
     from streamload.dataset import StreamingDataset
 
-    ds = StreamingDataset(url)
+    ds = StreamingDataset(url, storage_options=storage_options)
     for start in ds.index.sample_offsets[:-1]:
         ds[int(start)]
 
@@ -298,7 +308,12 @@ def _len_or_none(obj: object) -> int | None:
         return None
 
 
-def compare(url: str, batch_size: int, repeats: int = REPEATS) -> dict[str, Any]:
+def compare(
+    url: str,
+    batch_size: int,
+    repeats: int = REPEATS,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Stream one dataset through StreamLoader and DataLoader (``num_workers=0``), ``repeats`` times.
 
     The loaders alternate (ours, theirs, ours, ...) so drift in machine load hits both alike.
@@ -314,15 +329,19 @@ def compare(url: str, batch_size: int, repeats: int = REPEATS) -> dict[str, Any]
     from streamload.dataset import StreamingDataset
     from streamload.loader import StreamLoader
 
-    _warm(url)
-    probe = StreamingDataset(url)
+    _warm(url, storage_options)
+    probe = StreamingDataset(url, storage_options=storage_options)
     n, nbytes = len(probe), probe.index.total_bytes
     makers: dict[str, Callable[[], Iterable[Any]]] = {
         "StreamLoader": lambda: StreamLoader(
-            StreamingDataset(url), batch_size=batch_size, num_workers=0
+            StreamingDataset(url, storage_options=storage_options),
+            batch_size=batch_size,
+            num_workers=0,
         ),
         "DataLoader": lambda: torch.utils.data.DataLoader(
-            StreamingDataset(url), batch_size=batch_size, num_workers=0
+            StreamingDataset(url, storage_options=storage_options),
+            batch_size=batch_size,
+            num_workers=0,
         ),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in _LOADERS}
@@ -361,6 +380,8 @@ def run(
     keep: bool = False,
     quick: bool = False,
     repeats: int = REPEATS,
+    remote: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the corpus, compare the loaders on each dataset, clean up.
 
@@ -372,6 +393,11 @@ def run(
         quick: a tiny corpus (``QUICK_SIZE``), batch size ``QUICK_BATCH_SIZE`` and one pass, for
             smoke tests.
         repeats: passes per loader and dataset (medians are reported).
+        remote: an object store URL (``s3://bucket/prefix``, ``gs://...``): the corpus is written
+            under a fresh prefix there and streamed back through the shard cache (both loaders
+            read the cached copies; the first download is not timed), then deleted unless
+            ``keep``.
+        storage_options: fsspec options for ``remote`` (e.g. ``{"endpoint_url": ...}``).
 
     Returns:
         ``{"ok", "corpus": write_corpus(...) + {"dir", "kept"}, "batch_size", "results": {dataset:
@@ -394,14 +420,26 @@ def run(
         raise ConfigError(f"demo --batch-size: must be an int >= 1, got {batch_size!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"demo --repeats: must be an int >= 1, got {repeats!r}")
-    root = tempfile.mkdtemp(prefix="streamload-demo-", dir=directory)
+    if remote is not None:
+        root = f"{remote.rstrip('/')}/streamload-demo-{uuid.uuid4().hex[:12]}"
+    else:
+        root = tempfile.mkdtemp(prefix="streamload-demo-", dir=directory)
     try:
-        corpus = write_corpus(root, nbytes)
+        corpus = write_corpus(root, nbytes, storage_options=storage_options)
         results = {
-            name: compare(url, batch_size, repeats) for name, url in corpus["datasets"].items()
+            name: compare(url, batch_size, repeats, storage_options)
+            for name, url in corpus["datasets"].items()
         }
     finally:
-        if not keep:
+        if keep:
+            pass
+        elif remote is not None:
+            from streamload import store
+
+            fs, path = store.resolve(root, storage_options)
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path, recursive=True)
+        else:
             shutil.rmtree(root, ignore_errors=True)
     ok = all(r[loader]["exactly_once"] for r in results.values() for loader in _LOADERS)
     return {
