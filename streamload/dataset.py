@@ -144,9 +144,17 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         self._digest: str | None = None
         self._url = os.fspath(url)
         self._fs, self._root = store.resolve(url, storage_options)
+        node_cache = None
+        if store.is_remote(self._fs):  # index.json once per node, kept in the shard cache
+            from streamload import config
+
+            node_cache = (config.load(cache_dir=cache_dir).cache_dir, self._url)
         try:
             self._index = read_index(
-                self._fs, store.join(self._root, INDEX_NAME), f"{self._url}/{INDEX_NAME}"
+                self._fs,
+                store.join(self._root, INDEX_NAME),
+                f"{self._url}/{INDEX_NAME}",
+                node_cache,
             )
         except (FormatError, OSError):
             # No index.json: maybe an LMDB environment streamload did not write (lmdb_env.py).

@@ -247,10 +247,17 @@ def load_index(
     return read_index(fs, path, f"{os.fspath(url)}/{INDEX_NAME}")
 
 
-def read_index(fs: Any, path: str, source: str) -> DatasetIndex:
-    """Read and validate the index at ``path`` of filesystem ``fs`` (see ``load_index``)."""
+def read_index(
+    fs: Any, path: str, source: str, node_cache: tuple[str, str] | None = None
+) -> DatasetIndex:
+    """Read and validate the index at ``path`` of filesystem ``fs`` (see ``load_index``).
+
+    Args:
+        node_cache: ``(cache_dir, dataset url)``: keep a remote index in the shard cache, fetched
+            once per node (see index_cache.py).
+    """
     if store.is_remote(fs):
-        return parse_index(_read_remote_index(fs, path, source), source)
+        return parse_index(_read_remote_index(fs, path, source, node_cache), source)
     try:
         size = fs.size(path)
         if size is not None and size > MAX_INDEX_BYTES:
@@ -266,19 +273,31 @@ def read_index(fs: Any, path: str, source: str) -> DatasetIndex:
     return parse_index(data, source)
 
 
-def _read_remote_index(fs: Any, path: str, source: str) -> bytes:
-    """index.json of a remote dataset, through the retrying store (a stat, then one GET)."""
+def _read_remote_index(
+    fs: Any, path: str, source: str, node_cache: tuple[str, str] | None = None
+) -> bytes:
+    """index.json of a remote dataset, through the retrying store (a stat, then one GET unless
+    the node's cached copy still matches)."""
     import errno
 
     from streamload.errors import StoreError
 
     try:
-        size = store.info(fs, path).get("size")
+        meta = store.info(fs, path)
+        size = meta.get("size")
         if isinstance(size, int) and size > MAX_INDEX_BYTES:
             raise FormatError(
                 f"{source}: index is {size} bytes, more than the {MAX_INDEX_BYTES} allowed"
             )
-        return store.read_bytes(fs, path, expected_size=size if isinstance(size, int) else None)
+
+        def fetch() -> bytes:
+            return store.read_bytes(fs, path, expected_size=size if isinstance(size, int) else None)
+
+        if node_cache is None:
+            return fetch()
+        from streamload import index_cache
+
+        return index_cache.node_copy(node_cache[0], node_cache[1], meta, fetch)
     except StoreError as exc:
         if exc.errno == errno.ENOENT:
             raise FormatError(
