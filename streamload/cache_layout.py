@@ -28,6 +28,11 @@ _OURS_RE = re.compile(r"^[0-9a-f]{16}-")  # published and temp shard files: <che
 _TMP_RE = re.compile(r"^(?P<file>.+)\.tmp\.(?P<pid>\d+)\.(?P<bytes>\d+)$")
 
 
+# ShardKey.algorithm of a file with no content checksum (an LMDB environment streamload did not
+# write): its checksum only names the remote object's version, and only its size is checked.
+SIZE_ONLY = "size"
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardKey:
     """What identifies one shard in the cache, and what its bytes must hash to."""

@@ -9,8 +9,8 @@ and never written; the entry count and file size are taken when the dataset is o
 reader refuses the file if either has changed since (an environment written to while we read is
 not a stable dataset). There is no checksum to verify.
 
-Remote environments (any fsspec URL) are copied to a local temp file when first read, since
-LMDB can only memory-map local files; the shard cache will take this over.
+Remote environments (any fsspec URL) go through the shard cache like shards (LMDB can only
+memory-map local files): fetched once per node, keyed by the object's size and version tag.
 """
 
 from __future__ import annotations
@@ -44,8 +44,16 @@ def find_data_file(fs: Any, root: str) -> tuple[str, str] | None:
     return None
 
 
-def detect(fs: Any, root: str, url: str) -> tuple[str, DatasetIndex] | None:
+def detect(
+    fs: Any, root: str, url: str, cache: tuple[str, int] | None = None
+) -> tuple[str, DatasetIndex] | None:
     """Describe the LMDB environment at ``root`` as a dataset, or None if it is not one.
+
+    Args:
+        cache: ``(cache_dir, cache_limit)`` for a remote environment: its data file is fetched
+            into the shard cache once (here, to count its entries) and read from there; its
+            cache key is a digest of the object's size and version tag (ETag, generation, ...),
+            so a rewritten environment is fetched again. None: a temp copy.
 
     Returns:
         ``(dataset root, index)``: the directory holding the data file and a one-shard index of
@@ -62,14 +70,48 @@ def detect(fs: Any, root: str, url: str) -> tuple[str, DatasetIndex] | None:
     local = store.local_path(fs, path)
     from streamload.lmdb_file import LmdbFile
 
+    version = ""
     if local is not None:
         file = LmdbFile(local, f"{url} ({name})")
         nbytes = file.size
+        entries = file.entries()
+    elif cache is not None:
+        entries, nbytes, version = _through_cache(fs, path, url, name, cache)
     else:
         with fs.open(path, "rb") as f:
             file = LmdbFile(f, f"{url} ({name})")
         nbytes = file.size
-    entries = file.entries()
-    shard = ShardInfo(name, entries, nbytes, "xxh3_64", "")
+        entries = file.entries()
+    shard = ShardInfo(name, entries, nbytes, "size" if version else "xxh3_64", version)
     index = DatasetIndex(FORMAT_VERSIONS[-1], ENV_FORMAT, ENV_SCHEMA, entries, (shard,))
     return directory, index
+
+
+def _through_cache(
+    fs: Any, path: str, url: str, name: str, cache: tuple[str, int]
+) -> tuple[int, int, str]:
+    """Fetch the remote data file into the shard cache; ``(entries, bytes, version digest)``."""
+    import xxhash
+
+    from streamload.cache import DiskCache
+    from streamload.cache_layout import SIZE_ONLY, ShardKey
+    from streamload.index_cache import version_tag
+    from streamload.lmdb_file import LmdbFile
+
+    meta = store.info(fs, path)
+    nbytes = int(meta["size"])
+    tag = version_tag(meta) or f"size={nbytes}"
+    version = xxhash.xxh3_64_hexdigest(tag.encode())
+    key = ShardKey(url, name, nbytes, SIZE_ONLY, version)
+
+    def fetch(f: Any) -> None:
+        store.download(fs, path, f, expected_size=nbytes)
+
+    # No checksum to verify against: the cache checks the size, LmdbFile the structure.
+    with DiskCache(cache[0], cache[1]).pin(key, fetch) as pin:
+        file = LmdbFile(pin.path, f"{url} ({name})")
+        try:
+            entries = file.entries()
+        finally:
+            file.close()
+    return entries, nbytes, version

@@ -174,6 +174,15 @@ class LmdbFile:
         self.txn()
         return int(self._env.stat()["entries"])
 
+    def close(self) -> None:
+        """Close this process's environment (LMDB refuses a second open of a file in one
+        process, so a short-lived look such as counting entries must close before a reader opens)."""
+        if self._pid == os.getpid() and self._env is not None:
+            self._txn.abort()
+            self._env.close()
+        self._env = self._txn = None
+        self._pid = -1
+
 
 def _spool(file: Any) -> str:
     """Copy a file object to a local temp file (then close it: the copy is what gets mapped)."""
