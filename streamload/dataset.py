@@ -160,7 +160,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             # No index.json: maybe an LMDB environment streamload did not write (lmdb_env.py).
             from streamload import lmdb_env
 
-            env = lmdb_env.detect(self._fs, self._root, self._url)
+            env_cache = None
+            if store.is_remote(self._fs):
+                from streamload import config
+
+                cfg = config.load(cache_dir=cache_dir, cache_limit=cache_limit)
+                env_cache = (cfg.cache_dir, cfg.cache_limit)
+            env = lmdb_env.detect(self._fs, self._root, self._url, env_cache)
             if env is None:
                 raise
             self._root, self._index = env

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import default_collate, get_worker_info
 
+from streamload import stats
 from streamload.collate import StackedColumn, columns_to_torch, stack_columns
 from streamload.dataset import StreamingDataset
 from streamload.plan import EpochPlan
@@ -203,9 +204,11 @@ class ColumnarFetcher:
         ids = ids.astype(np.int64, copy=False).reshape(-1)
         if ids.min() < 0:  # ds[-1] is the last sample, so a sampler may yield negative ids
             ids = np.where(ids < 0, ids + len(self._dataset), ids)
-        started = time.perf_counter_ns()
+        started, waited = time.perf_counter_ns(), stats.FETCH_WAIT.values["ns"]
         columns = self._dataset.get_batch(ids, strings=self._strings)
-        started = self.clock.add("read", started)
+        fetch_ns = stats.FETCH_WAIT.values["ns"] - waited  # remote shards: download waits
+        self.clock.ns["fetch"] += fetch_ns
+        started = self.clock.add("read", started + fetch_ns)
         batch = stack_columns(columns)
         self.clock.add("collate", started)
         return batch

@@ -28,12 +28,13 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from streamload import store
+from streamload import stats, store
 from streamload.cache import DiskCache, ShardBusy
 from streamload.cache_layout import ShardKey, dataset_dir_name
 from streamload.errors import CacheError
@@ -146,7 +147,9 @@ class RemoteShards:
         self.cache.announce(self._url, None, self._cursor)
         pin = self._pins.get(k)
         if pin is None or pin.closed:
+            started = time.perf_counter_ns()
             pin = self.pin_shard(k)
+            stats.FETCH_WAIT.add("ns", time.perf_counter_ns() - started)
             self._pins[k] = pin
         self._pins.move_to_end(k)
         self.readahead.reader_at(k)

@@ -69,6 +69,9 @@ class Counters:
 
 
 CACHE = Counters(CACHE_KEYS)
+# Nanoseconds readers of this process spent blocked on remote shards (download, or waiting for
+# another process's download of the same shard): the "fetch" stage, carved out of "read".
+FETCH_WAIT = Counters(("ns",))
 
 
 class StageClock:
