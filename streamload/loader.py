@@ -51,7 +51,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -75,7 +74,7 @@ from streamload.dataset import StreamingDataset
 from streamload.errors import ConfigError, StateError
 from streamload.fetch import FetchSpec, Route, id_batches
 from streamload.sizes import parse_size
-from streamload.stats import LoaderStats
+from streamload.stats import LoaderStats, timed_step
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
@@ -617,14 +616,7 @@ class _SingleProcessIter:
         return len(self._index_sampler)
 
     def __next__(self) -> Any:
-        started = time.perf_counter()
-        try:
-            batch = self._next_batch()
-        except StopIteration:
-            self._stats.end_pass()
-            raise
-        self._stats.step(time.perf_counter() - started, batch)
-        return batch
+        return timed_step(self._stats, self._next_batch)
 
     def _next_batch(self) -> Any:
         item = next(self._plan)
@@ -646,7 +638,7 @@ class _SingleProcessIter:
                 f"Length of IterableDataset {self._dataset} was reported to be"
                 f" {self._len_called} (when accessing len(loader)), but {self._num_yielded}"
                 " batches have been fetched.",
-                stacklevel=3,
+                stacklevel=4,  # the user's loop: _next_batch <- timed_step <- __next__
             )
         return batch
 

@@ -200,6 +200,19 @@ class Reservoir:
         return [float(v) for v in np.percentile(self.values, qs)]
 
 
+def timed_step(loader_stats: LoaderStats, next_batch: Callable[[], Any]) -> Any:
+    """One ``__next__`` of a loader iterator: the wait for ``next_batch()`` is this step's
+    data-wait; StopIteration ends the pass (and propagates)."""
+    started = time.perf_counter()
+    try:
+        batch = next_batch()
+    except StopIteration:
+        loader_stats.end_pass()
+        raise
+    loader_stats.step(time.perf_counter() - started, batch)
+    return batch
+
+
 class LoaderStats:
     """Everything one loader measured since it was built; ``loader.stats()`` reads `snapshot`."""
 

@@ -35,7 +35,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -45,7 +44,7 @@ from streamload import heap
 from streamload.errors import WorkerError
 from streamload.fetch import Route
 from streamload.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
-from streamload.stats import is_stats_record
+from streamload.stats import is_stats_record, timed_step
 from streamload.transport import decode
 from streamload.workers import encode_item, worker_main
 
@@ -352,14 +351,7 @@ class MultiProcessIter:
         return len(self._len)
 
     def __next__(self) -> Any:
-        started = time.perf_counter()
-        try:
-            batch = self._next_batch()
-        except StopIteration:
-            self._stats.end_pass()
-            raise
-        self._stats.step(time.perf_counter() - started, batch)
-        return batch
+        return timed_step(self._stats, self._next_batch)
 
     def _next_batch(self) -> Any:
         while True:
