@@ -103,14 +103,10 @@ class MapFetcher:
         started = time.perf_counter_ns()
         if not self._auto_collation:
             sample = self._dataset[item]
-            started = self.clock.add("read", started)
         else:
             getitems = getattr(self._dataset, "__getitems__", None)
             sample = getitems(item) if getitems else [self._dataset[i] for i in item]
-            started = self.clock.add("read", started)
-        batch = self._collate_fn(sample)
-        self.clock.add("collate", started)
-        return batch
+        return self.clock.collated(started, self._collate_fn, sample)
 
     def finish(self, payload: Any) -> Any:
         return payload
@@ -139,11 +135,7 @@ class IterableFetcher:
             raise StopIteration
         started = time.perf_counter_ns()
         if not self._auto_collation:
-            sample = next(self._iterator)
-            started = self.clock.add("read", started)
-            batch = self._collate_fn(sample)
-            self.clock.add("collate", started)
-            return batch
+            return self.clock.collated(started, self._collate_fn, next(self._iterator))
         samples = []
         for _ in item:
             try:
@@ -153,10 +145,7 @@ class IterableFetcher:
                 break
         if not samples or (self._drop_last and len(samples) < len(item)):
             raise StopIteration
-        started = self.clock.add("read", started)
-        batch = self._collate_fn(samples)
-        self.clock.add("collate", started)
-        return batch
+        return self.clock.collated(started, self._collate_fn, samples)
 
     def finish(self, payload: Any) -> Any:
         return payload
@@ -174,10 +163,7 @@ class SampleFetcher:
     def fetch(self, item: Any) -> Any:
         started = time.perf_counter_ns()
         samples = self._dataset.get_samples(np.asarray(item, dtype=np.int64))
-        started = self.clock.add("read", started)
-        batch = self._collate_fn(samples)
-        self.clock.add("collate", started)
-        return batch
+        return self.clock.collated(started, self._collate_fn, samples)
 
     def finish(self, payload: Any) -> Any:
         return payload

@@ -213,22 +213,25 @@ def _parquet_rows(fs: Any, path: str) -> int:
 
 
 def _jsonl(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
-    file = fs.open(path, "rb")
-    try:
-        reader = pa_json.open_json(file, read_options=pa_json.ReadOptions(block_size=block_bytes))
-    except (pa.ArrowException, OSError) as exc:
-        file.close()
-        raise FormatError(f"convert: cannot read JSON lines file {path}: {exc}") from exc
-    return reader.schema, _reading(path, _closing(file, _rebatch(reader, batch_rows))), None
+    read_options = pa_json.ReadOptions(block_size=block_bytes)
+    return _text_stream(fs, path, batch_rows, "JSON lines", pa_json.open_json, read_options)
 
 
 def _csv(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+    read_options = pa_csv.ReadOptions(block_size=block_bytes)
+    return _text_stream(fs, path, batch_rows, "CSV", pa_csv.open_csv, read_options)
+
+
+def _text_stream(
+    fs: Any, path: str, batch_rows: int, what: str, open_reader: Any, read_options: Any
+) -> Opened:
+    """A JSON lines or CSV file read block by block by pyarrow's streaming reader."""
     file = fs.open(path, "rb")
     try:
-        reader = pa_csv.open_csv(file, read_options=pa_csv.ReadOptions(block_size=block_bytes))
+        reader = open_reader(file, read_options=read_options)
     except (pa.ArrowException, OSError) as exc:
         file.close()
-        raise FormatError(f"convert: cannot read CSV file {path}: {exc}") from exc
+        raise FormatError(f"convert: cannot read {what} file {path}: {exc}") from exc
     return reader.schema, _reading(path, _closing(file, _rebatch(reader, batch_rows))), None
 
 

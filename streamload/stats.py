@@ -90,6 +90,14 @@ class StageClock:
         self.ns[stage] += now - started_ns
         return now
 
+    def collated(self, started_ns: int, collate_fn: Callable[[Any], Any], samples: Any) -> Any:
+        """Charge the time since ``started_ns`` to ``read``, then return ``collate_fn(samples)``
+        with its time charged to ``collate`` (the tail every sample-based fetcher shares)."""
+        started = self.add("read", started_ns)
+        batch = collate_fn(samples)
+        self.add("collate", started)
+        return batch
+
     def snapshot(self, worker_id: int) -> dict[str, Any]:
         return {
             "worker": worker_id,
