@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 import streamload as sl
-from streamload.plan import ShuffleSettings, global_order
+from streamload.plan.partition import ShuffleSettings, global_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness

@@ -42,8 +42,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO
 
-from streamload import stats
-from streamload.cache_layout import (
+from streamload.cache.eviction import CacheEntry, PlanBoard, eviction_order
+from streamload.cache.layout import (
     SIZE_ONLY,
     ShardKey,
     dataset_dir_name,
@@ -51,10 +51,7 @@ from streamload.cache_layout import (
     scan,
     temps_of,
 )
-from streamload.checksum import new_hasher
-from streamload.errors import CacheError, FormatError
-from streamload.eviction import CacheEntry, PlanBoard, eviction_order
-from streamload.file_locks import (
+from streamload.cache.locks import (
     Pin,
     close_fd,
     flock_wait,
@@ -62,6 +59,9 @@ from streamload.file_locks import (
     same_inode,
     try_flock,
 )
+from streamload.errors import CacheError, FormatError
+from streamload.format.checksum import new_hasher
+from streamload.loader import stats
 from streamload.sizes import format_size
 
 log = logging.getLogger(__name__)

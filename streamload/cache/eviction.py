@@ -25,7 +25,7 @@ import fcntl
 import os
 from collections.abc import Mapping, Sequence
 
-from streamload.file_locks import close_fd, lock_is_free, open_fd, try_flock
+from streamload.cache.locks import close_fd, lock_is_free, open_fd, try_flock
 
 PLAN_HORIZON = 4096  # plan positions of other processes that eviction looks at
 _HEADER = 42  # bytes of "<generation:19> <position:19> <waiting:1>\n"

@@ -19,8 +19,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from streamload.cache_layout import dataset_dir_name
-from streamload.file_locks import close_fd, flock_wait, open_fd
+from streamload.cache.layout import dataset_dir_name
+from streamload.cache.locks import close_fd, flock_wait, open_fd
 
 INDEX_COPY = "index.json"
 LOCK_TIMEOUT_S = 120.0

@@ -19,8 +19,8 @@ from typing import Any
 
 import xxhash
 
-from streamload.eviction import CacheEntry
-from streamload.file_locks import lock_is_free
+from streamload.cache.eviction import CacheEntry
+from streamload.cache.locks import lock_is_free
 
 log = logging.getLogger(__name__)
 

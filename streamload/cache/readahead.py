@@ -34,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from streamload import stats, store
-from streamload.cache import DiskCache, ShardBusy
-from streamload.cache_layout import ShardKey, dataset_dir_name
+from streamload.cache.disk import DiskCache, ShardBusy
+from streamload.cache.layout import ShardKey, dataset_dir_name
+from streamload.cache.locks import Pin
 from streamload.errors import CacheError
-from streamload.file_locks import Pin
-from streamload.index import DatasetIndex, ShardInfo
+from streamload.format.index import DatasetIndex, ShardInfo
+from streamload.loader import stats
+from streamload.store import filesystem as store
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from streamload.errors import ConfigError
-from streamload.stats import batch_size_and_bytes
+from streamload.loader.stats import batch_size_and_bytes
 
 MIN_INTERVAL_S = 0.2
 
@@ -208,8 +208,8 @@ def run_bench(
     """
     import torch
 
-    from streamload.dataset import StreamingDataset
-    from streamload.loader import StreamLoader
+    from streamload.dataset.streaming import StreamingDataset
+    from streamload.loader.loader import StreamLoader
     from streamload.progress import progress
 
     counts = list(workers)

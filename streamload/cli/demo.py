@@ -210,8 +210,8 @@ def write_corpus(
     Returns:
         ``{"datasets": {name: url}, "bytes": total shard bytes, "write_seconds": s}``.
     """
-    from streamload.index import load_index
-    from streamload.writer import ShardWriter
+    from streamload.format.index import load_index
+    from streamload.write.writer import ShardWriter
 
     rng = np.random.default_rng(seed)
     urls: dict[str, str] = {}
@@ -252,7 +252,7 @@ def _record_bytes(record: dict[str, Any]) -> int:
 def _warm(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Open every shard once, so checksum verification (and, for a remote corpus, the download
     into the shard cache) is in neither run."""
-    from streamload.dataset import StreamingDataset
+    from streamload.dataset.streaming import StreamingDataset
 
     ds = StreamingDataset(url, storage_options=storage_options)
     for start in ds.index.sample_offsets[:-1]:
@@ -326,8 +326,8 @@ def compare(
     """
     import torch.utils.data
 
-    from streamload.dataset import StreamingDataset
-    from streamload.loader import StreamLoader
+    from streamload.dataset.streaming import StreamingDataset
+    from streamload.loader.loader import StreamLoader
 
     _warm(url, storage_options)
     probe = StreamingDataset(url, storage_options=storage_options)
@@ -434,7 +434,7 @@ def run(
         if keep:
             pass
         elif remote is not None:
-            from streamload import store
+            from streamload.store import filesystem as store
 
             fs, path = store.resolve(root, storage_options)
             with contextlib.suppress(FileNotFoundError):

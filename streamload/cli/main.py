@@ -72,7 +72,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print a dataset's schema, sample and shard counts, size and format."""
-    from streamload.index import load_index
+    from streamload.format.index import load_index
 
     index = load_index(args.url)
     columns = [c.to_json() for c in index.schema.columns]
@@ -120,8 +120,8 @@ def _show_shape(shape: list[int | None]) -> str:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Recompute every shard's checksum; name each bad shard; exit 1 if any is bad."""
-    from streamload.dataset import ShardCheck, verify_dataset
-    from streamload.index import load_index
+    from streamload.dataset.streaming import ShardCheck, verify_dataset
+    from streamload.format.index import load_index
     from streamload.progress import progress
 
     index = load_index(args.url)
@@ -150,7 +150,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     """Convert Parquet/JSONL/CSV/Arrow/HF/image-folder/LMDB data into streamload shards."""
-    from streamload.convert import convert
+    from streamload.write.convert import convert
 
     index = convert(
         args.src,
@@ -170,7 +170,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Write a synthetic corpus, stream it with StreamLoader and DataLoader, compare."""
-    from streamload import demo
+    from streamload.cli import demo
 
     results = demo.run(
         size=args.size,
@@ -199,7 +199,7 @@ def _worker_counts(text: str) -> list[int]:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Stream a dataset per worker count without a model; print a table, save JSON and a plot."""
-    from streamload import bench
+    from streamload.cli import bench
 
     runs = bench.run_bench(
         args.url,
@@ -223,7 +223,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from streamload.cache import DiskCache
+    from streamload.cache.disk import DiskCache
 
     cfg = config.load()
     cache = DiskCache(cfg.cache_dir, cfg.cache_limit)

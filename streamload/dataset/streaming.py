@@ -38,14 +38,16 @@ import torch.utils.data
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
-from streamload import plan, store, verified
-from streamload.checksum import file_digest
-from streamload.collate import BlobColumn
+from streamload.cache.readahead import OPEN_SHARDS, RemoteShards, reads_in_place, remote_shards
 from streamload.errors import ConfigError, FormatError
-from streamload.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
-from streamload.readahead import OPEN_SHARDS, RemoteShards, reads_in_place, remote_shards
-from streamload.schema import Column, Schema
-from streamload.shard_reader import ShardReader, open_reader
+from streamload.format import verified
+from streamload.format.checksum import file_digest
+from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
+from streamload.format.schema import Column, Schema
+from streamload.pipeline.collate import BlobColumn
+from streamload.plan import partition as plan
+from streamload.shards.reader import ShardReader, open_reader
+from streamload.store import filesystem as store
 
 # Open readers kept per process (LRU). An Arrow reader holds a mapping but no file descriptor;
 # an LMDB environment holds one, so LMDB datasets keep fewer open.
@@ -158,7 +160,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             )
         except (FormatError, OSError):
             # No index.json: maybe an LMDB environment streamload did not write (lmdb_env.py).
-            from streamload import lmdb_env
+            from streamload.shards.lmdb import env as lmdb_env
 
             env_cache = None
             if store.is_remote(self._fs):

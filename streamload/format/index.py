@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from streamload import store
-from streamload.checksum import ALGORITHMS, DIGEST_HEX_LEN
 from streamload.errors import FormatError
-from streamload.schema import Schema, schema_from_json
+from streamload.format.checksum import ALGORITHMS, DIGEST_HEX_LEN
+from streamload.format.schema import Schema, schema_from_json
+from streamload.store import filesystem as store
 
 INDEX_NAME = "index.json"
 FORMAT_VERSIONS = (1,)
@@ -295,7 +295,7 @@ def _read_remote_index(
 
         if node_cache is None:
             return fetch()
-        from streamload import index_cache
+        from streamload.cache import index_copy as index_cache
 
         return index_cache.node_copy(node_cache[0], node_cache[1], meta, fetch)
     except StoreError as exc:

@@ -69,12 +69,12 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
-from streamload import plan as sl_plan
-from streamload.dataset import StreamingDataset
+from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import ConfigError, StateError
-from streamload.fetch import FetchSpec, Route, id_batches
+from streamload.loader.stats import LoaderStats, timed_step
+from streamload.pipeline.fetch import FetchSpec, Route, id_batches
+from streamload.plan import partition as sl_plan
 from streamload.sizes import parse_size
-from streamload.stats import LoaderStats, timed_step
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
@@ -542,7 +542,7 @@ def _worker_iterator(loader: StreamLoader) -> Iterator[Any]:
 
     With ``persistent_workers`` one pool serves every epoch, as DataLoader reuses its iterator.
     """
-    from streamload.worker_pool import MultiProcessIter
+    from streamload.loader.pool import MultiProcessIter
 
     if loader.persistent_workers and loader._worker_iter is not None:
         return loader._worker_iter.reset(loader)

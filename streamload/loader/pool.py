@@ -40,13 +40,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from streamload import config as sl_config
-from streamload import heap
 from streamload.errors import WorkerError
-from streamload.fetch import Route
-from streamload.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
-from streamload.stats import is_stats_record, timed_step
-from streamload.transport import decode
-from streamload.workers import encode_item, worker_main
+from streamload.loader import heap
+from streamload.loader.stats import is_stats_record, timed_step
+from streamload.loader.worker import encode_item, worker_main
+from streamload.pipeline.fetch import Route
+from streamload.transport.codec import decode
+from streamload.transport.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
 
 _JOIN_TIMEOUT_S = 1.0
 _LIVENESS_POLL_S = 0.25
@@ -86,7 +86,7 @@ def _ring_capacity(ring_size: int) -> int:
 
 # Imported once by the fork server, so each forkserver worker starts without re-importing them
 # (torch alone costs ~1 s per worker on this class of machine).
-FORKSERVER_PRELOAD = ("__main__", "torch", "numpy", "pyarrow", "streamload.workers")
+FORKSERVER_PRELOAD = ("__main__", "torch", "numpy", "pyarrow", "streamload.loader.worker")
 
 
 def default_context(method: str) -> Any:
@@ -268,7 +268,7 @@ class MultiProcessIter:
     """One pass over the data through a `WorkerPool` (reused across epochs if persistent)."""
 
     def __init__(self, loader: Any) -> None:
-        from streamload.loader import _pin_memory_device
+        from streamload.loader.loader import _pin_memory_device
 
         self._pin_device = _pin_memory_device(loader)
         # Settings copied, not the loader: a persistent loader holds this iterator, and a
@@ -410,7 +410,7 @@ class MultiProcessIter:
 
     def _fetcher_finish(self, payload: Any) -> Any:
         if self._spec.route is Route.COLUMNAR:
-            from streamload.collate import columns_to_torch
+            from streamload.pipeline.collate import columns_to_torch
 
             return columns_to_torch(payload)
         return payload

@@ -40,12 +40,12 @@ import torch
 from torch.utils.data._utils import worker as torch_worker
 
 from streamload import config as sl_config
-from streamload import heap
-from streamload import stats as sl_stats
-from streamload.fetch import FetchSpec, id_batches
-from streamload.plan import EpochPlan
-from streamload.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
-from streamload.transport import send
+from streamload.loader import heap
+from streamload.loader import stats as sl_stats
+from streamload.pipeline.fetch import FetchSpec, id_batches
+from streamload.plan.partition import EpochPlan
+from streamload.transport.codec import send
+from streamload.transport.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
 
 _PR_SET_PDEATHSIG = 1
 _IDLE_POLL_S = 0.2
@@ -197,7 +197,7 @@ def _serve(
 
 def _time_transform(dataset: Any, clock: sl_stats.StageClock) -> None:
     """Charge a StreamingDataset's transform to the ``transform`` stage (this worker's copy)."""
-    from streamload.dataset import StreamingDataset
+    from streamload.dataset.streaming import StreamingDataset
 
     if isinstance(dataset, StreamingDataset) and dataset.transform is not None:
         dataset.transform = sl_stats.TimedTransform(dataset.transform, clock)

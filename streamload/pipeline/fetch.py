@@ -30,11 +30,11 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import default_collate, get_worker_info
 
-from streamload import stats
-from streamload.collate import StackedColumn, columns_to_torch, stack_columns
-from streamload.dataset import StreamingDataset
-from streamload.plan import EpochPlan
-from streamload.stats import StageClock
+from streamload.dataset.streaming import StreamingDataset
+from streamload.loader import stats
+from streamload.loader.stats import StageClock
+from streamload.pipeline.collate import StackedColumn, columns_to_torch, stack_columns
+from streamload.plan.partition import EpochPlan
 
 
 class Route(enum.Enum):

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.schema import Schema
+from streamload.format.schema import Schema
 
 ENV_FORMAT = "lmdb-env"  # an LMDB environment streamload did not write (never in an index.json)
 
@@ -61,15 +61,15 @@ def open_reader(
         FormatError: an unknown format, or the reader's own checks fail.
     """
     if format == "arrow":
-        from streamload.arrow_reader import ArrowShardReader
+        from streamload.shards.arrow.reader import ArrowShardReader
 
         return ArrowShardReader(source, schema, name, nbytes, num_samples, columns)
     if format == "lmdb":
-        from streamload.lmdb_reader import LmdbShardReader
+        from streamload.shards.lmdb.reader import LmdbShardReader
 
         return LmdbShardReader(source, schema, name, nbytes, num_samples, columns)
     if format == ENV_FORMAT:
-        from streamload.lmdb_reader import LmdbEnvReader
+        from streamload.shards.lmdb.reader import LmdbEnvReader
 
         return LmdbEnvReader(source, name, nbytes, num_samples, columns)
     raise FormatError(f"shard {name}: no reader for format {format!r}")

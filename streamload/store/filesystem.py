@@ -48,7 +48,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from streamload.errors import StoreError
-from streamload.retry import RequestTimeout, RetryPolicy, TruncatedRead
+from streamload.store.retry import RequestTimeout, RetryPolicy, TruncatedRead
 
 T = TypeVar("T")
 

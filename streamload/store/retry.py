@@ -314,7 +314,7 @@ def _count(failure: Failure) -> None:
         _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
         _COUNTS[cause] = _COUNTS.get(cause, 0) + 1
     if failure.retryable:  # loader.stats()["cache"]
-        from streamload import stats
+        from streamload.loader import stats
 
         stats.CACHE.add("retries")
         if cause.startswith("throttled") or "429" in cause or "503" in cause:

@@ -57,8 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamload.collate import BlobColumn
-from streamload.ring import (
+from streamload.pipeline.collate import BlobColumn
+from streamload.transport.ring import (
     Record,
     RecordType,
     Ring,

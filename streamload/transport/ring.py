@@ -1,4 +1,4 @@
-"""One single-producer/single-consumer shared-memory ring: the Python face of `streamload._ring`.
+"""One single-producer/single-consumer shared-memory ring: the Python face of `streamload.transport._ring`.
 
 A ring carries whole records (one collated batch each) from one producer process (a worker) to one
 consumer process (the trainer) with one memcpy per byte and no pickling. The memory is a sealed,
@@ -36,9 +36,9 @@ import os
 from multiprocessing import reduction
 from typing import Any
 
-from streamload import _ring
-from streamload._ring import Record, Reservation
 from streamload.errors import RingError
+from streamload.transport import _ring
+from streamload.transport._ring import Record, Reservation
 
 __all__ = [
     "ConsumerDied",
@@ -193,7 +193,7 @@ class Ring(_ring.RingCore):
     """One side (producer or consumer) of a shared-memory SPSC ring in this process.
 
     Construct with `Ring.create` (creator, usually the consumer) or `Ring.attach` (the other
-    process). Methods implemented natively (see `streamload/_ring.pyi` for full docs):
+    process). Methods implemented natively (see `streamload/transport/_ring.pyi` for full docs):
 
     * producer: ``reserve(nbytes, timeout=None) -> Reservation``,
       ``put(data, *, type=RecordType.DATA, seq=None, timeout=None) -> int`` (seq);

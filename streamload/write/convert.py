@@ -31,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamload import store
 from streamload.errors import ConfigError, FormatError
-from streamload.index import INDEX_NAME, DatasetIndex, load_index
-from streamload.sources import BATCH_ROWS, open_source
-from streamload.writer import ShardWriter
+from streamload.format.index import INDEX_NAME, DatasetIndex, load_index
+from streamload.store import filesystem as store
+from streamload.write.sources import BATCH_ROWS, open_source
+from streamload.write.writer import ShardWriter
 
 _INT64_MAX = 2**63 - 1
 ToRows = Callable[[pa.Array], list[Any]]
@@ -147,7 +147,7 @@ def _dataset_chunks(
     src: str | os.PathLike[str], storage_options: dict[str, Any] | None, batch_rows: int
 ) -> _Chunks:
     """A streamload dataset (to change its format or shard size), read with ``get_batch``."""
-    from streamload.dataset import StreamingDataset
+    from streamload.dataset.streaming import StreamingDataset
 
     ds = StreamingDataset(src, storage_options=storage_options)
     columns = ds.schema.columns

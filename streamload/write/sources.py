@@ -36,8 +36,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from streamload import store
 from streamload.errors import FormatError
+from streamload.store import filesystem as store
 
 BATCH_ROWS = 4096
 BLOCK_BYTES = 4 * 2**20
@@ -262,7 +262,7 @@ def _hf_files(fs: Any, root: str, src: str) -> list[str]:
         names = [f["filename"] for f in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"convert: {src}/state.json does not list the data files: {exc}") from exc
-    from streamload.index import validate_shard_name
+    from streamload.format.index import validate_shard_name
 
     return [store.join(root, validate_shard_name(n, f"{src}/state.json")) for n in names]
 
@@ -297,8 +297,8 @@ def _image_folder(fs: Any, root: str, src: str, batch_rows: int) -> Source:
 
 
 def _lmdb(fs: Any, root: str, src: str, batch_rows: int) -> Source:
-    from streamload.lmdb_env import find_data_file
-    from streamload.lmdb_file import LmdbFile
+    from streamload.shards.lmdb.env import find_data_file
+    from streamload.shards.lmdb.file import LmdbFile
 
     found = find_data_file(fs, root)
     if found is None:

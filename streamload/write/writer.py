@@ -34,11 +34,11 @@ from typing import Any, Protocol
 
 from fsspec.implementations.local import LocalFileSystem
 
-from streamload import store
 from streamload.errors import ConfigError, FormatError, StoreError
-from streamload.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInfo, read_index
-from streamload.schema import Schema, infer_schema, schema_from_json
+from streamload.format.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInfo, read_index
+from streamload.format.schema import Schema, infer_schema, schema_from_json
 from streamload.sizes import parse_size
+from streamload.store import filesystem as store
 
 # Shard files, and the temp files of interrupted writers (removed by overwrite=True).
 _SHARD_FILE_RE = re.compile(
@@ -65,10 +65,10 @@ def _open_shard_file(
     fmt: str, fs: Any, path: str, schema: Schema, compression: str | None
 ) -> ShardFileWriter:
     if fmt == "arrow":
-        from streamload.arrow_writer import ArrowShardFileWriter
+        from streamload.shards.arrow.writer import ArrowShardFileWriter
 
         return ArrowShardFileWriter(fs, path, schema, compression)
-    from streamload.lmdb_writer import LmdbShardFileWriter
+    from streamload.shards.lmdb.writer import LmdbShardFileWriter
 
     return LmdbShardFileWriter(fs, path, schema)
 

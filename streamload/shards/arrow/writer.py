@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from streamload import store
-from streamload.checksum import new_hasher
-from streamload.schema import Column, Schema
+from streamload.format.checksum import new_hasher
+from streamload.format.schema import Column, Schema
+from streamload.store import filesystem as store
 
 BATCH_BYTES = 2**20
 BATCH_ROWS = 4096

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.schema import DTYPES, Column, Schema
+from streamload.format.schema import DTYPES, Column, Schema
 
 MAGIC = b"SLS1"
 KIND_CODES = {"int": 1, "float": 2, "bool": 3, "str": 4, "bytes": 5, "ndarray": 6}

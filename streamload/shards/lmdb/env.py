@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamload import store
-from streamload.index import FORMAT_VERSIONS, DatasetIndex, ShardInfo
-from streamload.lmdb_reader import ENV_SCHEMA
-from streamload.shard_reader import ENV_FORMAT
+from streamload.format.index import FORMAT_VERSIONS, DatasetIndex, ShardInfo
+from streamload.shards.lmdb.reader import ENV_SCHEMA
+from streamload.shards.reader import ENV_FORMAT
+from streamload.store import filesystem as store
 
 DATA_FILE = "data.mdb"
 FILE_SUFFIXES = (".mdb", ".lmdb")
@@ -68,7 +68,7 @@ def detect(
     directory, name = found
     path = store.join(directory, name)
     local = store.local_path(fs, path)
-    from streamload.lmdb_file import LmdbFile
+    from streamload.shards.lmdb.file import LmdbFile
 
     version = ""
     if local is not None:
@@ -93,10 +93,10 @@ def _through_cache(
     """Fetch the remote data file into the shard cache; ``(entries, bytes, version digest)``."""
     import xxhash
 
-    from streamload.cache import DiskCache
-    from streamload.cache_layout import SIZE_ONLY, ShardKey
-    from streamload.index_cache import version_tag
-    from streamload.lmdb_file import LmdbFile
+    from streamload.cache.disk import DiskCache
+    from streamload.cache.index_copy import version_tag
+    from streamload.cache.layout import SIZE_ONLY, ShardKey
+    from streamload.shards.lmdb.file import LmdbFile
 
     meta = store.info(fs, path)
     nbytes = int(meta["size"])

@@ -26,7 +26,8 @@ import lmdb
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.lmdb_codec import (
+from streamload.format.schema import Column, Schema, schema_from_json
+from streamload.shards.lmdb.codec import (
     ENTRY_BYTES,
     HEADER_BYTES,
     FixedPrefix,
@@ -34,9 +35,8 @@ from streamload.lmdb_codec import (
     fixed_prefix,
     layout,
 )
-from streamload.lmdb_file import LmdbFile
-from streamload.lmdb_writer import row_key
-from streamload.schema import Column, Schema, schema_from_json
+from streamload.shards.lmdb.file import LmdbFile
+from streamload.shards.lmdb.writer import row_key
 
 ENV_SCHEMA = schema_from_json(
     {"columns": [{"name": "key", "kind": "bytes"}, {"name": "value", "kind": "bytes"}]},

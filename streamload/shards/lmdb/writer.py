@@ -27,10 +27,10 @@ from typing import Any
 import lmdb
 from fsspec.implementations.local import LocalFileSystem
 
-from streamload import store
-from streamload.checksum import file_digest
-from streamload.lmdb_codec import encode
-from streamload.schema import Schema
+from streamload.format.checksum import file_digest
+from streamload.format.schema import Schema
+from streamload.shards.lmdb.codec import encode
+from streamload.store import filesystem as store
 
 TXN_ROWS = 1024
 TXN_BYTES = 16 * 2**20

@@ -14,11 +14,11 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamload import cache as cache_mod
-from streamload.cache import DiskCache, ShardBusy, ShardKey
-from streamload.cache_layout import dataset_dir_name
+from streamload.cache import disk as cache_mod
+from streamload.cache.disk import DiskCache, ShardBusy, ShardKey
+from streamload.cache.eviction import CacheEntry, eviction_order
+from streamload.cache.layout import dataset_dir_name
 from streamload.errors import CacheError, FormatError
-from streamload.eviction import CacheEntry, eviction_order
 
 URL = "s3://bucket/dataset"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from streamload.cache import DiskCache, ShardKey
+from streamload.cache.disk import DiskCache, ShardKey
 from streamload.errors import CacheError
 
 URL = "s3://bucket/shared"
@@ -24,7 +24,7 @@ URL = "s3://bucket/shared"
 READER = textwrap.dedent(
     """
     import fcntl, os, sys, time, xxhash
-    from streamload.cache import DiskCache, ShardKey
+    from streamload.cache.disk import DiskCache, ShardKey
     cache_dir, limit, src, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     passes, readers = int(sys.argv[5]), int(sys.argv[6])
 
@@ -43,7 +43,7 @@ READER = textwrap.dedent(
             data = open(os.path.join(src, name), "rb").read()
             keys.append(ShardKey("URL", name, len(data), "xxh3_64", xxhash.xxh3_64_hexdigest(data)))
         cache = DiskCache(cache_dir, limit, others_wait=60)
-        directory = os.path.join(cache_dir, __import__("streamload.cache_layout").cache_layout.dataset_dir_name("URL"))
+        directory = os.path.join(cache_dir, __import__("streamload.cache.layout").cache.layout.dataset_dir_name("URL"))
         plan = keys * passes
         cache.announce("URL", [k.file_name for k in plan], 0)
         # Start together (as a loader's workers do): wait until every reader has announced its plan.
@@ -143,7 +143,7 @@ def test_sigkill_mid_download_leaves_no_partial_file_and_the_bytes_are_not_count
     killer = textwrap.dedent(
         f"""
         import os, signal, sys
-        from streamload.cache import DiskCache, ShardKey
+        from streamload.cache.disk import DiskCache, ShardKey
         cache = DiskCache(sys.argv[1], 100_000)
         def fetch(f):
             f.write(b"x" * 40_000)
@@ -172,7 +172,7 @@ def test_a_forked_child_does_not_keep_its_parents_pins(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, sys
-        from streamload.cache import DiskCache, ShardKey
+        from streamload.cache.disk import DiskCache, ShardKey
         import xxhash
         data = b"p" * 1000
         cache = DiskCache(sys.argv[1], 10_000)

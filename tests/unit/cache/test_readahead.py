@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamload import ShardWriter, store
-from streamload.cache import DiskCache
-from streamload.index import load_index
-from streamload.readahead import RemoteShards, shard_sequence
+from streamload import ShardWriter
+from streamload.cache.disk import DiskCache
+from streamload.cache.readahead import RemoteShards, shard_sequence
+from streamload.format.index import load_index
+from streamload.store import filesystem as store
 
 
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=8), st.data())

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamload import ShardWriter, bench
-from streamload.cli import main
+from streamload import ShardWriter
+from streamload.cli import bench
+from streamload.cli.main import main
 
 N = 64
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from streamload.cache import DiskCache, ShardKey
-from streamload.cli import main
-from streamload.file_locks import Pin
+from streamload.cache.disk import DiskCache, ShardKey
+from streamload.cache.locks import Pin
+from streamload.cli.main import main
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamload import demo
-from streamload.cli import main
+from streamload.cli import demo
+from streamload.cli.main import main
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import streamload as sl
-from streamload.cli import main
+from streamload.cli.main import main
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +94,7 @@ def test_info_describes_schema_counts_and_size(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`streamload info` shows format, samples, shards, bytes and every column."""
-    from streamload.index import load_index
+    from streamload.format.index import load_index
 
     url = _make_dataset(tmp_path / "ds")
     index = load_index(str(url))
@@ -116,7 +116,7 @@ def test_info_describes_schema_counts_and_size(
 
 def test_info_json_reports_the_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`streamload info --json` carries counts, bytes and schema equal to index.json's."""
-    from streamload.index import load_index
+    from streamload.format.index import load_index
 
     url = _make_dataset(tmp_path / "ds", n=25)
     assert main(["info", "--json", str(url)]) == 0
@@ -186,7 +186,7 @@ def test_verify_names_missing_and_truncated_shards(
 def test_console_script_help_runs_in_a_subprocess() -> None:
     """`python -m streamload.cli --help` works and lists the subcommands."""
     proc = subprocess.run(
-        [sys.executable, "-m", "streamload.cli", "--help"],
+        [sys.executable, "-m", "streamload.cli.main", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from streamload import ShardWriter
-from streamload.checksum import xxh3_64_file
+from streamload.format.checksum import xxh3_64_file
 
 CHILD = r"""
 import sys

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from fsspec.spec import AbstractFileSystem
 
-from streamload import ShardWriter, StreamingDataset, StreamLoader, store
+from streamload import ShardWriter, StreamingDataset, StreamLoader
+from streamload.cache.readahead import OPEN_SHARDS
 from streamload.errors import CacheError
-from streamload.readahead import OPEN_SHARDS
+from streamload.store import filesystem as store
 
 
 class FakeRemote(AbstractFileSystem):
@@ -308,7 +309,8 @@ def test_loader_stats_count_the_cache_downloads(
     """loader.stats()['cache']: the first epoch misses and downloads every shard once (the bytes
     the store wrapper saw), the second epoch is served from the cache (hits, no new bytes); the
     time blocked on downloads is the 'fetch' stage (0 for local data)."""
-    from streamload import StreamLoader, stats
+    from streamload import StreamLoader
+    from streamload.loader import stats
 
     stats.CACHE.reset()
     ds = _remote(corpus, tmp_path / "cache", 100)

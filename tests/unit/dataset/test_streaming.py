@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamload import ShardWriter, StreamingDataset
-from streamload.dataset import describe, epoch_order, verify_dataset
+from streamload.dataset.streaming import describe, epoch_order, verify_dataset
 from streamload.errors import ConfigError, FormatError
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import fsspec
 import pytest
 
-from streamload.checksum import file_digest, xxh3_64_bytes, xxh3_64_file
 from streamload.errors import FormatError
-from streamload.index import load_index, parse_index, validate_shard_name
+from streamload.format.checksum import file_digest, xxh3_64_bytes, xxh3_64_file
+from streamload.format.index import load_index, parse_index, validate_shard_name
 
 
 def _index() -> dict[str, Any]:

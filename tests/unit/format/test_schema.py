@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from streamload.errors import FormatError
-from streamload.schema import Column, Schema, infer_schema, schema_from_json
+from streamload.format.schema import Column, Schema, infer_schema, schema_from_json
 
 
 def _sample() -> dict[str, object]:

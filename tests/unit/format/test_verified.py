@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import streamload as sl
-from streamload import dataset as dataset_module
-from streamload import verified
+from streamload.dataset import streaming as dataset_module
+from streamload.format import verified
 
 
 def _write(root: Path, n: int = 40) -> Path:

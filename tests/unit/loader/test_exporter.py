@@ -12,7 +12,7 @@ import pytest
 
 from streamload import ShardWriter, StatsExporter, StreamingDataset, StreamLoader
 from streamload.errors import ConfigError
-from streamload.exporter import PrometheusCollector, prometheus_text
+from streamload.loader.exporter import PrometheusCollector, prometheus_text
 
 N = 50
 

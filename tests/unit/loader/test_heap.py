@@ -9,7 +9,7 @@ import pytest
 
 PROBE = """
 import os, resource, sys
-from streamload import heap
+from streamload.loader import heap
 if sys.argv[1] != "0":
     assert heap.retain_freed(int(sys.argv[1]))
 src = os.urandom(64 * 1024)
@@ -45,6 +45,6 @@ def test_retained_heap_stops_the_per_batch_page_faults() -> None:
 
 def test_zero_leaves_malloc_alone() -> None:
     """heap_retain = 0 means: do not touch malloc's settings."""
-    from streamload import heap
+    from streamload.loader import heap
 
     assert heap.retain_freed(0) is False

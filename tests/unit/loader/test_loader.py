@@ -20,7 +20,7 @@ from torch.utils.data import (
 
 from streamload import ShardWriter, StreamingDataset, StreamLoader
 from streamload.errors import ConfigError
-from streamload.fetch import Route
+from streamload.pipeline.fetch import Route
 
 N = 40
 

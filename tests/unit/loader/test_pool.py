@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from streamload.loader import StreamLoader
-from streamload.worker_pool import _ring_capacity
-from streamload.workers import decode_item, encode_item
+from streamload.loader.loader import StreamLoader
+from streamload.loader.pool import _ring_capacity
+from streamload.loader.worker import decode_item, encode_item
 
 
 @pytest.mark.parametrize("item", [[3, 1, 4], 7, [], ["a", 2], (1, 2)])
@@ -76,7 +76,7 @@ def test_persistent_workers_keep_their_pids_across_epochs() -> None:
 _START_METHOD_PROBE = """
 import threading
 import streamload as sl
-from streamload.worker_pool import default_context
+from streamload.loader.pool import default_context
 
 def batches():
     loader = sl.StreamLoader(list(range(8)), batch_size=4, num_workers=1)
@@ -114,7 +114,7 @@ def test_auto_start_method_forks_only_while_the_trainer_is_single_threaded() -> 
 
 def test_explicit_start_methods_are_honoured() -> None:
     """A configured start method other than auto is used as given."""
-    from streamload.worker_pool import default_context
+    from streamload.loader.pool import default_context
 
     for method in ("fork", "spawn", "forkserver"):
         assert default_context(method).get_start_method() == method
@@ -131,7 +131,7 @@ def _blob_dataset(root: Any, sample_bytes: int, n: int = 64) -> Any:
 
 def test_auto_ring_size_follows_the_batches_the_dataset_makes(tmp_path: Any) -> None:
     """ring_size=auto: small rows get a small ring, 256 x 64 KiB rows one that holds 1.5x a batch."""
-    from streamload.worker_pool import auto_ring_capacity
+    from streamload.loader.pool import auto_ring_capacity
 
     small = _blob_dataset(tmp_path / "small", 100)
     big = _blob_dataset(tmp_path / "big", 64 * 1024)

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from streamload import ShardWriter, StreamingDataset, StreamLoader
-from streamload import stats as sl_stats
+from streamload.loader import stats as sl_stats
 
 N = 96
 ROW = 16  # float32 values per sample

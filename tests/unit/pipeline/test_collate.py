@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from streamload.collate import array_to_tensor, collate_columns, columns_to_torch, stack_columns
+from streamload.pipeline.collate import (
+    array_to_tensor,
+    collate_columns,
+    columns_to_torch,
+    stack_columns,
+)
 
 B = 5
 

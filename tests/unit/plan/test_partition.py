@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamload.errors import ConfigError, StateError
-from streamload.plan import (
+from streamload.plan.partition import (
     EpochPlan,
     ShuffleSettings,
     check_state,

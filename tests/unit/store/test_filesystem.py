@@ -11,9 +11,9 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from streamload import store
 from streamload.errors import StoreError
-from streamload.retry import RetryPolicy
+from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy
 
 POLICY = RetryPolicy(attempts=2, backoff=0.0, timeout=5.0)
 DATA = os.urandom(10_000)

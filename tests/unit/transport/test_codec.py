@@ -17,10 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from streamload.ring import RecordTooLarge, Ring, RingArgumentError, RingCorrupted, RingTimeout
-from streamload.transport import BatchPlan, decode, encode, encoded_size, plan_batch, send
+from streamload.transport.codec import BatchPlan, decode, encode, encoded_size, plan_batch, send
+from streamload.transport.ring import (
+    RecordTooLarge,
+    Ring,
+    RingArgumentError,
+    RingCorrupted,
+    RingTimeout,
+)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def make_pair(capacity: int = 1 << 20) -> tuple[Ring, Ring]:

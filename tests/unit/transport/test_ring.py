@@ -27,9 +27,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamload import _ring
 from streamload.errors import RingError
-from streamload.ring import (
+from streamload.transport import _ring
+from streamload.transport.ring import (
     ConsumerDied,
     ProducerDied,
     RecordTooLarge,
@@ -44,7 +44,7 @@ from streamload.ring import (
     record_size,
 )
 
-NATIVE_DIR = Path(__file__).resolve().parents[1] / "native"
+NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
 HEADER = _ring.HEADER_SIZE
 HEAD_OFFSET = 128  # header layout, native/ring.c
 PRODUCER_START_OFFSET = 72
@@ -204,7 +204,7 @@ def test_allocation_failure_is_reported_with_the_failing_call() -> None:
         "import resource, signal\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
-        "from streamload.ring import Ring\n"
+        "from streamload.transport.ring import Ring\n"
         "from streamload.errors import RingError\n"
         "try:\n"
         "    Ring.create(1 << 22)\n"
@@ -659,7 +659,7 @@ def test_attach_rejects_an_fd_that_is_not_a_ring(tmp_path: Path) -> None:
     path = tmp_path / "not-a-ring"
     path.write_bytes(b"\0" * 8192)
     with open(path, "rb") as f:
-        from streamload.ring import RingHandle
+        from streamload.transport.ring import RingHandle
 
         with pytest.raises(RingArgumentError, match="is not a streamload ring"):
             Ring.attach(RingHandle(f.fileno(), 4096, 1), "producer")

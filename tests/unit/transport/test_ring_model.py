@@ -25,7 +25,14 @@ from hypothesis.stateful import (
     rule,
 )
 
-from streamload.ring import Record, RecordType, Reservation, Ring, RingTimeout, RingUsageError
+from streamload.transport.ring import (
+    Record,
+    RecordType,
+    Reservation,
+    Ring,
+    RingTimeout,
+    RingUsageError,
+)
 
 CAPACITY = 512
 ALIGN = 64

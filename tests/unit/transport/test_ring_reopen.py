@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import streamload as sl
-from streamload.ring import Ring, RingUsageError
+from streamload.transport.ring import Ring, RingUsageError
 
 pytestmark = pytest.mark.timeout(120)
 

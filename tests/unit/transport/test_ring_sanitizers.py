@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NATIVE = REPO / "native"
 HARNESS = REPO / "tests" / "native" / "ring_stress.c"
 WORKLOAD = REPO / "tests" / "native" / "ring_workload.py"
@@ -106,7 +106,7 @@ def test_thread_sanitizer_catches_a_weakened_memory_order(tmp_path: Path, mutant
 
 
 def test_python_extension_is_clean_under_address_sanitizer(tmp_path: Path) -> None:
-    """An ASan+UBSan build of streamload._ring runs the binding workload without a report."""
+    """An ASan+UBSan build of streamload.transport._ring runs the binding workload without a report."""
     env = {**os.environ, "STREAMLOAD_SANITIZE": "address,undefined"}
     subprocess.run(
         [
@@ -125,7 +125,7 @@ def test_python_extension_is_clean_under_address_sanitizer(tmp_path: Path) -> No
         capture_output=True,
         timeout=240,
     )
-    (extension,) = (tmp_path / "lib" / "streamload").glob("_ring*.so")
+    (extension,) = (tmp_path / "lib" / "streamload" / "transport").glob("_ring*.so")
     libasan = subprocess.run(
         ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import streamload as sl
-from streamload.cli import main
+from streamload.cli.main import main
 from streamload.errors import FormatError, StoreError
-from streamload.sources import open_source
+from streamload.write.sources import open_source
 
 
 def _table(n: int, start: int = 0) -> pa.Table:

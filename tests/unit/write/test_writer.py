@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from streamload import ShardWriter, StreamingDataset
-from streamload.checksum import xxh3_64_file
 from streamload.errors import ConfigError, FormatError, StoreError
-from streamload.index import load_index
+from streamload.format.checksum import xxh3_64_file
+from streamload.format.index import load_index
 
 
 def _sample(i: int) -> dict[str, Any]:

@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from streamload.arrow_reader import ArrowShardReader
-from streamload.arrow_writer import ArrowShardFileWriter
-from streamload.checksum import xxh3_64_file
 from streamload.errors import FormatError
-from streamload.schema import Schema, schema_from_json
+from streamload.format.checksum import xxh3_64_file
+from streamload.format.schema import Schema, schema_from_json
+from streamload.shards.arrow.reader import ArrowShardReader
+from streamload.shards.arrow.writer import ArrowShardFileWriter
 
 SCHEMA = schema_from_json(
     {

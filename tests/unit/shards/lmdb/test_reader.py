@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 import streamload as sl
-from streamload.checksum import xxh3_64_file
 from streamload.errors import FormatError
-from streamload.index import load_index
-from streamload.lmdb_file import check_file
-from streamload.lmdb_reader import LmdbShardReader
-from streamload.lmdb_writer import LmdbShardFileWriter
-from streamload.schema import schema_from_json
+from streamload.format.checksum import xxh3_64_file
+from streamload.format.index import load_index
+from streamload.format.schema import schema_from_json
+from streamload.shards.lmdb.file import check_file
+from streamload.shards.lmdb.reader import LmdbShardReader
+from streamload.shards.lmdb.writer import LmdbShardFileWriter
 
 SCHEMA = schema_from_json(
     {
@@ -377,8 +377,8 @@ def test_lmdb_shards_rotate_close_to_shard_size(tmp_path: Path, value_bytes: int
 
 def test_bulk_take_falls_back_and_names_a_corrupt_row(tmp_path: Path) -> None:
     """A value whose string is not UTF-8 makes a many-row take fail naming that row."""
-    from streamload.lmdb_codec import encode
-    from streamload.lmdb_writer import row_key
+    from streamload.shards.lmdb.codec import encode
+    from streamload.shards.lmdb.writer import row_key
 
     _write_shard(tmp_path / "s.lmdb", 20)
     value = bytearray(encode(SCHEMA, {**_sample(3), "text": "abc"}))

@@ -14,8 +14,8 @@ from hypothesis.extra import numpy as hnp
 
 import streamload as sl
 from streamload.errors import FormatError
-from streamload.lmdb_codec import decode, encode
-from streamload.schema import DTYPES, schema_from_json
+from streamload.format.schema import DTYPES, schema_from_json
+from streamload.shards.lmdb.codec import decode, encode
 
 _SHAPES = st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=0, max_size=3)
 

@@ -1,0 +1,1 @@
+"""LMDB shards (one file per shard) and LMDB environments written by other tools."""
