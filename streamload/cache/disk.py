@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO
 
+from streamload import telemetry
 from streamload.cache.eviction import CacheEntry, PlanBoard, eviction_order
 from streamload.cache.layout import (
     SIZE_ONLY,
@@ -61,7 +62,6 @@ from streamload.cache.locks import (
 )
 from streamload.errors import CacheError, FormatError
 from streamload.format.checksum import new_hasher
-from streamload.loader import stats
 from streamload.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class DiskCache:
         path = os.path.join(directory, key.file_name)
         for _ in range(3):  # a corrupt cached copy is dropped and fetched again, at most twice
             pin = self._try_pin(path)
-            stats.CACHE.add("hits" if pin is not None else "misses")
+            telemetry.CACHE.add("hits" if pin is not None else "misses")
             if pin is None:
                 if nowait:
                     room_timeout = 0
@@ -327,7 +327,7 @@ class DiskCache:
             if pin is not None:
                 return pin
             self._download(key, path, fetch, next_use, room_timeout, protect)
-            stats.CACHE.add("bytes_downloaded", key.bytes)
+            telemetry.CACHE.add("bytes_downloaded", key.bytes)
             pin = self._try_pin(path)
             if pin is None:  # only possible if someone deleted it by hand this instant
                 raise CacheError(f"cached shard {path} vanished right after download")
@@ -508,7 +508,7 @@ class DiskCache:
             if not same_inode(fd, entry.path):
                 return True
             os.unlink(entry.path)
-            stats.CACHE.add("evictions")
+            telemetry.CACHE.add("evictions")
             log.debug("evicted %s (%d bytes)", entry.path, entry.bytes)
             return True
         finally:

@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from streamload import telemetry
 from streamload.cache.disk import DiskCache, ShardBusy
 from streamload.cache.layout import ShardKey, dataset_dir_name
 from streamload.cache.locks import Pin
 from streamload.errors import CacheError
 from streamload.format.index import DatasetIndex, ShardInfo
-from streamload.loader import stats
 from streamload.store import filesystem as store
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class RemoteShards:
         if pin is None or pin.closed:
             started = time.perf_counter_ns()
             pin = self.pin_shard(k)
-            stats.FETCH_WAIT.add("ns", time.perf_counter_ns() - started)
+            telemetry.FETCH_WAIT.add("ns", time.perf_counter_ns() - started)
             self._pins[k] = pin
         self._pins.move_to_end(k)
         self.readahead.reader_at(k)

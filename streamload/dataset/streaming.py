@@ -41,10 +41,10 @@ from fsspec.implementations.local import LocalFileSystem
 from streamload.cache.readahead import OPEN_SHARDS, RemoteShards, reads_in_place, remote_shards
 from streamload.errors import ConfigError, FormatError
 from streamload.format import verified
+from streamload.format.blobs import BlobColumn
 from streamload.format.checksum import file_digest
 from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.format.schema import Column, Schema
-from streamload.pipeline.collate import BlobColumn
 from streamload.plan import partition as plan
 from streamload.shards.reader import ShardReader, open_reader
 from streamload.store import filesystem as store

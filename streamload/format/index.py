@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -38,6 +38,8 @@ INDEX_NAME = "index.json"
 FORMAT_VERSIONS = (1,)
 FORMATS = ("arrow", "lmdb")
 MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
+# (remote object metadata, fetch) -> index.json bytes: a kept copy, or fetch() (see read_index).
+KeepCopy = Callable[[dict[str, Any], Callable[[], bytes]], bytes]
 _MAX_COUNT = 2**53  # JSON numbers past this are not exact
 
 
@@ -247,17 +249,16 @@ def load_index(
     return read_index(fs, path, f"{os.fspath(url)}/{INDEX_NAME}")
 
 
-def read_index(
-    fs: Any, path: str, source: str, node_cache: tuple[str, str] | None = None
-) -> DatasetIndex:
+def read_index(fs: Any, path: str, source: str, keep: KeepCopy | None = None) -> DatasetIndex:
     """Read and validate the index at ``path`` of filesystem ``fs`` (see ``load_index``).
 
     Args:
-        node_cache: ``(cache_dir, dataset url)``: keep a remote index in the shard cache, fetched
-            once per node (see index_cache.py).
+        keep: for a remote index, ``keep(metadata, fetch) -> bytes`` may serve a kept copy
+            that still matches the object's fresh ``metadata`` instead of calling ``fetch()``
+            (the dataset passes the node's shard cache: `streamload.cache.index_copy.node_copy`).
     """
     if store.is_remote(fs):
-        return parse_index(_read_remote_index(fs, path, source, node_cache), source)
+        return parse_index(_read_remote_index(fs, path, source, keep), source)
     try:
         size = fs.size(path)
         if size is not None and size > MAX_INDEX_BYTES:
@@ -273,9 +274,7 @@ def read_index(
     return parse_index(data, source)
 
 
-def _read_remote_index(
-    fs: Any, path: str, source: str, node_cache: tuple[str, str] | None = None
-) -> bytes:
+def _read_remote_index(fs: Any, path: str, source: str, keep: KeepCopy | None) -> bytes:
     """index.json of a remote dataset, through the retrying store (a stat, then one GET unless
     the node's cached copy still matches)."""
     import errno
@@ -293,11 +292,7 @@ def _read_remote_index(
         def fetch() -> bytes:
             return store.read_bytes(fs, path, expected_size=size if isinstance(size, int) else None)
 
-        if node_cache is None:
-            return fetch()
-        from streamload.cache import index_copy as index_cache
-
-        return index_cache.node_copy(node_cache[0], node_cache[1], meta, fetch)
+        return fetch() if keep is None else keep(meta, fetch)
     except StoreError as exc:
         if exc.errno == errno.ENOENT:
             raise FormatError(

@@ -44,6 +44,7 @@ from streamload.loader import heap
 from streamload.loader import stats as sl_stats
 from streamload.pipeline.fetch import FetchSpec, id_batches
 from streamload.plan.partition import EpochPlan
+from streamload.telemetry import StageClock, TimedTransform
 from streamload.transport.codec import send
 from streamload.transport.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
 
@@ -195,12 +196,12 @@ def _serve(
         _fetch_one(fetcher, decode_item(message), ring, reporter, last=not conn.poll(0))
 
 
-def _time_transform(dataset: Any, clock: sl_stats.StageClock) -> None:
+def _time_transform(dataset: Any, clock: StageClock) -> None:
     """Charge a StreamingDataset's transform to the ``transform`` stage (this worker's copy)."""
     from streamload.dataset.streaming import StreamingDataset
 
     if isinstance(dataset, StreamingDataset) and dataset.transform is not None:
-        dataset.transform = sl_stats.TimedTransform(dataset.transform, clock)
+        dataset.transform = TimedTransform(dataset.transform, clock)
 
 
 _END = object()

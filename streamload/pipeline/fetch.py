@@ -30,11 +30,11 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import default_collate, get_worker_info
 
+from streamload import telemetry
 from streamload.dataset.streaming import StreamingDataset
-from streamload.loader import stats
-from streamload.loader.stats import StageClock
 from streamload.pipeline.collate import StackedColumn, columns_to_torch, stack_columns
 from streamload.plan.partition import EpochPlan
+from streamload.telemetry import StageClock
 
 
 class Route(enum.Enum):
@@ -190,9 +190,9 @@ class ColumnarFetcher:
         ids = ids.astype(np.int64, copy=False).reshape(-1)
         if ids.min() < 0:  # ds[-1] is the last sample, so a sampler may yield negative ids
             ids = np.where(ids < 0, ids + len(self._dataset), ids)
-        started, waited = time.perf_counter_ns(), stats.FETCH_WAIT.values["ns"]
+        started, waited = time.perf_counter_ns(), telemetry.FETCH_WAIT.values["ns"]
         columns = self._dataset.get_batch(ids, strings=self._strings)
-        fetch_ns = stats.FETCH_WAIT.values["ns"] - waited  # remote shards: download waits
+        fetch_ns = telemetry.FETCH_WAIT.values["ns"] - waited  # remote shards: download waits
         self.clock.ns["fetch"] += fetch_ns
         started = self.clock.add("read", started + fetch_ns)
         batch = stack_columns(columns)

@@ -4,8 +4,9 @@ Everything above this module talks to storage through ``(fs, path)`` pairs made 
 and, for remote objects, through the functions here (`read_bytes`, `read_range`, `download`,
 `info`, `exists`, `write_bytes`, `upload`, `listdir`), which add what raw fsspec lacks:
 
-- **one retry policy** (`streamload.retry.RetryPolicy`, from config ``retries``,
-  ``retry_backoff``, ``request_timeout``) around every remote request;
+- **one retry policy** (`RetryPolicy`) around every remote request: the one `resolve` was given
+  (entry points build it from the ``retries``, ``retry_backoff`` and ``request_timeout``
+  settings) travels with the filesystem (`policy_of`), else `RetryPolicy`'s defaults;
 - **a per-request time-out**: each attempt runs on the filesystem's event loop under
   ``asyncio.wait_for``, so a stalled request is cancelled (its connection closed), not leaked;
 - **no short data**: `read_range` and `download` return exactly the bytes asked for or raise;
@@ -56,6 +57,7 @@ REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "http", "https")
 _EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 DOWNLOAD_CHUNK = 8 * 2**20  # bytes per ranged GET in `download`
 DOWNLOAD_CONCURRENCY = 4  # ranged GETs in flight per download: hides each request's round trip
+DEFAULT_POLICY = RetryPolicy()  # requests through a filesystem no entry point gave a policy
 
 
 class Writer(Protocol):
@@ -81,8 +83,9 @@ def resolve(
             any other fsspec URL.
         storage_options: keyword arguments passed to the fsspec filesystem (they override the
             retry/time-out defaults described in the module docstring).
-        policy: the retry policy whose time-out the s3 client is configured with; None takes
-            the configuration.
+        policy: the retry policy of every request through this filesystem (and the time-out the
+            s3 client is configured with); None: `RetryPolicy`'s defaults. A copy of ``fs``
+            made in another process (pickled) forgets it: `attach_policy` puts it back.
 
     Returns:
         ``(fs, root)``: an ``fsspec.AbstractFileSystem`` and the dataset root inside it, without
@@ -101,11 +104,12 @@ def resolve(
     if protocol in REMOTE_PROTOCOLS:
         cls = _filesystem_class(protocol, text)
         options = {**cls._get_kwargs_from_urls(text), **(storage_options or {})}
-        options = _client_defaults(protocol, options, policy)
+        options = _client_defaults(protocol, options, policy or DEFAULT_POLICY)
         try:
             fs = _new_client(cls, (), options)
         except (ImportError, ValueError, TypeError) as exc:
             raise StoreError(f"cannot open dataset URL {text!r}: {exc}") from exc
+        attach_policy(fs, policy)
         root = cls._strip_protocol(text)
         return fs, root.rstrip("/") or "/"
     try:
@@ -115,6 +119,18 @@ def resolve(
     if isinstance(fs, LocalFileSystem):
         root = os.path.abspath(root)
     return fs, root.rstrip("/") or "/"
+
+
+def attach_policy(fs: Any, policy: RetryPolicy | None) -> None:
+    """Make ``policy`` the retry policy of requests through ``fs`` (remote filesystems only:
+    local ones are shared instances and never retried). None leaves ``fs`` as it is."""
+    if policy is not None and is_remote(fs):
+        fs._streamload_policy = policy
+
+
+def policy_of(fs: Any) -> RetryPolicy:
+    """The retry policy of requests through ``fs`` (see `attach_policy`)."""
+    return getattr(fs, "_streamload_policy", None) or DEFAULT_POLICY
 
 
 def join(root: str, name: str) -> str:
@@ -169,6 +185,7 @@ def client(fs: Any) -> Any:
     if live is None:
         live = _new_client(type(fs), tuple(fs.storage_args), dict(fs.storage_options))
         _clients[key] = live
+    attach_policy(live, getattr(fs, "_streamload_policy", None))
     return live
 
 
@@ -295,7 +312,7 @@ def download(
     for name, value in (("chunk_size", chunk_size), ("concurrency", concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"download {name} must be an int > 0, got {value!r}")
-    policy = policy or RetryPolicy.from_config()
+    policy = policy or policy_of(fs)
     if expected_size is None:
         size = info(fs, path, policy=policy).get("size")
         if not isinstance(size, int):
@@ -394,13 +411,11 @@ def _filesystem_class(protocol: str, url: str) -> Any:
         ) from None
 
 
-def _client_defaults(
-    protocol: str, options: dict[str, Any], policy: RetryPolicy | None
-) -> dict[str, Any]:
+def _client_defaults(protocol: str, options: dict[str, Any], policy: RetryPolicy) -> dict[str, Any]:
     """``options`` plus our retry/time-out defaults for ``protocol`` (the user's values win)."""
     if protocol not in ("s3", "s3a"):
         return options
-    timeout = (policy or RetryPolicy.from_config()).timeout
+    timeout = policy.timeout
     config_kwargs = dict(options.get("config_kwargs") or {})
     config_kwargs.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
     config_kwargs.setdefault("connect_timeout", timeout)
@@ -440,7 +455,7 @@ def _call(
     check: Callable[[Any], T] | None = None,
 ) -> Any:
     """Run ``fs.<method>(*args, **kwargs)`` under the retry policy, each attempt time-limited."""
-    policy = policy or RetryPolicy.from_config()
+    policy = policy or policy_of(fs)
     live = client(fs)
     url = url_of(live, path)
     if is_remote(live) and hasattr(live, "_" + method):

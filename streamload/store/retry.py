@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from streamload import telemetry
 from streamload.errors import ConfigError, StoreError
 
 T = TypeVar("T")
@@ -237,13 +238,10 @@ class RetryPolicy:
         _positive("timeout", self.timeout)
 
     @classmethod
-    def from_config(cls, cfg: Any = None) -> RetryPolicy:
-        """The policy of the effective configuration (``retries``, ``retry_backoff``,
-        ``request_timeout``); ``cfg`` defaults to ``streamload.config.load()``."""
-        if cfg is None:
-            from streamload import config
-
-            cfg = config.load()
+    def from_config(cls, cfg: Any) -> RetryPolicy:
+        """The policy of resolved settings ``cfg`` (a `streamload.config.Config`: ``retries``,
+        ``retry_backoff``, ``request_timeout``); entry points resolve the configuration once
+        and hand the policy down."""
         return cls(attempts=cfg.retries + 1, backoff=cfg.retry_backoff, timeout=cfg.request_timeout)
 
     def delay(self, retry: int) -> float:
@@ -314,11 +312,9 @@ def _count(failure: Failure) -> None:
         _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
         _COUNTS[cause] = _COUNTS.get(cause, 0) + 1
     if failure.retryable:  # loader.stats()["cache"]
-        from streamload.loader import stats
-
-        stats.CACHE.add("retries")
+        telemetry.CACHE.add("retries")
         if cause.startswith("throttled") or "429" in cause or "503" in cause:
-            stats.CACHE.add("throttled")
+            telemetry.CACHE.add("throttled")
 
 
 def failure_counts() -> dict[str, int]:

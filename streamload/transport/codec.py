@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamload.pipeline.collate import BlobColumn
+from streamload.format.blobs import BlobColumn
 from streamload.transport.ring import (
     Record,
     RecordType,

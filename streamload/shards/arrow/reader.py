@@ -43,8 +43,8 @@ import numpy as np
 import pyarrow as pa
 
 from streamload.errors import FormatError
+from streamload.format.blobs import BlobColumn, many_small_runs
 from streamload.format.schema import Column, Schema
-from streamload.pipeline.collate import BlobColumn, many_small_runs
 
 _NON_MMAP_BATCH_CACHE = 8
 # (record batch, positions in the output, rows in the batch): one batch's share of a take.

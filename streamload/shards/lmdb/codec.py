@@ -47,6 +47,13 @@ ENTRY_BYTES = _ENTRY.size  # one column's entry; its offset and size are the las
 _INT = struct.Struct("<q")
 _FLOAT = struct.Struct("<d")
 _ARRAY_ALIGN = 64
+_ROW_KEY = struct.Struct(">Q")
+ROW_KEY_BYTES = _ROW_KEY.size
+
+
+def row_key(row: int) -> bytes:
+    """The LMDB key of row ``row`` of a shard: a big-endian uint64, so key order is row order."""
+    return _ROW_KEY.pack(row)
 _ALIGN = 8
 _PAD = bytes(_ARRAY_ALIGN)
 

@@ -34,9 +34,9 @@ from streamload.shards.lmdb.codec import (
     decode,
     fixed_prefix,
     layout,
+    row_key,
 )
 from streamload.shards.lmdb.file import LmdbFile
-from streamload.shards.lmdb.writer import row_key
 
 ENV_SCHEMA = schema_from_json(
     {"columns": [{"name": "key", "kind": "bytes"}, {"name": "value", "kind": "bytes"}]},

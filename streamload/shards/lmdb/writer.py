@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import tempfile
 from typing import Any
 
@@ -29,21 +28,15 @@ from fsspec.implementations.local import LocalFileSystem
 
 from streamload.format.checksum import file_digest
 from streamload.format.schema import Schema
-from streamload.shards.lmdb.codec import encode
+from streamload.shards.lmdb.codec import ROW_KEY_BYTES, encode, row_key
 from streamload.store import filesystem as store
 
 TXN_ROWS = 1024
 TXN_BYTES = 16 * 2**20
 MIN_MAP_SIZE = 16 * 2**20
-_KEY = struct.Struct(">Q")
 _ENTRY_OVERHEAD = 24  # node header + key + slot, per row, counted toward a transaction's size
 _PAGE_HEADER = 16
 _NODE_HEADER = 8
-
-
-def row_key(row: int) -> bytes:
-    """The LMDB key of row ``row`` of a shard (big-endian uint64)."""
-    return _KEY.pack(row)
 
 
 class LmdbShardFileWriter:
@@ -115,11 +108,11 @@ class LmdbShardFileWriter:
         pages) moves to its own run of whole overflow pages and the node keeps a page number.
         Appended keys fill leaf pages in order, a node going to a new page when it does not fit
         (what MDB_APPEND's split does); branch pages add about 1/64."""
-        node = _NODE_HEADER + _KEY.size + value_bytes
+        node = _NODE_HEADER + ROW_KEY_BYTES + value_bytes
         if node > self._node_max:
             pages = -(-(_PAGE_HEADER + value_bytes) // self._page_size)
             self._overflow_bytes += pages * self._page_size
-            node = _NODE_HEADER + _KEY.size + 8
+            node = _NODE_HEADER + ROW_KEY_BYTES + 8
         node += (node & 1) + 2
         if self._leaf_pages == 0 or self._leaf_used + node > self._page_size - _PAGE_HEADER:
             self._leaf_pages += 1

@@ -309,10 +309,9 @@ def test_loader_stats_count_the_cache_downloads(
     """loader.stats()['cache']: the first epoch misses and downloads every shard once (the bytes
     the store wrapper saw), the second epoch is served from the cache (hits, no new bytes); the
     time blocked on downloads is the 'fetch' stage (0 for local data)."""
-    from streamload import StreamLoader
-    from streamload.loader import stats
+    from streamload import StreamLoader, telemetry
 
-    stats.CACHE.reset()
+    telemetry.CACHE.reset()
     ds = _remote(corpus, tmp_path / "cache", 100)
     loader = StreamLoader(ds, batch_size=64)
     assert sorted(int(i) for b in loader for i in b["id"]) == list(range(N))

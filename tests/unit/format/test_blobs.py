@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 import streamload as sl
-from streamload.pipeline.collate import BlobColumn, columns_to_torch, stack_columns
+from streamload.format.blobs import BlobColumn
+from streamload.pipeline.collate import columns_to_torch, stack_columns
 from streamload.transport.codec import decode, encode, send
 from streamload.transport.ring import Ring
 
@@ -110,7 +111,7 @@ def test_shuffled_gathers_match_lists_for_small_and_large_rows(tmp_path: Path, s
 
 def test_copy_runs_copies_every_row_to_its_place() -> None:
     """copy_runs equals a per-row copy, whatever the runs look like."""
-    from streamload.pipeline.collate import copy_runs
+    from streamload.format.blobs import copy_runs
 
     rng = np.random.default_rng(1)
     src = rng.integers(0, 255, 10_000, dtype=np.uint8)

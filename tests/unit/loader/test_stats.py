@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from streamload import ShardWriter, StreamingDataset, StreamLoader
+from streamload import ShardWriter, StreamingDataset, StreamLoader, telemetry
 from streamload.loader import stats as sl_stats
 
 N = 96
@@ -35,9 +35,9 @@ class CachedSquares(Dataset[Any]):
         return N
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sl_stats.CACHE.add("hits")
+        telemetry.CACHE.add("hits")
         if i % 4 == 0:
-            sl_stats.CACHE.add("misses")
+            telemetry.CACHE.add("misses")
         return {"v": np.full(4, i, np.int64)}
 
 

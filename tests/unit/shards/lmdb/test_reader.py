@@ -377,8 +377,7 @@ def test_lmdb_shards_rotate_close_to_shard_size(tmp_path: Path, value_bytes: int
 
 def test_bulk_take_falls_back_and_names_a_corrupt_row(tmp_path: Path) -> None:
     """A value whose string is not UTF-8 makes a many-row take fail naming that row."""
-    from streamload.shards.lmdb.codec import encode
-    from streamload.shards.lmdb.writer import row_key
+    from streamload.shards.lmdb.codec import encode, row_key
 
     _write_shard(tmp_path / "s.lmdb", 20)
     value = bytearray(encode(SCHEMA, {**_sample(3), "text": "abc"}))
