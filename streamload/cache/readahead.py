@@ -67,13 +67,6 @@ def shard_sequence(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return shards[keep].astype(np.int64)
 
 
-def reads_in_place(fs: Any) -> bool:
-    """True for filesystems whose shards are read where they are (local files, ``memory://``)."""
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    return store.local_path(fs, "/") is not None or isinstance(fs, MemoryFileSystem)
-
-
 class RemoteShards:
     """Pinned local copies of a remote dataset's shards, for one process (see module docstring)."""
 
@@ -348,51 +341,3 @@ class ReadAhead:
                     return k
             self._cond.wait(1.0)
         return None
-
-
-def remote_shards(dataset: Any, fs: Any, root: str) -> RemoteShards:
-    """The `RemoteShards` of ``dataset`` (a StreamingDataset over a remote ``fs``) in this process.
-
-    The cache directory and limit are the dataset's ``cache_dir``/``cache_limit`` when given,
-    else the configuration's (written back to the dataset, so its copies in worker processes
-    use the same cache whatever their environment); the plan is this process's share of ``dataset.sample_order()``
-    (inside a loader worker ``order[id::num_workers]``, as the dataset's iteration reads it).
-
-    Raises:
-        CacheError: the cache directory is unwritable or too small for the working set.
-        ConfigError: a bad cache_limit.
-    """
-    import weakref
-
-    import torch.utils.data
-
-    from streamload import config
-
-    cfg = config.load(cache_dir=dataset.cache_dir, cache_limit=dataset.cache_limit)
-    # Settled once, where the dataset is made: a worker started by a fork server or spawn may
-    # see another environment, and must still share the trainer's cache.
-    dataset.cache_dir, dataset.cache_limit = cfg.cache_dir, cfg.cache_limit
-    worker = torch.utils.data.get_worker_info()
-    wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-    ref = weakref.ref(dataset)
-    offsets = dataset.index.sample_offsets
-
-    def plan(epoch: int) -> np.ndarray:
-        ds = ref()
-        if ds is None:
-            return np.empty(0, np.int64)
-        return shard_sequence(ds.sample_order(epoch)[wid::workers], offsets)
-
-    shards = RemoteShards(
-        dataset.url,
-        fs,
-        root,
-        dataset.index,
-        DiskCache(cfg.cache_dir, cfg.cache_limit, verify=bool(dataset.verify)),
-        plan,
-        readahead_shards=cfg.readahead_shards,
-        readahead_bytes=cfg.readahead_bytes,
-        processes=workers * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)),
-    )
-    weakref.finalize(dataset, shards.close)
-    return shards

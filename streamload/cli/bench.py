@@ -8,11 +8,12 @@ arrays), data-wait per step (time spent in ``next()``: p50/p95), peak PSS of the
 save as ``bench.json`` and, with matplotlib (extra ``plot``), as ``bench.png``: throughput per
 worker count and memory over time.
 
-Memory is sampled by a separate small process (not a thread: a thread in the trainer would make
-``start_method = auto`` start workers with forkserver instead of fork) reading
-``/proc/PID/smaps_rollup`` of the trainer and its descendants every ``interval`` seconds
-(>= 0.2 s: reading smaps_rollup takes the target's mmap lock and stalls its page faults).
-PSS splits shared pages (rings, mmapped shards) between processes, so the sum counts them once.
+Memory is sampled by a separate small process (`streamload.cli.pss.ChildSampler`; not a thread:
+a thread in the trainer would make ``start_method = auto`` start workers with forkserver instead
+of fork) reading ``/proc/PID/smaps_rollup`` of the trainer and its descendants every
+``interval`` seconds (>= 0.2 s: reading smaps_rollup takes the target's mmap lock and stalls its
+page faults). PSS splits shared pages (rings, mmapped shards) between processes, so the sum
+counts them once.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -31,45 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from streamload.cli.pss import ChildSampler
 from streamload.errors import ConfigError
 from streamload.loader.stats import batch_size_and_bytes
 
 MIN_INTERVAL_S = 0.2
-
-# Run as `python -c` so the sampler starts in milliseconds without importing torch/streamload.
-# argv: root pid, interval seconds, output path. Writes "monotonic_seconds pss_bytes" lines
-# (CLOCK_MONOTONIC is system-wide, so the parent aligns them with its own samples).
-_SAMPLER = r"""
-import os, sys, time
-root, interval, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-me = os.getpid()
-def tree(pid):
-    todo, seen = [pid], []
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return [p for p in seen if p != me]
-with open(out, "w") as f:
-    while os.path.exists(f"/proc/{root}"):
-        total = 0
-        for p in tree(root):
-            try:
-                with open(f"/proc/{p}/smaps_rollup") as r:
-                    for line in r:
-                        if line.startswith("Pss:"):
-                            total += int(line.split()[1]) * 1024
-            except OSError:
-                pass
-        f.write(f"{time.monotonic():.4f} {total}\n")
-        f.flush()
-        time.sleep(interval)
-"""
 
 
 @dataclass
@@ -102,67 +66,11 @@ class BenchRun:
         return out
 
 
-class _MemorySampler:
-    """Samples the PSS of this process tree from a child process (see the module docstring)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        # Closed in `samples()`: the sampler process writes to it by name meanwhile.
-        self._file = tempfile.NamedTemporaryFile(prefix="streamload-bench-", suffix=".pss")  # noqa: SIM115
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> _MemorySampler:
-        self._started = time.monotonic()
-        self.extra: list[tuple[float, int]] = []
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _SAMPLER, str(os.getpid()), str(self.interval), self._file.name]
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
-
-    def sample_now(self) -> None:
-        """One sample from this process (the child may not have started on a short run)."""
-        self.extra.append((time.monotonic() - self._started, tree_pss(os.getpid())))
-
-    def samples(self) -> list[tuple[float, int]]:
-        out = list(self.extra)
-        for line in Path(self._file.name).read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                out.append((float(parts[0]) - self._started, int(parts[1])))
-        self._file.close()
-        return sorted(out)
-
-
-def tree_pss(root: int) -> int:
-    """PSS bytes of ``root`` and its descendants (processes that exit meanwhile are skipped)."""
-    todo, total = [root], 0
-    while todo:
-        pid = todo.pop()
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                total += sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-        except OSError:
-            continue
-    return total
-
-
 def _stream(make: Callable[[], Iterable[Any]], run: BenchRun, interval: float, bar: Any) -> Any:
     """Iterate ``run.epochs`` passes of ``make()``, timing each ``next()``; returns the loader."""
     waits: list[float] = []
     loader = make()
-    with _MemorySampler(interval) as sampler:
+    with ChildSampler(interval) as sampler:
         started = time.perf_counter()
         for _ in range(run.epochs):
             iterator = iter(loader)
@@ -199,6 +107,7 @@ def run_bench(
     vs_dataloader: bool = False,
     interval: float = 0.5,
     storage_options: dict[str, Any] | None = None,
+    progress_mode: str = "auto",
 ) -> list[BenchRun]:
     """Stream ``url`` per worker count (and with DataLoader if asked); see the module docstring.
 
@@ -223,7 +132,8 @@ def run_bench(
     steps = -(-len(dataset) // batch_size) * epochs
     runs: list[BenchRun] = []
     contenders = ("streamload", "DataLoader") if vs_dataloader else ("streamload",)
-    with progress(total=steps * len(counts) * len(contenders), desc="bench", unit="batch") as bar:
+    total = steps * len(counts) * len(contenders)
+    with progress(total=total, desc="bench", unit="batch", mode=progress_mode) as bar:
         for n in counts:
             run = BenchRun("streamload", n, epochs)
             loader = _stream(

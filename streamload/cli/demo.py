@@ -28,7 +28,6 @@ import contextlib
 import gc
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -36,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from streamload.cli import pss
+from streamload.cli.pss import PeakPss
 from streamload.progress import progress
 from streamload.sizes import format_size, parse_size
 
-SMAPS = "/proc/self/smaps_rollup"
 SAMPLE_INTERVAL_S = 0.02
 TOKENS_LEN = 2048
 QUICK_SIZE = "2MB"
@@ -85,69 +85,6 @@ _WORDS = [
     "token",
     "image",
 ]
-
-
-# --- memory sampling --------------------------------------------------------------------------
-
-
-def read_memory() -> dict[str, int] | None:
-    """This process's proportional memory in bytes: ``anon`` (Pss_Anon + Pss_Shmem) and ``file``.
-
-    Returns None where ``/proc/self/smaps_rollup`` (Linux >= 4.14) or its Pss_* lines are absent.
-    """
-    try:
-        with open(SMAPS) as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        kib = {k: int(v.split()[0]) for k, v in fields.items() if k.startswith("Pss_")}
-        return {
-            "anon": (kib["Pss_Anon"] + kib.get("Pss_Shmem", 0)) * 1024,
-            "file": kib["Pss_File"] * 1024,
-        }
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-
-
-class MemorySampler:
-    """Track the peak growth of anonymous and file-backed memory while the ``with`` block runs.
-
-    A daemon thread samples `read_memory` every ``interval`` seconds; the baseline is taken on
-    entry. ``peak_anon`` / ``peak_file`` are peak minus baseline in bytes (None if unavailable).
-    """
-
-    def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
-        self.interval = interval
-        self.peak_anon: int | None = None
-        self.peak_file: int | None = None
-        self._base: dict[str, int] | None = None
-        self._peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="streamload-demo-mem", daemon=True)
-
-    def _sample(self) -> None:
-        now = read_memory()
-        if now is not None:
-            for key, value in now.items():
-                self._peak[key] = max(self._peak.get(key, value), value)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> MemorySampler:
-        self._base = read_memory()
-        if self._base is not None:
-            self._peak = dict(self._base)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._base is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        self._sample()
-        self.peak_anon = self._peak["anon"] - self._base["anon"]
-        self.peak_file = self._peak["file"] - self._base["file"]
 
 
 # --- corpus -------------------------------------------------------------------------------------
@@ -197,6 +134,7 @@ def write_corpus(
     seed: int = 0,
     shard_size: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    progress_mode: str = "auto",
 ) -> dict[str, Any]:
     """Write the three demo datasets under ``root`` (see the module docstring).
 
@@ -206,6 +144,7 @@ def write_corpus(
         seed: RNG seed of the synthetic data.
         shard_size: shard size in bytes; None picks about 8 shards per dataset (at least 64 KiB).
         storage_options: fsspec options of a remote ``root``.
+        progress_mode: the ``progress`` setting.
 
     Returns:
         ``{"datasets": {name: url}, "bytes": total shard bytes, "write_seconds": s}``.
@@ -216,7 +155,8 @@ def write_corpus(
     rng = np.random.default_rng(seed)
     urls: dict[str, str] = {}
     start = time.perf_counter()
-    with progress(total=size, desc="write corpus", unit="B", unit_scale=True) as bar:
+    bar = progress(total=size, desc="write corpus", unit="B", unit_scale=True, mode=progress_mode)
+    with bar:
         for name, share in _SHARE.items():
             budget = int(size * share)
             url = f"{root.rstrip('/')}/{name}"
@@ -260,7 +200,11 @@ def _warm(url: str, storage_options: dict[str, Any] | None = None) -> None:
 
 
 def measure(
-    name: str, make_loader: Callable[[], Iterable[Any]], num_samples: int, nbytes: int
+    name: str,
+    make_loader: Callable[[], Iterable[Any]],
+    num_samples: int,
+    nbytes: int,
+    progress_mode: str = "auto",
 ) -> dict[str, Any]:
     """Iterate one loader to the end and measure it (see the module docstring).
 
@@ -269,6 +213,7 @@ def measure(
         make_loader: builds the loader; its construction is part of the time to first batch.
         num_samples: samples in the dataset (for the exactly-once check).
         nbytes: dataset bytes on disk (for MB/s).
+        progress_mode: the ``progress`` setting.
 
     Returns:
         ``{"samples", "seconds", "samples_per_s", "mb_per_s", "first_batch_s", "peak_anon",
@@ -277,10 +222,17 @@ def measure(
     gc.collect()
     ids: list[np.ndarray] = []
     first_batch: float | None = None
-    with MemorySampler() as memory:
+    with PeakPss(interval=SAMPLE_INTERVAL_S) if pss.available() else _no_memory() as memory:
         start = time.perf_counter()
         loader = make_loader()
-        bar = progress(loader, total=_len_or_none(loader), desc=name, unit="batch", leave=False)
+        bar = progress(
+            loader,
+            total=_len_or_none(loader),
+            desc=name,
+            unit="batch",
+            leave=False,
+            mode=progress_mode,
+        )
         for batch in bar:
             if first_batch is None:
                 first_batch = time.perf_counter() - start
@@ -295,10 +247,16 @@ def measure(
         "samples_per_s": len(seen) / seconds,
         "mb_per_s": nbytes / 1e6 / seconds,
         "first_batch_s": first_batch,
-        "peak_anon": memory.peak_anon,
-        "peak_file": memory.peak_file,
+        "peak_anon": memory and memory.peak_anon_shmem - memory.base_anon_shmem,
+        "peak_file": memory and memory.peak_file - memory.base_file,
         "exactly_once": bool(len(counts) == num_samples and (counts == 1).all()),
     }
+
+
+@contextlib.contextmanager
+def _no_memory() -> Iterator[None]:
+    """Stands in for `PeakPss` where the machine reports no PSS (peaks are then None)."""
+    yield None
 
 
 def _len_or_none(obj: object) -> int | None:
@@ -313,6 +271,7 @@ def compare(
     batch_size: int,
     repeats: int = REPEATS,
     storage_options: dict[str, Any] | None = None,
+    progress_mode: str = "auto",
 ) -> dict[str, Any]:
     """Stream one dataset through StreamLoader and DataLoader (``num_workers=0``), ``repeats`` times.
 
@@ -347,7 +306,7 @@ def compare(
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in _LOADERS}
     for _ in range(repeats):
         for name in _LOADERS:
-            runs[name].append(measure(name, makers[name], n, nbytes))
+            runs[name].append(measure(name, makers[name], n, nbytes, progress_mode))
     out: dict[str, Any] = {"num_samples": n, "bytes": nbytes}
     for name in _LOADERS:
         out[name] = _summarise(runs[name])
@@ -382,6 +341,7 @@ def run(
     repeats: int = REPEATS,
     remote: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    progress_mode: str = "auto",
 ) -> dict[str, Any]:
     """Write the corpus, compare the loaders on each dataset, clean up.
 
@@ -425,9 +385,11 @@ def run(
     else:
         root = tempfile.mkdtemp(prefix="streamload-demo-", dir=directory)
     try:
-        corpus = write_corpus(root, nbytes, storage_options=storage_options)
+        corpus = write_corpus(
+            root, nbytes, storage_options=storage_options, progress_mode=progress_mode
+        )
         results = {
-            name: compare(url, batch_size, repeats, storage_options)
+            name: compare(url, batch_size, repeats, storage_options, progress_mode)
             for name, url in corpus["datasets"].items()
         }
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 from streamload import __version__, config
 from streamload.errors import StreamloadError
 from streamload.sizes import format_size
+from streamload.store.retry import RetryPolicy
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -54,7 +55,7 @@ def _show_value(value: Any, kind: str) -> str:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     """Print every effective setting, its value and where it came from."""
-    cfg = config.load()
+    cfg = args.cfg
     if args.json:
         out = {
             s.name: {"value": getattr(cfg, s.name), "source": cfg.source(s.name), "doc": s.doc}
@@ -74,7 +75,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     """Print a dataset's schema, sample and shard counts, size and format."""
     from streamload.format.index import load_index
 
-    index = load_index(args.url)
+    index = load_index(args.url, policy=RetryPolicy.from_config(args.cfg))
     columns = [c.to_json() for c in index.schema.columns]
     if args.json:
         out = {
@@ -120,18 +121,22 @@ def _show_shape(shape: list[int | None]) -> str:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Recompute every shard's checksum; name each bad shard; exit 1 if any is bad."""
-    from streamload.dataset.streaming import ShardCheck, verify_dataset
+    from streamload.dataset.inspect import ShardCheck, verify_dataset
     from streamload.format.index import load_index
     from streamload.progress import progress
 
-    index = load_index(args.url)
+    policy = RetryPolicy.from_config(args.cfg)
+    index = load_index(args.url, policy=policy)
     shard_bytes = {s.name: s.bytes for s in index.shards}
-    with progress(total=index.total_bytes, desc="verify", unit="B", unit_scale=True) as bar:
+    bar = progress(
+        total=index.total_bytes, desc="verify", unit="B", unit_scale=True, mode=args.cfg.progress
+    )
+    with bar:
 
         def advance(check: ShardCheck) -> None:
             bar.update(shard_bytes[check.shard])
 
-        checks = verify_dataset(args.url, on_shard=advance)
+        checks = verify_dataset(args.url, on_shard=advance, policy=policy)
     bad = [c for c in checks if not c.ok]
     for check in bad:
         if check.actual is None:
@@ -180,6 +185,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         quick=args.quick,
         repeats=args.repeats,
         remote=args.remote,
+        progress_mode=args.cfg.progress,
     )
     if args.json:
         print(json.dumps(results, indent=2))
@@ -208,6 +214,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         vs_dataloader=args.vs_dataloader,
         interval=args.interval,
+        progress_mode=args.cfg.progress,
     )
     rows = bench.table(runs)
     _print_table(rows[1:], rows[0])
@@ -225,7 +232,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
     from streamload.cache.disk import DiskCache
 
-    cfg = config.load()
+    cfg = args.cfg
     cache = DiskCache(cfg.cache_dir, cfg.cache_limit)
     if args.action == "clear":
         removed, freed = cache.clear()
@@ -399,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     try:
-        cfg = config.load()
+        cfg = args.cfg = config.load()  # resolved once: every subcommand reads args.cfg
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("streamload").setLevel(cfg.log_level)
         return int(args.func(args))

@@ -1,83 +1,55 @@
 """StreamingDataset: a sharded dataset as a torch IterableDataset with random access.
 
-The dataset is its validated index.json plus shard readers opened lazily, per process: a reader
-(an mmap and a file handle) is never carried across ``fork``; when ``os.getpid()`` changes, the
-readers are dropped and re-opened in the child. At most ``MAX_OPEN_SHARDS`` readers stay open
-(``MAX_OPEN_LMDB_SHARDS`` for LMDB, whose environments hold a file descriptor each).
+The dataset is its validated index.json, its resolved settings (`DatasetSettings`, from one
+`streamload.config.load` at construction) and this process's open shards (`OpenShards`: readers
+opened lazily per process, never carried across ``fork``, checksums verified once per file
+version, remote shards pinned in the node's disk cache).
 
-Checksums: with ``verify`` on (config ``verify_local``, default True) a shard's checksum is
-checked on its first open, before it is mapped — once per file version on this machine for local
-files (marks in the cache dir, see verified.py), once per process otherwise: this catches silent
-bit flips, which Arrow cannot see. Independently of ``verify``, the shard reader fully validates each record
-batch on first touch, so a malformed shard raises FormatError rather than crashing the process.
-
-Order: ``sample_order(epoch)`` is the global order of ``plan.global_order``, a pure function of
+Order: ``sample_order(epoch)`` is `streamload.plan.order.global_order`, a pure function of
 (shard sizes, shuffle settings, seed, epoch) that no rank or worker count changes;
-``epoch_plan`` cuts it into per-rank steps for this process's ``plan.topology`` from a start
-position (``load_state_dict`` sets one for the next pass). Iterating yields this rank's share
-(steps of one sample per rank); inside a DataLoader worker, ``share[worker_id::num_workers]``,
-which is exactly the num_workers=0 order when the DataLoader takes one sample per worker turn
-(``batch_size=1``); with larger batches each sample is still yielded exactly once.
+``epoch_plan`` cuts it into per-rank steps (`streamload.plan.partition.EpochPlan`) for this
+process's `topology` from a start position (``load_state_dict`` sets one for the next pass).
+Iterating yields this rank's share (steps of one sample per rank); inside a DataLoader worker,
+``share[worker_id::num_workers]``, which is exactly the num_workers=0 order when the DataLoader
+takes one sample per worker turn (``batch_size=1``); with larger batches each sample is still
+yielded exactly once.
 
 Ids in ``get_batch`` are grouped by shard (searchsorted on cumulative counts), each shard does one
 columnar ``take``, and the parts are scattered back into the order of ``ids``; conventions per
-column kind are those of ``ArrowShardReader.take`` (arrow_reader.py).
+column kind are those of `streamload.shards.arrow.reader.ArrowShardReader.take`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import os
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch.utils.data
 import xxhash
-from fsspec.implementations.local import LocalFileSystem
 
-from streamload.cache.readahead import OPEN_SHARDS, RemoteShards, reads_in_place, remote_shards
+from streamload import config
+from streamload.cache import index_copy
+from streamload.dataset.open_shards import OpenShards
+from streamload.dataset.settings import DatasetSettings
+from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
-from streamload.format import verified
 from streamload.format.blobs import BlobColumn
-from streamload.format.checksum import file_digest
-from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
+from streamload.format.index import INDEX_NAME, DatasetIndex, read_index
 from streamload.format.schema import Column, Schema
-from streamload.plan import partition as plan
-from streamload.shards.reader import ShardReader, open_reader
+from streamload.plan.order import ShuffleSettings, global_order
+from streamload.plan.partition import EpochPlan
+from streamload.plan.state import check_state, fingerprint, make_state
+from streamload.shards.lmdb import env as lmdb_env
+from streamload.shards.reader import ShardReader
 from streamload.store import filesystem as store
 
-# Open readers kept per process (LRU). An Arrow reader holds a mapping but no file descriptor;
-# an LMDB environment holds one, so LMDB datasets keep fewer open.
-MAX_OPEN_SHARDS = 512
-MAX_OPEN_LMDB_SHARDS = 64
 _ITER_CHUNK = 256
-
-
-def epoch_order(num_samples: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
-    """The global sample ids of one epoch, in order.
-
-    Args:
-        num_samples: dataset size.
-        shuffle: False gives ``arange(num_samples)``.
-        seed: shuffle seed (>= 0).
-        epoch: epoch number (>= 0).
-
-    Returns:
-        int64 array: ``arange`` or a permutation drawn by numpy's PCG64 seeded with (seed, epoch).
-    """
-    return plan.global_order([num_samples], plan.ShuffleSettings(shuffle, seed), epoch)
-
-
-class ShardCheck(NamedTuple):
-    """Result of verifying one shard: ``actual`` is None when the file is missing."""
-
-    shard: str
-    ok: bool
-    expected: str
-    actual: str | None
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
@@ -105,7 +77,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         Args:
             url: dataset root: local path, ``file://``, ``memory://``, ``s3://``, ``gs://`` or
                 ``http(s)://`` URL; or an LMDB environment streamload did not write
-                (``{"key", "value"}`` rows, see lmdb_env.py).
+                (``{"key", "value"}`` rows, see `streamload.shards.lmdb.env`).
             cache_dir: shard cache directory for remote datasets (None: config ``cache_dir``);
                 local and ``memory://`` data is read in place, never copied.
             cache_limit: byte limit of that cache (None: config ``cache_limit``).
@@ -121,69 +93,65 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             shuffle_block: shards per window in block mode; None takes config ``shuffle_block``.
             rank, world_size: this process's place in a distributed job (both or neither);
                 None: from torch.distributed when initialized, else RANK/WORLD_SIZE, at each
-                pass (see ``plan.topology``).
+                pass (see `streamload.dataset.topology.topology`).
 
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
-            ConfigError: bad seed, shuffle_mode, shuffle_block, or rank/world_size.
+            ConfigError: a bad setting (seed, shuffle_mode, shuffle_block, rank/world_size,
+                cache_limit, ...), whatever the URL.
             CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
-        if verify is None or shuffle_mode is None or shuffle_block is None:
-            from streamload import config
-
-            cfg = config.load()
-            verify = bool(cfg.verify_local) if verify is None else verify
-            shuffle_mode = cfg.shuffle_mode if shuffle_mode is None else shuffle_mode
-            shuffle_block = cfg.shuffle_block if shuffle_block is None else shuffle_block
-        settings = plan.ShuffleSettings(bool(shuffle), seed, str(shuffle_mode), shuffle_block)
-        self._shuffle_settings = settings.validated()
+        cfg = config.load(
+            cache_dir=cache_dir,
+            cache_limit=cache_limit,
+            verify_local=verify,
+            shuffle_mode=shuffle_mode,
+            shuffle_block=shuffle_block,
+        )
+        self.settings = DatasetSettings.from_config(cfg)
+        shuffle_settings = ShuffleSettings(bool(shuffle), seed, cfg.shuffle_mode, cfg.shuffle_block)
+        self._shuffle_settings = shuffle_settings.validated()
         if rank is not None or world_size is not None:
-            plan.topology(rank, world_size)  # fail at construction, not at the first pass
+            topology(rank, world_size)  # fail at construction, not at the first pass
         self._rank_arg = rank
         self._world_size_arg = world_size
         self._resume: int | None = None
         self._digest: str | None = None
         self._url = os.fspath(url)
-        self._fs, self._root = store.resolve(url, storage_options)
-        node_cache = None
+        self._fs, self._root = store.resolve(url, storage_options, self.settings.retry)
+        verify = self.settings.verify
+        keep = None
         if store.is_remote(self._fs):  # index.json once per node, kept in the shard cache
-            from streamload import config
-
-            node_cache = (config.load(cache_dir=cache_dir).cache_dir, self._url)
+            keep = functools.partial(index_copy.node_copy, self.settings.cache_dir, self._url)
         try:
             self._index = read_index(
-                self._fs,
-                store.join(self._root, INDEX_NAME),
-                f"{self._url}/{INDEX_NAME}",
-                node_cache,
+                self._fs, store.join(self._root, INDEX_NAME), f"{self._url}/{INDEX_NAME}", keep
             )
         except (FormatError, OSError):
-            # No index.json: maybe an LMDB environment streamload did not write (lmdb_env.py).
-            from streamload.shards.lmdb import env as lmdb_env
-
+            # No index.json: maybe an LMDB environment streamload did not write.
             env_cache = None
             if store.is_remote(self._fs):
-                from streamload import config
-
-                cfg = config.load(cache_dir=cache_dir, cache_limit=cache_limit)
-                env_cache = (cfg.cache_dir, cfg.cache_limit)
+                env_cache = (self.settings.cache_dir, self.settings.cache_limit)
             env = lmdb_env.detect(self._fs, self._root, self._url, env_cache)
             if env is None:
                 raise
             self._root, self._index = env
             verify = False  # nothing to verify against: the environment has no checksums
         self._selected = self._index.schema.select(columns)
-        self.cache_dir = cache_dir
-        self.cache_limit = cache_limit
-        self.shuffle = settings.shuffle
+        self.shuffle = shuffle_settings.shuffle
         self.seed = seed
         self.transform = transform
-        self.verify = verify
         self._epoch = 0
-        self._pid = os.getpid()
-        self._readers: OrderedDict[int, ShardReader] = OrderedDict()
-        self._remote: tuple[int, RemoteShards] | None = None  # (pid, shards) if not in place
+        self._shards = OpenShards(
+            self._url,
+            self._fs,
+            self._root,
+            self._index,
+            self._selected.names,
+            self.settings,
+            verify,
+        )
         self._remote_shards()  # a remote dataset checks its cache settings now
 
     # -- metadata ---------------------------------------------------------------------------
@@ -202,6 +170,21 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def num_shards(self) -> int:
         """Number of shards."""
         return len(self._index.shards)
+
+    @property
+    def cache_dir(self) -> str:
+        """The shard cache directory remote shards go through (resolved at construction)."""
+        return self.settings.cache_dir
+
+    @property
+    def cache_limit(self) -> int:
+        """The byte limit of that cache (resolved at construction)."""
+        return self.settings.cache_limit
+
+    @property
+    def verify(self) -> bool:
+        """Whether shard checksums are checked on first open."""
+        return self._shards.verify
 
     @property
     def url(self) -> str:
@@ -240,14 +223,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         self._epoch = epoch
 
     @property
-    def shuffle_settings(self) -> plan.ShuffleSettings:
+    def shuffle_settings(self) -> ShuffleSettings:
         """Shuffle, seed, mode and block size (part of the resume fingerprint); follows later
         changes of the ``shuffle``/``seed`` attributes, as ``sample_order`` always has."""
         current = self._shuffle_settings
         if (current.shuffle, current.seed) != (bool(self.shuffle), self.seed):
-            current = plan.ShuffleSettings(
-                bool(self.shuffle), self.seed, current.mode, current.block
-            )
+            current = ShuffleSettings(bool(self.shuffle), self.seed, current.mode, current.block)
             self._shuffle_settings = current.validated()
         return current
 
@@ -256,19 +237,19 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         the same for every rank and worker count."""
         sizes = [info.num_samples for info in self._index.shards]
         epoch = self._epoch if epoch is None else epoch
-        return plan.global_order(sizes, self.shuffle_settings, epoch)
+        return global_order(sizes, self.shuffle_settings, epoch)
 
-    def topology(self) -> plan.Topology:
+    def topology(self) -> Topology:
         """This process's rank and world size (explicit arguments, torch.distributed, or env).
 
         Raises:
             ConfigError: a bad RANK/WORLD_SIZE environment.
         """
-        return plan.topology(self._rank_arg, self._world_size_arg)
+        return topology(self._rank_arg, self._world_size_arg)
 
     def epoch_plan(
         self, batch_size: int, drop_last: bool = False, start: int | None = None
-    ) -> plan.EpochPlan:
+    ) -> EpochPlan:
         """The current epoch's steps for every rank of ``topology()``.
 
         Args:
@@ -280,7 +261,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         if start is None:
             start = self._resume or 0
         world_size = self.topology().world_size
-        return plan.EpochPlan(self.sample_order(), world_size, batch_size, drop_last, start)
+        return EpochPlan(self.sample_order(), world_size, batch_size, drop_last, start)
 
     @property
     def resume_pending(self) -> bool:
@@ -300,13 +281,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         if self._digest is None:
             shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
             self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
-        return plan.fingerprint(len(self), self._digest, self.shuffle_settings)
+        return fingerprint(len(self), self._digest, self.shuffle_settings)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
         (JSON-serialisable). A StreamLoader's ``state_dict`` has the same shape and counts the
         batches its user received."""
-        return plan.make_state(self.fingerprint(), self._epoch, self._resume or 0)
+        return make_state(self.fingerprint(), self._epoch, self._resume or 0)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Make the next pass continue ``state``: select its epoch and start at its position.
@@ -317,9 +298,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             StateError: another dataset, other shuffle settings, an unknown version or a
                 malformed state (both sides shown).
         """
-        epoch, position = plan.check_state(
-            state, self.fingerprint(), "StreamingDataset.load_state_dict"
-        )
+        epoch, position = check_state(state, self.fingerprint(), "StreamingDataset.load_state_dict")
         if position >= len(self) and len(self) > 0:
             epoch, position = epoch + 1, 0
         self._epoch = epoch
@@ -434,103 +413,29 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     # -- shards -------------------------------------------------------------------------------
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # An unpickled filesystem (spawned worker) forgets its retry policy: give it back.
+        self.__dict__.update(state)
+        store.attach_policy(self._fs, self.settings.retry)
+
     def _reader(self, k: int) -> ShardReader:
-        if os.getpid() != self._pid:  # forked: the parent's mmaps and handles are not ours
-            self._readers = OrderedDict()
-            self._pid = os.getpid()
-        reader = self._readers.get(k)
-        if reader is not None:
-            self._readers.move_to_end(k)
-            return reader
-        reader = self._open_shard(self._index.shards[k])
-        self._readers[k] = reader
-        remote = self._remote_shards()
-        if remote is not None:  # pinned cache copies count against cache_limit
-            limit = OPEN_SHARDS
-        else:
-            limit = MAX_OPEN_SHARDS if self._index.format == "arrow" else MAX_OPEN_LMDB_SHARDS
-        if len(self._readers) > limit:
-            dropped, _ = self._readers.popitem(last=False)
-            if remote is not None:  # the reader is gone: its cached copy may be evicted
-                remote.release(self._index.shards[dropped])
-        return reader
+        return self._shards.reader(k, self._epoch, _weak_order_of(self))
 
-    def _open_shard(self, info: ShardInfo) -> ShardReader:
-        fs, path = self._fs, store.join(self._root, info.name)
-        remote = self._remote_shards()
-        if remote is not None:  # a pinned, verified copy in the shared disk cache, mapped in place
-            fs, path = LocalFileSystem(), remote.open(info, self._epoch)
-        try:
-            stat = fs.info(path)
-        except FileNotFoundError:
-            raise FormatError(f"shard {info.name} of {self._url} is missing") from None
-        if stat.get("size") != info.bytes:
-            raise FormatError(
-                f"shard {info.name} of {self._url}: size is {stat.get('size')} bytes, index.json says"
-                f" {info.bytes} (truncated or replaced)"
-            )
-        if self.verify and remote is None:  # the cache verifies its copies itself
-            _verify_once(fs, path, info, stat, self._url, self._marks_dir())
-        local = store.local_path(fs, path)
-        source = local if local is not None else fs.open(path, "rb")
-        return open_reader(
-            self._index.format,
-            source,
-            self._index.schema,
-            info.name,
-            info.bytes,
-            info.num_samples,
-            self._selected.names,
-        )
-
-    def _marks_dir(self) -> str | None:
-        """Where verification marks live: the cache dir (argument, else config, read once)."""
-        if self.cache_dir is not None:
-            return os.fspath(self.cache_dir)
-        if getattr(self, "_config_cache_dir", None) is None:
-            from streamload import config
-
-            self._config_cache_dir: str | None = config.load().cache_dir
-        return self._config_cache_dir
-
-    def _remote_shards(self) -> RemoteShards | None:
-        """This process's pinned cached copies of remote shards; None if read in place."""
-        if reads_in_place(self._fs):
-            return None
-        if self._remote is None or self._remote[0] != os.getpid():
-            self._remote = (os.getpid(), remote_shards(self, self._fs, self._root))
-        return self._remote[1]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Readers hold mmaps and file handles: a pickled copy (spawned worker) re-opens its own.
-        state = self.__dict__.copy()
-        state["_readers"] = OrderedDict()
-        state["_remote"] = None  # pins and a read-ahead thread belong to this process
-        return state
+    def _remote_shards(self) -> Any:
+        """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
+        return self._shards.remote(_weak_order_of(self))
 
 
-def _verify_once(
-    fs: Any, path: str, info: ShardInfo, stat: dict[str, Any], url: str, cache_dir: Any
-) -> None:
-    local = store.local_path(fs, path)
-    if local is not None:  # hashed once per file version on this machine (verified.py)
-        marks = None if cache_dir is None else os.fspath(cache_dir)
-        key = verified.version_key(local, info.checksum)
-    else:
-        mtime = str(stat.get("mtime", stat.get("created", "")))
-        marks, key = (
-            None,
-            "\0".join((type(fs).__name__, path, str(info.bytes), mtime, info.checksum)),
-        )
-    if verified.is_verified(key, marks):
-        return
-    actual = file_digest(fs, path, info.checksum_algorithm)
-    if actual != info.checksum:
-        raise FormatError(
-            f"shard {info.name} of {url}: {info.checksum_algorithm} checksum mismatch: index.json says"
-            f" {info.checksum}, the file hashes to {actual} (corrupted or replaced)"
-        )
-    verified.mark_verified(key, marks)
+def _weak_order_of(dataset: StreamingDataset) -> Callable[[int], np.ndarray]:
+    """``dataset.sample_order`` without a reference to ``dataset``: the read-ahead thread holds
+    it, and must not keep the dataset alive."""
+    ref = weakref.ref(dataset)
+
+    def order_of(epoch: int) -> np.ndarray:
+        ds = ref()
+        return np.empty(0, np.int64) if ds is None else ds.sample_order(epoch)
+
+    return order_of
 
 
 def _empty_column(col: Column, strings: str = "list") -> Any:
@@ -548,60 +453,3 @@ def _rows(col: Column, values: Any) -> list[Any]:
     # Fixed arrays: rows of the chunk's own freshly copied array (writable, never the mapping);
     # shape [] gives numpy scalars; str/bytes/variable arrays are already per-row objects.
     return list(values)
-
-
-def verify_dataset(
-    url: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None = None,
-    on_shard: Callable[[ShardCheck], None] | None = None,
-) -> list[ShardCheck]:
-    """Hash every shard and compare with index.json (for ``streamload verify``).
-
-    Args:
-        url: dataset root.
-        storage_options: passed to fsspec.
-        on_shard: called with each result as it is known (progress display).
-
-    Returns:
-        One ShardCheck per shard, in index order.
-
-    Raises:
-        FormatError: index.json missing or invalid.
-    """
-    fs, root = store.resolve(url, storage_options)
-    index = read_index(fs, store.join(root, INDEX_NAME), f"{os.fspath(url)}/{INDEX_NAME}")
-    results = []
-    for info in index.shards:
-        try:
-            actual: str | None = file_digest(
-                fs, store.join(root, info.name), info.checksum_algorithm
-            )
-        except FileNotFoundError:
-            actual = None
-        check = ShardCheck(info.name, actual == info.checksum, info.checksum, actual)
-        if on_shard is not None:
-            on_shard(check)
-        results.append(check)
-    return results
-
-
-def describe(
-    url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Summary of a dataset for ``streamload info`` (reads only index.json).
-
-    Returns:
-        ``{"url", "format", "format_version", "num_samples", "num_shards", "bytes", "schema"}``
-        with the schema in its JSON form.
-    """
-    fs, root = store.resolve(url, storage_options)
-    index = read_index(fs, store.join(root, INDEX_NAME), f"{os.fspath(url)}/{INDEX_NAME}")
-    return {
-        "url": os.fspath(url),
-        "format": index.format,
-        "format_version": index.format_version,
-        "num_samples": index.num_samples,
-        "num_shards": len(index.shards),
-        "bytes": index.total_bytes,
-        "schema": index.schema.to_json(),
-    }

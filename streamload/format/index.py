@@ -33,6 +33,7 @@ from streamload.errors import FormatError
 from streamload.format.checksum import ALGORITHMS, DIGEST_HEX_LEN
 from streamload.format.schema import Schema, schema_from_json
 from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy
 
 INDEX_NAME = "index.json"
 FORMAT_VERSIONS = (1,)
@@ -235,16 +236,18 @@ def _count(value: object, where: str) -> int:
 
 
 def load_index(
-    url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    url: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    policy: RetryPolicy | None = None,
 ) -> DatasetIndex:
-    """Read and validate ``<url>/index.json``.
+    """Read and validate ``<url>/index.json`` (remote requests retried under ``policy``).
 
     Raises:
         FormatError: index.json is missing (the dataset is missing or incomplete: an interrupted
             ShardWriter never writes it) or invalid.
         StoreError: the URL cannot be opened.
     """
-    fs, root = store.resolve(url, storage_options)
+    fs, root = store.resolve(url, storage_options, policy)
     path = store.join(root, INDEX_NAME)
     return read_index(fs, path, f"{os.fspath(url)}/{INDEX_NAME}")
 

@@ -48,12 +48,11 @@ datasets (deprecated in torch) get no special treatment.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
-import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,124 +68,21 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from streamload import config
 from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import ConfigError, StateError
-from streamload.loader.stats import LoaderStats, timed_step
-from streamload.pipeline.fetch import FetchSpec, Route, id_batches
-from streamload.plan import partition as sl_plan
-from streamload.sizes import parse_size
+from streamload.loader.options import LoaderSettings, WorkerOptions, warn_if_too_many_workers
+from streamload.loader.passes import Pass, PassCursor
+from streamload.loader.stats import LoaderStats
+from streamload.pipeline.fetch import FetchSpec, Route
+from streamload.plan.partition import EpochPlan, count_steps
+from streamload.plan.state import make_state
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
 _FROZEN_ATTRIBUTES = frozenset(
     ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
 )
-
-
-@dataclass
-class _PassCursor:
-    """One planned pass: its plan, this rank, and how many batches the user has received."""
-
-    plan: sl_plan.EpochPlan
-    rank: int
-    epoch: int
-    steps: int = 0
-
-    def worker_message(self) -> dict[str, Any]:
-        """What a worker needs to rebuild this pass's plan (see ``workers._own_plan``)."""
-        return {
-            "epoch": self.epoch,
-            "start": self.plan.start,
-            "rank": self.rank,
-            "world_size": self.plan.world_size,
-            "batch_size": self.plan.batch_size,
-            "drop_last": self.plan.drop_last,
-        }
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """The worker-process settings of a loader, validated as DataLoader validates them."""
-
-    num_workers: int = 0
-    prefetch_factor: int | None = None
-    persistent_workers: bool = False
-    timeout: float = 0
-    worker_init_fn: Callable[[int], None] | None = None
-    multiprocessing_context: multiprocessing.context.BaseContext | None = None
-    in_order: bool = True
-
-    @classmethod
-    def validated(
-        cls,
-        num_workers: int,
-        prefetch_factor: int | None,
-        persistent_workers: bool,
-        timeout: float,
-        worker_init_fn: Callable[[int], None] | None,
-        multiprocessing_context: str | multiprocessing.context.BaseContext | None,
-        in_order: bool,
-    ) -> WorkerOptions:
-        """Check the settings in DataLoader's order and fill its defaults.
-
-        Raises:
-            ConfigError: negative num_workers/timeout/prefetch_factor, prefetch_factor or
-                persistent_workers or multiprocessing_context without workers, an unknown
-                start method.
-            TypeError: multiprocessing_context is neither a start method name nor a context.
-        """
-        if num_workers < 0:
-            raise ConfigError(
-                f"StreamLoader num_workers: must be >= 0 (0 loads in this process), got {num_workers}"
-            )
-        if timeout < 0:
-            raise ConfigError(f"StreamLoader timeout: must be >= 0, got {timeout}")
-        if num_workers == 0 and prefetch_factor is not None:
-            raise ConfigError(
-                "StreamLoader prefetch_factor: only meaningful with num_workers > 0;"
-                " leave it None for num_workers=0"
-            )
-        if num_workers > 0 and prefetch_factor is None:
-            prefetch_factor = 2
-        elif prefetch_factor is not None and prefetch_factor < 0:
-            raise ConfigError(f"StreamLoader prefetch_factor: must be >= 0, got {prefetch_factor}")
-        if persistent_workers and num_workers == 0:
-            raise ConfigError("StreamLoader persistent_workers: needs num_workers > 0")
-        return cls(
-            num_workers=num_workers,
-            prefetch_factor=prefetch_factor,
-            persistent_workers=persistent_workers,
-            timeout=timeout,
-            worker_init_fn=worker_init_fn,
-            multiprocessing_context=_start_context(multiprocessing_context, num_workers),
-            in_order=in_order,
-        )
-
-
-def _start_context(
-    context: str | multiprocessing.context.BaseContext | None, num_workers: int
-) -> multiprocessing.context.BaseContext | None:
-    if context is None:
-        return None
-    if num_workers == 0:
-        raise ConfigError(
-            "StreamLoader multiprocessing_context: only used with num_workers > 0,"
-            f" got num_workers={num_workers}"
-        )
-    if isinstance(context, str):
-        methods = multiprocessing.get_all_start_methods()
-        if context not in methods:
-            raise ConfigError(
-                f"StreamLoader multiprocessing_context: {context!r} is not a start method"
-                f" here; use one of {methods}"
-            )
-        return multiprocessing.get_context(context)
-    if not isinstance(context, multiprocessing.context.BaseContext):
-        raise TypeError(
-            "StreamLoader multiprocessing_context: expected a start method name or a"
-            f" multiprocessing context, got {context!r}"
-        )
-    return context
 
 
 class StreamLoader:
@@ -252,16 +148,13 @@ class StreamLoader:
         ring_size: int | str | None = None,
         zero_copy: bool = False,
     ) -> None:
-        if ring_size is not None:
-            try:
-                ring_size = parse_size(ring_size, what="StreamLoader ring_size")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+        # An entry point: the configuration's part in this loader, resolved once.
+        self.settings = LoaderSettings.from_config(config.load(ring_size=ring_size))
         self.ring_size = ring_size
-        # Rings of a finished non-persistent pass, reused by the next pass (worker_pool.py).
+        # Rings of a finished non-persistent pass, reused by the next pass (`WorkerPool`).
         self._spare_rings: list[Any] = []
         self.zero_copy = bool(zero_copy)
-        self._cursor: _PassCursor | None = None
+        self._cursor: PassCursor | None = None
         self._worker_iter: Any = None
         self._stats = LoaderStats()
         self.worker_options = WorkerOptions.validated(
@@ -317,7 +210,7 @@ class StreamLoader:
             collate_fn = default_collate if self._auto_collation else default_convert
         self.collate_fn = collate_fn
         self._iterable_len_called: int | None = None
-        _warn_if_too_many_workers(num_workers)
+        warn_if_too_many_workers(num_workers)
         self._initialized = True
 
     # -- DataLoader's attribute surface ---------------------------------------------------------
@@ -377,7 +270,7 @@ class StreamLoader:
             return len(self._index_sampler)
         if self._planned():
             world_size = self.dataset.topology().world_size  # type: ignore[attr-defined]
-            return sl_plan.count_steps(
+            return count_steps(
                 len(self.dataset),  # type: ignore[arg-type]
                 world_size,
                 int(self.batch_size or 1),
@@ -394,8 +287,45 @@ class StreamLoader:
     def __iter__(self) -> Iterator[Any]:
         """A new pass over the data (draws the base seed now, as DataLoader's iterator does)."""
         if self.worker_options.num_workers > 0:
-            return _worker_iterator(self)
-        return _SingleProcessIter(self)
+            from streamload.loader.pool import MultiProcessIter, WorkerSetup
+
+            if self.persistent_workers and self._worker_iter is not None:
+                return self._worker_iter.reset(self._new_pass())
+            pass_ = self._new_pass()
+            setup = WorkerSetup.for_pass(
+                pass_, self.worker_options, self.settings, self._spare_rings, self.zero_copy
+            )
+            iterator = MultiProcessIter(pass_, _draw_seed(self.generator), setup)
+            if self.persistent_workers:
+                self._worker_iter = iterator
+            return iterator
+        from streamload.loader.single import SingleProcessIter
+
+        pass_ = self._new_pass()
+        # Drawn and unused at num_workers=0, exactly like DataLoader: the RNG state after an
+        # epoch must match, and workers would derive their seeds from it.
+        _draw_seed(self.generator)
+        return SingleProcessIter(pass_)
+
+    def _new_pass(self) -> Pass:
+        """This pass as a value (``iter()`` of the index sampler happens here, eagerly)."""
+        spec = self.fetch_spec()
+        items = self.batch_plan(spec.route)
+        return Pass(
+            dataset=self.dataset,
+            spec=spec,
+            items=items,
+            cursor=self._cursor,
+            length=functools.partial(len, self._index_sampler),
+            map_style=self._map_style,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            stats=self._stats,
+            len_called=self._iterable_len_called,
+            pin_memory=self.pin_memory,
+            pin_memory_device=self.pin_memory_device,
+            timeout=float(self.timeout),
+        )
 
     def _route(self) -> Route:
         dataset = self.dataset
@@ -436,16 +366,16 @@ class StreamLoader:
         """
         if self._planned():
             cursor = self._begin_pass()
-            return id_batches(cursor.plan, cursor.rank)
+            return cursor.plan.batches(cursor.rank)
         self._cursor = None
         return iter(self._index_sampler)
 
-    def _begin_pass(self) -> _PassCursor:
+    def _begin_pass(self) -> PassCursor:
         dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
         start = dataset.take_resume_position()
         plan = dataset.epoch_plan(int(self.batch_size or 1), self.drop_last, start)
         rank = dataset.topology().rank
-        self._cursor = _PassCursor(plan, rank, dataset.epoch)
+        self._cursor = PassCursor(plan, rank, dataset.epoch)
         workers = self.worker_options.num_workers
         # Only for whole epochs: a resumed pass near its end is short by nature, not misconfigured.
         if start == 0 and 0 < plan.num_steps < workers:
@@ -453,7 +383,7 @@ class StreamLoader:
                 f"StreamLoader: rank {rank} has {plan.num_steps} batches this epoch for"
                 f" {workers} workers; {workers - plan.num_steps} workers stay idle (use fewer"
                 " workers or a smaller batch_size)",
-                stacklevel=4,
+                stacklevel=5,  # the user's iter(): _begin_pass <- batch_plan <- _new_pass <- __iter__
             )
         return self._cursor
 
@@ -468,7 +398,7 @@ class StreamLoader:
 
     # -- plan and resume ------------------------------------------------------------------------
 
-    def epoch_plan(self) -> sl_plan.EpochPlan:
+    def epoch_plan(self) -> EpochPlan:
         """The plan of the current pass (or of the next one, before any): steps, ``padding``.
 
         Raises:
@@ -507,7 +437,7 @@ class StreamLoader:
         epoch, position = cursor.epoch, cursor.plan.position_after(cursor.steps)
         if cursor.steps >= cursor.plan.num_steps:
             epoch, position = epoch + 1, 0
-        return sl_plan.make_state(dataset.fingerprint(), epoch, position)
+        return make_state(dataset.fingerprint(), epoch, position)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` at the next ``iter()``: its epoch (``dataset.epoch``), from
@@ -537,21 +467,6 @@ class StreamLoader:
         raise StateError(f"StreamLoader.{what}: not supported here: {reason}")
 
 
-def _worker_iterator(loader: StreamLoader) -> Iterator[Any]:
-    """The multi-process iterator (``worker_pool.py``): the one place num_workers > 0 is handled.
-
-    With ``persistent_workers`` one pool serves every epoch, as DataLoader reuses its iterator.
-    """
-    from streamload.loader.pool import MultiProcessIter
-
-    if loader.persistent_workers and loader._worker_iter is not None:
-        return loader._worker_iter.reset(loader)
-    iterator = MultiProcessIter(loader)
-    if loader.persistent_workers:
-        loader._worker_iter = iterator
-    return iterator
-
-
 def _refuse_random_access(shuffle: Any, sampler: Any, batch_sampler: Any) -> None:
     if shuffle not in (False, None):
         raise ConfigError(
@@ -568,107 +483,6 @@ def _refuse_random_access(shuffle: Any, sampler: Any, batch_sampler: Any) -> Non
         )
 
 
-def _warn_if_too_many_workers(num_workers: int) -> None:
-    if num_workers == 0:
-        return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if cpus is None or num_workers > cpus:
-        warnings.warn(
-            f"StreamLoader will create {num_workers} worker processes but only {cpus} CPUs are"
-            " usable; too many workers can slow loading down",
-            stacklevel=3,
-        )
-
-
-# -- the single-process iterator ----------------------------------------------------------------
-
-
-class _SingleProcessIter:
-    """One pass in this process; mirrors ``_SingleProcessDataLoaderIter`` step for step."""
-
-    def __init__(self, loader: StreamLoader) -> None:
-        self._pin_device = _pin_memory_device(loader)
-        spec = loader.fetch_spec()
-        self._index_sampler = loader._index_sampler
-        self._plan = loader.batch_plan(spec.route)
-        self._cursor = loader._cursor
-        # Drawn and unused at num_workers=0, exactly like DataLoader: the RNG state after an
-        # epoch must match, and workers will derive their seeds from it.
-        self.base_seed = int(
-            torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
-        )
-        if loader.timeout != 0:
-            raise ConfigError(
-                f"StreamLoader timeout: only used with num_workers > 0, got timeout={loader.timeout}"
-            )
-        self._stats = loader._stats
-        self._fetcher = spec.build(loader.dataset, self._stats.local)
-        self._stats.begin_pass()
-        self._dataset = loader.dataset
-        self._map_style = loader._map_style
-        self._len_called = loader._iterable_len_called
-        self._num_yielded = 0
-
-    def __iter__(self) -> _SingleProcessIter:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._index_sampler)
-
-    def __next__(self) -> Any:
-        return timed_step(self._stats, self._next_batch)
-
-    def _next_batch(self) -> Any:
-        item = next(self._plan)
-        batch = self._fetcher.finish(self._fetcher.fetch(item))
-        self._stats.local.batches += 1
-        if self._cursor is not None:
-            self._cursor.steps += 1
-        if self._pin_device is not None:
-            from torch.utils.data._utils.pin_memory import pin_memory
-
-            batch = pin_memory(batch, self._pin_device)
-        self._num_yielded += 1
-        if (
-            not self._map_style
-            and self._len_called is not None
-            and self._num_yielded > self._len_called
-        ):
-            warnings.warn(
-                f"Length of IterableDataset {self._dataset} was reported to be"
-                f" {self._len_called} (when accessing len(loader)), but {self._num_yielded}"
-                " batches have been fetched.",
-                stacklevel=4,  # the user's loop: _next_batch <- timed_step <- __next__
-            )
-        return batch
-
-
-def _pin_memory_device(loader: StreamLoader) -> str | None:
-    """The device to pin for, or None; warns as DataLoader's iterator does."""
-    if not loader.pin_memory:
-        return None
-    if loader.pin_memory_device:
-        warnings.warn(
-            "pin_memory_device is deprecated, the current accelerator will be used as the"
-            f" device, ignore pin_memory_device='{loader.pin_memory_device}'.",
-            stacklevel=3,
-        )
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is None or not accelerator.is_available():
-        warnings.warn(
-            "'pin_memory' argument is set as true but no accelerator is found, then device"
-            " pinned memory won't be used.",
-            stacklevel=3,
-        )
-        return None
-    device = accelerator.current_accelerator()
-    if device is None:
-        return None
-    if device.type == "mps":  # pinning fails on MPS (pytorch#86060); DataLoader skips it too
-        warnings.warn(
-            "'pin_memory' argument is set as true but not supported on MPS now, device pinned"
-            " memory won't be used.",
-            stacklevel=3,
-        )
-        return None
-    return str(device.type)
+def _draw_seed(generator: torch.Generator | None) -> int:
+    """The iterator's base seed, drawn as DataLoader draws it (one int64 from ``generator``)."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())

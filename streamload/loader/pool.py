@@ -30,20 +30,23 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import multiprocessing
 import os
 import signal
 import threading
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from streamload import config as sl_config
 from streamload.errors import WorkerError
-from streamload.loader import heap
-from streamload.loader.stats import is_stats_record, timed_step
-from streamload.loader.worker import encode_item, worker_main
+from streamload.loader import heap, protocol
+from streamload.loader.options import LoaderSettings, WorkerOptions
+from streamload.loader.passes import Pass
+from streamload.loader.pin_memory import pin, pin_memory_device
+from streamload.loader.stats import timed_step
+from streamload.loader.worker import worker_main
+from streamload.pipeline.collate import columns_to_torch
 from streamload.pipeline.fetch import Route
 from streamload.transport.codec import decode
 from streamload.transport.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
@@ -57,7 +60,7 @@ _MIN_AUTO_RING_BYTES = 4 << 20
 _MAX_AUTO_RING_BYTES = 1 << 30
 
 
-def auto_ring_capacity(loader: Any, spec: Any) -> int:
+def auto_ring_capacity(dataset: Any, batch_size: int | None, spec: Any) -> int:
     """Ring capacity for ``ring_size = auto``: sized from the data where the data says enough.
 
     Over a StreamingDataset on the columnar route (no transform, default collate) a batch's
@@ -68,7 +71,6 @@ def auto_ring_capacity(loader: Any, spec: Any) -> int:
     datasets, transforms, custom collate) can make batches of any size: 64 MiB. A batch beyond
     the estimate fails with RecordTooLarge naming ring_size, never silently.
     """
-    dataset, batch_size = loader.dataset, loader.batch_size
     if spec.route is not Route.COLUMNAR or batch_size is None:
         return _FALLBACK_RING_BYTES
     shards = dataset.index.shards
@@ -106,42 +108,91 @@ def default_context(method: str) -> Any:
     return context
 
 
+@dataclass
+class WorkerSetup:
+    """How a loader's workers run: what `WorkerPool` and `MultiProcessIter` need besides a pass.
+
+    Attributes:
+        num_workers, prefetch, persistent, timeout, worker_init_fn: from `WorkerOptions`
+            (``prefetch`` = items in flight per worker, at least 1).
+        context: the multiprocessing context workers start in.
+        capacity: data bytes of each worker's ring.
+        zero_copy: hand out tensors viewing ring records instead of copies.
+        heap_retain: freed heap each process keeps (`streamload.loader.heap`).
+        spare_rings: the loader's rings kept between non-persistent passes (shared, mutable).
+    """
+
+    num_workers: int
+    prefetch: int
+    persistent: bool
+    timeout: float
+    worker_init_fn: Any
+    context: Any
+    capacity: int
+    zero_copy: bool
+    heap_retain: int
+    spare_rings: list[Ring] = field(default_factory=list)
+
+    @classmethod
+    def for_pass(
+        cls,
+        pass_: Pass,
+        options: WorkerOptions,
+        settings: LoaderSettings,
+        spare_rings: list[Ring],
+        zero_copy: bool,
+    ) -> WorkerSetup:
+        """The setup of a loader's workers (the ring sized for ``pass_``'s batches)."""
+        if settings.ring_size:
+            capacity = _ring_capacity(settings.ring_size)
+        else:
+            capacity = auto_ring_capacity(pass_.dataset, pass_.batch_size, pass_.spec)
+        return cls(
+            num_workers=options.num_workers,
+            prefetch=max(options.prefetch_factor or 0, 1),
+            persistent=options.persistent_workers,
+            timeout=float(options.timeout),
+            worker_init_fn=options.worker_init_fn,
+            context=options.multiprocessing_context or default_context(settings.start_method),
+            capacity=capacity,
+            zero_copy=zero_copy,
+            heap_retain=settings.heap_retain,
+            spare_rings=spare_rings,
+        )
+
+
 class WorkerPool:
     """The worker processes of one loader, their rings and pipes; owns their shutdown."""
 
-    def __init__(self, loader: Any, base_seed: int) -> None:
-        options = loader.worker_options
-        self.num_workers = options.num_workers
-        settings = sl_config.load()
-        heap.retain_freed(settings.heap_retain)  # the trainer copies every batch out, too
-        context = options.multiprocessing_context or default_context(settings.start_method)
-        spec = loader.fetch_spec()
-        ring_size = getattr(loader, "ring_size", None) or settings.ring_size
-        capacity = _ring_capacity(ring_size) if ring_size else auto_ring_capacity(loader, spec)
+    def __init__(self, pass_: Pass, setup: WorkerSetup, base_seed: int) -> None:
+        self.num_workers = setup.num_workers
+        heap.retain_freed(setup.heap_retain)  # the trainer copies every batch out, too
         # Rings kept by the loader from its previous pass (see `shutdown(keep_rings=True)`).
-        self._spare: list[Ring] | None = getattr(loader, "_spare_rings", None)
+        self._spare: list[Ring] = setup.spare_rings
         self.rings: list[Ring] = []
         # Receives workers' stats records (pid, body); `receive` never returns them.
         self.stats_sink: Any = None
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.rings, self.conns)
+        context = setup.context
         for worker_id in range(self.num_workers):
-            ring = self._spare_ring(capacity) or Ring.create(capacity)
+            ring = self._spare_ring(setup.capacity) or Ring.create(setup.capacity)
             reader, writer = context.Pipe(duplex=False)
             proc = context.Process(
                 target=worker_main,
                 args=(
                     worker_id,
                     self.num_workers,
-                    loader.dataset,
-                    spec,
-                    loader.batch_size,
+                    pass_.dataset,
+                    pass_.spec,
+                    pass_.batch_size,
                     ring.handle(),
                     reader,
                     base_seed,
-                    options.worker_init_fn,
+                    setup.worker_init_fn,
                     os.getpid(),
+                    setup.heap_retain,
                 ),
                 daemon=True,
             )
@@ -169,7 +220,7 @@ class WorkerPool:
             step = _LIVENESS_POLL_S if timeout <= 0 else min(_LIVENESS_POLL_S, timeout - waited)
             try:
                 record = ring.get(timeout=max(step, 0.0))
-                if record.type == RecordType.ERROR and is_stats_record(record.view()):
+                if record.type == RecordType.ERROR and protocol.is_stats_record(record.view()):
                     self._absorb_stats(worker_id, record)
                     continue
                 return record.type, record
@@ -223,10 +274,10 @@ class WorkerPool:
                 every epoch without persistent_workers. A ring is kept only if it can be
                 reopened (its producer gone, no record still held).
         """
-        if keep_rings and self._spare is not None and self.procs:
+        if keep_rings and self.procs:
             for conn in self.conns:
                 with contextlib.suppress(OSError, ValueError):
-                    conn.send_bytes(b"X")
+                    conn.send_bytes(protocol.EXIT)
             kept: list[Ring] = []
             for proc, ring in zip(self.procs, self.rings, strict=True):
                 proc.join(_JOIN_TIMEOUT_S)
@@ -243,7 +294,7 @@ class WorkerPool:
 def _shutdown(procs: list[Any], rings: list[Ring], conns: list[Any]) -> None:
     for conn in conns:
         with contextlib.suppress(OSError, ValueError):
-            conn.send_bytes(b"X")
+            conn.send_bytes(protocol.EXIT)
     for ring in rings:
         ring.close()
     for proc in procs:
@@ -267,42 +318,27 @@ def _shutdown(procs: list[Any], rings: list[Ring], conns: list[Any]) -> None:
 class MultiProcessIter:
     """One pass over the data through a `WorkerPool` (reused across epochs if persistent)."""
 
-    def __init__(self, loader: Any) -> None:
-        from streamload.loader.loader import _pin_memory_device
+    def __init__(self, pass_: Pass, base_seed: int, setup: WorkerSetup) -> None:
+        self._pin_device = pin_memory_device(pass_.pin_memory, pass_.pin_memory_device)
+        # The pass and setup only, never the loader: a persistent loader holds this iterator,
+        # and a reference back would make a cycle that keeps the workers alive until a gc pass.
+        self._setup = setup
+        self.base_seed = base_seed
+        self._pool = WorkerPool(pass_, setup, base_seed)
+        self._begin(pass_)
 
-        self._pin_device = _pin_memory_device(loader)
-        # Settings copied, not the loader: a persistent loader holds this iterator, and a
-        # reference back would make a cycle that keeps the workers alive until a gc pass.
-        self._map_style = loader._map_style
-        self._batch_size = loader.batch_size
-        self._drop_last = loader.drop_last
-        self._prefetch = max(loader.prefetch_factor or 0, 1)
-        self._persistent = loader.persistent_workers
-        self._dataset = loader.dataset
-        self._spec = loader.fetch_spec()
-        self._plan_source = loader.batch_plan(self._spec.route)
-        self._len = loader._index_sampler
-        self.base_seed = int(_draw_seed(loader.generator))
-        self._timeout = float(loader.timeout)
-        self._zero_copy = bool(getattr(loader, "zero_copy", False))
-        self._cursor = loader._cursor
-        self._stats = loader._stats
-        self._pool = WorkerPool(loader, self.base_seed)
-        self._pool.stats_sink = self._stats.worker_report
-        self._start_epoch(first=True)
-
-    def reset(self, loader: Any) -> MultiProcessIter:
+    def reset(self, pass_: Pass) -> MultiProcessIter:
         """Start the next epoch on the same workers (persistent_workers)."""
         self._drain()
-        self._spec = loader.fetch_spec()
-        self._plan_source = loader.batch_plan(self._spec.route)
-        self._cursor = loader._cursor
-        self._stats = loader._stats
-        self._pool.stats_sink = self._stats.worker_report
-        self._start_epoch(first=False)
+        self._begin(pass_)
         return self
 
-    def _start_epoch(self, first: bool) -> None:
+    def _begin(self, pass_: Pass) -> None:
+        self._pass = pass_
+        self._items = pass_.items
+        self._cursor = pass_.cursor
+        self._stats = pass_.stats
+        self._pool.stats_sink = self._stats.worker_report
         n = self._pool.num_workers
         self._own_plan = self._cursor is not None
         self._pending: collections.deque[int] = collections.deque()  # worker of each task
@@ -311,23 +347,22 @@ class MultiProcessIter:
         self._in_flight = [0] * n
         self._ended = False
         self._stats.begin_pass(self._pool.rings, n)
-        if self._own_plan:
+        if self._cursor is not None:
             # The whole plan rides along (epoch included): a persistent worker's dataset copy
             # would otherwise miss set_epoch/load_state_dict calls made after it started.
-            message = b"O" + json.dumps(self._cursor.worker_message()).encode()
+            message = protocol.plan_message(self._cursor.worker_message())
             for worker_id in range(n):
                 self._pool.send(worker_id, message)
             return
         for worker_id in range(n):
-            self._pool.send(worker_id, b"R")
-        prefetch = self._prefetch
-        for _ in range(max(prefetch, 1) * n):
+            self._pool.send(worker_id, protocol.START_DISPATCHED)
+        for _ in range(self._setup.prefetch * n):
             self._dispatch()
 
     def _dispatch(self) -> None:
         """Send the next plan item to the next active worker (DataLoader's _try_put_index)."""
         n = self._pool.num_workers
-        prefetch = self._prefetch
+        prefetch = self._setup.prefetch
         for _ in range(n):
             worker_id = self._next_worker
             self._next_worker = (self._next_worker + 1) % n
@@ -336,11 +371,11 @@ class MultiProcessIter:
         else:
             return
         try:
-            item = next(self._plan_source)
+            item = next(self._items)
         except StopIteration:
             return
-        ticket = self._spec.route is Route.ITERABLE
-        self._pool.send(worker_id, encode_item(item, ticket))
+        ticket = self._pass.spec.route is Route.ITERABLE
+        self._pool.send(worker_id, protocol.encode_item(item, ticket))
         self._pending.append(worker_id)
         self._in_flight[worker_id] += 1
 
@@ -348,7 +383,7 @@ class MultiProcessIter:
         return self
 
     def __len__(self) -> int:
-        return len(self._len)
+        return self._pass.length()
 
     def __next__(self) -> Any:
         return timed_step(self._stats, self._next_batch)
@@ -361,9 +396,7 @@ class MultiProcessIter:
         if self._cursor is not None:
             self._cursor.steps += 1
         if self._pin_device is not None:
-            from torch.utils.data._utils.pin_memory import pin_memory
-
-            batch = pin_memory(batch, self._pin_device)
+            batch = pin(batch, self._pin_device)
         return batch
 
     def _next_dispatched(self) -> Any:
@@ -371,17 +404,17 @@ class MultiProcessIter:
             self._finish_epoch()
             raise StopIteration
         worker_id = self._pending.popleft()
-        kind, record = self._pool.receive(worker_id, self._timeout)
+        kind, record = self._pool.receive(worker_id, self._setup.timeout)
         self._in_flight[worker_id] -= 1
         if kind == RecordType.ERROR:
             body = bytes(record.view())
             record.release()
-            if body == b"S":
+            if body == protocol.END_OF_SHARE:
                 self._active[worker_id] = False
                 self._dispatch()
                 return _SKIP
             self._dispatch()
-            raise WorkerError(_error_text(worker_id, body))
+            raise WorkerError(protocol.exception_text(worker_id, body))
         self._dispatch()
         return self._spec_finish(record)
 
@@ -389,29 +422,24 @@ class MultiProcessIter:
         if self._ended:
             raise StopIteration
         worker_id = self._next_worker
-        kind, record = self._pool.receive(worker_id, self._timeout)
+        kind, record = self._pool.receive(worker_id, self._setup.timeout)
         if kind == RecordType.ERROR:
             body = bytes(record.view())
             record.release()
-            if body == b"S":
+            if body == protocol.END_OF_SHARE:
                 self._ended = True
                 self._active[worker_id] = False
                 self._finish_epoch()
                 raise StopIteration
             self._next_worker = (worker_id + 1) % self._pool.num_workers
-            raise WorkerError(_error_text(worker_id, body))
+            raise WorkerError(protocol.exception_text(worker_id, body))
         self._next_worker = (worker_id + 1) % self._pool.num_workers
         return self._spec_finish(record)
 
     def _spec_finish(self, record: Any) -> Any:
         # zero_copy: tensors view the record, which is released when the last of them dies.
-        payload = decode(record, copy=not self._zero_copy)
-        return self._fetcher_finish(payload)
-
-    def _fetcher_finish(self, payload: Any) -> Any:
-        if self._spec.route is Route.COLUMNAR:
-            from streamload.pipeline.collate import columns_to_torch
-
+        payload = decode(record, copy=not self._setup.zero_copy)
+        if self._pass.spec.route is Route.COLUMNAR:
             return columns_to_torch(payload)
         return payload
 
@@ -420,19 +448,19 @@ class MultiProcessIter:
         if self._own_plan:
             for worker_id in range(self._pool.num_workers):
                 while self._active[worker_id]:
-                    kind, record = self._pool.receive(worker_id, self._timeout)
+                    kind, record = self._pool.receive(worker_id, self._setup.timeout)
                     body = bytes(record.view()) if kind == RecordType.ERROR else b""
                     record.release()
-                    if body == b"S":
+                    if body == protocol.END_OF_SHARE:
                         self._active[worker_id] = False
             return
         while self._pending:
             worker_id = self._pending.popleft()
-            _kind, record = self._pool.receive(worker_id, self._timeout)
+            _kind, record = self._pool.receive(worker_id, self._setup.timeout)
             record.release()
 
     def _finish_epoch(self) -> None:
-        if not self._persistent:
+        if not self._setup.persistent:
             self._pool.shutdown(keep_rings=True)
         elif self._own_plan:
             self._drain()
@@ -443,14 +471,3 @@ class MultiProcessIter:
 
 
 _SKIP = object()
-
-
-def _error_text(worker_id: int, body: bytes) -> str:
-    text = body[1:].decode("utf-8", "replace")
-    return f"Caught an exception in StreamLoader worker process {worker_id}.\nOriginal {text}"
-
-
-def _draw_seed(generator: Any) -> int:
-    import torch
-
-    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())

@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from streamload.loader import protocol
 from streamload.telemetry import CACHE, CACHE_KEYS, STAGES, StageClock
 
 logger = logging.getLogger("streamload")
 
 REPORT_INTERVAL_S = 0.5
 RESERVOIR_SIZE = 4096
-STATS_RECORD = b"T"  # first byte of a worker's stats record body (ERROR-type record)
 
 
 class WorkerReporter:
@@ -61,11 +61,7 @@ class WorkerReporter:
     def record(self) -> bytes:
         """The stats record body: ``T`` + the cumulative snapshot as JSON."""
         self._last = time.monotonic()
-        return STATS_RECORD + json.dumps(self.clock.snapshot(self.worker_id)).encode()
-
-
-def is_stats_record(body: bytes | memoryview) -> bool:
-    return bytes(body[:1]) == STATS_RECORD
+        return protocol.STATS + json.dumps(self.clock.snapshot(self.worker_id)).encode()
 
 
 def batch_size_and_bytes(batch: Any) -> tuple[int, int]:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import os
-import pickle
 import random
 import signal
 import time
@@ -39,10 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data._utils import worker as torch_worker
 
-from streamload import config as sl_config
-from streamload.loader import heap
+from streamload.loader import heap, protocol
 from streamload.loader import stats as sl_stats
-from streamload.pipeline.fetch import FetchSpec, id_batches
+from streamload.pipeline.fetch import FetchSpec
 from streamload.plan.partition import EpochPlan
 from streamload.telemetry import StageClock, TimedTransform
 from streamload.transport.codec import send
@@ -89,29 +86,6 @@ def _seed(base_seed: int, worker_id: int) -> int:
     return seed
 
 
-def decode_item(message: bytes) -> Any:
-    """The work item a trainer message carries (see the module docstring)."""
-    kind, body = message[:1], message[1:]
-    if kind == b"I":
-        return np.frombuffer(body, dtype=np.int64).tolist()
-    if kind == b"N":
-        return int(np.frombuffer(body, dtype=np.int64)[0])
-    if kind == b"T":
-        return [None] * int(np.frombuffer(body, dtype=np.int64)[0])
-    return pickle.loads(body)  # trainer-made sampler output only, never dataset bytes
-
-
-def encode_item(item: Any, ticket: bool) -> bytes:
-    """The trainer message for one work item: int64 arrays when the item is integers."""
-    if ticket:
-        return b"T" + np.int64(len(item) if isinstance(item, list) else 1).tobytes()
-    if isinstance(item, int) and not isinstance(item, bool):
-        return b"N" + np.int64(item).tobytes()
-    if isinstance(item, list) and all(type(i) is int for i in item):
-        return b"I" + np.asarray(item, dtype=np.int64).tobytes()
-    return b"P" + pickle.dumps(item)
-
-
 def worker_main(
     worker_id: int,
     num_workers: int,
@@ -123,6 +97,7 @@ def worker_main(
     base_seed: int,
     worker_init_fn: Any,
     parent_pid: int,
+    heap_retain: int,
 ) -> None:
     """Entry point of one worker process (see the module docstring)."""
     # Everything inherited from the trainer stays out of this worker's garbage collections:
@@ -131,7 +106,7 @@ def worker_main(
     if not _die_with_parent(parent_pid):
         return
     torch.set_num_threads(1)  # as DataLoader's workers: n workers must not oversubscribe cores
-    heap.retain_freed(sl_config.load().heap_retain)
+    heap.retain_freed(heap_retain)
     ring = Ring.attach(handle, "producer")
     try:
         seed = _seed(base_seed, worker_id)
@@ -177,23 +152,23 @@ def _serve(
             continue
         message = conn.recv_bytes()
         kind = message[:1]
-        if kind == b"X":
+        if kind == protocol.EXIT:
             return
         if init_error is not None:
-            if kind not in (b"R", b"O"):
-                _send_error(ring, b"E" + init_error.encode())
+            if kind not in (protocol.START_DISPATCHED, protocol.START_PLANNED):
+                _send_error(ring, protocol.EXCEPTION + init_error.encode())
             continue
-        if kind == b"R":
+        if kind == protocol.START_DISPATCHED:
             try:
                 fetcher = spec.build(dataset, reporter.clock)
             except Exception:
                 fetcher = _Failed(traceback.format_exc())
             continue
-        if kind == b"O":
+        if kind == protocol.START_PLANNED:
             _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, ring, reporter)
             continue
         # Nothing queued after this item: ship the stats now, the trainer may read no more.
-        _fetch_one(fetcher, decode_item(message), ring, reporter, last=not conn.poll(0))
+        _fetch_one(fetcher, protocol.decode_item(message), ring, reporter, last=not conn.poll(0))
 
 
 def _time_transform(dataset: Any, clock: StageClock) -> None:
@@ -231,13 +206,13 @@ def _fetch_one(
     try:
         payload = fetcher.fetch(item)
     except StopIteration:
-        _send_error(ring, b"S")
+        _send_error(ring, protocol.END_OF_SHARE)
         return
     except _Reported as exc:
-        _send_error(ring, b"E" + str(exc).encode())
+        _send_error(ring, protocol.EXCEPTION + str(exc).encode())
         return
     except Exception:
-        _send_error(ring, b"E" + traceback.format_exc().encode())
+        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
         return
     if reporter is None:
         _send_batch(ring, payload)
@@ -254,7 +229,7 @@ def _send_batch(ring: Ring, payload: Any) -> None:
     try:
         send(ring, payload)
     except RecordTooLarge:
-        _send_error(ring, b"E" + traceback.format_exc().encode())
+        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
 
 
 def _send_error(ring: Ring, body: bytes) -> None:
@@ -273,7 +248,7 @@ def _own_plan(
 ) -> None:
     """A whole planned epoch with no further trainer messages: steps id, id + n, ..."""
     try:
-        params = json.loads(message[1:])
+        params = protocol.plan_params(message)
         dataset.set_epoch(params["epoch"])
         fetcher = spec.build(dataset, reporter.clock)
         plan = EpochPlan(
@@ -285,12 +260,12 @@ def _own_plan(
         )
         # One batch of lookahead: the stats ride before this worker's last batch, because the
         # trainer stops reading at the first worker's end of share.
-        batches = id_batches(plan, params["rank"], worker_id, num_workers)
+        batches = plan.batches(params["rank"], worker_id, num_workers)
         upcoming = next(batches, _END)
         while upcoming is not _END:
             ids, upcoming = upcoming, next(batches, _END)
             _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END)
     except Exception:
-        _send_error(ring, b"E" + traceback.format_exc().encode())
+        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
     _send_error(ring, reporter.record())  # exact totals (read when a persistent pool drains)
-    ring.put(b"S", type=RecordType.ERROR)  # end of this worker's share
+    ring.put(protocol.END_OF_SHARE, type=RecordType.ERROR)  # end of this worker's share

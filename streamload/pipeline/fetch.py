@@ -33,7 +33,6 @@ from torch.utils.data import default_collate, get_worker_info
 from streamload import telemetry
 from streamload.dataset.streaming import StreamingDataset
 from streamload.pipeline.collate import StackedColumn, columns_to_torch, stack_columns
-from streamload.plan.partition import EpochPlan
 from streamload.telemetry import StageClock
 
 
@@ -44,13 +43,6 @@ class Route(enum.Enum):
     ITERABLE = "iterable"
     COLUMNAR = "columnar"
     SAMPLES = "samples"
-
-
-def id_batches(plan: EpochPlan, rank: int, first: int = 0, stride: int = 1) -> Iterator[Any]:
-    """The items of a pass in a StreamingDataset's own order: ``rank``'s batches of ``plan``
-    at steps ``first, first + stride, ...`` (a worker's share: ``first`` = its id, ``stride``
-    = the worker count)."""
-    yield from plan.batches(rank, first, stride)
 
 
 class Fetcher(Protocol):

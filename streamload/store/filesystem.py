@@ -145,6 +145,13 @@ def local_path(fs: Any, path: str) -> str | None:
     return None
 
 
+def reads_in_place(fs: Any) -> bool:
+    """True for filesystems whose shards are read where they are (local files, ``memory://``)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    return local_path(fs, "/") is not None or isinstance(fs, MemoryFileSystem)
+
+
 def is_remote(fs: Any) -> bool:
     """True for the network filesystems this module retries (s3, gs, http(s))."""
     return any(p in REMOTE_PROTOCOLS for p in _protocols(fs))

@@ -31,9 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamload import config
 from streamload.errors import ConfigError, FormatError
 from streamload.format.index import INDEX_NAME, DatasetIndex, load_index
 from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy
 from streamload.write.sources import BATCH_ROWS, open_source
 from streamload.write.writer import ShardWriter
 
@@ -83,8 +85,12 @@ def convert(
     """
     from streamload.progress import progress as progress_bar
 
-    fs, root = store.resolve(dst, dst_storage_options)
-    src_fs, src_root = store.resolve(src, storage_options)
+    cfg = config.load()  # an entry point: settings resolved once, here
+    policy = RetryPolicy.from_config(cfg)
+    if shard_size is None:
+        shard_size = cfg.shard_size
+    fs, root = store.resolve(dst, dst_storage_options, policy)
+    src_fs, src_root = store.resolve(src, storage_options, policy)
     if type(src_fs) is type(fs) and src_root == root:
         raise ConfigError(f"convert: source and destination are the same place ({os.fspath(dst)})")
     if source_format == "streamload" or (
@@ -93,11 +99,13 @@ def convert(
         schema, metadata, num_rows, chunks = _dataset_chunks(src, storage_options, batch_rows)
     else:
         schema, metadata, num_rows, chunks = _source_chunks(
-            src, source_format, storage_options, batch_rows
+            src, source_format, storage_options, batch_rows, policy
         )
     # Nothing complete to protect without index.json: overwrite cleans up an interrupted run.
     replace = overwrite or not fs.exists(store.join(root, INDEX_NAME))
-    bar = progress_bar(total=num_rows, desc="convert", unit="rows", enabled=progress)
+    bar = progress_bar(
+        total=num_rows, desc="convert", unit="rows", mode=cfg.progress, enabled=progress
+    )
     with (
         bar,
         ShardWriter(
@@ -130,9 +138,10 @@ def _source_chunks(
     source_format: str | None,
     storage_options: dict[str, Any] | None,
     batch_rows: int,
+    policy: RetryPolicy,
 ) -> _Chunks:
-    """A foreign source (``sources.open_source``), its Arrow types mapped by ``column_plan``."""
-    source = open_source(os.fspath(src), source_format, storage_options, batch_rows)
+    """A foreign source (`open_source`), its Arrow types mapped by `column_plan`."""
+    source = open_source(os.fspath(src), source_format, storage_options, batch_rows, policy=policy)
     plan = column_plan(source.schema)
 
     def chunks() -> Iterator[list[list[Any]]]:

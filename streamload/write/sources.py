@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from streamload.errors import FormatError
 from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy
 
 BATCH_ROWS = 4096
 BLOCK_BYTES = 4 * 2**20
@@ -76,6 +77,7 @@ def open_source(
     storage_options: dict[str, Any] | None = None,
     batch_rows: int = BATCH_ROWS,
     block_bytes: int = BLOCK_BYTES,
+    policy: RetryPolicy | None = None,
 ) -> Source:
     """Open ``src`` as a stream of record batches.
 
@@ -85,12 +87,13 @@ def open_source(
         storage_options: passed to fsspec.
         batch_rows: most rows per batch.
         block_bytes: block size of the JSONL and CSV readers.
+        policy: the retry policy of remote requests.
 
     Raises:
         FormatError: the source kind cannot be recognised or is unknown, no input files, files
             with different schemas, or unreadable input (names the file).
     """
-    fs, root = store.resolve(src, storage_options)
+    fs, root = store.resolve(src, storage_options, policy)
     if kind is None:
         kind = detect_kind(fs, root, src)
     if kind not in KINDS:

@@ -34,11 +34,13 @@ from typing import Any, Protocol
 
 from fsspec.implementations.local import LocalFileSystem
 
+from streamload import config
 from streamload.errors import ConfigError, FormatError, StoreError
 from streamload.format.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.format.schema import Schema, infer_schema, schema_from_json
 from streamload.sizes import parse_size
 from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy
 
 # Shard files, and the temp files of interrupted writers (removed by overwrite=True).
 _SHARD_FILE_RE = re.compile(
@@ -102,7 +104,7 @@ class ShardWriter:
             format: ``"arrow"`` (Arrow IPC files) or ``"lmdb"`` (one single-file LMDB
                 environment per shard, see ``lmdb_writer``).
             shard_size: target shard size, int bytes or a string such as ``"256MB"``; None takes
-                the configured default (``streamload.config.load().shard_size``).
+                the configured default (setting ``shard_size``).
             compression: None (uncompressed), ``"zstd"`` or ``"lz4"``.
             schema: the schema's JSON form (see ``streamload.schema``); None infers it from the
                 first sample, with array shapes fixed.
@@ -124,10 +126,9 @@ class ShardWriter:
             raise ConfigError(
                 "ShardWriter compression: LMDB shards are stored uncompressed; use compression=None"
             )
+        cfg = config.load()  # an entry point: settings resolved once, here
         if shard_size is None:
-            from streamload import config
-
-            shard_size = config.load().shard_size
+            shard_size = cfg.shard_size
         try:
             self._shard_size = parse_size(shard_size, what="shard_size")
         except ValueError as exc:
@@ -143,7 +144,7 @@ class ShardWriter:
         self._compression = compression
         self._format = format
         self._url = os.fspath(url)
-        self._fs, self._root = store.resolve(url, storage_options)
+        self._fs, self._root = store.resolve(url, storage_options, RetryPolicy.from_config(cfg))
         # Remote (s3, gs): shards are built in a local temp file and uploaded whole, so the
         # object appears only when complete (object stores have no rename) and a failed upload
         # is retried by the store's one retry policy.

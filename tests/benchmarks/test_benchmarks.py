@@ -20,13 +20,3 @@ def test_benchmark_quick_mode_completes(script: str, tmp_path: Path) -> None:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| benchmark |" in proc.stdout
-
-
-def test_tree_pss_counts_this_process() -> None:
-    """The PSS sampler reports nonzero anonymous memory for the running interpreter."""
-    sys.path.insert(0, str(BENCH))
-    import memory
-
-    with memory.PeakPss(interval=0.01) as pss:
-        pass
-    assert pss.peak_anon_shmem > 0

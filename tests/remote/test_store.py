@@ -17,7 +17,7 @@ import pytest
 from servers import Remote
 
 import streamload as sl
-from streamload.dataset.streaming import verify_dataset
+from streamload.dataset.inspect import verify_dataset
 from streamload.errors import FormatError, StoreError
 from streamload.format.index import load_index
 from streamload.store import filesystem as store

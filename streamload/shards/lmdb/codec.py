@@ -54,6 +54,8 @@ ROW_KEY_BYTES = _ROW_KEY.size
 def row_key(row: int) -> bytes:
     """The LMDB key of row ``row`` of a shard: a big-endian uint64, so key order is row order."""
     return _ROW_KEY.pack(row)
+
+
 _ALIGN = 8
 _PAD = bytes(_ARRAY_ALIGN)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -79,11 +78,6 @@ def test_bench_refuses_a_sampling_interval_below_the_minimum(url: str) -> None:
     """Sampling smaps_rollup faster than 0.2 s is refused (it stalls the sampled processes)."""
     with pytest.raises(ValueError, match="interval"):
         bench.run_bench(url, workers=[0], interval=0.05)
-
-
-def test_tree_pss_counts_this_process() -> None:
-    """The process-tree PSS of the running interpreter is positive."""
-    assert bench.tree_pss(os.getpid()) > 0
 
 
 def test_save_skips_the_plot_with_a_clear_note_without_matplotlib(

@@ -23,5 +23,5 @@ def test_many_open_arrow_shards_hold_no_file_descriptors(tmp_path: Path) -> None
     order = ds.sample_order()
     ids = ds.get_batch(order)["id"]
     assert sorted(ids.tolist()) == list(range(1200))
-    assert len(ds._readers) == ds.num_shards  # nothing evicted and re-opened
+    assert len(ds._shards._readers) == ds.num_shards  # nothing evicted and re-opened
     assert len(os.listdir("/proc/self/fd")) <= before + 2

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamload import ShardWriter, StreamingDataset
-from streamload.dataset.streaming import describe, epoch_order, verify_dataset
+from streamload.dataset.inspect import describe, verify_dataset
 from streamload.errors import ConfigError, FormatError
+from streamload.plan.order import ShuffleSettings, global_order
 
 
 def _sample(i: int) -> dict[str, Any]:
@@ -111,8 +112,8 @@ def test_shuffle_is_a_deterministic_permutation_that_changes_with_epoch(dataset_
 @pytest.mark.parametrize(("n", "seed", "epoch"), [(0, 0, 0), (1, 3, 2), (1000, 2**40, 7)])
 def test_epoch_order_is_pure(n: int, seed: int, epoch: int) -> None:
     """epoch_order depends only on its arguments."""
-    a = epoch_order(n, shuffle=True, seed=seed, epoch=epoch)
-    b = epoch_order(n, shuffle=True, seed=seed, epoch=epoch)
+    a = global_order([n], ShuffleSettings(True, seed), epoch)
+    b = global_order([n], ShuffleSettings(True, seed), epoch)
     assert np.array_equal(a, b) and sorted(a.tolist()) == list(range(n))
 
 
@@ -172,11 +173,13 @@ def test_forked_child_reopens_its_own_readers(dataset_url: str) -> None:
     """After fork the child drops the parent's readers and reads correctly."""
     ds = StreamingDataset(dataset_url, verify=True)
     assert ds[10]["id"] == 10
-    parent_reader = ds._readers[next(iter(ds._readers))]
+    parent_reader = ds._shards._readers[next(iter(ds._shards._readers))]
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
-        ok = ds[10]["id"] == 10 and all(r is not parent_reader for r in ds._readers.values())
+        ok = ds[10]["id"] == 10 and all(
+            r is not parent_reader for r in ds._shards._readers.values()
+        )
         os.write(write_fd, b"1" if ok else b"0")
         os._exit(0)
     os.close(write_fd)
@@ -191,7 +194,7 @@ def test_pickled_dataset_drops_open_readers(dataset_url: str) -> None:
     ds = StreamingDataset(dataset_url, verify=True)
     ds[3]
     clone = pickle.loads(pickle.dumps(ds))
-    assert len(clone._readers) == 0 and clone[3]["id"] == 3
+    assert len(clone._shards._readers) == 0 and clone[3]["id"] == 3
 
 
 def test_verify_and_describe_report_every_shard(tmp_path: Path, dataset_url: str) -> None:

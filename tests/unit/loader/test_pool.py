@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from streamload.loader.loader import StreamLoader
 from streamload.loader.pool import _ring_capacity
-from streamload.loader.worker import decode_item, encode_item
+from streamload.loader.protocol import decode_item, encode_item
 
 
 @pytest.mark.parametrize("item", [[3, 1, 4], 7, [], ["a", 2], (1, 2)])
@@ -137,14 +137,22 @@ def test_auto_ring_size_follows_the_batches_the_dataset_makes(tmp_path: Any) -> 
     big = _blob_dataset(tmp_path / "big", 64 * 1024)
     small_loader = StreamLoader(small, batch_size=256, num_workers=1)
     big_loader = StreamLoader(big, batch_size=256, num_workers=1)
-    assert auto_ring_capacity(small_loader, small_loader.fetch_spec()) == 4 << 20
-    capacity = auto_ring_capacity(big_loader, big_loader.fetch_spec())
+    assert (
+        auto_ring_capacity(small_loader.dataset, small_loader.batch_size, small_loader.fetch_spec())
+        == 4 << 20
+    )
+    capacity = auto_ring_capacity(
+        big_loader.dataset, big_loader.batch_size, big_loader.fetch_spec()
+    )
     assert capacity // 2 - 64 >= 1.5 * 256 * 64 * 1024
     assert capacity == 64 << 20
     transformed = StreamLoader(
         _blob_dataset(tmp_path / "t", 100), batch_size=256, num_workers=1, collate_fn=lambda b: b
     )
-    assert auto_ring_capacity(transformed, transformed.fetch_spec()) == 64 << 20
+    assert (
+        auto_ring_capacity(transformed.dataset, transformed.batch_size, transformed.fetch_spec())
+        == 64 << 20
+    )
 
 
 def test_auto_sized_rings_carry_every_batch(tmp_path: Any) -> None:

@@ -11,17 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamload.dataset.topology import topology
 from streamload.errors import ConfigError, StateError
-from streamload.plan.partition import (
-    EpochPlan,
-    ShuffleSettings,
-    check_state,
-    count_steps,
-    fingerprint,
-    global_order,
-    make_state,
-    topology,
-)
+from streamload.plan.order import ShuffleSettings, global_order
+from streamload.plan.partition import EpochPlan, count_steps
+from streamload.plan.state import check_state, fingerprint, make_state
 
 shard_sizes = st.lists(st.integers(0, 30), min_size=0, max_size=12)
 shuffles = st.builds(
