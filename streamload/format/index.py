@@ -1,6 +1,6 @@
 """index.json: the manifest that makes a directory of shards a dataset.
 
-Format version 1 (DESIGN.md "On-disk format")::
+Format version 1::
 
     {"format_version": 1, "format": "arrow" | "lmdb", "schema": {"columns": [...]},
      "num_samples": N,

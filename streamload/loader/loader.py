@@ -7,16 +7,17 @@ and ``BatchSampler`` and ``default_collate`` / ``default_convert``, validates ar
 DataLoader's order with the same exception types, and draws the iterator's base seed exactly
 when DataLoader does (after ``iter(batch_sampler)``, before ``iter(dataset)``).
 
-One pass is a *batch plan* (``batch_plan``: the ordered work items, made here) feeding a
-*fetcher* (``fetch.py``: ``fetch`` reads and collates, ``finish`` is the trainer-side last step).
-That split is the seam for worker processes: ``_worker_iterator`` is the one place
-num_workers > 0 is handled.
+Each ``iter()`` builds one pass as a value (`streamload.loader.passes.Pass`): the ordered work
+items (``batch_plan``, made here) and the recipe of a *fetcher* (`streamload.pipeline.fetch`:
+``fetch`` reads and collates, ``finish`` is the trainer-side last step). The pass goes to
+`SingleProcessIter` at num_workers=0 or to `MultiProcessIter` (worker processes, rings); no
+iterator ever sees the loader.
 
 Routes (chosen at each ``iter()``, see ``StreamLoader._route``):
 
 - COLUMNAR: a StreamingDataset with no transform and torch's ``default_collate`` (the default)
-  with auto-batching: ``get_batch(ids)`` -> ``collate.stack_columns`` ->
-  ``collate.columns_to_torch``; no per-sample dict is ever built. Ids are
+  with auto-batching: ``get_batch(ids)`` -> `stack_columns` -> `columns_to_torch`; no
+  per-sample dict is ever built. Ids are
   ``dataset.sample_order()`` cut into batches (what DataLoader yields iterating the dataset), or
   the batch sampler's index lists when shuffle/sampler/batch_sampler asked for random access.
 - SAMPLES: a StreamingDataset without random access whose transform or custom collate_fn needs
@@ -29,8 +30,9 @@ Routes (chosen at each ``iter()``, see ``StreamLoader._route``):
 
 Plan and resume: a StreamingDataset read in its own order with batches (COLUMNAR or SAMPLES
 without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
-order (``plan.py``), from the position ``load_state_dict`` set. Each pass records its plan and
-the batches handed to the user in a ``_PassCursor``, so ``state_dict()`` describes the last
+order (`streamload.plan.partition.EpochPlan`), from the position ``load_state_dict`` set. Each
+pass records its plan and the batches handed to the user in a `PassCursor`, so ``state_dict()``
+describes the last
 batch the user received (never what workers prefetched) as a global position that any world
 size, worker count or batch size can continue. Passes through a sampler (shuffle=True,
 sampler=, batch_sampler=) or over other datasets have no resumable plan: ``state_dict`` raises
@@ -41,8 +43,8 @@ any IterableDataset, but a StreamingDataset has random access, so StreamLoader a
 treats it as map-style — the batches equal DataLoader's over a map-style view of the dataset
 (``__getitem__`` and ``__len__`` only). A StreamingDataset read in its own order yields the
 plan's batches (its order cut into batches, split across ranks), whatever num_workers, where
-DataLoader's workers would each batch their own share of the iterator. ``timeout > 0`` with ``num_workers=0`` raises
-ConfigError (a ValueError) from ``iter()``, where DataLoader raises AssertionError. IterDataPipe
+DataLoader's workers would each batch their own share of the iterator. ``timeout > 0`` with
+``num_workers=0`` raises ConfigError (a ValueError) from ``iter()``, where DataLoader raises AssertionError. IterDataPipe
 datasets (deprecated in torch) get no special treatment.
 """
 

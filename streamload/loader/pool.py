@@ -1,7 +1,7 @@
 """The multi-process loader pass: worker processes feeding the trainer through native rings.
 
 Each worker k has its own ring (worker -> trainer: whole encoded batches) and a Pipe (trainer ->
-worker: int64 index lists, see ``workers.py``). Delivery order is DataLoader's ``in_order``
+worker: int64 index lists, see `streamload.loader.protocol`). Delivery order is DataLoader's ``in_order``
 order: the trainer dispatches plan items round-robin over the workers that still have work,
 keeps ``prefetch_factor`` items in flight per worker, and yields results in dispatch order. Each
 worker writes its records in the order it received items, so "the next batch" is always the

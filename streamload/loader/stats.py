@@ -2,9 +2,9 @@
 
 Three measuring points feed one `LoaderStats` per loader:
 
-- the trainer's ``__next__`` (``loader.py``, ``worker_pool.py``): how long the training loop
+- the trainer's ``__next__`` (`SingleProcessIter`, `MultiProcessIter`): how long the training loop
   waited for each batch (*data-wait*), and the samples and bytes it received;
-- each fetching process's `StageClock` (``fetch.py``, ``workers.py``): time per stage — read
+- each fetching process's `StageClock` (the fetchers of `streamload.pipeline.fetch`, the worker loop): time per stage — read
   (``get_batch`` / ``__getitem__`` / the dataset iterator), transform, collate, transport
   (encode + ring write, including waiting for ring space), fetch (downloads; 0 until the remote
   cache exists) — and idle time waiting for work;
@@ -21,9 +21,9 @@ max kept separately); nothing here draws from the global RNGs (the reservoir has
 ``random.Random``), so enabling stats never changes a loader's batches or RNG state. The
 ``stats()`` dict's keys are documented in `LoaderStats.snapshot` and are stable.
 
-Cache counters: the remote cache (``cache.py``: hits, misses, evictions, bytes downloaded) and
-the retry policy (``retry.py``: retried attempts, throttling among them) increment the
-process-wide `CACHE` `Counters`; workers reset it at start and report theirs with their clock.
+Cache counters: the remote cache (`streamload.cache.disk.DiskCache`: hits, misses, evictions, bytes downloaded) and
+the retry policy (`streamload.store.retry.RetryPolicy`: retried attempts, throttling among them) increment the
+process-wide `streamload.telemetry.CACHE` counters; workers reset it at start and report theirs with their clock.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Collation of columnar batches: what ``default_collate`` would build, without per-sample objects.
 
-``StreamingDataset.get_batch(ids)`` returns one value per column (see ``dataset.py``): a 1-D numpy
+``StreamingDataset.get_batch(ids)`` returns one value per column (see `streamload.dataset.streaming.StreamingDataset.get_batch`): a 1-D numpy
 array for int/float/bool and numpy-scalar columns, a ``(B, *shape)`` array for fixed-shape
 ndarray columns, ``list[str]`` / ``list[bytes]``, or ``list[np.ndarray]`` for variable-shape
 ndarray columns. ``collate_columns`` turns that into exactly what
@@ -17,8 +17,8 @@ It is split in two steps because they run in different processes once the loader
   the array is owned, contiguous and writable, one copy otherwise.
 
 Invariant: ``columns_to_torch(stack_columns(cols))`` equals ``default_collate`` of the per-sample
-dicts (tests/unit/test_collate.py checks every column kind, including the cases where
-``default_collate`` raises).
+dicts (its tests check every column kind, including the cases where ``default_collate``
+raises).
 """
 
 from __future__ import annotations

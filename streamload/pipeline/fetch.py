@@ -64,7 +64,7 @@ class FetchSpec:
 
     def build(self, dataset: Any, clock: StageClock | None = None) -> Fetcher:
         """The fetcher for ``dataset`` (an iterable dataset's ``iter()`` is called here);
-        ``clock`` receives its read and collate times (``stats.py``)."""
+        ``clock`` receives its read and collate times (`streamload.telemetry.StageClock`)."""
         fetcher: Any
         if self.route is Route.COLUMNAR:
             fetcher = ColumnarFetcher(dataset)

@@ -14,8 +14,7 @@ import numpy as np
 
 from streamload.errors import FormatError
 from streamload.format.schema import Schema
-
-ENV_FORMAT = "lmdb-env"  # an LMDB environment streamload did not write (never in an index.json)
+from streamload.shards.lmdb import ENV_FORMAT
 
 
 class ShardReader(Protocol):

@@ -59,7 +59,7 @@ def convert(
     """Convert a source dataset into streamload shards.
 
     Args:
-        src: the source: a file or directory, local path or fsspec URL (kinds in ``sources``).
+        src: the source: a file or directory, local path or fsspec URL (kinds in `streamload.write.sources.KINDS`).
         dst: the destination dataset directory (local path or fsspec URL).
         format: ``"arrow"`` or ``"lmdb"`` shards.
         shard_size: target shard size (int bytes or ``"256MB"``); None takes the configured one.

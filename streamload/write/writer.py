@@ -18,8 +18,8 @@ first (the old dataset is visibly gone while the new one is written) and, after 
 written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list (and the
 temp files of interrupted writers).
 
-Shard formats plug in through the small ``ShardFileWriter`` protocol (``arrow_writer``,
-``lmdb_writer``): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
+Shard formats plug in through the small ``ShardFileWriter`` protocol (`ArrowShardFileWriter`,
+`LmdbShardFileWriter`): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class ShardWriter:
             url: the dataset directory: local path, ``file://``, ``memory://``, ``s3://`` or
                 ``gs://`` URL.
             format: ``"arrow"`` (Arrow IPC files) or ``"lmdb"`` (one single-file LMDB
-                environment per shard, see ``lmdb_writer``).
+                environment per shard, see `streamload.shards.lmdb.writer`).
             shard_size: target shard size, int bytes or a string such as ``"256MB"``; None takes
                 the configured default (setting ``shard_size``).
             compression: None (uncompressed), ``"zstd"`` or ``"lz4"``.

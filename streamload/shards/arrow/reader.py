@@ -2,7 +2,7 @@
 
 Opening checks, in order, before any record batch body is touched: the file size equals the
 index's ``bytes`` (a truncated shard is refused by name), the footer parses, the file's schema is
-the index schema's Arrow layout (``schema.py``), and the record count equals the index's
+the index schema's Arrow layout (`streamload.format.schema`), and the record count equals the index's
 ``num_samples``. Local shards are memory-mapped (``pa.memory_map``) and never read whole into RAM;
 other file objects are read through Arrow's Python file adapter (record batches are then
 materialised, and a few are cached).

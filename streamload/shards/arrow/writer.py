@@ -1,6 +1,6 @@
 """Writing one Arrow IPC shard: samples in, record batches out, hashed while written.
 
-A shard is an Arrow IPC *file* (random-access footer), columns laid out as ``schema.py``
+A shard is an Arrow IPC *file* (random-access footer), columns laid out as `streamload.format.schema`
 describes. Rows are buffered per column and flushed as one record batch when the buffer reaches
 ``batch_bytes`` (raw payload, default 1 MiB) or ``batch_rows`` rows, whichever comes first: small
 batches make random access cheap (a reader touches one batch per sample), large ones amortise
@@ -70,7 +70,7 @@ class _HashingSink:
 
 
 class ArrowShardFileWriter:
-    """Writes samples into one Arrow IPC file (a ShardFileWriter, see writer.py)."""
+    """Writes samples into one Arrow IPC file (a `streamload.write.writer.ShardFileWriter`)."""
 
     extension = "arrow"
 

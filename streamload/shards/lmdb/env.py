@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from streamload.format.index import FORMAT_VERSIONS, DatasetIndex, ShardInfo
+from streamload.shards.lmdb import ENV_FORMAT
 from streamload.shards.lmdb.reader import ENV_SCHEMA
-from streamload.shards.reader import ENV_FORMAT
 from streamload.store import filesystem as store
 
 DATA_FILE = "data.mdb"

@@ -2,7 +2,7 @@
 
 LMDB trusts its file. A file shorter than its own meta page says (an interrupted copy or
 download) makes a reader touch mapped pages past end-of-file, and the process dies of SIGBUS
-(reliability.md §1.1, measured). So before ``mdb_env_open`` ever maps a file, ``check_file``
+(measured). So before ``mdb_env_open`` ever maps a file, ``check_file``
 reads the two meta pages with plain ``read()`` and checks them: page flags and magic, version 1,
 a sane power-of-two page size, both metas' last page inside the file, the main tree's root page
 inside the file. LMDB itself refuses any page number at or past the newest meta's last page, so

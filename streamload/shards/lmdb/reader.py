@@ -1,11 +1,11 @@
 """Reading LMDB shards (written by streamload) and existing LMDB environments (written by anyone).
 
 ``LmdbShardReader`` reads one ``shard-NNNNN.lmdb``: row ``i`` is key ``row_key(i)``, its value a
-``lmdb_codec`` record. Opening checks, before LMDB maps anything: file size equals index.json's
+`streamload.shards.lmdb.codec` record. Opening checks, before LMDB maps anything: file size equals index.json's
 ``bytes``, the meta pages are sane and inside the file (``lmdb_file.check_file``: a truncated
 file is a ``FormatError``, not a SIGBUS), and LMDB's entry count equals ``num_samples``. Every
 decoded value is checked against the schema. ``get``/``take`` return exactly what
-``ArrowShardReader.get``/``take`` return for the same data (see ``arrow_reader``), so
+``ArrowShardReader.get``/``take`` return for the same data (see `streamload.shards.arrow.reader`), so
 ``StreamingDataset.get_batch``, iteration and the loader's columnar path do not care which
 format a dataset uses. Values decode zero-copy out of the map; ``take`` then copies each row
 once into the batch's own arrays (results never alias the map, so they stay valid and writable).

@@ -2,7 +2,7 @@
 
 A shard is an LMDB environment in ONE file (``subdir=False``, no lock file): key = the sample's
 row in the shard as a big-endian uint64 (so LMDB's byte order is row order and appends are
-sequential), value = the sample encoded by ``lmdb_codec``. Rows are put with ``append=True`` in
+sequential), value = the sample encoded by `streamload.shards.lmdb.codec.encode`. Rows are put with ``append=True`` in
 write transactions of at most ``txn_rows`` rows / ``txn_bytes`` bytes; the environment is opened
 without per-commit fsync and synced once at close (a crashed writer leaves only a temp file that
 the ShardWriter deletes or later overwrites; index.json, written last, is the commit point).
@@ -40,7 +40,7 @@ _NODE_HEADER = 8
 
 
 class LmdbShardFileWriter:
-    """Writes samples into one single-file LMDB environment (a ShardFileWriter, see writer.py)."""
+    """Writes samples into one single-file LMDB environment (a `streamload.write.writer.ShardFileWriter`)."""
 
     extension = "lmdb"
 
