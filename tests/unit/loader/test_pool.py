@@ -4,31 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 from streamload.loader.loader import StreamLoader
 from streamload.loader.pool import _ring_capacity
-from streamload.loader.protocol import decode_item, encode_item
-
-
-@pytest.mark.parametrize("item", [[3, 1, 4], 7, [], ["a", 2], (1, 2)])
-def test_control_messages_round_trip_work_items(item: Any) -> None:
-    """Every sampler item a worker receives equals what the trainer sent."""
-    assert decode_item(encode_item(item, ticket=False)) == item
-
-
-def test_integer_index_lists_travel_as_int64_not_pickle() -> None:
-    """Index lists of ints are raw int64 arrays (no pickle on the trainer -> worker channel)."""
-    message = encode_item([5, 6, 7], ticket=False)
-    assert message[:1] == b"I" and np.frombuffer(message[1:], np.int64).tolist() == [5, 6, 7]
-
-
-def test_iterable_ticket_keeps_its_length() -> None:
-    """A DataLoader ticket ([None] * batch_size) arrives with its length."""
-    assert decode_item(encode_item([None] * 5, ticket=True)) == [None] * 5
 
 
 @pytest.mark.parametrize(("size", "capacity"), [(64 << 20, 64 << 20), (100_000, 65536), (1, 4096)])

@@ -1,21 +1,18 @@
-"""The plan (streamload/plan.py): global order, per-rank steps, worker shares, resume states."""
+"""Per-rank steps (`streamload.plan.partition`): every id once, equal steps, worker shares, resume."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from conformance import check_plan_resume
+from hypothesis import given
 from hypothesis import strategies as st
 
-from streamload.dataset.topology import topology
-from streamload.errors import ConfigError, StateError
+from streamload.errors import ConfigError
 from streamload.plan.order import ShuffleSettings, global_order
 from streamload.plan.partition import EpochPlan, count_steps
-from streamload.plan.state import check_state, fingerprint, make_state
 
 shard_sizes = st.lists(st.integers(0, 30), min_size=0, max_size=12)
 shuffles = st.builds(
@@ -33,57 +30,6 @@ def _steps(plan: EpochPlan) -> list[list[np.ndarray]]:
         [plan.batch(rank, step) for rank in range(plan.world_size)]
         for step in range(plan.num_steps)
     ]
-
-
-@given(shard_sizes, shuffles, st.integers(0, 5))
-def test_global_order_is_a_seeded_permutation(
-    sizes: list[int], shuffle: ShuffleSettings, epoch: int
-) -> None:
-    """Every epoch's order is a permutation of all ids, the same every time it is computed."""
-    order = global_order(sizes, shuffle, epoch)
-    assert order.dtype == np.int64
-    assert sorted(order.tolist()) == list(range(sum(sizes)))
-    assert np.array_equal(order, global_order(sizes, shuffle, epoch))
-    if not shuffle.shuffle:
-        assert np.array_equal(order, np.arange(sum(sizes)))
-
-
-def test_shuffled_orders_change_with_epoch_and_seed() -> None:
-    """Shuffled orders differ across epochs and seeds, in both modes."""
-    sizes = [50] * 20
-    for mode in ("full", "block"):
-        base = global_order(sizes, ShuffleSettings(True, 3, mode, 4), 0)
-        assert not np.array_equal(base, global_order(sizes, ShuffleSettings(True, 3, mode, 4), 1))
-        assert not np.array_equal(base, global_order(sizes, ShuffleSettings(True, 4, mode, 4), 0))
-
-
-@given(shard_sizes, st.integers(0, 2**32), st.integers(1, 5), st.integers(0, 3))
-def test_block_order_keeps_at_most_block_shards_live(
-    sizes: list[int], seed: int, block: int, epoch: int
-) -> None:
-    """In block mode, at any point of the order at most `block` shards have been started and not
-    yet finished: read-ahead and cache need only one window of shards."""
-    order = global_order(sizes, ShuffleSettings(True, seed, "block", block), epoch)
-    live = live_shards(sizes, order)
-    assert max(live, default=0) <= block
-
-
-def live_shards(sizes: list[int], order: np.ndarray) -> list[int]:
-    """For each position, how many shards have ids both at or before it and at or after it."""
-    shard_of = np.searchsorted(np.cumsum([0, *sizes]), order, "right") - 1
-    delta = np.zeros(len(order) + 1, dtype=np.int64)
-    for shard in np.unique(shard_of):
-        where = np.flatnonzero(shard_of == shard)
-        delta[where[0]] += 1
-        delta[where[-1] + 1] -= 1
-    return np.cumsum(delta)[:-1].tolist()
-
-
-def test_full_order_keeps_many_shards_live() -> None:
-    """The full permutation touches nearly every shard at once (what block mode avoids)."""
-    sizes = [100] * 20
-    order = global_order(sizes, ShuffleSettings(True, 0, "full"), 0)
-    assert max(live_shards(sizes, order)) >= 18
 
 
 @given(
@@ -183,6 +129,30 @@ def test_position_after_k_steps_resumes_on_another_world_size(
     assert before + after == order.tolist()
 
 
+@given(
+    shard_sizes,
+    shuffles,
+    st.integers(0, 3),
+    st.integers(1, 5),
+    st.integers(1, 7),
+    st.booleans(),
+)
+def test_plan_resume_conformance_after_every_step(
+    sizes: list[int],
+    settings: ShuffleSettings,
+    epoch: int,
+    world_size: int,
+    batch_size: int,
+    drop_last: bool,
+) -> None:
+    """The shared conformance check, on the plan itself: a plan started at the position after
+    step k yields the original plan's steps from k on, for every rank and every k."""
+    order = global_order(sizes, settings, epoch)
+    check_plan_resume(
+        lambda start: EpochPlan(order, world_size, batch_size, drop_last, start), world_size
+    )
+
+
 def _real(plan: EpochPlan, rank: int, step: int) -> list[int]:
     """The batch without its padded repeat."""
     if step == plan.num_steps - 1 and plan.padded(rank):
@@ -212,103 +182,6 @@ def test_plan_refuses_bad_arguments() -> None:
         plan.batch(0, plan.num_steps)
     with pytest.raises(IndexError):
         plan.batch(2, 0)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"seed": -1}, "seed"),
-        ({"mode": "window"}, "shuffle_mode"),
-        ({"block": 0}, "shuffle_block"),
-    ],
-)
-def test_bad_shuffle_settings_name_the_setting(kwargs: dict[str, Any], message: str) -> None:
-    """Invalid shuffle settings raise ConfigError naming the setting."""
-    with pytest.raises(ConfigError, match=message):
-        ShuffleSettings(True, **kwargs).validated()
-
-
-# -- topology -----------------------------------------------------------------------------------
-
-
-def test_topology_comes_from_arguments_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Explicit rank/world_size win over RANK/WORLD_SIZE, which win over a single process."""
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    assert (topology().rank, topology().world_size) == (0, 1)
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "8")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    here = topology()
-    assert (here.rank, here.world_size, here.local_rank, here.local_world_size) == (3, 8, 1, 2)
-    assert (topology(1, 2).rank, topology(1, 2).world_size) == (1, 2)
-
-
-@pytest.mark.parametrize(
-    ("env", "args", "message"),
-    [
-        ({"WORLD_SIZE": "four"}, {}, "WORLD_SIZE"),
-        ({"RANK": "4", "WORLD_SIZE": "4"}, {}, "rank from RANK/WORLD_SIZE"),
-        ({}, {"rank": 1}, "both or neither"),
-        ({}, {"rank": 2, "world_size": 2}, "rank from arguments"),
-        ({}, {"rank": 0, "world_size": 0}, "world_size from arguments"),
-    ],
-)
-def test_bad_topology_is_a_config_error(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: dict[str, int], message: str
-) -> None:
-    """A malformed environment or inconsistent arguments name their source."""
-    for name in ("RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError, match=message):
-        topology(**args)
-
-
-# -- resume states ------------------------------------------------------------------------------
-
-FP = fingerprint(100, "abc", ShuffleSettings(True, 1, "block", 4))
-
-
-def test_state_round_trips_through_json() -> None:
-    """A state is plain JSON and loads back to its epoch and position."""
-    state = json.loads(json.dumps(make_state(FP, 3, 40)))
-    assert check_state(state, FP, "t") == (3, 40)
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda s: s.update(version=2), "version 2 is not supported"),
-        (lambda s: s.pop("position"), "keys"),
-        (lambda s: s.update(extra=1), "keys"),
-        (lambda s: s["fingerprint"].update(seed=2), "seed: state has 2, this dataset has 1"),
-        (lambda s: s["fingerprint"].update(index="zzz"), "index: state has 'zzz'"),
-        (lambda s: s["fingerprint"].update(mode="full"), "mode: state has 'full'"),
-        (lambda s: s.update(position=101), "past the end"),
-        (lambda s: s.update(epoch=-1), "epoch must be"),
-        (lambda s: s.update(position="3"), "position must be"),
-    ],
-)
-def test_incompatible_states_raise_state_error_showing_both_sides(
-    change: Any, message: str
-) -> None:
-    """Another dataset, other settings, an unknown version or a malformed state: StateError."""
-    state = make_state(FP, 0, 10)
-    change(state)
-    with pytest.raises(StateError, match=message):
-        check_state(state, FP, "t")
-    with pytest.raises(StateError, match="expected a state dict"):
-        check_state([1], FP, "t")
-
-
-@settings(max_examples=30)
-@given(st.integers(0, 2**40), st.integers(0, 2**40))
-def test_state_is_small(epoch: int, position: int) -> None:
-    """A state stays a few hundred bytes of JSON whatever the dataset size."""
-    assert len(json.dumps(make_state(FP, epoch, position))) < 300
 
 
 @given(st.integers(0, 100), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.data())
