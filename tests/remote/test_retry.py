@@ -322,7 +322,7 @@ def test_policy_comes_from_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMLOAD_RETRIES", "2")
     monkeypatch.setenv("STREAMLOAD_RETRY_BACKOFF", "0.25")
     monkeypatch.setenv("STREAMLOAD_REQUEST_TIMEOUT", "7.5")
-    policy = RetryPolicy.from_config()
+    policy = RetryPolicy.from_config(config.load())
     assert (policy.attempts, policy.backoff, policy.timeout) == (3, 0.25, 7.5)
 
 

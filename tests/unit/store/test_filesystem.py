@@ -136,3 +136,20 @@ def test_http_url_resolves_without_network() -> None:
     assert store.is_remote(fs) and root == "http://127.0.0.1:9/ds"
     assert store.url_of(fs, store.join(root, "index.json")) == "http://127.0.0.1:9/ds/index.json"
     assert fsspec.get_filesystem_class("http") is type(fs)
+
+
+def test_a_filesystem_carries_the_policy_it_was_resolved_with() -> None:
+    """Requests through a remote filesystem use the policy `resolve` got, also through the
+    per-process client; a pickled copy forgets it until `attach_policy` gives it back."""
+    import pickle
+
+    policy = RetryPolicy(attempts=2, backoff=0.0, timeout=3.0)
+    fs, _root = store.resolve("http://127.0.0.1:9/ds/", policy=policy)
+    assert store.policy_of(fs) is policy
+    assert store.policy_of(store.client(fs)) is policy
+    copy = pickle.loads(pickle.dumps(fs))
+    assert store.policy_of(copy) is store.DEFAULT_POLICY
+    store.attach_policy(copy, policy)
+    assert store.policy_of(copy) is policy
+    local, _ = store.resolve("/tmp", policy=policy)  # shared local instances are never tagged
+    assert store.policy_of(local) is store.DEFAULT_POLICY
