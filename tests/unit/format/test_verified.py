@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import streamload as sl
-from streamload.dataset import streaming as dataset_module
+from streamload.dataset import open_shards as dataset_module
 from streamload.format import verified
 
 
