@@ -17,8 +17,11 @@ setting means adding one such line; `load()`, the environment variable, the conf
 Invariants: every value is parsed by its setting's parser whatever its source (so a default can
 never be of a different type than a configured value); a bad value, an unknown key in the file,
 an unknown keyword, a missing ``$STREAMLOAD_CONFIG`` file or a TOML syntax error raises
-`ConfigError` naming the key, the value and the source. Unknown ``STREAMLOAD_*`` environment
-variables are ignored (other tools may share the prefix). Relative paths are resolved against
+`ConfigError` naming the key, the value and the source. An unknown ``STREAMLOAD_*`` environment
+variable (a misspelled setting such as ``STREAMLOAD_CACHE_LIMT``) is not an error, since other
+tools may share the prefix, but `load()` warns once per process per name, naming the closest
+known variable (`KNOWN_VARIABLES`: every setting's, ``STREAMLOAD_CONFIG`` and the build
+switches). Relative paths are resolved against
 the current directory when `load()` runs. `load()` has no side effects: it reads, it never
 configures logging or creates directories.
 """
@@ -26,8 +29,10 @@ configures logging or creates directories.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 ENV_PREFIX = "STREAMLOAD_"
 CONFIG_ENV = "STREAMLOAD_CONFIG"
+# Environment variables of streamload that are not settings: the config file, and the native
+# build's switches (setup.py).
+OTHER_VARIABLES = (CONFIG_ENV, "STREAMLOAD_SANITIZE", "STREAMLOAD_DEBUG")
 LOCAL_CONFIG_NAME = "streamload.toml"
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -343,6 +351,32 @@ def _read_file(path: Path) -> dict[str, object]:
     return data
 
 
+def known_variables() -> tuple[str, ...]:
+    """Every ``STREAMLOAD_*`` environment variable streamload reads."""
+    return tuple(ENV_PREFIX + name.upper() for name in setting_names()) + OTHER_VARIABLES
+
+
+_WARNED_VARIABLES: set[str] = set()
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Warn once per process about each ``STREAMLOAD_*`` variable no setting reads, naming the
+    closest known one (a typo such as ``STREAMLOAD_CACHE_LIMT`` would otherwise do nothing)."""
+    environ = os.environ if environ is None else environ
+    known = known_variables()
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name in known or name in _WARNED_VARIABLES:
+            continue
+        _WARNED_VARIABLES.add(name)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (`streamload config` lists them)"
+        warnings.warn(
+            f"environment variable {name} is not a streamload setting and is ignored{hint}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def load(**overrides: object) -> Config:
     """Compute the effective configuration (see the module docstring for the precedence).
 
@@ -358,6 +392,7 @@ def load(**overrides: object) -> Config:
     """
     for key in overrides:
         _check_key(key, "streamload.config.load() keyword arguments")
+    warn_unknown_variables()
     layers: list[tuple[str, Mapping[str, object]]] = []
     path = config_file_path()
     if path is not None:

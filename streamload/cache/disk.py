@@ -36,10 +36,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import heapq
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO
 
 from streamload import telemetry
@@ -245,25 +246,26 @@ class DiskCache:
                     freed += entry.bytes
         return removed, freed
 
-    def check_working_set(self, shard_bytes: int, pins: int, what: str) -> None:
+    def check_working_set(self, shard_sizes: Sequence[int], pins: int, what: str) -> None:
         """Refuse a configuration whose pinned shards alone would not fit.
 
         Args:
-            shard_bytes: size of the largest shard.
+            shard_sizes: the bytes of every shard of the dataset.
             pins: shards that may be pinned at once on this node (readers plus read-ahead, for
-                every worker of every local rank).
+                every worker of every local rank); never more than the dataset has, and those
+                pinned at once are at worst its largest ones.
             what: how ``pins`` was computed, for the message.
 
         Raises:
-            CacheError: ``cache_limit < shard_bytes * pins``.
+            CacheError: ``cache_limit`` is below the bytes of the ``pins`` largest shards.
         """
-        need = shard_bytes * pins
+        pins = min(pins, len(shard_sizes))
+        need = sum(heapq.nlargest(pins, shard_sizes))
         if need > self.cache_limit:
             raise CacheError(
-                f"cache_limit = {format_size(self.cache_limit)} ({self.cache_limit} B) cannot hold"
-                f" the working set: {pins} shards pinned at once ({what}) x largest shard"
-                f" {format_size(shard_bytes)} = {format_size(need)}; raise cache_limit or lower"
-                " readahead_shards / num_workers"
+                f"cache_limit = {_bytes_text(self.cache_limit)} cannot hold the working set of"
+                f" {pins} shard(s) pinned at once ({what}): {_bytes_text(need)} for the largest"
+                f" {pins}; raise cache_limit or lower readahead_shards / num_workers"
             )
 
     # -- pins ----------------------------------------------------------------------------------
@@ -543,6 +545,12 @@ class DiskCache:
             except OSError as exc:
                 raise CacheError(f"cache_dir {self.cache_dir!r} is not writable: {exc}") from exc
         return directory
+
+
+def _bytes_text(n: int) -> str:
+    """``"1.5 MiB (1,572,864 B)"``; ``"1000 B"`` alone where the unit is already bytes."""
+    text = format_size(n)
+    return text if text.endswith(" B") else f"{text} ({n:,} B)"
 
 
 def _create_full_size(path: str, size: int) -> None:

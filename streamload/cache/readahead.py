@@ -10,8 +10,10 @@ it) until the reader reaches it.
 
 Bounds: at most ``readahead_shards`` shards and ``readahead_bytes`` bytes reserved ahead per
 process; the reader itself pins at most ``OPEN_SHARDS``. So every process pins at most
-``OPEN_SHARDS + readahead_shards`` shards, which `RemoteShards` checks against ``cache_limit``
-for every process of the node before the first download (`CacheError` naming the sizes).
+``OPEN_SHARDS + readahead_shards`` shards, and the node at most every shard of the dataset once
+(processes share cached copies): `check_working_set` holds the largest shards that may be pinned
+at once against ``cache_limit`` before the first download (`CacheError` naming the sizes). A
+loader runs it in the trainer for the workers it will start, before starting them.
 
 Read-ahead never blocks the reader: it downloads only when the cache has room without waiting
 and without evicting a shard needed sooner than the one it fetches (Belady: the cache's
@@ -67,6 +69,33 @@ def shard_sequence(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return shards[keep].astype(np.int64)
 
 
+def check_working_set(
+    cache: DiskCache,
+    index: DatasetIndex,
+    processes: int,
+    readahead_shards: int,
+    readahead_bytes: int,
+) -> None:
+    """Refuse a ``cache_limit`` below what ``processes`` readers of ``index`` may pin at once.
+
+    Each process pins at most `OPEN_SHARDS` shards it reads plus its read-ahead window (at most
+    ``readahead_shards`` shards and ``readahead_bytes`` bytes); processes reading the same shard
+    share one cached copy, so the node never pins more shards than the dataset has.
+
+    Raises:
+        CacheError: the largest shards that may be pinned at once exceed ``cache_limit``.
+    """
+    sizes = [s.bytes for s in index.shards]
+    biggest = max(sizes, default=0)
+    ahead = min(readahead_shards, readahead_bytes // biggest) if biggest else 0
+    cache.check_working_set(
+        sizes,
+        processes * (OPEN_SHARDS + ahead),
+        f"{processes} reading process(es) x ({OPEN_SHARDS} open + {ahead} read-ahead),"
+        f" at most the dataset's {len(sizes)}",
+    )
+
+
 class RemoteShards:
     """Pinned local copies of a remote dataset's shards, for one process (see module docstring)."""
 
@@ -108,14 +137,7 @@ class RemoteShards:
         ]
         directory = os.path.join(cache.cache_dir, dataset_dir_name(url))
         self._paths = [os.path.join(directory, key.file_name) for key in self._keys]
-        biggest = max((s.bytes for s in index.shards), default=0)
-        # The window holds at most readahead_shards shards and readahead_bytes bytes.
-        ahead = min(readahead_shards, readahead_bytes // biggest) if biggest else 0
-        cache.check_working_set(
-            biggest,
-            processes * (OPEN_SHARDS + ahead),
-            f"{processes} process(es) x ({OPEN_SHARDS} open + {ahead} read-ahead)",
-        )
+        check_working_set(cache, index, processes, readahead_shards, readahead_bytes)
         self._pid = os.getpid()
         self._pins: collections.OrderedDict[int, Pin] = collections.OrderedDict()
         self._epoch: int | None = None

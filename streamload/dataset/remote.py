@@ -16,7 +16,7 @@ import numpy as np
 import torch.utils.data
 
 from streamload.cache.disk import DiskCache
-from streamload.cache.readahead import RemoteShards, shard_sequence
+from streamload.cache.readahead import RemoteShards, check_working_set, shard_sequence
 from streamload.dataset.settings import DatasetSettings
 from streamload.dataset.topology import local_world_size
 from streamload.format.index import DatasetIndex
@@ -58,4 +58,22 @@ def remote_shards(
         readahead_shards=settings.readahead_shards,
         readahead_bytes=settings.readahead_bytes,
         processes=workers * local_world_size(),
+    )
+
+
+def check_cache(index: DatasetIndex, settings: DatasetSettings, workers: int) -> None:
+    """Refuse a cache too small for ``workers`` reading processes on every local rank.
+
+    The loader calls this in the trainer before it starts its workers, so a ``cache_limit`` the
+    workers could not live with is a `CacheError` there, not a failure inside each worker.
+
+    Raises:
+        CacheError: the cache directory is unwritable or too small for the working set.
+    """
+    check_working_set(
+        DiskCache(settings.cache_dir, settings.cache_limit, verify=settings.verify),
+        index,
+        workers * local_world_size(),
+        settings.readahead_shards,
+        settings.readahead_bytes,
     )

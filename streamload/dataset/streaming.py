@@ -36,6 +36,7 @@ import xxhash
 from streamload import config
 from streamload.cache import index_copy
 from streamload.dataset.open_shards import OpenShards
+from streamload.dataset.remote import check_cache
 from streamload.dataset.settings import DatasetSettings
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
@@ -417,6 +418,16 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         # An unpickled filesystem (spawned worker) forgets its retry policy: give it back.
         self.__dict__.update(state)
         store.attach_policy(self._fs, self.settings.retry)
+
+    def check_cache_for_workers(self, num_workers: int) -> None:
+        """Refuse a shard cache too small for ``num_workers`` loader workers reading this dataset
+        on each local rank (nothing to check for data read in place).
+
+        Raises:
+            CacheError: ``cache_limit`` cannot hold the shards those workers may pin at once.
+        """
+        if not store.reads_in_place(self._fs):
+            check_cache(self._index, self.settings, num_workers)
 
     def _reader(self, k: int) -> ShardReader:
         return self._shards.reader(k, self._epoch, _weak_order_of(self))

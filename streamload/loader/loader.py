@@ -55,7 +55,7 @@ import math
 import multiprocessing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch.utils.data import (
@@ -82,12 +82,14 @@ from streamload.plan.state import make_state
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
+T_co = TypeVar("T_co", covariant=True)
+
 _FROZEN_ATTRIBUTES = frozenset(
     ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
 )
 
 
-class StreamLoader:
+class StreamLoader(Generic[T_co]):
     """A drop-in for ``torch.utils.data.DataLoader`` (see the module docstring).
 
     Args:
@@ -129,7 +131,7 @@ class StreamLoader:
 
     def __init__(
         self,
-        dataset: Dataset[Any],
+        dataset: Dataset[T_co],
         batch_size: int | None = 1,
         shuffle: bool | None = None,
         sampler: Sampler[Any] | Iterable[Any] | None = None,
@@ -181,18 +183,22 @@ class StreamLoader:
             shuffle = bool(shuffle)
             self._map_style = True
         if sampler is not None and shuffle:
-            raise ConfigError("StreamLoader sampler: mutually exclusive with shuffle")
+            raise ConfigError(
+                "sampler option is mutually exclusive with shuffle (StreamLoader: shuffle=True"
+                " draws a RandomSampler; pass one or the other)"
+            )
         if batch_sampler is not None:
             if batch_size != 1 or shuffle or sampler is not None or drop_last:
                 raise ConfigError(
-                    "StreamLoader batch_sampler: mutually exclusive with batch_size, shuffle,"
-                    " sampler and drop_last"
+                    "batch_sampler option is mutually exclusive with batch_size, shuffle, sampler,"
+                    " and drop_last (StreamLoader: got batch_size="
+                    f"{batch_size}, shuffle={shuffle}, sampler={sampler}, drop_last={drop_last})"
                 )
             batch_size, drop_last = None, False
         elif batch_size is None and drop_last:
             raise ConfigError(
-                "StreamLoader drop_last: batch_size=None disables batching, so drop_last must be"
-                " False"
+                "batch_size=None option disables auto-batching and is mutually exclusive with"
+                " drop_last (StreamLoader: pass drop_last=False)"
             )
         if sampler is None:
             if not self._map_style:
@@ -212,6 +218,10 @@ class StreamLoader:
             collate_fn = default_collate if self._auto_collation else default_convert
         self.collate_fn = collate_fn
         self._iterable_len_called: int | None = None
+        if isinstance(dataset, StreamingDataset) and self.num_workers > 0:
+            # The workers' cache working set, refused here (CacheError) before any worker
+            # starts rather than inside one.
+            dataset.check_cache_for_workers(self.num_workers)
         warn_if_too_many_workers(num_workers)
         self._initialized = True
 
@@ -248,7 +258,8 @@ class StreamLoader:
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _FROZEN_ATTRIBUTES and getattr(self, "_initialized", False):
             raise ConfigError(
-                f"StreamLoader {name}: cannot be changed after construction; build a new loader"
+                f"{name} attribute should not be set after {type(self).__name__} is initialized"
+                " (StreamLoader: build a new loader instead)"
             )
         super().__setattr__(name, value)
 
@@ -286,10 +297,12 @@ class StreamLoader:
 
     # -- iteration ------------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T_co]:
         """A new pass over the data (draws the base seed now, as DataLoader's iterator does)."""
         if self.worker_options.num_workers > 0:
             from streamload.loader.pool import MultiProcessIter, WorkerSetup
+
+            warn_if_too_many_workers(self.worker_options.num_workers)  # as DataLoader, each iter()
 
             if self.persistent_workers and self._worker_iter is not None:
                 return self._worker_iter.reset(self._new_pass())
@@ -433,6 +446,13 @@ class StreamLoader:
                 shuffle=True, batch_size=None or another dataset).
         """
         dataset = self._require_plan("state_dict")
+        if not self.in_order and self.num_workers > 0:
+            raise StateError(
+                "StreamLoader.state_dict: not supported with in_order=False: batches arrive in"
+                " whichever order workers finish them, so the batches received are no prefix of"
+                " the plan and no position describes them; use in_order=True (the default) to"
+                " checkpoint"
+            )
         cursor = self._cursor
         if cursor is None or dataset.resume_pending or dataset.epoch != cursor.epoch:
             return dataset.state_dict()
@@ -470,18 +490,25 @@ class StreamLoader:
 
 
 def _refuse_random_access(shuffle: Any, sampler: Any, batch_sampler: Any) -> None:
+    """DataLoader's refusals of an order on an IterableDataset (its wording, our detail)."""
+    detail = (
+        " (StreamLoader: only a StreamingDataset, which has random access, takes shuffle,"
+        " sampler or batch_sampler; other iterable datasets decide their own order)"
+    )
     if shuffle not in (False, None):
         raise ConfigError(
-            f"StreamLoader shuffle: an IterableDataset decides its own order; got shuffle={shuffle}"
+            "DataLoader with IterableDataset: expected unspecified shuffle option, but got"
+            f" shuffle={shuffle}{detail}"
         )
     if sampler is not None:
         raise ConfigError(
-            f"StreamLoader sampler: an IterableDataset takes no sampler; got sampler={sampler}"
+            "DataLoader with IterableDataset: expected unspecified sampler option, but got"
+            f" sampler={sampler}{detail}"
         )
     if batch_sampler is not None:
         raise ConfigError(
-            "StreamLoader batch_sampler: an IterableDataset takes no batch_sampler;"
-            f" got batch_sampler={batch_sampler}"
+            "DataLoader with IterableDataset: expected unspecified batch_sampler option, but got"
+            f" batch_sampler={batch_sampler}{detail}"
         )
 
 

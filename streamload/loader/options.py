@@ -72,21 +72,30 @@ class WorkerOptions:
         """
         if num_workers < 0:
             raise ConfigError(
-                f"StreamLoader num_workers: must be >= 0 (0 loads in this process), got {num_workers}"
+                "num_workers option should be non-negative; use num_workers=0 to disable"
+                f" multiprocessing. (StreamLoader: got num_workers={num_workers})"
             )
         if timeout < 0:
-            raise ConfigError(f"StreamLoader timeout: must be >= 0, got {timeout}")
+            raise ConfigError(
+                f"timeout option should be non-negative (StreamLoader: got timeout={timeout})"
+            )
         if num_workers == 0 and prefetch_factor is not None:
             raise ConfigError(
-                "StreamLoader prefetch_factor: only meaningful with num_workers > 0;"
-                " leave it None for num_workers=0"
+                "prefetch_factor option could only be specified in multiprocessing.let"
+                " num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to"
+                f" None. (StreamLoader: got prefetch_factor={prefetch_factor})"
             )
         if num_workers > 0 and prefetch_factor is None:
             prefetch_factor = 2
         elif prefetch_factor is not None and prefetch_factor < 0:
-            raise ConfigError(f"StreamLoader prefetch_factor: must be >= 0, got {prefetch_factor}")
+            raise ConfigError(
+                "prefetch_factor option should be non-negative"
+                f" (StreamLoader: got prefetch_factor={prefetch_factor})"
+            )
         if persistent_workers and num_workers == 0:
-            raise ConfigError("StreamLoader persistent_workers: needs num_workers > 0")
+            raise ConfigError(
+                "persistent_workers option needs num_workers > 0 (StreamLoader: got num_workers=0)"
+            )
         return cls(
             num_workers=num_workers,
             prefetch_factor=prefetch_factor,
@@ -105,32 +114,76 @@ def _start_context(
         return None
     if num_workers == 0:
         raise ConfigError(
-            "StreamLoader multiprocessing_context: only used with num_workers > 0,"
-            f" got num_workers={num_workers}"
+            "multiprocessing_context can only be used with multi-process loading"
+            f" (num_workers > 0), but got num_workers={num_workers}"
         )
     if isinstance(context, str):
         methods = multiprocessing.get_all_start_methods()
         if context not in methods:
             raise ConfigError(
-                f"StreamLoader multiprocessing_context: {context!r} is not a start method"
-                f" here; use one of {methods}"
+                f"multiprocessing_context option should specify a valid start method in"
+                f" {methods!r}, but got multiprocessing_context={context!r}"
             )
         return multiprocessing.get_context(context)
     if not isinstance(context, multiprocessing.context.BaseContext):
         raise TypeError(
-            "StreamLoader multiprocessing_context: expected a start method name or a"
-            f" multiprocessing context, got {context!r}"
+            "multiprocessing_context option should be a valid context object or a string"
+            f" specifying the start method, but got multiprocessing_context={context}"
         )
     return context
 
 
-def warn_if_too_many_workers(num_workers: int) -> None:
+def effective_start_method(configured: str) -> str:
+    """The start method of a loader given no ``multiprocessing_context``, at ``iter()``.
+
+    Precedence, highest first: the ``start_method`` setting when it names a method (``fork``,
+    ``spawn``, ``forkserver``: the user chose it for streamload); the program's global
+    ``multiprocessing.set_start_method(...)``, which DataLoader follows; ``auto`` (see
+    `streamload.loader.pool.default_context`). A global method equal to the platform's default
+    (``fork`` on Linux before Python 3.14) counts as no choice: libraries fix the default
+    context implicitly as soon as they create a lock or queue, so it cannot be told apart from
+    a deliberate ``set_start_method("fork")``; ``auto`` also forks then, unless the trainer runs
+    other threads.
+
+    Returns:
+        ``fork``, ``spawn``, ``forkserver`` or ``auto``.
+    """
+    if configured != "auto":
+        return configured
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is not None and chosen != _platform_default_start_method():
+        return chosen
+    return "auto"
+
+
+def _platform_default_start_method() -> str:
+    default = multiprocessing.context._default_context._default_context  # type: ignore[attr-defined]
+    return str(default.get_start_method())
+
+
+def warn_if_too_many_workers(num_workers: int, stacklevel: int = 3) -> None:
+    """DataLoader's warning when more workers are asked for than CPUs are usable
+    (``check_worker_number_rationality``), worded as DataLoader words it."""
     if num_workers == 0:
         return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if cpus is None or num_workers > cpus:
-        warnings.warn(
-            f"StreamLoader will create {num_workers} worker processes but only {cpus} CPUs are"
-            " usable; too many workers can slow loading down",
-            stacklevel=3,
+    cpuset_checked = hasattr(os, "sched_getaffinity")
+    cpus = len(os.sched_getaffinity(0)) if cpuset_checked else os.cpu_count()
+    if cpus is not None and num_workers <= cpus:
+        return
+    if cpus is None:
+        suggested = (
+            "DataLoader is not able to compute a suggested max number of worker in current system."
         )
+    else:
+        suggested = (
+            f"Our suggested max number of worker in current system is {cpus}"
+            f"{'' if cpuset_checked else ' (`cpuset` is not taken into account)'}, which is"
+            " smaller than what this DataLoader is going to create."
+        )
+    warnings.warn(
+        f"This DataLoader will create {num_workers} worker processes in total. {suggested}"
+        " Please be aware that excessive worker creation might get DataLoader running slow or"
+        " even freeze, lower the worker number to avoid potential slowness/freeze if necessary."
+        " (StreamLoader: each worker also holds one shared-memory ring of ring_size bytes.)",
+        stacklevel=stacklevel,
+    )

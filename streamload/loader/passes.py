@@ -14,6 +14,7 @@ prefetched.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -75,3 +76,27 @@ class Pass:
     pin_memory: bool = False
     pin_memory_device: str = ""
     timeout: float = 0.0
+
+    def warn_if_past_len(self, num_yielded: int, num_workers: int) -> None:
+        """DataLoader's warning when an IterableDataset yields more than ``len(loader)`` said.
+
+        As in DataLoader, ``len_called`` is the dataset's length in samples and ``num_yielded``
+        counts batches; with workers the warning names the classic cause (each worker iterating
+        the whole dataset instead of its share). Called from an iterator's ``_next_batch``, so
+        the warning points at the user's loop.
+        """
+        if self.map_style or self.len_called is None or num_yielded <= self.len_called:
+            return
+        message = (
+            f"Length of IterableDataset {self.dataset} was reported to be {self.len_called}"
+            f"(when accessing len(dataloader)), but {num_yielded} samples have been fetched. "
+        )
+        if num_workers > 0:
+            message += (
+                "For multiprocessing data-loading, this could be caused by not properly configuring"
+                " the IterableDataset replica at each worker. Please see"
+                " https://pytorch.org/docs/stable/data.html#torch.utils.data.IterableDataset for"
+                " examples."
+            )
+        # warn_if_past_len <- _next_batch <- timed_step <- __next__ <- the user's loop
+        warnings.warn(message, stacklevel=5)

@@ -1,26 +1,32 @@
 """The multi-process loader pass: worker processes feeding the trainer through native rings.
 
 Each worker k has its own ring (worker -> trainer: whole encoded batches) and a Pipe (trainer ->
-worker: int64 index lists, see `streamload.loader.protocol`). Delivery order is DataLoader's ``in_order``
-order: the trainer dispatches plan items round-robin over the workers that still have work,
-keeps ``prefetch_factor`` items in flight per worker, and yields results in dispatch order. Each
-worker writes its records in the order it received items, so "the next batch" is always the
-next record of one known ring. An iterable worker that runs dry reports it (StopIteration) and
-gets no further items, as in DataLoader.
+worker: int64 index lists, see `streamload.loader.protocol`). Delivery order is DataLoader's
+``in_order`` order: the trainer dispatches plan items round-robin over the workers that still
+have work, keeps ``prefetch_factor`` items in flight per worker, and yields results in dispatch
+order. Each worker writes its records in the order it received items, so "the next batch" is
+always the next record of one known ring. An iterable worker that runs dry reports it
+(StopIteration) and gets no further items, as in DataLoader. With ``in_order=False`` the trainer
+yields whichever worker's batch is ready first (`WorkerPool.receive_any`) and dispatches the next
+item to a worker with room, so a slow batch holds up only its own worker (as DataLoader does).
 
 Over a StreamingDataset read in its own order (a planned pass: COLUMNAR or SAMPLES route), the
 trainer sends nothing per batch: it sends the pass's plan parameters (epoch, start position,
 rank, world size, batch size, drop_last) once, and each worker k rebuilds the same pure plan and
 builds steps k, k + n, ... of this rank's batches straight into its ring (its ring's capacity is
 the prefetch bound). The trainer counts batches as it hands them to the user (the pass cursor
-``state_dict`` reads), never as workers produce them.
+``state_dict`` reads), never as workers produce them. With ``in_order=False`` the trainer reads
+whichever ring has a batch and the pass ends when every worker has reported the end of its
+share; the batches the user has received are then no prefix of the plan, so the loader refuses
+``state_dict`` in that mode.
 
 Seeding: the base seed is drawn in ``__init__`` as DataLoader draws it; workers seed themselves
 from it (``workers._seed``). With ``persistent_workers`` one pool (and one base seed) serves every
 epoch, like DataLoader's reused iterator.
 
-Failures: an exception in a worker is raised here as `WorkerError` (with the worker's traceback)
-at that batch's position; a dead worker raises `WorkerError` naming its pid and signal; with
+Failures: an exception in a worker is raised here as its own type, also a `WorkerError`, with
+the worker's traceback (`streamload.loader.worker_errors`), at that batch's position (in order);
+a dead worker raises `WorkerError` naming its pid and signal; with
 ``timeout > 0`` a batch that takes longer raises `WorkerError` ("timed out"). Shutdown (end of
 pass, error, ``break``/garbage collection, interpreter exit) is idempotent: close rings and pipes,
 join with a timeout, then terminate, then kill.
@@ -34,14 +40,15 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamload.errors import WorkerError
-from streamload.loader import heap, protocol
-from streamload.loader.options import LoaderSettings, WorkerOptions
+from streamload.loader import heap, protocol, worker_errors
+from streamload.loader.options import LoaderSettings, WorkerOptions, effective_start_method
 from streamload.loader.passes import Pass
 from streamload.loader.pin_memory import pin, pin_memory_device
 from streamload.loader.stats import timed_step
@@ -53,6 +60,9 @@ from streamload.transport.ring import PeerDied, RecordType, Ring, RingError, Rin
 
 _JOIN_TIMEOUT_S = 1.0
 _LIVENESS_POLL_S = 0.25
+# in_order=False with no batch ready: the longest the trainer sleeps on one ring before polling
+# every ring again (the latency a batch that lands in another ring may wait).
+_ANY_SLICE_S = 0.002
 
 
 _FALLBACK_RING_BYTES = 64 << 20
@@ -113,8 +123,8 @@ class WorkerSetup:
     """How a loader's workers run: what `WorkerPool` and `MultiProcessIter` need besides a pass.
 
     Attributes:
-        num_workers, prefetch, persistent, timeout, worker_init_fn: from `WorkerOptions`
-            (``prefetch`` = items in flight per worker, at least 1).
+        num_workers, prefetch, persistent, timeout, worker_init_fn, in_order: from
+            `WorkerOptions` (``prefetch`` = items in flight per worker, at least 1).
         context: the multiprocessing context workers start in.
         capacity: data bytes of each worker's ring.
         zero_copy: hand out tensors viewing ring records instead of copies.
@@ -132,6 +142,7 @@ class WorkerSetup:
     zero_copy: bool
     heap_retain: int
     spare_rings: list[Ring] = field(default_factory=list)
+    in_order: bool = True
 
     @classmethod
     def for_pass(
@@ -153,11 +164,13 @@ class WorkerSetup:
             persistent=options.persistent_workers,
             timeout=float(options.timeout),
             worker_init_fn=options.worker_init_fn,
-            context=options.multiprocessing_context or default_context(settings.start_method),
+            context=options.multiprocessing_context
+            or default_context(effective_start_method(settings.start_method)),
             capacity=capacity,
             zero_copy=zero_copy,
             heap_retain=settings.heap_retain,
             spare_rings=spare_rings,
+            in_order=options.in_order,
         )
 
 
@@ -174,6 +187,7 @@ class WorkerPool:
         self.stats_sink: Any = None
         self.conns: list[Any] = []
         self.procs: list[Any] = []
+        self._any_turn = 0  # where `receive_any` starts polling next
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.rings, self.conns)
         context = setup.context
         for worker_id in range(self.num_workers):
@@ -236,6 +250,65 @@ class WorkerPool:
             except PeerDied:
                 self.procs[worker_id].join(_JOIN_TIMEOUT_S)
                 self._check_alive(worker_id, dead=True)
+
+    def receive_any(self, worker_ids: list[int], timeout: float) -> tuple[int, int, Any]:
+        """The first record ready in any of the rings of ``worker_ids`` (``in_order=False``), as
+        (worker id, type, record).
+
+        Rings are polled in turn, starting after the worker that delivered last (so one fast
+        worker cannot starve the others' finished batches); when none has a record the trainer
+        sleeps on one ring for at most `_ANY_SLICE_S` before polling them all again, checking
+        the workers' liveness every `_LIVENESS_POLL_S`.
+
+        Raises:
+            WorkerError: a worker died (pid + signal) or, with timeout > 0, none delivered in
+                time.
+        """
+        count = len(worker_ids)
+        started = time.monotonic()
+        checked = started
+        sleeper = 0
+        while True:
+            for k in range(count):
+                worker_id = worker_ids[(self._any_turn + k) % count]
+                record = self._poll(worker_id, 0.0)
+                if record is not None:
+                    self._any_turn = (self._any_turn + k + 1) % count
+                    return worker_id, record.type, record
+            worker_id = worker_ids[sleeper % count]
+            sleeper += 1
+            record = self._poll(worker_id, _ANY_SLICE_S)
+            if record is not None:
+                return worker_id, record.type, record
+            now = time.monotonic()
+            if now - checked >= _LIVENESS_POLL_S:
+                checked = now
+                for worker_id in worker_ids:
+                    self._check_alive(worker_id)
+            if timeout > 0 and now - started >= timeout:
+                pids = ", ".join(str(self.procs[w].pid) for w in worker_ids)
+                raise WorkerError(
+                    f"DataLoader timed out after {timeout} seconds"
+                    f" (StreamLoader workers {worker_ids}, pids {pids}; in_order=False)"
+                )
+
+    def _poll(self, worker_id: int, wait: float) -> Any:
+        """Worker ``worker_id``'s next record if one arrives within ``wait`` s, else None
+        (stats records are absorbed; a dead worker raises WorkerError)."""
+        ring = self.rings[worker_id]
+        while True:
+            try:
+                record = ring.get(timeout=wait)
+            except RingTimeout:
+                return None
+            except PeerDied:
+                self.procs[worker_id].join(_JOIN_TIMEOUT_S)
+                self._check_alive(worker_id, dead=True)
+                return None  # unreachable: _check_alive raised
+            if record.type == RecordType.ERROR and protocol.is_stats_record(record.view()):
+                self._absorb_stats(worker_id, record)
+                continue
+            return record
 
     def _absorb_stats(self, worker_id: int, record: Any) -> None:
         body = bytes(record.view())
@@ -346,6 +419,7 @@ class MultiProcessIter:
         self._next_worker = 0
         self._in_flight = [0] * n
         self._ended = False
+        self._num_yielded = 0
         self._stats.begin_pass(self._pool.rings, n)
         if self._cursor is not None:
             # The whole plan rides along (epoch included): a persistent worker's dataset copy
@@ -397,14 +471,21 @@ class MultiProcessIter:
             self._cursor.steps += 1
         if self._pin_device is not None:
             batch = pin(batch, self._pin_device)
+        self._num_yielded += 1
+        self._pass.warn_if_past_len(self._num_yielded, self._pool.num_workers)
         return batch
 
     def _next_dispatched(self) -> Any:
         if not self._pending:
             self._finish_epoch()
             raise StopIteration
-        worker_id = self._pending.popleft()
-        kind, record = self._pool.receive(worker_id, self._setup.timeout)
+        if self._setup.in_order:
+            worker_id = self._pending.popleft()
+            kind, record = self._pool.receive(worker_id, self._setup.timeout)
+        else:  # whichever worker has a batch ready first
+            busy = [w for w in range(self._pool.num_workers) if self._in_flight[w]]
+            worker_id, kind, record = self._pool.receive_any(busy, self._setup.timeout)
+            self._pending.remove(worker_id)
         self._in_flight[worker_id] -= 1
         if kind == RecordType.ERROR:
             body = bytes(record.view())
@@ -414,13 +495,15 @@ class MultiProcessIter:
                 self._dispatch()
                 return _SKIP
             self._dispatch()
-            raise WorkerError(protocol.exception_text(worker_id, body))
+            raise worker_errors.rebuild(worker_id, body)
         self._dispatch()
         return self._spec_finish(record)
 
     def _next_own(self) -> Any:
         if self._ended:
             raise StopIteration
+        if not self._setup.in_order:
+            return self._next_own_unordered()
         worker_id = self._next_worker
         kind, record = self._pool.receive(worker_id, self._setup.timeout)
         if kind == RecordType.ERROR:
@@ -432,8 +515,26 @@ class MultiProcessIter:
                 self._finish_epoch()
                 raise StopIteration
             self._next_worker = (worker_id + 1) % self._pool.num_workers
-            raise WorkerError(protocol.exception_text(worker_id, body))
+            raise worker_errors.rebuild(worker_id, body)
         self._next_worker = (worker_id + 1) % self._pool.num_workers
+        return self._spec_finish(record)
+
+    def _next_own_unordered(self) -> Any:
+        """A planned pass with in_order=False: the next batch any worker has ready; the pass
+        ends when every worker has reported the end of its share."""
+        active = [w for w in range(self._pool.num_workers) if self._active[w]]
+        if not active:
+            self._ended = True
+            self._finish_epoch()
+            raise StopIteration
+        worker_id, kind, record = self._pool.receive_any(active, self._setup.timeout)
+        if kind == RecordType.ERROR:
+            body = bytes(record.view())
+            record.release()
+            if body == protocol.END_OF_SHARE:
+                self._active[worker_id] = False
+                return _SKIP
+            raise worker_errors.rebuild(worker_id, body)
         return self._spec_finish(record)
 
     def _spec_finish(self, record: Any) -> Any:

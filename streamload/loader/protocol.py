@@ -13,8 +13,10 @@ the kind:
 
 Worker -> trainer: records in the worker's ring, in the order items arrived. A DATA record is
 one encoded batch (`streamload.transport.codec`); an ERROR record's body is ``S`` (this
-worker's share or iterator ended: StopIteration), ``E`` + the traceback text of an exception,
-or ``T`` + the worker's cumulative stage-time snapshot as JSON (`is_stats_record`).
+worker's share or iterator ended: StopIteration), ``E`` + an exception (`exception_record`: the
+``module:qualname`` of its type, NUL, its traceback text; raised in the trainer as that type by
+`streamload.loader.worker_errors`), or ``T`` + the worker's cumulative stage-time snapshot as
+JSON (`is_stats_record`).
 """
 
 from __future__ import annotations
@@ -78,7 +80,14 @@ def is_stats_record(body: bytes | memoryview) -> bool:
     return bytes(body[:1]) == STATS
 
 
-def exception_text(worker_id: int, body: bytes) -> str:
-    """The message of the WorkerError an ``E`` record becomes (DataLoader's wording)."""
-    text = body[1:].decode("utf-8", "replace")
-    return f"Caught an exception in StreamLoader worker process {worker_id}.\nOriginal {text}"
+def exception_record(type_name: str, text: str) -> bytes:
+    """An ``E`` record body: the exception type's ``module:qualname`` and its traceback text."""
+    return (
+        EXCEPTION + type_name.encode("utf-8", "replace") + b"\0" + text.encode("utf-8", "replace")
+    )
+
+
+def exception_parts(body: bytes) -> tuple[str, str]:
+    """``(type name, traceback text)`` of an ``E`` record body (see `exception_record`)."""
+    type_name, _, text = body[1:].partition(b"\0")
+    return type_name.decode("utf-8", "replace"), text.decode("utf-8", "replace")

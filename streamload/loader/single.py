@@ -2,13 +2,12 @@
 
 It mirrors torch's ``_SingleProcessDataLoaderIter`` step for step: each ``next()`` takes the
 pass's next work item, fetches and collates it here, pins it if asked, and counts it on the
-pass cursor (so ``state_dict`` describes it). An IterableDataset that yields more batches than
-``len(loader)`` said triggers DataLoader's warning.
+pass cursor (so ``state_dict`` describes it). An IterableDataset that yields more than
+``len(loader)`` said triggers DataLoader's warning (`Pass.warn_if_past_len`).
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from streamload.errors import ConfigError
@@ -52,12 +51,5 @@ class SingleProcessIter:
         if self._pin_device is not None:
             batch = pin(batch, self._pin_device)
         self._num_yielded += 1
-        len_called = self._pass.len_called
-        if not self._pass.map_style and len_called is not None and self._num_yielded > len_called:
-            warnings.warn(
-                f"Length of IterableDataset {self._pass.dataset} was reported to be"
-                f" {len_called} (when accessing len(loader)), but {self._num_yielded}"
-                " batches have been fetched.",
-                stacklevel=4,  # the user's loop: _next_batch <- timed_step <- __next__
-            )
+        self._pass.warn_if_past_len(self._num_yielded, num_workers=0)
         return batch

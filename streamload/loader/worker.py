@@ -13,7 +13,7 @@ of ``plan.EpochPlan`` from the given start position),
 pickled trainer-made item (custom samplers), ``X`` exit.
 
 Records out: DATA = one encoded batch, ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
-the traceback text, or ``T`` + the worker's stage-time snapshot (`streamload.loader.stats.WorkerReporter`), written just
+the exception's type name and traceback (`streamload.loader.worker_errors.describe`), or ``T`` + the worker's stage-time snapshot (`streamload.loader.stats.WorkerReporter`), written just
 before a batch record now and then and before a planned pass's ``S``. Records are written in
 the order items arrived, so the trainer reads each ring in dispatch order.
 
@@ -29,7 +29,6 @@ import os
 import random
 import signal
 import time
-import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data._utils import worker as torch_worker
 
-from streamload.loader import heap, protocol
+from streamload.loader import heap, protocol, worker_errors
 from streamload.loader import stats as sl_stats
 from streamload.pipeline.fetch import FetchSpec
 from streamload.plan.partition import EpochPlan
@@ -118,7 +117,7 @@ def worker_main(
             if worker_init_fn is not None:
                 worker_init_fn(worker_id)
         except Exception:
-            init_error = traceback.format_exc()
+            init_error = worker_errors.describe()
         _serve(
             worker_id, num_workers, dataset, spec, batch_size, ring, conn, parent_pid, init_error
         )
@@ -137,7 +136,7 @@ def _serve(
     ring: Ring,
     conn: Connection,
     parent_pid: int,
-    init_error: str | None,
+    init_error: bytes | None,
 ) -> None:
     fetcher: Any = None
     reporter = sl_stats.WorkerReporter(worker_id)
@@ -156,13 +155,13 @@ def _serve(
             return
         if init_error is not None:
             if kind not in (protocol.START_DISPATCHED, protocol.START_PLANNED):
-                _send_error(ring, protocol.EXCEPTION + init_error.encode())
+                _send_error(ring, init_error)
             continue
         if kind == protocol.START_DISPATCHED:
             try:
                 fetcher = spec.build(dataset, reporter.clock)
             except Exception:
-                fetcher = _Failed(traceback.format_exc())
+                fetcher = _Failed(worker_errors.describe())
             continue
         if kind == protocol.START_PLANNED:
             _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, ring, reporter)
@@ -183,17 +182,21 @@ _END = object()
 
 
 class _Failed:
-    """A fetcher whose construction raised: every item reports that traceback."""
+    """A fetcher whose construction raised: every item reports that exception."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, body: bytes) -> None:
+        self.body = body
 
     def fetch(self, item: Any) -> Any:
-        raise _Reported(self.text)
+        raise _Reported(self.body)
 
 
 class _Reported(Exception):
-    pass
+    """Carries an already described exception (`streamload.loader.worker_errors.describe`)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.body = body
 
 
 def _fetch_one(
@@ -209,10 +212,10 @@ def _fetch_one(
         _send_error(ring, protocol.END_OF_SHARE)
         return
     except _Reported as exc:
-        _send_error(ring, protocol.EXCEPTION + str(exc).encode())
+        _send_error(ring, exc.body)
         return
     except Exception:
-        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
+        _send_error(ring, worker_errors.describe())
         return
     if reporter is None:
         _send_batch(ring, payload)
@@ -229,7 +232,7 @@ def _send_batch(ring: Ring, payload: Any) -> None:
     try:
         send(ring, payload)
     except RecordTooLarge:
-        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
+        _send_error(ring, worker_errors.describe())
 
 
 def _send_error(ring: Ring, body: bytes) -> None:
@@ -266,6 +269,6 @@ def _own_plan(
             ids, upcoming = upcoming, next(batches, _END)
             _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END)
     except Exception:
-        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
+        _send_error(ring, worker_errors.describe())
     _send_error(ring, reporter.record())  # exact totals (read when a persistent pool drains)
     ring.put(protocol.END_OF_SHARE, type=RecordType.ERROR)  # end of this worker's share

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Iterator
 from typing import Any
@@ -122,11 +123,13 @@ def test_streaming_dataset_with_shuffle_gets_map_style_samplers(url: str) -> Non
     "attribute", ["batch_size", "batch_sampler", "sampler", "drop_last", "dataset"]
 )
 def test_sampling_attributes_cannot_change_after_construction(attribute: str) -> None:
-    """Setting a sampling attribute later raises ValueError, as DataLoader does."""
-    with pytest.raises(ValueError):
+    """Setting a sampling attribute later raises ValueError with DataLoader's words (its class
+    name being the loader's own)."""
+    with pytest.raises(ValueError) as theirs:
         setattr(DataLoader(Squares()), attribute, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as ours:
         setattr(StreamLoader(Squares()), attribute, None)
+    assert str(ours.value).startswith(str(theirs.value).replace("DataLoader", "StreamLoader"))
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -163,12 +166,34 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
 def test_invalid_arguments_raise_dataloaders_exception_type(
     url: str, kind: str, kwargs: dict[str, Any]
 ) -> None:
-    """Each invalid setting is refused at construction with DataLoader's exception type."""
+    """Each invalid setting is refused at construction with DataLoader's exception type and,
+    where StreamLoader words the refusal itself, DataLoader's message with detail appended
+    (users match on it)."""
     ds: Any = {"map": Squares, "iterable": Counter}.get(kind, lambda: _open(url))()
     with pytest.raises(Exception) as theirs:
         DataLoader(ds, **kwargs)
-    with pytest.raises(theirs.type):
+    with pytest.raises(theirs.type) as ours:
         StreamLoader(ds, **kwargs)
+    if kind != "streaming":  # a StreamingDataset takes shuffle/sampler: another check fires
+        assert str(ours.value).startswith(str(theirs.value))
+
+
+def test_too_many_workers_warns_with_dataloaders_words_at_construction_and_iter() -> None:
+    """More workers than usable CPUs: DataLoader's warning (plus our detail), at construction
+    and again at each iter(), as DataLoader warns."""
+    workers = len(os.sched_getaffinity(0)) + 1
+    with pytest.warns(UserWarning) as theirs:
+        loader = DataLoader(Squares(), num_workers=workers)
+    with pytest.warns(UserWarning) as ours:
+        mine = StreamLoader(Squares(), num_workers=workers)
+    assert len(ours) == len(theirs) == 1
+    assert str(ours[0].message).startswith(str(theirs[0].message))
+    assert ours[0].filename == __file__  # points at the user's line
+    with pytest.warns(UserWarning, match="This DataLoader will create"):
+        iter(loader)._shutdown_workers()  # type: ignore[attr-defined]
+    with pytest.warns(UserWarning, match="This DataLoader will create") as again:
+        iter(mine).shutdown()  # type: ignore[attr-defined]
+    assert again[0].filename == __file__
 
 
 def test_own_validation_errors_are_config_errors_naming_the_setting() -> None:

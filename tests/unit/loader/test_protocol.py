@@ -59,6 +59,10 @@ def test_stats_records_are_told_apart_from_errors() -> None:
     assert protocol.is_stats_record(protocol.STATS + b"{}")
     assert not protocol.is_stats_record(protocol.EXCEPTION + b"Traceback")
     assert not protocol.is_stats_record(protocol.END_OF_SHARE)
-    text = protocol.exception_text(1, protocol.EXCEPTION + b"Traceback: KeyError")
-    assert text.startswith("Caught an exception in StreamLoader worker process 1.")
-    assert text.endswith("Original Traceback: KeyError")
+
+
+def test_exception_records_carry_the_type_name_and_the_traceback() -> None:
+    """An exception record keeps its type's module:qualname and the traceback text apart."""
+    body = protocol.exception_record("builtins:KeyError", "Traceback ...\nKeyError: 'x'\n")
+    assert body[:1] == protocol.EXCEPTION and not protocol.is_stats_record(body)
+    assert protocol.exception_parts(body) == ("builtins:KeyError", "Traceback ...\nKeyError: 'x'\n")
