@@ -92,7 +92,7 @@ def check_working_set(
         sizes,
         processes * (OPEN_SHARDS + ahead),
         f"{processes} reading process(es) x ({OPEN_SHARDS} open + {ahead} read-ahead),"
-        f" at most the dataset's {len(sizes)}",
+        f" capped at the dataset's {len(sizes)} shard(s)",
     )
 
 

@@ -98,11 +98,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
-            ConfigError: a bad setting (seed, shuffle_mode, shuffle_block, rank/world_size,
-                cache_limit, ...), whatever the URL.
+            ConfigError: a bad argument or setting (shuffle, seed, columns, transform,
+                storage_options, verify, cache_dir, cache_limit, shuffle_mode, shuffle_block,
+                rank/world_size, or any setting from the environment or config file), whatever
+                the URL: every setting is parsed here, remote or not.
             CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
+        _check_arguments(shuffle, columns, transform)
         cfg = config.load(
             cache_dir=cache_dir,
             cache_limit=cache_limit,
@@ -435,6 +438,28 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def _remote_shards(self) -> Any:
         """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
         return self._shards.remote(_weak_order_of(self))
+
+
+def _check_arguments(shuffle: object, columns: object, transform: object) -> None:
+    """Refuse argument types the settings do not parse (at construction, whatever the URL).
+
+    Raises:
+        ConfigError: shuffle is not a bool, columns not a name or a list of names, transform
+            not callable.
+    """
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ConfigError(f"StreamingDataset shuffle: must be True or False, got {shuffle!r}")
+    if columns is not None and not (
+        isinstance(columns, str)
+        or (isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns))
+    ):
+        raise ConfigError(
+            f"StreamingDataset columns: must be a column name or a list of names, got {columns!r}"
+        )
+    if transform is not None and not callable(transform):
+        raise ConfigError(
+            f"StreamingDataset transform: must be a callable (sample -> sample), got {transform!r}"
+        )
 
 
 def _weak_order_of(dataset: StreamingDataset) -> Callable[[int], np.ndarray]:

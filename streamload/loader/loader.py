@@ -157,7 +157,9 @@ class StreamLoader(Generic[T_co]):
         self.ring_size = ring_size
         # Rings of a finished non-persistent pass, reused by the next pass (`WorkerPool`).
         self._spare_rings: list[Any] = []
-        self.zero_copy = bool(zero_copy)
+        if not isinstance(zero_copy, bool):
+            raise ConfigError(f"StreamLoader zero_copy: must be True or False, got {zero_copy!r}")
+        self.zero_copy = zero_copy
         self._cursor: PassCursor | None = None
         self._worker_iter: Any = None
         self._stats = LoaderStats()

@@ -162,7 +162,7 @@ class WorkerSetup:
             num_workers=options.num_workers,
             prefetch=max(options.prefetch_factor or 0, 1),
             persistent=options.persistent_workers,
-            timeout=float(options.timeout),
+            timeout=options.timeout,  # as given: messages print it as DataLoader does
             worker_init_fn=options.worker_init_fn,
             context=options.multiprocessing_context
             or default_context(effective_start_method(settings.start_method)),
@@ -325,7 +325,10 @@ class WorkerPool:
             how = f"was killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exited unexpectedly with exit code {code}"
-        message = f"StreamLoader worker {worker_id} (pid {proc.pid}) {how}"
+        message = (
+            f"DataLoader worker (pid(s) {proc.pid}) exited unexpectedly"
+            f" (StreamLoader worker {worker_id} (pid {proc.pid}) {how})"
+        )
         self.shutdown()
         raise WorkerError(message)
 

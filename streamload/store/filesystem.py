@@ -41,14 +41,14 @@ import itertools
 import os
 import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from streamload.errors import StoreError
+from streamload.errors import ConfigError, StoreError
 from streamload.store.retry import RequestTimeout, RetryPolicy, TruncatedRead
 
 T = TypeVar("T")
@@ -92,9 +92,14 @@ def resolve(
         a trailing slash. Local roots are absolute.
 
     Raises:
+        ConfigError: ``storage_options`` is not a mapping (refused for local paths too).
         StoreError: the URL's protocol is unknown, its client package is not installed (the
             message says which extra to install), or its filesystem cannot be created.
     """
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise ConfigError(
+            f"storage_options: must be a dict of fsspec filesystem options, got {storage_options!r}"
+        )
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise StoreError(f"dataset URL must be a non-empty string or path, got {url!r}")

@@ -105,7 +105,9 @@ class ShardWriter:
                 environment per shard, see `streamload.shards.lmdb.writer`).
             shard_size: target shard size, int bytes or a string such as ``"256MB"``; None takes
                 the configured default (setting ``shard_size``).
-            compression: None (uncompressed), ``"zstd"`` or ``"lz4"``.
+            compression: ``"none"``, ``"zstd"`` or ``"lz4"`` (Arrow shards); None takes the
+                configured default (setting ``compression``, itself ``none`` by default).
+                LMDB shards are never compressed (the setting does not apply to them).
             schema: the schema's JSON form (see ``streamload.schema``); None infers it from the
                 first sample, with array shapes fixed.
             storage_options: passed to fsspec.
@@ -126,6 +128,12 @@ class ShardWriter:
             raise ConfigError(
                 "ShardWriter compression: LMDB shards are stored uncompressed; use compression=None"
             )
+        if not isinstance(overwrite, bool):
+            raise ConfigError(f"ShardWriter overwrite: must be True or False, got {overwrite!r}")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ConfigError(
+                f"ShardWriter metadata: must be a JSON object (dict), got {metadata!r}"
+            )
         cfg = config.load()  # an entry point: settings resolved once, here
         if shard_size is None:
             shard_size = cfg.shard_size
@@ -135,6 +143,8 @@ class ShardWriter:
             raise ConfigError(f"ShardWriter {exc}") from None
         if self._shard_size < 1:
             raise ConfigError("ShardWriter shard_size: must be at least 1 byte")
+        if compression is None and format == "arrow":
+            compression = cfg.compression  # the configured default (None: uncompressed)
         if compression in ("none", "uncompressed"):
             compression = None
         if compression not in (None, "zstd", "lz4", "lz4_frame"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -163,9 +164,44 @@ def test_unknown_keyword_override_is_rejected() -> None:
 
 
 def test_unknown_streamload_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Other STREAMLOAD_* variables do not make loading fail."""
+    """Other STREAMLOAD_* variables do not make loading fail (they are only warned about)."""
     monkeypatch.setenv("STREAMLOAD_SOMETHING_ELSE", "x")
-    assert config.load().cache_limit == 20 * 2**30
+    monkeypatch.setattr(config, "_WARNED_VARIABLES", set())
+    with pytest.warns(UserWarning, match="STREAMLOAD_SOMETHING_ELSE is not a streamload setting"):
+        assert config.load().cache_limit == 20 * 2**30
+
+
+def test_a_misspelled_variable_warns_once_naming_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """STREAMLOAD_CACHE_LIMT would silently do nothing: load() warns once per process, naming
+    the variable and the known one it was probably meant to be."""
+    monkeypatch.setenv("STREAMLOAD_CACHE_LIMT", "1GB")
+    monkeypatch.setattr(config, "_WARNED_VARIABLES", set())
+    with pytest.warns(UserWarning) as record:
+        cfg = config.load()
+        config.load()
+    assert [str(w.message) for w in record] == [
+        "environment variable STREAMLOAD_CACHE_LIMT is not a streamload setting and is ignored;"
+        " did you mean STREAMLOAD_CACHE_LIMIT?"
+    ]
+    assert cfg.cache_limit == 20 * 2**30
+
+
+@pytest.mark.parametrize(
+    "name", ["STREAMLOAD_CONFIG", "STREAMLOAD_SANITIZE", "STREAMLOAD_DEBUG", "STREAMLOAD_RETRIES"]
+)
+def test_known_variables_that_are_not_settings_do_not_warn(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """STREAMLOAD_CONFIG (the config file) and the native build switches are known names."""
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    monkeypatch.setenv(name, str(path) if name == "STREAMLOAD_CONFIG" else "0")
+    monkeypatch.setattr(config, "_WARNED_VARIABLES", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config.load()
 
 
 def test_none_override_means_not_given(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -240,13 +240,19 @@ def test_eviction_spares_the_shard_needed_soonest(tmp_path: Path) -> None:
 def test_working_set_larger_than_the_limit_is_refused_naming_setting_and_sizes(
     tmp_path: Path,
 ) -> None:
-    """cache_limit below (pinned shards x largest shard) is a CacheError that shows the arithmetic."""
+    """cache_limit below the largest shards that may be pinned at once is a CacheError showing
+    the arithmetic; pins beyond the dataset's shard count need no room."""
     cache = DiskCache(tmp_path, 10_000_000)
-    cache.check_working_set(1_000_000, 10, "10 pins")
+    cache.check_working_set([1_000_000] * 20, 10, "10 pins")
+    cache.check_working_set([5_000_000, 5_000_000], 100, "100 pins of 2 shards")
     with pytest.raises(
-        CacheError, match=r"cache_limit = .*10000000 B.*11 shards pinned.*976.6 KiB"
+        CacheError,
+        match=r"cache_limit = 9.5 MiB \(10,000,000 B\) cannot hold the working set of 11 shard"
+        r"\(s\) pinned at once \(11 pins\): 10.5 MiB \(11,000,000 B\) for the largest 11",
     ):
-        cache.check_working_set(1_000_000, 11, "11 pins")
+        cache.check_working_set([1_000_000] * 20, 11, "11 pins")
+    with pytest.raises(CacheError, match=r"cache_limit = 1000 B cannot hold .*: 1001 B for"):
+        DiskCache(tmp_path, 1000).check_working_set([1001, 5], 1, "1 pin")
     with pytest.raises(CacheError, match=r"cache_limit .* cannot hold shard shard-00000\.arrow"):
         cache.pin(_key("shard-00000.arrow", b"x" * 20_000_000), lambda f: None)
 

@@ -11,6 +11,7 @@ import collections
 import fcntl
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -216,6 +217,40 @@ def test_cache_limit_below_the_working_set_is_refused_at_construction(
     """A cache that cannot hold open shards plus read-ahead is a CacheError naming cache_limit."""
     with pytest.raises(CacheError, match=r"cache_limit = .* cannot hold the working set"):
         _remote(corpus, tmp_path / "cache", 2)
+
+
+def test_working_set_counts_only_shards_that_exist(tmp_path: Path) -> None:
+    """A one-shard remote dataset needs room for that one shard, not for OPEN_SHARDS +
+    read-ahead copies of it: a limit just above the shard is accepted."""
+    root = tmp_path / "one"
+    with ShardWriter(str(root)) as w:
+        for i in range(200):
+            w.write({"id": i, "x": np.full(160, i, np.int64)})
+    size = StreamingDataset(str(root)).index.shards[0].bytes
+    ds = StreamingDataset("slfake://" + str(root), cache_dir=tmp_path / "c", cache_limit=size)
+    assert [int(ds[i]["id"]) for i in (0, 199)] == [0, 199]
+    loader = StreamLoader(ds, batch_size=50, num_workers=2, multiprocessing_context="fork")
+    assert sum(len(b["id"]) for b in loader) == 200
+    with pytest.raises(CacheError, match=r"the working set of 1 shard.* capped at the dataset.s 1"):
+        StreamingDataset("slfake://" + str(root), cache_dir=tmp_path / "c", cache_limit=size - 1)
+
+
+def test_cache_too_small_for_the_workers_is_refused_by_the_loader_before_they_start(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit enough for the trainer alone but not for two workers: StreamLoader's
+    constructor raises CacheError itself (not a WorkerError from inside a worker), and the
+    message shows each size once."""
+    monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "0")
+    ds = _remote(corpus, tmp_path / "cache", OPEN_SHARDS)  # one process: 2 open shards fit
+    StreamLoader(ds, batch_size=16, num_workers=1)
+    with pytest.raises(CacheError) as info:
+        StreamLoader(ds, batch_size=16, num_workers=2)
+    assert type(info.value) is CacheError
+    message = str(info.value)
+    assert "2 reading process(es) x (2 open + 0 read-ahead)" in message, message
+    assert re.search(r"cache_limit = [\d.]+ KiB \([\d,]+ B\) cannot hold", message), message
+    assert re.search(r": [\d.]+ KiB \([\d,]+ B\) for the largest 4", message), message
 
 
 def test_an_unwritable_cache_dir_is_refused_at_construction(corpus: str, tmp_path: Path) -> None:

@@ -202,6 +202,10 @@ def test_own_validation_errors_are_config_errors_naming_the_setting() -> None:
         StreamLoader(Squares(), num_workers=-1)
     with pytest.raises(ConfigError, match="shuffle"):
         StreamLoader(Counter(), shuffle=True)
+    with pytest.raises(ConfigError, match="zero_copy"):
+        StreamLoader(Squares(), zero_copy="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="ring_size"):
+        StreamLoader(Squares(), ring_size="64 megs")
 
 
 def test_timeout_without_workers_is_refused_when_iterating() -> None:

@@ -174,6 +174,9 @@ def test_no_samples_and_no_schema_cannot_write_an_index(tmp_path: Path) -> None:
             "LMDB shards are stored uncompressed",
         ),
         ({"schema": {"columns": [{"name": "x", "kind": "blob"}]}}, FormatError, "unknown kind"),
+        ({"overwrite": "yes"}, ConfigError, "overwrite"),
+        ({"metadata": ["classes"]}, ConfigError, "metadata"),
+        ({"storage_options": "anon=true"}, ConfigError, "storage_options"),
     ],
 )
 def test_bad_settings_fail_at_construction(
@@ -193,6 +196,26 @@ def test_default_shard_size_comes_from_config(
     monkeypatch.chdir(tmp_path)  # no ./streamload.toml; the environment outranks any user file
     _write(str(tmp_path / "ds"), 100)
     assert len(load_index(str(tmp_path / "ds")).shards) > 3
+
+
+def test_default_compression_comes_from_config_for_arrow_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compression=None takes the configured default (README: "ShardWriter's default
+    compression"); "none" still writes uncompressed; LMDB shards ignore the setting."""
+    monkeypatch.setenv("STREAMLOAD_COMPRESSION", "zstd")
+
+    def write(url: str, **kwargs: Any) -> int:
+        with ShardWriter(url, **kwargs) as w:
+            for i in range(200):
+                w.write({"id": i, "x": np.zeros(1024, np.float32)})
+        return sum(s.bytes for s in load_index(url).shards)
+
+    configured = write(str(tmp_path / "a"))
+    plain = write(str(tmp_path / "b"), compression="none")
+    assert configured * 10 < plain
+    assert write(str(tmp_path / "c"), format="lmdb") > configured * 10
+    assert StreamingDataset(str(tmp_path / "a"))[199]["id"] == 199
 
 
 def test_index_json_is_the_documented_format(tmp_path: Path) -> None:
