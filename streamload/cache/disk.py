@@ -39,6 +39,7 @@ import fcntl
 import heapq
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO
@@ -244,6 +245,30 @@ class DiskCache:
                 if not entry.temp and self._evict(entry):
                     removed += 1
                     freed += entry.bytes
+        return removed, freed
+
+    def forget(self, url: str) -> tuple[int, int]:
+        """Delete what the cache holds of dataset ``url``, for data that will not be read again
+        (the demo's temporary corpus): its unpinned shards, then, once no shard or download of
+        it is left, its directory (index.json copy, plan and lock files).
+
+        Returns:
+            ``(shard files deleted, bytes freed)``.
+        """
+        directory = os.path.join(self.cache_dir, dataset_dir_name(url))
+        removed = freed = 0
+        with self._admission():
+            left = False
+            for entry in scan(self.cache_dir):
+                if os.path.dirname(entry.path) != directory:
+                    continue
+                if not entry.temp and self._evict(entry):
+                    removed += 1
+                    freed += entry.bytes
+                else:
+                    left = True
+            if not left:
+                shutil.rmtree(directory, ignore_errors=True)
         return removed, freed
 
     def check_working_set(self, shard_sizes: Sequence[int], pins: int, what: str) -> None:

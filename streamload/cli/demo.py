@@ -380,6 +380,7 @@ def run(
         raise ConfigError(f"demo --batch-size: must be an int >= 1, got {batch_size!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"demo --repeats: must be an int >= 1, got {repeats!r}")
+    cached = None
     if remote is not None:
         root = f"{remote.rstrip('/')}/streamload-demo-{uuid.uuid4().hex[:12]}"
     else:
@@ -401,12 +402,14 @@ def run(
             fs, path = store.resolve(root, storage_options)
             with contextlib.suppress(FileNotFoundError):
                 fs.rm(path, recursive=True)
+            cached = _forget_cached(corpus_urls(root))
         else:
             shutil.rmtree(root, ignore_errors=True)
     ok = all(r[loader]["exactly_once"] for r in results.values() for loader in _LOADERS)
     return {
         "ok": ok,
-        "corpus": {**corpus, "dir": root, "kept": keep},
+        "corpus": {**corpus, "dir": root, "kept": keep, "remote": remote is not None},
+        "cache_removed": cached,
         "batch_size": batch_size,
         "repeats": repeats,
         "results": results,
@@ -414,6 +417,29 @@ def run(
 
 
 _LOADERS = ("StreamLoader", "DataLoader")
+
+
+def corpus_urls(root: str) -> list[str]:
+    """The dataset URLs of a corpus written under ``root``."""
+    return [f"{root.rstrip('/')}/{name}" for name in _SHARE]
+
+
+def _forget_cached(urls: list[str]) -> dict[str, int]:
+    """Delete a removed remote corpus from the local shard cache (it will never be read again):
+    ``{"files", "bytes"}`` deleted."""
+    import gc
+
+    from streamload import config
+    from streamload.cache.disk import DiskCache
+
+    gc.collect()  # the runs' datasets, and with them their pins on cached shards
+    cfg = config.load()
+    cache = DiskCache(cfg.cache_dir, cfg.cache_limit)
+    files = freed = 0
+    for url in urls:
+        removed, nbytes = cache.forget(url)
+        files, freed = files + removed, freed + nbytes
+    return {"files": files, "bytes": freed}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -431,8 +457,12 @@ def print_results(results: dict[str, Any]) -> None:
         f" {corpus['write_seconds']:.1f} s"
         + (f", kept at {corpus['dir']}" if corpus["kept"] else " (removed)")
     )
+    if corpus.get("remote"):
+        where = "data read from the local shard cache (downloaded once, not timed)"
+    else:
+        where = "data in page cache"
     print(
-        f"batch_size={results['batch_size']}, num_workers=0, data in page cache;"
+        f"batch_size={results['batch_size']}, num_workers=0, {where};"
         f" median of {results['repeats']} pass(es) per loader, peak memory = max over passes\n"
     )
     header = (
@@ -477,5 +507,11 @@ def print_results(results: dict[str, Any]) -> None:
         "\npeak anon = Pss_Anon+Pss_Shmem growth (allocations); peak file = Pss_File growth"
         " (mmapped shard pages, reclaimable page cache)"
     )
+    removed = results.get("cache_removed")
+    if removed is not None:
+        print(
+            f"removed the corpus from the object store and {removed['files']} cached shard(s)"
+            f" ({format_size(removed['bytes'])}) from the local shard cache"
+        )
     if not results["ok"]:
         print("ERROR: a loader did not see every sample exactly once")

@@ -245,7 +245,7 @@ def load_index(
     Raises:
         FormatError: index.json is missing (the dataset is missing or incomplete: an interrupted
             ShardWriter never writes it) or invalid.
-        StoreError: the URL cannot be opened.
+        StoreError: the URL cannot be opened, or its bucket does not exist (said so).
     """
     fs, root = store.resolve(url, storage_options, policy)
     path = store.join(root, INDEX_NAME)
@@ -298,6 +298,14 @@ def _read_remote_index(fs: Any, path: str, source: str, keep: KeepCopy | None) -
         return fetch() if keep is None else keep(meta, fetch)
     except StoreError as exc:
         if exc.errno == errno.ENOENT:
+            bucket = store.missing_bucket(fs, path)
+            if bucket is not None:
+                missing = StoreError(
+                    f"{source}: the bucket {bucket} does not exist (check the URL, or create the"
+                    " bucket first)"
+                )
+                missing.errno = errno.ENOENT
+                raise missing from exc
             raise FormatError(
                 f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
                 " index.json last, so an interrupted write leaves none)"

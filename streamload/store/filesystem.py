@@ -25,6 +25,9 @@ at most ``retries + 1`` requests on the wire, never a product of two retry loops
   ``max_concurrency=1`` so s3fs does not stat the object first.
 - gs (gcsfs): gcsfs retries inside a decorator bound at class creation (6 tries, sleeps of 1-32
   s) that no option reaches; each client made here calls the undecorated ``_request`` instead.
+  Through an emulator (``endpoint_url`` or ``STORAGE_EMULATOR_HOST``) the client is gcsfs's core
+  class: its default experimental class probes each bucket over gRPC, which an emulator does not
+  serve (a ~60 s wait per probe); see `_gcs_class`.
 - http(s) (fsspec HTTPFileSystem): no retries of its own; nothing to switch off.
 
 Options the user passes in ``storage_options`` win over these defaults (a user who sets
@@ -37,6 +40,7 @@ and `local_path` reports local files so readers can memory-map them in place.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import types
@@ -109,6 +113,8 @@ def resolve(
     if protocol in REMOTE_PROTOCOLS:
         cls = _filesystem_class(protocol, text)
         options = {**cls._get_kwargs_from_urls(text), **(storage_options or {})}
+        if protocol in ("gs", "gcs"):
+            cls = _gcs_class(cls, options)
         options = _client_defaults(protocol, options, policy or DEFAULT_POLICY)
         try:
             fs = _new_client(cls, (), options)
@@ -201,6 +207,28 @@ def client(fs: Any) -> Any:
     return live
 
 
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs")
+
+
+def missing_bucket(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> str | None:
+    """The bucket URL of ``path`` if its object store says the bucket does not exist.
+
+    Called after a not-found, to tell "no such bucket" from "no such object". None when the
+    bucket exists, cannot be checked (forbidden, transient failures), or ``fs`` has no buckets
+    (local paths, http).
+    """
+    if not any(p in BUCKET_PROTOCOLS for p in _protocols(fs)):
+        return None
+    bucket = path.lstrip("/").split("/", 1)[0]
+    if not bucket:
+        return None
+    try:
+        info(fs, bucket, policy=policy)
+    except StoreError as exc:
+        return url_of(fs, bucket) if exc.errno == errno.ENOENT else None
+    return None
+
+
 # -- reads --------------------------------------------------------------------------------------
 
 
@@ -215,8 +243,6 @@ def info(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> dict[str, 
 
 def exists(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> bool:
     """Whether ``path`` exists (transient failures are retried; a 404 means False)."""
-    import errno
-
     try:
         info(fs, path, policy=policy)
     except StoreError as exc:
@@ -421,6 +447,23 @@ def _filesystem_class(protocol: str, url: str) -> Any:
         raise StoreError(
             f"cannot open {url!r}: {protocol}:// needs a client package{hint} ({exc})"
         ) from None
+
+
+def _gcs_class(cls: Any, options: dict[str, Any]) -> Any:
+    """gcsfs's core filesystem class when the URL goes to an emulator, else ``cls``.
+
+    gcsfs's default class (``ExtendedGcsFileSystem``, unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
+    is false when gcsfs is imported) asks the Storage Control API over gRPC whether each bucket
+    is zonal or hierarchical. An emulator (fake-gcs-server, or anything reached through
+    ``endpoint_url`` / ``STORAGE_EMULATOR_HOST``) speaks no gRPC, and each probe waits ~60 s for
+    its retries to run out. The core class reads through the JSON API only, which is all an
+    emulator serves; real GCS keeps the class gcsfs chose (zonal buckets need it).
+    """
+    if not (options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")):
+        return cls
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem if issubclass(cls, GCSFileSystem) else cls
 
 
 def _client_defaults(protocol: str, options: dict[str, Any], policy: RetryPolicy) -> dict[str, Any]:

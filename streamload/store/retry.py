@@ -328,10 +328,13 @@ def _store_error(exc: BaseException, message: str) -> StoreError:
     """A StoreError whose errno says not-found/forbidden when the cause did."""
     import errno
 
+    error = StoreError(message)  # one argument: str() is the message, no "[Errno 2]" prefix
     for link in _chain(exc):
         status, _ = _http_status(link)
         if isinstance(link, FileNotFoundError) or status == 404:
-            return StoreError(errno.ENOENT, message)
+            error.errno = errno.ENOENT
+            break
         if isinstance(link, PermissionError) or status == 403:
-            return StoreError(errno.EACCES, message)
-    return StoreError(message)
+            error.errno = errno.EACCES
+            break
+    return error

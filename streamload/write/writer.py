@@ -175,6 +175,12 @@ class ShardWriter:
         index_path = store.join(self._root, INDEX_NAME)
         if self._remote:  # object stores have no directories (and s3fs would create a bucket)
             exists = store.exists(self._fs, index_path)
+            bucket = None if exists else store.missing_bucket(self._fs, self._root)
+            if bucket is not None:
+                raise StoreError(
+                    f"cannot write {self._url}: the bucket {bucket} does not exist (create it"
+                    " first)"
+                )
         else:
             self._fs.makedirs(self._root, exist_ok=True)
             exists = self._fs.exists(index_path)

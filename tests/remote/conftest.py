@@ -14,8 +14,9 @@ test, a fresh location on one of them, as a `Remote` (``url``, ``storage_options
 Every remote test runs with its own cache dir (``STREAMLOAD_CACHE_DIR`` under tmp_path) and a
 millisecond ``STREAMLOAD_RETRY_BACKOFF``; ``fast_policy`` is a policy to pass explicitly.
 
-The environment the clients need (testing AWS credentials, no EC2 metadata probing, gcsfs's
-gRPC bucket probe off) is set here, for the test session only, before gcsfs is imported.
+The environment the clients need (testing AWS credentials, no EC2 metadata probing) is set here,
+for the test session only, before the clients are imported. gcsfs keeps its default class (which
+probes buckets over gRPC): streamload reaches emulators through gcsfs's core class instead.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ os.environ.update(
         "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
-        # Without this gcsfs probes for hierarchical-namespace buckets over gRPC (60 s time-outs).
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
     }
 )
+# Not GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs's default (experimental) class stays the
+# default, as in a user's program, and streamload must not hang on its gRPC bucket probe.
+os.environ.pop("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", None)
 for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "STORAGE_EMULATOR_HOST"):
     os.environ.pop(_name, None)
 

@@ -19,10 +19,12 @@ def _listing(url: str, storage_options: dict[str, Any]) -> list[str]:
 
 
 def test_demo_streams_a_remote_corpus_and_removes_it(
-    s3_url: Any, tmp_path: Path, monkeypatch: Any
+    s3_url: Any, tmp_path: Path, monkeypatch: Any, capsys: Any
 ) -> None:
-    """Every sample arrives exactly once from s3, and the corpus is deleted afterwards."""
+    """Every sample arrives exactly once from s3 through the shard cache, and afterwards the
+    corpus is gone from the store and from the local cache (nothing of it left behind)."""
     monkeypatch.setenv("STREAMLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
     results = demo.run(quick=True, remote=s3_url.url, storage_options=s3_url.storage_options)
     assert results["ok"]
     assert all(
@@ -30,8 +32,13 @@ def test_demo_streams_a_remote_corpus_and_removes_it(
         for url in results["corpus"]["datasets"].values()
     )
     assert _listing(s3_url.url, s3_url.storage_options) == []
-    cached = [p for p in (tmp_path / "cache").rglob("*.arrow")]
-    assert cached  # read through the shard cache, not in place
+    removed = results["cache_removed"]
+    assert removed["files"] >= 3 and removed["bytes"] > 0  # it was read through the cache
+    left = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert left == [".lock"]  # ...which it leaves as it found it (but for its admission lock)
+    demo.print_results(results)
+    out = capsys.readouterr().out
+    assert "data read from the local shard cache" in out and "data in page cache" not in out
 
 
 def test_demo_cli_remote_flag(s3_url: Any, tmp_path: Path) -> None:

@@ -257,6 +257,27 @@ def test_working_set_larger_than_the_limit_is_refused_naming_setting_and_sizes(
         cache.pin(_key("shard-00000.arrow", b"x" * 20_000_000), lambda f: None)
 
 
+def test_forget_removes_one_dataset_and_spares_pinned_shards(tmp_path: Path) -> None:
+    """forget(url) deletes that dataset's shards and directory, never another dataset's, and
+    never a shard a process still has pinned (its directory then stays)."""
+    cache = DiskCache(tmp_path, 10_000_000)
+    other = "s3://bucket/other"
+    for url in (URL, other):
+        for name, data in _shards(2, 1000).items():
+            with cache.pin(_key(name, data, url), lambda f, d=data: f.write(d)):
+                pass
+    assert cache.forget(URL) == (2, 2000)
+    assert not (tmp_path / dataset_dir_name(URL)).exists()
+    assert sorted(cache.datasets().values()) == [other]
+    assert len(cache.entries()) == 2
+    data = _shards(2, 1000)["shard-00000.arrow"]
+    with cache.pin(_key("shard-00000.arrow", data, other), lambda f: f.write(data)):
+        assert cache.forget(other) == (1, 1000)  # the pinned one stays
+        assert (tmp_path / dataset_dir_name(other)).exists()
+    assert cache.forget(other) == (1, 1000)
+    assert cache.entries() == [] and cache.datasets() == {}
+
+
 def test_unwritable_cache_dir_is_a_cache_error(tmp_path: Path) -> None:
     """A cache_dir that cannot be created is a CacheError naming it."""
     blocker = tmp_path / "file"
