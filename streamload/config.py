@@ -266,13 +266,16 @@ class Setting:
     name: str
     doc: str
     env: str
-    kind: str  # "size" (int bytes), "bool", "path", "int", "seconds" (float) or "choice"
+    # "size" (int bytes), "size_or_auto" (int bytes, 0 = auto), "bool", "path", "int", "seconds"
+    # (float) or "choice"
+    kind: str
 
 
 def settings() -> tuple[Setting, ...]:
     """Every setting, in declaration order."""
     kinds = {
         _size: "size",
+        _size_or_auto: "size_or_auto",
         _bool: "bool",
         _path: "path",
         _count: "int",

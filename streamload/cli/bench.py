@@ -88,7 +88,7 @@ def _stream(make: Callable[[], Iterable[Any]], run: BenchRun, interval: float, b
                 samples, nbytes = batch_size_and_bytes(batch)
                 run.samples += samples
                 run.bytes += nbytes
-                bar.update(1)
+                bar.update(min(samples, max(bar.total - bar.n, 0)))  # never past the total
             del iterator
         run.seconds = time.perf_counter() - started
     run.memory = sampler.samples()
@@ -129,11 +129,13 @@ def run_bench(
     if interval < MIN_INTERVAL_S:
         raise ConfigError(f"bench interval: at least {MIN_INTERVAL_S} s, got {interval}")
     dataset = StreamingDataset(url, storage_options=storage_options)
-    steps = -(-len(dataset) // batch_size) * epochs
     runs: list[BenchRun] = []
     contenders = ("streamload", "DataLoader") if vs_dataloader else ("streamload",)
-    total = steps * len(counts) * len(contenders)
-    with progress(total=total, desc="bench", unit="batch", mode=progress_mode) as bar:
+    # Counted in samples: every run reads each sample of this rank once per epoch, whatever
+    # batches its loader cuts (DataLoader's workers each end with a partial batch).
+    per_run = -(-len(dataset) // dataset.topology().world_size)
+    total = per_run * epochs * len(counts) * len(contenders)
+    with progress(total=total, desc="bench", unit="sample", mode=progress_mode) as bar:
         for n in counts:
             run = BenchRun("streamload", n, epochs)
             loader = _stream(

@@ -155,21 +155,28 @@ def write_corpus(
     rng = np.random.default_rng(seed)
     urls: dict[str, str] = {}
     start = time.perf_counter()
-    bar = progress(total=size, desc="write corpus", unit="B", unit_scale=True, mode=progress_mode)
+    budgets = {name: int(size * share) for name, share in _SHARE.items()}
+    bar = progress(
+        total=sum(budgets.values()),
+        desc="write corpus",
+        unit="B",
+        unit_scale=True,
+        mode=progress_mode,
+    )
     with bar:
-        for name, share in _SHARE.items():
-            budget = int(size * share)
+        for name, budget in budgets.items():
             url = f"{root.rstrip('/')}/{name}"
             per_shard = shard_size or max(64 * 1024, budget // 8)
             with ShardWriter(
                 url, shard_size=per_shard, compression=None, storage_options=storage_options
             ) as writer:
-                written = 0
+                shown = 0  # of this dataset's budget: the bar never passes it
                 for record in _GENERATORS[name](rng, budget):
                     writer.write(record)
-                    step = _record_bytes(record)
-                    written += step
-                    bar.update(min(step, max(0, budget - written + step)))
+                    step = min(_record_bytes(record), budget - shown)
+                    bar.update(step)
+                    shown += step
+            bar.update(budget - shown)  # the generator stops just short of its budget
             urls[name] = url
     seconds = time.perf_counter() - start
     total = sum(load_index(url, storage_options).total_bytes for url in urls.values())

@@ -2,7 +2,10 @@
 
 ``main(argv) -> exit code``. Exit codes: 0 success; 1 the command ran and found a problem
 (``verify`` found a bad shard); 2 usage errors and any `StreamloadError`, printed as one line
-``streamload: error: <message>`` on stderr with no traceback (``--debug`` shows it). Output meant
+``streamload: error: <message>`` on stderr with no traceback (``--debug`` shows it), the
+library's keyword arguments named as the subcommand's flags (``--overwrite``, not
+``overwrite=True``); 141 when the reader of stdout went away (``streamload config | head``),
+silently. Output meant
 for machines is available with ``--json``; progress bars go to stderr and follow the
 ``progress`` setting.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +31,7 @@ from streamload.store.retry import RetryPolicy
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_ERROR = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool cut off by `| head` exits with
 
 
 def _print_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> None:
@@ -43,7 +48,9 @@ def _print_table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = N
 def _show_value(value: Any, kind: str) -> str:
     if value is None:
         return "none"
-    if kind == "size":
+    if kind == "size_or_auto" and value == 0:
+        return "auto"
+    if kind in ("size", "size_or_auto"):
         return f"{value} ({format_size(value)})"
     if kind == "bool":
         return "true" if value else "false"
@@ -58,7 +65,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     cfg = args.cfg
     if args.json:
         out = {
-            s.name: {"value": getattr(cfg, s.name), "source": cfg.source(s.name), "doc": s.doc}
+            s.name: {"value": _json_value(cfg, s), "source": cfg.source(s.name), "doc": s.doc}
             for s in config.settings()
         }
         print(json.dumps(out, indent=2))
@@ -69,6 +76,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     ]
     _print_table(rows, header=("key", "value", "source"))
     return EXIT_OK
+
+
+def _json_value(cfg: Any, setting: Any) -> Any:
+    """A setting's value as `streamload config --json` shows it: what a config file would say
+    (``"auto"`` for an automatic size, not its internal 0)."""
+    value = getattr(cfg, setting.name)
+    return "auto" if setting.kind == "size_or_auto" and value == 0 else value
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -86,6 +100,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             "num_shards": len(index.shards),
             "total_bytes": index.total_bytes,
             "schema": columns,
+            "metadata": index.metadata,
             "shards": [s.to_json() for s in index.shards],
         }
         print(json.dumps(out, indent=2))
@@ -112,7 +127,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ],
         header=("column", "kind", "dtype", "shape"),
     )
+    if index.metadata:
+        print()
+        _print_table(
+            [(key, _metadata_text(value)) for key, value in index.metadata.items()],
+            header=("metadata", "value"),
+        )
     return EXIT_OK
+
+
+def _metadata_text(value: Any, limit: int = 200) -> str:
+    """One index.json metadata value on one line (lists joined; long values cut, with a count)."""
+    if isinstance(value, list):
+        text = ", ".join(str(v) for v in value)
+        if len(text) > limit:
+            text = text[: limit - 3] + "..."
+        return f"{text} ({len(value)})"
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _show_shape(shape: list[int | None]) -> str:
@@ -266,7 +298,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     rows: list[dict[str, Any]] = []
-    for e in sorted(entries, key=lambda e: e.path):
+    for e in entries:
         name = os.path.basename(e.path).split("-", 1)[-1]
         if e.temp:
             name = name.split(".tmp.", 1)[0] + " (downloading)"
@@ -279,6 +311,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
                 "path": e.path,
             }
         )
+    rows.sort(key=lambda r: (r["dataset"], r["shard"]))  # by dataset URL, then shard name
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -387,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         " every shard no running process is reading",
     )
     p.add_argument("--json", action="store_true", help="print JSON (ls, du)")
+    p.add_argument(
+        "--cache-dir", default=None, help="the cache directory (default: setting cache_dir)"
+    )
     p.set_defaults(func=_cmd_cache)
     return parser
 
@@ -406,18 +442,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     try:
-        cfg = args.cfg = config.load()  # resolved once: every subcommand reads args.cfg
+        # Resolved once: every subcommand reads args.cfg; flags that are settings win.
+        cfg = args.cfg = config.load(cache_dir=getattr(args, "cache_dir", None))
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("streamload").setLevel(cfg.log_level)
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except StreamloadError as exc:
         if args.debug:
             raise
-        print(f"streamload: error: {exc}", file=sys.stderr)
+        print(f"streamload: error: {_in_flags(str(exc), args.command)}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`streamload config --json | head`): stop quietly, as a shell
+        # tool does; stdout now points at /dev/null so the exit flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("streamload: interrupted", file=sys.stderr)
         return 130
+
+
+# Library wording -> the command line's, per subcommand: an error raised by the library names
+# its keyword arguments, which the command line spells as flags.
+_FLAG_WORDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "convert": (
+        ("pass overwrite=True", "pass --overwrite"),
+        ("overwrite=True", "--overwrite"),
+        ("ShardWriter shard_size", "--shard-size"),
+        ("ShardWriter compression", "--compression"),
+        ("use None, 'zstd' or 'lz4'", "use none, zstd or lz4"),
+        ("use compression=None", "leave out --compression"),
+        ("pass source_format=", "pass --source-format"),
+    ),
+}
+
+
+def _in_flags(message: str, command: str) -> str:
+    """``message`` with the library's keyword arguments named as ``command``'s flags."""
+    for words, flag in _FLAG_WORDS.get(command, ()):
+        message = message.replace(words, flag)
+    return message
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from streamload.errors import ConfigError, FormatError
 from streamload.format.index import INDEX_NAME, DatasetIndex, load_index
 from streamload.store import filesystem as store
 from streamload.store.retry import RetryPolicy
-from streamload.write.sources import BATCH_ROWS, open_source
+from streamload.write.sources import BATCH_ROWS, ByteMeter, open_source
 from streamload.write.writer import ShardWriter
 
 _INT64_MAX = 2**63 - 1
@@ -96,15 +97,20 @@ def convert(
     if source_format == "streamload" or (
         source_format is None and src_fs.exists(store.join(src_root, INDEX_NAME))
     ):
-        schema, metadata, num_rows, chunks = _dataset_chunks(src, storage_options, batch_rows)
+        schema, metadata, measure, chunks = _dataset_chunks(src, storage_options, batch_rows)
     else:
-        schema, metadata, num_rows, chunks = _source_chunks(
+        schema, metadata, measure, chunks = _source_chunks(
             src, source_format, storage_options, batch_rows, policy
         )
     # Nothing complete to protect without index.json: overwrite cleans up an interrupted run.
     replace = overwrite or not fs.exists(store.join(root, INDEX_NAME))
     bar = progress_bar(
-        total=num_rows, desc="convert", unit="rows", mode=cfg.progress, enabled=progress
+        total=measure.total,
+        desc="convert",
+        unit=measure.unit,
+        unit_scale=measure.unit == "B",
+        mode=cfg.progress,
+        enabled=progress,
     )
     with (
         bar,
@@ -120,17 +126,35 @@ def convert(
         ) as writer,
     ):
         names = [column["name"] for column in schema["columns"]]
+        rows = shown = 0
         for columns in chunks:
-            count = 0
             for values in zip(*columns, strict=True):
                 writer.write(dict(zip(names, values, strict=True)))
-                count += 1
-            bar.update(count)
+                rows += 1
+            position = min(measure.position(rows), measure.total)
+            bar.update(max(position - shown, 0))
+            shown = max(shown, position)
     return load_index(dst, dst_storage_options)
 
 
-# (schema JSON, index metadata, total rows if known, per-chunk column value lists)
-_Chunks = tuple[dict[str, Any], dict[str, Any] | None, int | None, Iterator[list[list[Any]]]]
+@dataclass(frozen=True)
+class _Measure:
+    """What the progress bar counts: rows when the source knows how many it has, else bytes of
+    the source files read (`streamload.write.sources.ByteMeter`). The bar always has a total."""
+
+    total: int
+    unit: str
+    position: Callable[[int], int]  # rows written so far -> position on the bar
+
+
+def _measure(num_rows: int | None, meter: ByteMeter | None) -> _Measure:
+    if num_rows is not None or meter is None:
+        return _Measure(num_rows or 0, "rows", lambda rows: rows)
+    return _Measure(meter.total, "B", lambda _rows: meter.position())
+
+
+# (schema JSON, index metadata, progress measure, per-chunk column value lists)
+_Chunks = tuple[dict[str, Any], dict[str, Any] | None, _Measure, Iterator[list[list[Any]]]]
 
 
 def _source_chunks(
@@ -149,7 +173,7 @@ def _source_chunks(
             yield [to_rows(batch.column(i)) for i, (_, to_rows) in enumerate(plan)]
 
     schema = {"columns": [column for column, _ in plan]}
-    return schema, source.metadata, source.num_rows, chunks()
+    return schema, source.metadata, _measure(source.num_rows, source.meter), chunks()
 
 
 def _dataset_chunks(
@@ -171,7 +195,7 @@ def _dataset_chunks(
                 for c in columns
             ]
 
-    return ds.schema.to_json(), ds.index.metadata, len(ds), chunks()
+    return ds.schema.to_json(), ds.index.metadata, _measure(len(ds), None), chunks()
 
 
 def column_plan(schema: pa.Schema) -> list[tuple[dict[str, Any], ToRows]]:

@@ -27,7 +27,7 @@ naming it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,15 +60,58 @@ SUFFIXES = {
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
+class ByteMeter:
+    """How far a file-based source has been read, in bytes of its files: a progress measure for
+    sources whose row count is not known up front (JSON lines, CSV, Arrow streams).
+
+    Files already read count whole; the file being read counts up to its reader's position
+    (``tell()``, exact for the sequential readers; a random-access reader's position is capped
+    at the file's size). `position` never exceeds `total`.
+    """
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.total = sum(sizes)
+        self._sizes = sizes
+        self._done = 0
+        self._current = 0
+        self._file: Any = None
+
+    def start(self, index: int) -> None:
+        """File ``index`` is opened next (every file before it is read)."""
+        self._done = sum(self._sizes[:index])
+        self._current = self._sizes[index]
+        self._file = None
+
+    def opened(self, file: Any) -> None:
+        """The reader of the current file reads from ``file``."""
+        self._file = file
+
+    def position(self) -> int:
+        """Bytes read so far (at most `total`)."""
+        inside = 0
+        file = self._file
+        if file is not None and not getattr(file, "closed", False):
+            try:
+                inside = min(int(file.tell()), self._current)
+            except (OSError, ValueError):
+                inside = 0
+        return min(self._done + inside, self.total)
+
+
 @dataclass
 class Source:
-    """A source opened for conversion: schema first, then bounded record batches."""
+    """A source opened for conversion: schema first, then bounded record batches.
+
+    ``num_rows`` is the row count when known up front; otherwise ``meter`` measures progress in
+    bytes of the source files.
+    """
 
     kind: str
     schema: pa.Schema
     batches: Iterator[pa.RecordBatch]
     num_rows: int | None = None
     metadata: dict[str, Any] | None = field(default=None)
+    meter: ByteMeter | None = None
 
 
 def open_source(
@@ -108,12 +151,18 @@ def open_source(
     else:
         files = _files(fs, root, src, kind)
     opener = {"parquet": _parquet, "jsonl": _jsonl, "csv": _csv, "arrow": _arrow}[kind]
-    first_schema, first_batches, total = opener(fs, files[0], batch_rows, block_bytes)
+    meter = ByteMeter([_size(fs, p) for p in files]) if kind != "parquet" else None
+    track = meter.opened if meter is not None else _untracked
+    if meter is not None:
+        meter.start(0)
+    first_schema, first_batches, total = opener(fs, files[0], batch_rows, block_bytes, track)
 
     def batches() -> Iterator[pa.RecordBatch]:
         yield from first_batches
-        for path in files[1:]:
-            schema, more, _ = opener(fs, path, batch_rows, block_bytes)
+        for index, path in enumerate(files[1:], start=1):
+            if meter is not None:
+                meter.start(index)
+            schema, more, _ = opener(fs, path, batch_rows, block_bytes, track)
             if not schema.equals(first_schema):
                 raise FormatError(
                     f"convert: {path} has schema {schema}, unlike the first file {files[0]}:"
@@ -124,7 +173,16 @@ def open_source(
     num_rows = total if len(files) == 1 else None
     if kind == "parquet" and len(files) > 1:
         num_rows = sum(_parquet_rows(fs, p) for p in files)
-    return Source(kind, first_schema, batches(), num_rows)
+    return Source(kind, first_schema, batches(), num_rows, meter=meter)
+
+
+def _size(fs: Any, path: str) -> int:
+    size = fs.size(path)
+    return int(size) if size is not None else 0
+
+
+def _untracked(file: Any) -> None:
+    """The ``track`` of an opener whose progress is counted in rows."""
 
 
 def detect_kind(fs: Any, root: str, src: str) -> str:
@@ -195,9 +253,11 @@ def _reading(path: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Record
 
 
 Opened = tuple[pa.Schema, Iterator[pa.RecordBatch], int | None]
+# An opener's ``track(file)``: told which file object the reader reads (`ByteMeter.opened`).
+Track = Callable[[Any], None]
 
 
-def _parquet(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+def _parquet(fs: Any, path: str, batch_rows: int, block_bytes: int, track: Track) -> Opened:
     file = fs.open(path, "rb")
     try:
         # No pre-buffering and a bounded read buffer: memory stays at about one page of a
@@ -215,21 +275,28 @@ def _parquet_rows(fs: Any, path: str) -> int:
         return int(pq.ParquetFile(f).metadata.num_rows)
 
 
-def _jsonl(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+def _jsonl(fs: Any, path: str, batch_rows: int, block_bytes: int, track: Track) -> Opened:
     read_options = pa_json.ReadOptions(block_size=block_bytes)
-    return _text_stream(fs, path, batch_rows, "JSON lines", pa_json.open_json, read_options)
+    return _text_stream(fs, path, batch_rows, "JSON lines", pa_json.open_json, read_options, track)
 
 
-def _csv(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+def _csv(fs: Any, path: str, batch_rows: int, block_bytes: int, track: Track) -> Opened:
     read_options = pa_csv.ReadOptions(block_size=block_bytes)
-    return _text_stream(fs, path, batch_rows, "CSV", pa_csv.open_csv, read_options)
+    return _text_stream(fs, path, batch_rows, "CSV", pa_csv.open_csv, read_options, track)
 
 
 def _text_stream(
-    fs: Any, path: str, batch_rows: int, what: str, open_reader: Any, read_options: Any
+    fs: Any,
+    path: str,
+    batch_rows: int,
+    what: str,
+    open_reader: Any,
+    read_options: Any,
+    track: Track,
 ) -> Opened:
     """A JSON lines or CSV file read block by block by pyarrow's streaming reader."""
     file = fs.open(path, "rb")
+    track(file)
     try:
         reader = open_reader(file, read_options=read_options)
     except (pa.ArrowException, OSError) as exc:
@@ -238,10 +305,11 @@ def _text_stream(
     return reader.schema, _reading(path, _closing(file, _rebatch(reader, batch_rows))), None
 
 
-def _arrow(fs: Any, path: str, batch_rows: int, block_bytes: int) -> Opened:
+def _arrow(fs: Any, path: str, batch_rows: int, block_bytes: int, track: Track) -> Opened:
     local = store.local_path(fs, path)
     try:
         source = pa.memory_map(local, "r") if local else fs.open(path, "rb")
+        track(source)
         try:
             file_reader = pa.ipc.open_file(source)
         except pa.ArrowInvalid:

@@ -58,7 +58,10 @@ def test_config_json_matches_load(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     cfg = sl.config.load()
-    assert {k: v["value"] for k, v in out.items()} == dict(cfg.items())
+    assert {k: v["value"] for k, v in out.items()} == {
+        **dict(cfg.items()),
+        "ring_size": "auto",  # shown as a config file would say it (0 inside)
+    }
     assert {v["source"] for v in out.values()} == {"default"}
 
 
