@@ -98,3 +98,24 @@ def test_iterating_lmdb_in_dataloader_workers_yields_every_sample_once(
     assert ds[0]["id"] == 0  # the parent opens a shard before workers fork
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     assert sorted(int(s["id"]) for s in loader) == list(range(403))
+
+
+def _bytes_on_disk(root: Path, fmt: str, sample_bytes: int) -> int:
+    rng = np.random.default_rng(0)
+    with sl.ShardWriter(str(root), format=fmt, shard_size="64MB") as w:
+        for i in range(300):
+            w.write({"id": i, "x": rng.integers(0, 255, sample_bytes, np.uint8).tobytes()})
+    return sum(s.bytes for s in sl.StreamingDataset(str(root)).index.shards)
+
+
+def test_lmdb_overhead_follows_4kib_pages_up_to_twice_arrows_bytes(tmp_path: Path) -> None:
+    """README: LMDB keeps values over ~2 KB on whole 4 KiB overflow pages, so samples just over
+    a page boundary take up to ~2x Arrow's bytes and samples that fill their pages about the
+    same."""
+    ratio = {
+        size: _bytes_on_disk(tmp_path / f"l{size}", "lmdb", size)
+        / _bytes_on_disk(tmp_path / f"a{size}", "arrow", size)
+        for size in (2100, 4000, 5000)
+    }
+    assert 1.8 < ratio[2100] <= 2.0 and 1.5 < ratio[5000] <= 2.0, ratio
+    assert ratio[4000] < 1.1, ratio

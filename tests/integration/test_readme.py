@@ -1,14 +1,36 @@
-"""README promises stay true: its quick-start runs as written and its commands are the real ones."""
+"""README promises stay true: its code runs as written, its tables and lists are the code's, its
+figures are the recorded benchmark results, and each of its claims names the test that checks it.
+
+- every ```python block runs in a fresh interpreter (the checkpoint recipe in
+  tests/integration/test_resume.py, the others here);
+- the configuration table lists every setting, in order, with the default the code has;
+- the error hierarchy, the command-line subcommands and flags, the ``loader.stats()`` keys and
+  the package layout it names are the ones that exist;
+- the benchmark figures it quotes are the rows of benchmarks/RESULTS.md;
+- every prose claim in `CLAIMS` is still in the README and its test still exists.
+"""
 
 from __future__ import annotations
 
+import argparse
+import builtins
+import dataclasses
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+import streamload as sl
+from streamload.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
+RESULTS = (REPO / "benchmarks" / "RESULTS.md").read_text()
+# One paragraph per line, so a phrase matches across the README's line breaks.
+PROSE = " ".join(README.split())
 
 
 def _block_after(marker: str, lang: str) -> str:
@@ -17,19 +39,58 @@ def _block_after(marker: str, lang: str) -> str:
     return match.group(1)
 
 
-def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
-    """The quick-start example executes unchanged in a fresh interpreter and prints 'ok'."""
-    script = tmp_path / "quickstart.py"
-    script.write_text(_block_after("quickstart", "python"))
-    out = subprocess.run(
-        [sys.executable, str(script)],
+def _run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "block.py"
+    script.write_text(code)
+    return subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+# -- code blocks ------------------------------------------------------------------------------------
+
+
+def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
+    """The quick-start example executes unchanged in a fresh interpreter and prints 'ok'."""
+    out = _run_python(_block_after("quickstart", "python"), tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+# Blocks run by another test (marker -> the test that runs it).
+RUN_ELSEWHERE = {
+    "quickstart": "tests/integration/test_readme.py::test_readme_quickstart_runs_as_written",
+    "checkpoint": "tests/integration/test_resume.py::test_readme_checkpoint_recipe_runs_as_written",
+}
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    blocks = re.findall(r"(?:<!-- ([\w-]+) -->\s*)?```python\n(.*?)```", README, re.S)
+    return [(marker, code) for marker, code in blocks]
+
+
+def test_every_python_block_is_named_and_run_by_a_test() -> None:
+    """No ```python block goes untested: each carries a <!-- name --> marker, and the ones not
+    run below are run by the test RUN_ELSEWHERE names (which exists)."""
+    blocks = _python_blocks()
+    assert blocks and all(marker for marker, _ in blocks), [c[:60] for m, c in blocks if not m]
+    for marker, test in RUN_ELSEWHERE.items():
+        assert marker in [m for m, _ in blocks], marker
+        path, name = test.split("::")
+        assert f"def {name}(" in (REPO / path).read_text(), test
+
+
+@pytest.mark.parametrize(
+    "marker", [m for m, _ in _python_blocks() if m and m not in RUN_ELSEWHERE] or ["none"]
+)
+def test_other_python_blocks_run_as_written(marker: str, tmp_path: Path) -> None:
+    """Every other python block (the stats exporter) runs unchanged, warnings as errors."""
+    out = _run_python(_block_after(marker, "python"), tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_readme_starts_with_demo_and_test_commands() -> None:
@@ -38,3 +99,312 @@ def test_readme_starts_with_demo_and_test_commands() -> None:
     assert "python3 -m venv .venv" in blocks[0] and "streamload demo" in blocks[0]
     assert "python3 -m venv .venv" in blocks[1] and "pytest" in blocks[1]
     assert blocks[1].strip() == _block_after("test-command", "bash").strip()
+    assert "torch==2.13.0" in (REPO / "constraints.txt").read_text()  # "pins torch to 2.13.0"
+
+
+def test_the_readme_describes_what_exists_not_a_roadmap() -> None:
+    """Object stores, the cache, LMDB and converters are shipped: nothing is 'on the roadmap'."""
+    assert "roadmap" not in README.lower()
+    assert "next on the" not in PROSE
+
+
+# -- tables and lists ---------------------------------------------------------------------------------
+
+
+def _table_after(heading: str) -> list[list[str]]:
+    """The rows (cells stripped, header and rule dropped) of the first table after ``heading``."""
+    start = README.index(heading)
+    lines = README[start:].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.lstrip().startswith("|"))
+    rows = []
+    for line in lines[first + 2 :]:
+        if not line.lstrip().startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_config_table_lists_every_setting_with_its_real_default() -> None:
+    """The Configuration table has one row per setting, in declaration order, and each default
+    cell parses to the default `config.load()` gives with nothing configured."""
+    rows = _table_after("## Configuration")
+    keys = [row[0].strip("`") for row in rows]
+    assert keys == list(sl.config.setting_names())
+    fields = {f.name: f for f in dataclasses.fields(sl.config.Config)}
+    for key, default, _meaning in rows:
+        name = key.strip("`")
+        parse = fields[name].metadata["parse"]
+        raw = fields[name].metadata["default"]
+        if name == "cache_dir":
+            assert "$XDG_CACHE_HOME/streamload" in default and "~/.cache/streamload" in default
+            continue
+        assert parse(default.strip("`")) == parse(raw), (name, default, raw)
+
+
+def test_error_hierarchy_is_the_one_the_readme_names() -> None:
+    """`ConfigError(ValueError)`, ...: each class exists, is a StreamloadError and that builtin."""
+    named = re.findall(r"`(\w+Error)\((\w+)\)`", README)
+    assert len(named) == 6
+    for cls, builtin in named:
+        error = getattr(sl, cls)
+        assert issubclass(error, sl.StreamloadError) and issubclass(
+            error, getattr(builtins, builtin)
+        )
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_and_flag_the_readme_shows_exists() -> None:
+    """Each `streamload CMD ...` the README shows is a subcommand, and every --flag shown with
+    it is one of that subcommand's flags."""
+    commands = _subparsers()
+    shown = re.findall(r"`streamload ([a-z]+)([^`]*)`", PROSE)
+    assert {c for c, _ in shown} >= {
+        "info",
+        "verify",
+        "config",
+        "demo",
+        "cache",
+        "convert",
+        "bench",
+    }
+    for command, rest in shown:
+        assert command in commands, command
+        flags = {s for a in commands[command]._actions for s in a.option_strings}
+        for flag in re.findall(r"--[a-z-]+", rest):
+            assert flag in flags, (command, flag)
+    cache_actions = next(a for a in commands["cache"]._actions if a.dest == "action")
+    assert tuple(cache_actions.choices or ()) == ("ls", "du", "clear")  # `cache ls|du|clear`
+
+
+def test_stats_keys_in_the_readme_are_the_keys_stats_returns(tmp_path: Path) -> None:
+    """Every key the loader.stats() table names (first column: top level; second: inside it)
+    is a key of a real snapshot taken with a worker."""
+    with sl.ShardWriter(str(tmp_path / "ds")) as w:
+        for i in range(20):
+            w.write({"id": i})
+    dataset = sl.StreamingDataset(str(tmp_path / "ds"))
+    loader = sl.StreamLoader(dataset, batch_size=5, num_workers=1, multiprocessing_context="fork")
+    list(loader)
+    stats = loader.stats()
+    every_key = _nested_keys(stats)
+    for key_cell, meaning in _table_after("Times are seconds, sizes bytes"):
+        for key in re.findall(r"`(\w+)`", key_cell):
+            assert key in stats, key
+        for word in re.findall(r"`(\w+)`", meaning):
+            assert word in every_key or word in ("get_batch", "__getitem__"), (key_cell, word)
+
+
+def _nested_keys(value: Any) -> set[str]:
+    keys: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            keys.add(k)
+            keys |= _nested_keys(v)
+    elif isinstance(value, list):
+        for item in value:
+            keys |= _nested_keys(item)
+    return keys
+
+
+def test_layout_names_packages_and_modules_that_exist() -> None:
+    """Every module the Layout block lists is in the tree, and every module of every package
+    (but the shards/ format subpackages, listed by name) is listed."""
+    block = README[README.index("## Layout") :].split("```")[1]
+    listed: set[str] = set()
+    package = ""
+    for line in block.splitlines():
+        match = re.match(r"\s*(\w+)/\s+(.*)", line)
+        if match:
+            package, names = match.group(1), match.group(2).split("{")[0]
+        elif package and re.match(r"^\s{26}\w", line):  # a wrapped line of the same package
+            names = line
+        else:
+            package = ""
+            continue
+        listed |= {f"{package}/{n}" for n in re.findall(r"(\w+)(?: \([^)]*\))?(?:,|$)", names)}
+    packages = [p.name for p in (REPO / "streamload").iterdir() if (p / "__init__.py").exists()]
+    for entry in sorted(listed):
+        name, module = entry.split("/")
+        if name in packages:
+            assert (REPO / "streamload" / name / f"{module}.py").exists(), entry
+    for name in packages:
+        if name == "shards":
+            continue
+        for path in (REPO / "streamload" / name).glob("*.py"):
+            if path.stem != "__init__":
+                assert f"{name}/{path.stem}" in listed, f"README Layout misses {name}/{path.stem}"
+
+
+# -- figures --------------------------------------------------------------------------------------------
+
+
+def _results(section: str) -> dict[str, dict[str, str]]:
+    """Rows of the first RESULTS.md table under ``## <section>``, by their first cell (cells
+    split on " | ", so a header such as ``|Spearman|`` stays one cell)."""
+    lines = RESULTS[RESULTS.index(f"## {section}") :].splitlines()[1:]
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip()[1:-1].split(" | ")])
+    header, rows = table[0], table[2:]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+LOADER_ROWS = {"64 KiB blobs": "W1", "int32[2048] tokens": "W2", "~100-byte text": "W3"}
+
+
+def test_loader_figures_are_the_recorded_benchmark_rows() -> None:
+    """The 2-worker table quotes benchmarks/RESULTS.md's loader rows exactly."""
+    results = _results("Loader: StreamLoader vs DataLoader")
+    rows = _table_after("With two worker processes")
+    assert [row[0] for row in rows] == list(LOADER_ROWS)
+    for label, ours, theirs, ratio, pss in rows:
+        mine = results[f"{LOADER_ROWS[label]} StreamLoader w2"]
+        dl = results[f"{LOADER_ROWS[label]} DL(hand) w2"]
+        assert (ours, theirs) == (mine["items/s"], dl["items/s"])
+        assert ratio == mine["x DL(hand)"] + "\u00d7"  # a multiplication sign
+        assert pss == f"{mine['anon+shmem MiB']} / {dl['anon+shmem MiB']}"
+
+
+SHUFFLE_ROWS = {
+    "none": "shuffle none",
+    "`block`, 4 shards": "shuffle block 4",
+    "`block`, 16 shards": "shuffle block 16",
+    "`block`, 64 shards": "shuffle block 64",
+    "`full`": "shuffle full",
+}
+
+
+def test_shuffle_table_is_the_recorded_benchmark() -> None:
+    """The shuffle trade-off table quotes RESULTS.md's shuffle rows exactly."""
+    results = _results("Shuffle: full permutation vs shard-block shuffle")
+    rows = _table_after("`benchmarks/shuffle.py` measures the trade-off")
+    assert [row[0] for row in rows] == list(SHUFFLE_ROWS)
+    for label, live, cache, neighbours, rate in rows:
+        row = results[SHUFFLE_ROWS[label]]
+        assert live.split()[0] == row["live shards"]
+        assert cache.split()[0] == row["cache MiB"]
+        assert neighbours == row["neighbours"]
+        assert rate == row["items/s"]
+
+
+def test_format_and_stats_figures_are_the_recorded_benchmarks() -> None:
+    """LMDB vs Arrow ratios and the stats overhead range quoted in prose are RESULTS.md's."""
+    formats = _results("Formats: Arrow vs LMDB shards")
+    single = sorted(formats[f"get {k} lmdb"]["x arrow"] for k in ("seq", "rand"))
+    batch = sorted(formats[f"batch {k} lmdb"]["x arrow"] for k in ("seq", "rand"))
+    dash = "\u2013"  # an en dash, as in the README's ranges
+    assert f"{single[0]}{dash}{single[1]}x as fast as Arrow" in PROSE
+    assert f"at {batch[0]}{dash}{batch[1]}x Arrow's rate" in PROSE
+    shuffle = _results("Shuffle: full permutation vs shard-block shuffle")
+    blocks = sorted(r["|Spearman|"] for k, r in shuffle.items() if k.startswith("shuffle block"))
+    full = shuffle["shuffle full"]["|Spearman|"]
+    assert f"(|Spearman| {full} full, {blocks[0]}{dash}{blocks[-1]} block" in PROSE
+    stats = _results("Stats overhead: StreamLoader stats on vs off")
+    ratios = sorted(float(r["x off"]) for r in stats.values() if r["stats"] == "on")
+    assert f"between {ratios[0]:.3f} and {ratios[-1]:.3f} times the throughput" in PROSE
+
+
+# -- prose claims -----------------------------------------------------------------------------------------
+
+# A phrase of the README (whitespace-normalised) -> the test that checks what it says.
+CLAIMS = {
+    "the same exceptions (a worker's `KeyError` is still caught by `except KeyError:`)": "tests/integration/test_dataloader_fidelity.py::test_except_clauses_of_a_dataloader_loop_catch_the_worker_exception",
+    "the same warnings": "tests/integration/test_dataloader_fidelity.py::test_workers_each_yielding_the_whole_iterable_warn_exactly_as_dataloader",
+    "the same `in_order` semantics": "tests/integration/test_dataloader_fidelity.py::test_in_order_false_delivers_ready_batches_first_like_dataloader",
+    "one vectorised gather per column, no per-sample Python objects for numeric columns": "tests/unit/loader/test_loader.py::test_columnar_path_builds_no_per_sample_dicts",
+    "a corrupt or truncated shard raises `FormatError` naming it (never a segfault)": "tests/unit/dataset/test_corruption.py::test_truncated_shard_names_shard_and_sizes",
+    "so an interrupted write leaves a dataset that is visibly incomplete": "tests/unit/dataset/test_corruption.py::test_interrupted_writer_leaves_an_incomplete_dataset",
+    "shard names that could escape the dataset root are refused": "tests/unit/dataset/test_corruption.py::test_hostile_shard_names_are_refused_before_any_file_is_opened",
+    "reuse the previous epoch's rings": "tests/unit/transport/test_ring_reopen.py::test_non_persistent_passes_reuse_their_rings",
+    "never re-hash a shard file another process already verified": "tests/unit/format/test_verified.py::test_a_verified_shard_is_not_rehashed_by_a_fresh_process",
+    "Worker processes start with `fork` while the trainer runs no other Python thread": "tests/unit/loader/test_pool.py::test_auto_start_method_forks_only_while_the_trainer_is_single_threaded",
+    "`auto` follows that global choice (as DataLoader does)": "tests/integration/test_dataloader_fidelity.py::test_global_start_method_is_respected_like_dataloader",
+    "`fork`, `spawn` or `forkserver` win over a global `multiprocessing.set_start_method(...)`": "tests/integration/test_dataloader_fidelity.py::test_explicit_start_method_setting_wins_over_the_global_one",
+    "An exception raised in a loader worker reaches your loop as its own type": "tests/integration/test_dataloader_fidelity.py::test_worker_exception_is_caught_as_dataloader_raises_it",
+    "a type that cannot be rebuilt from one message (DataLoader: a `RuntimeError`) arrives as a plain `WorkerError`": "tests/unit/loader/test_worker_errors.py::test_rebuilt_exception_is_what_dataloader_raises_and_a_worker_error",
+    "`DataLoader worker (pid(s) ...) exited unexpectedly`": "tests/integration/test_worker_failures.py::test_sigkilled_worker_raises_naming_pid_and_signal",
+    "`DataLoader timed out after N seconds`": "tests/integration/test_worker_failures.py::test_stopped_worker_with_timeout_raises_timed_out",
+    "so are refused constructor arguments and the too-many-workers warning": "tests/unit/loader/test_loader.py::test_too_many_workers_warns_with_dataloaders_words_at_construction_and_iter",
+    "`streamload info` also shows index.json's metadata": "tests/unit/cli/test_cli_surface.py::test_info_shows_index_metadata_such_as_class_names",
+    "`streamload cache ... --cache-dir DIR` works on another cache than the configured one": "tests/unit/cli/test_cli_surface.py::test_cache_ls_is_sorted_by_dataset_then_shard_and_takes_cache_dir",
+    "errors name the command's flags (`--overwrite`)": "tests/unit/cli/test_cli_surface.py::test_convert_errors_name_the_flags_not_the_keyword_arguments",
+    "output piped into `head` ends quietly": "tests/unit/cli/test_cli_surface.py::test_config_json_into_a_closed_pipe_ends_quietly",
+    "Precedence, lowest to highest: built-in defaults < config file": "tests/unit/test_config.py::test_precedence_is_default_file_env_argument",
+    "A bad value fails with `ConfigError` naming the key, the value and where it came from, whatever the dataset's URL": "tests/unit/dataset/test_settings.py::test_every_setting_from_the_environment_is_parsed_at_construction",
+    'a local dataset refuses `cache_limit="10 gigs"` too': "tests/unit/dataset/test_settings.py::test_every_bad_argument_is_refused_at_construction_whatever_the_url",
+    "unknown keys in a config file are refused": "tests/unit/test_config.py::test_unknown_file_key_names_key_and_file",
+    "is warned about once, naming the closest known one": "tests/unit/test_config.py::test_a_misspelled_variable_warns_once_naming_the_closest_setting",
+    "(`auto` where it is automatic)": "tests/unit/cli/test_cli_surface.py::test_config_shows_auto_where_the_value_is_auto",
+    "`ShardWriter`'s default compression of Arrow shards": "tests/unit/write/test_writer.py::test_default_compression_comes_from_config_for_arrow_only",
+    "403/404 fail at once": "tests/remote/test_retry.py::test_forbidden_and_not_found_fail_at_once",
+    "so a read makes at most `retries + 1` requests": "tests/remote/test_retry.py::test_attempts_are_bounded_and_not_multiplied",
+    "A bucket that does not exist is a `StoreError` saying so": "tests/remote/test_missing_bucket.py::test_reading_from_a_missing_bucket_names_the_bucket",
+    "so you need not set `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`": "tests/remote/test_gcs_emulator.py::test_gcs_emulator_reads_without_the_grpc_bucket_probe",
+    "re-fetched only when the object's ETag/generation changes": "tests/remote/test_index_cache.py::test_index_is_downloaded_once_per_node_and_refetched_when_rewritten",
+    "each shard is downloaded once per node (one process downloads, the others wait for it)": "tests/unit/dataset/test_remote.py::test_loader_workers_share_one_cache_one_download_per_shard",
+    "checked against its xxh3 from `index.json` before it becomes visible": "tests/unit/cache/test_disk.py::test_nothing_is_published_until_the_download_is_complete_and_verified",
+    "local datasets are read in place and never copied": "tests/unit/dataset/test_remote.py::test_a_local_dataset_is_read_in_place_never_copied",
+    "Shards a process is reading or has read ahead are never evicted": "tests/unit/cache/test_disk.py::test_pinned_shards_are_never_evicted",
+    "otherwise the shard needed furthest in the future goes first": "tests/unit/cache/test_eviction.py::test_eviction_order_is_unknown_lru_then_furthest_next_use_then_worth_waiting",
+    "across the epoch boundary too": "tests/unit/dataset/test_remote.py::test_readahead_runs_across_the_epoch_boundary",
+    "(at most the dataset's shards, largest first)": "tests/unit/dataset/test_remote.py::test_working_set_counts_only_shards_that_exist",
+    "by `StreamLoader` for the workers it will start, before starting them": "tests/unit/dataset/test_remote.py::test_cache_too_small_for_the_workers_is_refused_by_the_loader_before_they_start",
+    "or deletes every shard no running process is reading": "tests/unit/cli/test_cache_command.py::test_cache_clear_deletes_unpinned_shards_only_and_nothing_it_did_not_make",
+    "`StreamingDataset`, `get_batch` and `StreamLoader` return exactly what they return for Arrow shards": "tests/integration/test_formats.py::test_arrow_and_lmdb_stream_identical_batches",
+    "is a `FormatError` naming it, never a SIGBUS": "tests/unit/shards/lmdb/test_reader.py::test_truncated_shard_is_a_format_error_not_a_sigbus",
+    "take up to ~2x Arrow's bytes": "tests/integration/test_formats.py::test_lmdb_overhead_follows_4kib_pages_up_to_twice_arrows_bytes",
+    'yields `{"key": bytes, "value": bytes}` per entry in key order': "tests/unit/shards/lmdb/test_env.py::test_environment_directory_yields_entries_in_key_order",
+    "(a remote environment is fetched once per node into the shard cache and mapped from there)": "tests/remote/test_lmdb_env_remote.py::test_remote_lmdb_environment_is_fetched_once_through_the_cache",
+    'class names in `index.json` under `"metadata": {"classes": [...]}`': "tests/unit/write/test_convert.py::test_image_folder_converts_to_bytes_labels_and_class_names",
+    "nulls and other types are a `FormatError` naming the column": "tests/unit/write/test_convert.py::test_unsupported_types_and_nulls_name_the_column",
+    "reading one bounded batch at a time": "tests/unit/write/test_convert_memory.py::test_peak_memory_does_not_grow_with_the_source",
+    "running it again replaces the partial output": "tests/unit/write/test_convert.py::test_interrupted_conversion_leaves_no_index_and_a_rerun_finishes",
+    "a test keeps the import graph free of circles": "tests/unit/test_layers.py::test_import_graph_has_no_circle",
+    "**One global order per epoch**, the same on any number of GPUs or workers": "tests/unit/plan/test_partition.py::test_steps_consume_the_global_order_exactly_once_on_any_world_size",
+    "**every rank gets the same number of batches**": "tests/unit/plan/test_partition.py::test_every_rank_takes_the_same_number_of_nonempty_steps",
+    "A dataset with fewer shards than ranks x workers is fine": "tests/integration/test_resume.py::test_fewer_shards_than_ranks_times_workers_split_within_shards",
+    "**Workers** build whole batches; the batches do not depend on `num_workers`": "tests/unit/loader/test_loader.py::test_num_workers_above_zero_iterates_like_num_workers_zero",
+    "it can be restored on **another world size, worker count or batch size**": "tests/integration/test_resume.py::test_elastic_resume_from_four_ranks_to_two_loses_and_repeats_nothing",
+    "After an epoch's last batch it names the next epoch": "tests/integration/test_resume.py::test_state_after_the_last_batch_starts_the_next_epoch",
+    "refuses a state from another dataset, other shuffle settings or an unknown version with `StateError` showing both sides": "tests/integration/test_resume.py::test_state_from_another_seed_or_dataset_raises_state_error",
+    "raise `StateError` from `state_dict()`: samplers carry no resumable state": "tests/integration/test_resume.py::test_loaders_without_a_plan_refuse_state_dict",
+    "so `state_dict()` raises `StateError` in that mode": "tests/integration/test_dataloader_fidelity.py::test_in_order_false_over_a_streaming_dataset_plan_and_state_dict_refused",
+    "continues the same epoch on 2 GPUs with no sample lost or repeated": "tests/integration/test_distributed.py::test_four_ranks_then_two_read_every_sample_once_with_equal_steps",
+    "Workers report their stage clocks at most every 0.5 s": "tests/unit/loader/test_stats.py::test_persistent_workers_report_every_epoch",
+    'With `log_level = "INFO"` each epoch ends with one line such as': "tests/unit/loader/test_stats.py::test_epoch_summary_is_logged_at_info",
+    "renders the Prometheus text format without any dependency": "tests/unit/loader/test_exporter.py::test_prometheus_text_parses_and_matches_stats",
+    "`registry.register(PrometheusCollector(loader))` exposes the same metrics for scraping": "tests/unit/loader/test_exporter.py::test_prometheus_text_parses_with_prometheus_client",
+    "`gs://` needs `pip install 'streamload[gcs]'`": "tests/remote/test_store.py::test_missing_client_package_names_the_extra",
+    "`http(s)://` works as is (the server must honour Range requests)": "tests/remote/test_store.py::test_a_server_that_ignores_range_is_refused",
+    "exponential backoff with full jitter on throttling, 5xx, resets, truncated bodies and time-outs": "tests/remote/test_retry.py::test_each_transient_fault_is_retried_then_succeeds",
+    "from and to any fsspec URL": "tests/unit/write/test_convert.py::test_converts_between_fsspec_urls",
+    "so a reader has only one window of shards open at a time": "tests/unit/plan/test_order.py::test_block_order_keeps_at_most_block_shards_live",
+    "Ranks** come from `StreamingDataset(rank=, world_size=)` when given, else from `torch.distributed`": "tests/unit/dataset/test_topology.py::test_topology_comes_from_arguments_then_env",
+    "only when fewer samples than ranks are left do the remaining ranks repeat one": "tests/unit/plan/test_partition.py::test_tail_smaller_than_world_size_is_padded_by_repeats",
+    "`len(loader)` is this rank's number of batches either way": "tests/unit/plan/test_partition.py::test_count_steps_matches_the_plan",
+    "is a small JSON-able dict": "tests/unit/plan/test_state.py::test_state_round_trips_through_json",
+    "describing the **last batch your loop received** (not what workers prefetched)": "tests/integration/test_resume.py::test_resume_conformance_after_every_step",
+    "Checkpoint the loader next to the model with plain `torch.save`": "tests/integration/test_resume.py::test_checkpoint_with_torch_save_round_trips",
+    "`set_epoch` to the epoch the state names keeps its position, any other epoch starts that epoch from the top": "tests/integration/test_resume.py::test_state_before_any_batch_and_after_set_epoch",
+    "streams a dataset without a model and prints samples/s, MB/s, data-wait p50/p95": "tests/unit/cli/test_bench.py::test_bench_prints_a_row_per_loader_and_worker_count",
+    "at least 0.2": "tests/unit/cli/test_bench.py::test_bench_refuses_a_sampling_interval_below_the_minimum",
+    "adds an `x DL` ratio column": "tests/unit/cli/test_bench.py::test_bench_prints_a_row_per_loader_and_worker_count",
+    "`demo`, `convert`, `verify` and `bench` show a progress bar on a terminal": "tests/unit/cli/test_cli_surface.py::test_verify_bench_and_demo_bars_have_totals_and_never_overshoot",
+    "(`progress = never` or a pipe keeps them silent)": "tests/unit/test_progress.py::test_auto_follows_whether_stderr_is_a_terminal",
+}
+
+
+@pytest.mark.parametrize("phrase", sorted(CLAIMS))
+def test_each_claim_is_in_the_readme_and_its_test_exists(phrase: str) -> None:
+    """The claim is still worded so in the README, and the test that checks it still exists."""
+    assert " ".join(phrase.split()) in PROSE, phrase
+    path, name = CLAIMS[phrase].split("::")
+    assert f"def {name}(" in (REPO / path).read_text(), CLAIMS[phrase]
