@@ -44,8 +44,16 @@ treats it as map-style — the batches equal DataLoader's over a map-style view 
 (``__getitem__`` and ``__len__`` only). A StreamingDataset read in its own order yields the
 plan's batches (its order cut into batches, split across ranks), whatever num_workers, where
 DataLoader's workers would each batch their own share of the iterator. ``timeout > 0`` with
-``num_workers=0`` raises ConfigError (a ValueError) from ``iter()``, where DataLoader raises AssertionError. IterDataPipe
-datasets (deprecated in torch) get no special treatment.
+``num_workers=0`` raises ConfigError (a ValueError) from ``iter()``, where DataLoader raises
+AssertionError. ``state_dict`` refuses ``in_order=False`` with workers (no position describes
+batches received out of order). IterDataPipe datasets (deprecated in torch) get no special
+treatment.
+
+What a training script observes is DataLoader's: a worker's exception arrives as its own type
+(also a `WorkerError`, `streamload.loader.worker_errors`), an IterableDataset that yields more
+than ``len(loader)`` said warns, refusals and warnings use DataLoader's words (with
+streamload's detail appended), a global ``multiprocessing.set_start_method`` is followed, and
+``in_order=False`` yields whichever worker's batch is ready first.
 """
 
 from __future__ import annotations
@@ -108,8 +116,11 @@ class StreamLoader(Generic[T_co]):
         drop_last: drop the last incomplete batch.
         timeout, worker_init_fn, multiprocessing_context, prefetch_factor, persistent_workers,
         in_order: worker settings, validated like DataLoader's (see ``WorkerOptions``).
-            Without ``multiprocessing_context`` workers start per config ``start_method``
-            (``auto``: fork, or forkserver while the trainer runs other Python threads).
+            Without ``multiprocessing_context`` workers start per config ``start_method`` when
+            it names a method, else per a global ``multiprocessing.set_start_method`` (as
+            DataLoader), else ``auto`` (fork, or forkserver while the trainer runs other Python
+            threads): `streamload.loader.options.effective_start_method`. ``in_order=False``
+            yields batches as workers finish them (``state_dict`` then raises StateError).
         generator: torch.Generator for the shuffle and the iterator's base seed; None draws
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
@@ -124,9 +135,12 @@ class StreamLoader(Generic[T_co]):
             one copy per batch, and the ring never waits on user code.
 
     Raises:
-        ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader).
+        ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader, with
+            DataLoader's message where it has one).
         ValueError: from torch's samplers (bad batch_size, drop_last, num_samples).
         TypeError: a bad multiprocessing_context or sampler argument type.
+        CacheError: a remote StreamingDataset whose cache cannot hold what ``num_workers``
+            workers may pin at once (checked before any worker starts).
     """
 
     def __init__(
@@ -445,7 +459,8 @@ class StreamLoader(Generic[T_co]):
 
         Raises:
             StateError: the loader does not read a StreamingDataset in its own order (a sampler,
-                shuffle=True, batch_size=None or another dataset).
+                shuffle=True, batch_size=None or another dataset), or reads it with workers and
+                ``in_order=False``.
         """
         dataset = self._require_plan("state_dict")
         if not self.in_order and self.num_workers > 0:

@@ -13,7 +13,8 @@ of ``plan.EpochPlan`` from the given start position),
 pickled trainer-made item (custom samplers), ``X`` exit.
 
 Records out: DATA = one encoded batch, ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
-the exception's type name and traceback (`streamload.loader.worker_errors.describe`), or ``T`` + the worker's stage-time snapshot (`streamload.loader.stats.WorkerReporter`), written just
+the exception's type name and traceback (`streamload.loader.worker_errors.describe`), or ``T`` +
+the worker's stage-time snapshot (`streamload.loader.stats.WorkerReporter`), written just
 before a batch record now and then and before a planned pass's ``S``. Records are written in
 the order items arrived, so the trainer reads each ring in dispatch order.
 
