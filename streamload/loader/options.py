@@ -1,7 +1,8 @@
 """What a StreamLoader is told about its workers and transport, validated once at construction.
 
 `WorkerOptions` holds DataLoader's worker arguments, checked in DataLoader's order with the same
-exception types. `LoaderSettings` holds what the configuration decides for a loader (ring size,
+exception types and DataLoader's messages (streamload's detail appended). `effective_start_method`
+decides how workers start when the loader is given no context. `LoaderSettings` holds what the configuration decides for a loader (ring size,
 heap retention, start method), resolved by `streamload.config.load` once when the loader is made
 and handed down as plain values: nothing behind the loader reads the configuration.
 """
