@@ -318,10 +318,10 @@ class StreamLoader(Generic[T_co]):
         if self.worker_options.num_workers > 0:
             from streamload.loader.pool import MultiProcessIter, WorkerSetup
 
-            warn_if_too_many_workers(self.worker_options.num_workers)  # as DataLoader, each iter()
-
             if self.persistent_workers and self._worker_iter is not None:
                 return self._worker_iter.reset(self._new_pass())
+            # As DataLoader: again whenever a pool of workers is about to start.
+            warn_if_too_many_workers(self.worker_options.num_workers)
             pass_ = self._new_pass()
             setup = WorkerSetup.for_pass(
                 pass_, self.worker_options, self.settings, self._spare_rings, self.zero_copy

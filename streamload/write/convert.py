@@ -64,7 +64,8 @@ def convert(
         dst: the destination dataset directory (local path or fsspec URL).
         format: ``"arrow"`` or ``"lmdb"`` shards.
         shard_size: target shard size (int bytes or ``"256MB"``); None takes the configured one.
-        compression: Arrow compression (None, ``"zstd"``, ``"lz4"``).
+        compression: Arrow compression (``"none"``, ``"zstd"``, ``"lz4"``); None takes the
+            configured default (setting ``compression``).
         source_format: the source kind (``"parquet"``, ``"jsonl"``, ``"csv"``, ``"arrow"``,
             ``"hf"``, ``"lmdb"``, ``"imagefolder"``, or ``"streamload"`` for a streamload
             dataset: a directory with index.json, to change its format or shard size); None

@@ -20,7 +20,7 @@ from streamload.loader.loader import StreamLoader
 
 pytestmark = [
     pytest.mark.timeout(90),
-    pytest.mark.filterwarnings("ignore:StreamLoader will create:UserWarning"),
+    pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning"),
 ]
 
 _ROUNDS = 6

@@ -88,7 +88,7 @@ def test_every_sample_exactly_once_while_30_percent_of_gets_fail(
     assert remote.proxy.injected  # faults really happened
 
 
-@pytest.mark.filterwarnings("ignore:StreamLoader will create 4 worker processes")
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
 def test_four_processes_sharing_one_cache_make_one_download_per_shard_per_pass(
     faulty_s3: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
