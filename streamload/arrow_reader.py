@@ -101,10 +101,24 @@ class ArrowShardReader:
             raise FormatError(f"shard {shard_name}: not a readable Arrow IPC file: {exc}") from exc
         expected_schema = schema.arrow_schema()
         if not self._file.schema.equals(expected_schema):
-            raise FormatError(
-                f"shard {shard_name}: Arrow schema does not match index.json\n"
-                f"  file:  {self._file.schema}\n  index: {expected_schema}"
+            physical = _written_before_widening(schema, self._file.schema)
+            if physical is None:
+                raise FormatError(
+                    f"shard {shard_name}: Arrow schema does not match index.json\n"
+                    f"  file:  {self._file.schema}\n  index: {expected_schema}"
+                )
+            # Read with the layout the file has; take() hands the widened columns back as
+            # per-row arrays, as every variable-shape column is returned.
+            self._widened = tuple(
+                c.name
+                for c, p in zip(schema.columns, physical.columns, strict=True)
+                if c != p and c.name in self._selected.names
             )
+            schema = physical
+            self._schema = schema
+            self._selected = schema.select(columns)
+        else:
+            self._widened = ()
         counts = np.zeros(self._file.num_record_batches, np.int64)
         # A mapped file's record batches are views of the mapping: decode each IPC message once
         # per process (a worker opens every shard it touches, every epoch).
@@ -183,6 +197,8 @@ class ArrowShardReader:
             if groups is None:
                 groups = self._group(rows, which)
             out[col.name] = self._take_column(col, ci, groups, n, strings)
+        for name in self._widened:  # variable-shape columns come back as per-row arrays
+            out[name] = list(out[name])
         return out
 
     def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
@@ -435,6 +451,26 @@ class _MappedGather:
                 return BlobColumn.from_arrow(array.cast(_large_type(col)))
             return BlobColumn.gather(col.kind == "str", self._u8, starts, lengths)
         return array.to_pylist()
+
+
+def _written_before_widening(schema: Schema, file_schema: pa.Schema) -> Schema | None:
+    """The schema a shard was written with, if it differs from ``schema`` only in 1-d array
+    columns the writer made variable after this shard (``[None]`` in ``schema``, a fixed
+    ``[n]`` in the file); None if the file does not match that way."""
+    if len(file_schema) != len(schema.columns):
+        return None
+    columns = []
+    for col, field in zip(schema.columns, file_schema, strict=True):
+        if (
+            col.kind == "ndarray"
+            and col.shape == (None,)
+            and pa.types.is_fixed_size_list(field.type)
+            and field.type.list_size > 0
+        ):
+            col = Column(col.name, "ndarray", col.dtype, (field.type.list_size,))
+        columns.append(col)
+    physical = Schema(tuple(columns))
+    return physical if physical.arrow_schema().equals(file_schema) else None
 
 
 def _large_type(col: Column) -> pa.DataType:
