@@ -201,6 +201,45 @@ class ArrowShardReader:
             out[name] = list(out[name])
         return out
 
+    def flat_array(self, name: str) -> FlatArray:
+        """The values of 1-d array column ``name``, all rows concatenated, without a copy: one
+        numpy view of the mapped file per record batch (a token stream, see ``FlatArray``).
+
+        Every record batch is fully validated first, and a variable-shape row's stored shape
+        must equal its value count.
+
+        Raises:
+            FormatError: a corrupt record batch or row shape.
+            ValueError: ``name`` is not a 1-d array column.
+        """
+        ci = self._schema.names.index(name)
+        col = self._schema.columns[ci]
+        if col.kind != "ndarray" or len(col.shape or ()) != 1:
+            raise ValueError(f"column {name!r} is not a 1-d array column")
+        chunks: list[np.ndarray] = []
+        row_offsets: list[np.ndarray] = []
+        for b in range(len(self._batch_offsets) - 1):
+            arr = self._batch(b).column(ci)
+            if col.uses_var_layout:
+                data, shape = arr.flatten()
+                offsets = data.offsets.to_numpy()
+                stored = shape.flatten().to_numpy(zero_copy_only=False)
+                if len(offsets) and not np.array_equal(stored, np.diff(offsets)):
+                    raise FormatError(
+                        f"shard {self.name}: column {name!r}: a row's shape differs from its"
+                        f" value count in record batch {b}"
+                    )
+                first = int(offsets[0]) if len(offsets) else 0
+                values = data.values.to_numpy(zero_copy_only=False)
+                chunk = values[first : int(offsets[-1]) if len(offsets) else 0]
+                row_offsets.append(offsets[1:] - first)
+            else:
+                chunk = arr.flatten().to_numpy(zero_copy_only=False)
+                width = int(col.shape[0])  # type: ignore[index]
+                row_offsets.append(np.arange(1, len(arr) + 1, dtype=np.int64) * width)
+            chunks.append(chunk)
+        return FlatArray.from_chunks(chunks, row_offsets)
+
     def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
         """``[(batch, all output positions, slice of the batch)]`` when ``rows`` is an ascending
         contiguous run inside one batch (one memcpy per column), or [] for no rows; else None."""
@@ -302,6 +341,37 @@ class ArrowShardReader:
         if col.kind in ("str", "bytes"):
             return arr.to_pylist()
         return _var_arrays(col, arr)
+
+
+class FlatArray:
+    """A 1-d array column's values with every row concatenated, held as per-record-batch
+    chunks (views of the mapped shard): ``chunks[c]`` holds values ``[bounds[c], bounds[c+1])``
+    of the concatenation; row ``r`` is values ``[row_offsets[r], row_offsets[r + 1])``."""
+
+    def __init__(self, chunks: list[np.ndarray], bounds: np.ndarray, row_offsets: np.ndarray):
+        self.chunks = chunks
+        self.bounds = bounds
+        self.row_offsets = row_offsets
+
+    @classmethod
+    def from_chunks(cls, chunks: list[np.ndarray], row_ends: list[np.ndarray]) -> FlatArray:
+        """Chunks and, per chunk, the end offsets of its rows relative to the chunk start."""
+        sizes = np.fromiter((len(c) for c in chunks), np.int64, len(chunks))
+        bounds = np.zeros(len(chunks) + 1, np.int64)
+        np.cumsum(sizes, out=bounds[1:])
+        ends = [e + bounds[c] for c, e in enumerate(row_ends)]
+        row_offsets = np.concatenate([np.zeros(1, np.int64), *ends]).astype(np.int64)
+        return cls(chunks, bounds, row_offsets)
+
+    @property
+    def total(self) -> int:
+        """Values over all rows."""
+        return int(self.bounds[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Values per row (int64)."""
+        return np.diff(self.row_offsets)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -19,6 +19,11 @@ position (``load_state_dict`` sets one for the next pass). Iterating yields this
 which is exactly the num_workers=0 order when the DataLoader takes one sample per worker turn
 (``batch_size=1``); with larger batches each sample is still yielded exactly once.
 
+Token streams (``tokens=`` with ``block_size=``, or ``seq_len=`` and ``pack=True``): the items
+are fixed-length blocks of the concatenated token stream or packed rows (``token_stream``)
+instead of samples; ``len``, ``ds[i]``, ``get_batch``, the order and the resume state then count
+items, so everything above the dataset treats them as samples.
+
 Ids in ``get_batch`` are grouped by shard (searchsorted on cumulative counts), each shard does one
 columnar ``take``, and the parts are scattered back into the order of ``ids``; conventions per
 column kind are those of ``ArrowShardReader.take`` (arrow_reader.py).
@@ -39,6 +44,7 @@ import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
 from streamload import plan, store, verified
+from streamload.arrow_reader import FlatArray
 from streamload.checksum import file_digest
 from streamload.collate import BlobColumn
 from streamload.errors import ConfigError, FormatError
@@ -46,6 +52,7 @@ from streamload.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.readahead import OPEN_SHARDS, RemoteShards, reads_in_place, remote_shards
 from streamload.schema import Column, Schema
 from streamload.shard_reader import ShardReader, open_reader
+from streamload.token_stream import TokenItems, TokenSettings, flat_tokens
 
 # Open readers kept per process (LRU). An Arrow reader holds a mapping but no file descriptor;
 # an LMDB environment holds one, so LMDB datasets keep fewer open.
@@ -97,6 +104,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         shuffle_block: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        tokens: str | None = None,
+        block_size: int | None = None,
+        seq_len: int | None = None,
+        pack: bool = False,
     ) -> None:
         """Open a dataset (reads and validates index.json; shards open on first use).
 
@@ -120,10 +131,19 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             rank, world_size: this process's place in a distributed job (both or neither);
                 None: from torch.distributed when initialized, else RANK/WORLD_SIZE, at each
                 pass (see ``plan.topology``).
+            tokens: read this 1-d integer array column as a token stream: items become
+                ``block_size`` blocks of the concatenated documents (``{tokens: [block_size]}``),
+                or, with ``seq_len`` and ``pack=True``, rows of packed documents
+                (``{tokens, "segment_ids", "positions"}``, each ``[seq_len]``); see
+                ``token_stream``.
+            block_size: tokens per block (with ``tokens``).
+            seq_len: tokens per packed row (with ``tokens`` and ``pack=True``).
+            pack: pack whole documents into rows of ``seq_len`` (long documents are split).
 
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
-            ConfigError: bad seed, shuffle_mode, shuffle_block, or rank/world_size.
+            ConfigError: bad seed, shuffle_mode, shuffle_block, or rank/world_size; bad token
+                settings (``tokens`` not a 1-d integer array column, sizes, ``columns`` given).
             CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
@@ -171,6 +191,22 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 raise
             self._root, self._index = env
             verify = False  # nothing to verify against: the environment has no checksums
+        self._tokens: TokenItems | None = None
+        if tokens is not None:
+            token_settings = TokenSettings(tokens, block_size, seq_len, bool(pack))
+            token_settings.validated(self._index.schema)
+            if columns is not None:
+                raise ConfigError(
+                    "StreamingDataset(tokens=...): columns= does not apply; a token dataset"
+                    " reads only its token column"
+                )
+            columns = [tokens]
+            self._tokens = TokenItems(token_settings, self._index, self._flat_tokens)
+        elif block_size is not None or seq_len is not None or pack:
+            raise ConfigError(
+                "StreamingDataset: block_size=, seq_len= and pack= read a token column; name it"
+                " with tokens='tokens'"
+            )
         self._selected = self._index.schema.select(columns)
         self.cache_dir = cache_dir
         self.cache_limit = cache_limit
@@ -193,8 +229,39 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     @property
     def schema(self) -> Schema:
-        """The schema of the returned columns (the projection of the dataset schema)."""
+        """The schema of the returned columns (the projection of the dataset schema; for a
+        token stream, the schema of one block or packed row)."""
+        if self._tokens is not None:
+            return self._tokens.schema()
         return self._selected
+
+    @property
+    def tokens(self) -> TokenItems | None:
+        """The token stream's items (blocks or packed rows), or None for a sample dataset."""
+        return self._tokens
+
+    @property
+    def item_offsets(self) -> np.ndarray:
+        """``[0, cumsum(items per shard)]``: shard k holds item ids ``[o[k], o[k + 1])``
+        (samples; for a token stream, the blocks or rows the shard starts)."""
+        if self._tokens is not None:
+            return self._tokens.item_offsets()
+        return self._index.sample_offsets
+
+    def known_item_offsets(self) -> np.ndarray | None:
+        """``item_offsets`` if known without reading shards (None while a packed token stream
+        has not counted its rows yet: counting reads every shard's document lengths)."""
+        if self._tokens is not None and not self._tokens.counted:
+            return None
+        return self.item_offsets
+
+    def item_nbytes(self) -> float:
+        """Average bytes of one item as the loader receives it (the largest per-shard average
+        for samples; exact for token streams): what ring sizing plans for."""
+        if self._tokens is not None:
+            return float(self._tokens.item_nbytes())
+        shards = self._index.shards
+        return max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
 
     @property
     def num_shards(self) -> int:
@@ -207,6 +274,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return self._url
 
     def __len__(self) -> int:
+        if self._tokens is not None:
+            return len(self._tokens)
         return self._index.num_samples
 
     def __repr__(self) -> str:
@@ -252,7 +321,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def sample_order(self, epoch: int | None = None) -> np.ndarray:
         """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
         the same for every rank and worker count."""
-        sizes = [info.num_samples for info in self._index.shards]
+        if self._tokens is not None:
+            sizes: Any = self._tokens.items_per_shard()
+        else:
+            sizes = [info.num_samples for info in self._index.shards]
         epoch = self._epoch if epoch is None else epoch
         return plan.global_order(sizes, self.shuffle_settings, epoch)
 
@@ -296,7 +368,11 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def fingerprint(self) -> dict[str, Any]:
         """What a resume state must agree on: index digest, sample count, shuffle settings."""
         if self._digest is None:
-            shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
+            shards: list[Any] = [
+                (s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards
+            ]
+            if self._tokens is not None:  # blocks and packed rows are other items
+                shards.append(self._tokens.settings.describe())
             self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
         return plan.fingerprint(len(self), self._digest, self.shuffle_settings)
 
@@ -338,6 +414,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"sample index out of range for dataset of {n} samples")
+        if self._tokens is not None:
+            batch = self._tokens.get_batch(np.array([i], np.int64))
+            item = {name: values[0] for name, values in batch.items()}
+            return self.transform(item) if self.transform is not None else item
         offsets = self._index.sample_offsets
         k = int(np.searchsorted(offsets, i, "right")) - 1
         sample = self._reader(k).get(i - int(offsets[k]))
@@ -364,6 +444,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             raise IndexError(f"sample ids out of range [0, {len(self)})")
         if strings not in ("list", "blob"):
             raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
+        if self._tokens is not None:
+            return self._tokens.get_batch(ids)
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
         offsets = self._index.sample_offsets
@@ -421,16 +503,21 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         batch = self.get_batch(ids)
-        rows = [_rows(col, batch[col.name]) for col in self._selected.columns]
+        schema = self.schema
+        rows = [_rows(col, batch[col.name]) for col in schema.columns]
         samples = [
-            dict(zip(self._selected.names, values, strict=True))
-            for values in zip(*rows, strict=True)
+            dict(zip(schema.names, values, strict=True)) for values in zip(*rows, strict=True)
         ]
         if self.transform is not None:
             return [self.transform(sample) for sample in samples]
         return samples
 
     # -- shards -------------------------------------------------------------------------------
+
+    def _flat_tokens(self, k: int) -> FlatArray:
+        """Shard ``k``'s token column as one flat stream (views of the mapped shard)."""
+        assert self._tokens is not None  # only token datasets read flat token columns
+        return flat_tokens(self._reader(k), self._tokens.settings.column)
 
     def _reader(self, k: int) -> ShardReader:
         if os.getpid() != self._pid:  # forked: the parent's mmaps and handles are not ours

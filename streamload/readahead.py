@@ -374,12 +374,15 @@ def remote_shards(dataset: Any, fs: Any, root: str) -> RemoteShards:
     worker = torch.utils.data.get_worker_info()
     wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
     ref = weakref.ref(dataset)
-    offsets = dataset.index.sample_offsets
 
     def plan(epoch: int) -> np.ndarray:
         ds = ref()
         if ds is None:
             return np.empty(0, np.int64)
+        offsets = ds.known_item_offsets()
+        if offsets is None:  # a packed token stream counting its rows: shards in index order
+            return np.arange(len(ds.index.shards), dtype=np.int64)
+        # Items (samples, or a token stream's blocks/rows) by the shard that starts them.
         return shard_sequence(ds.sample_order(epoch)[wid::workers], offsets)
 
     shards = RemoteShards(
