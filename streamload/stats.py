@@ -243,6 +243,8 @@ class LoaderStats:
         self.listeners: list[Callable[[LoaderStats], None]] = []
         self._occupancy_sum = 0.0
         self._occupancy_samples = 0
+        self.packed_tokens = 0  # token slots with segment_ids != 0 (packed token streams)
+        self.packed_slots = 0
 
     # -- measuring points -----------------------------------------------------------------------
 
@@ -265,6 +267,10 @@ class LoaderStats:
         self._epoch_wait_s += wait_s
         self.wait_max_s = max(self.wait_max_s, wait_s)
         self.waits.add(wait_s)
+        segment_ids = batch.get("segment_ids") if isinstance(batch, dict) else None
+        if segment_ids is not None and hasattr(segment_ids, "shape"):  # packed rows
+            self.packed_slots += int(np.prod(segment_ids.shape))
+            self.packed_tokens += int((segment_ids != 0).sum())
         if self.rings and self.steps % 8 == 0:
             self._sample_occupancy()
         for listener in self.listeners:
@@ -327,6 +333,9 @@ class LoaderStats:
                 ready/capacity sampled every 8 steps), ``producer_waits``/``producer_wait_s``
                 (workers waiting for ring space), ``consumer_waits``/``consumer_wait_s``.
             ``padding_samples``: repeated samples this rank yields this epoch for equal steps.
+            ``packing``: for packed token rows (batches with ``segment_ids``), ``tokens`` (real
+                tokens received), ``slots`` (token slots received) and ``padding_fraction``
+                (1 - tokens/slots); None when no such batch was received.
             ``cache``: ``enabled`` (True once a remote shard went through the cache), ``note``, ``hits``,
                 ``misses``, ``evictions``, ``bytes_downloaded``, ``retries``, ``throttled``,
                 ``hit_rate`` (None without lookups).
@@ -354,6 +363,15 @@ class LoaderStats:
             "stages": self._stages(),
             "ring": self._ring(),
             "padding_samples": padding_samples,
+            "packing": (
+                {
+                    "tokens": self.packed_tokens,
+                    "slots": self.packed_slots,
+                    "padding_fraction": 1.0 - self.packed_tokens / self.packed_slots,
+                }
+                if self.packed_slots
+                else None
+            ),
             "cache": self._cache(),
         }
 
