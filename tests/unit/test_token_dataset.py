@@ -170,7 +170,7 @@ def test_packed_rows_keep_fitting_documents_whole_and_mask_padding(
             pieces.setdefault(doc, []).append(piece)
     for i, d in enumerate(docs):
         got = sorted(pieces.get(i, []), key=lambda p: p[0])
-        assert sum(got, []) == d
+        assert [t for piece in got for t in piece] == d
         if 0 < len(d) <= seq_len:
             assert len(got) == 1
     assert first_token is not None
