@@ -351,6 +351,7 @@ class FlatArray:
     def __init__(self, chunks: list[np.ndarray], bounds: np.ndarray, row_offsets: np.ndarray):
         self.chunks = chunks
         self.bounds = bounds
+        self.bounds_list: list[int] = bounds.tolist()  # for per-range bisect without numpy
         self.row_offsets = row_offsets
 
     @classmethod

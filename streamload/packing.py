@@ -18,7 +18,7 @@ worker and run, which is what lets the plan treat packed rows as items (shuffled
 across ranks, resumed from a position) exactly like samples. Best-fit decreasing keeps padding low
 (a few percent for typical document-length mixes); ``Packing.padding`` reports it.
 
-Row content (``row_layout``/``fill_rows``): ``tokens`` of each piece, ``segment_ids`` 1, 2, ... per
+Row content (made by the token reader): ``tokens`` of each piece, ``segment_ids`` 1, 2, ... per
 piece in the row (0 = padding) and ``positions`` restarting at 0 for each piece, so a split
 document's later pieces also start at position 0 (their row is a fresh attention context).
 """
@@ -140,47 +140,3 @@ def _best_fit_decreasing(sizes: np.ndarray, capacity: int) -> np.ndarray:
             else:
                 bucket.append(row)
     return row_of
-
-
-def row_layout(packing: Packing, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where the pieces of ``rows`` go in a ``[len(rows), seq_len]`` batch.
-
-    Returns:
-        ``(piece, out_row, out_col)``: piece indices into ``packing``'s arrays, in batch order,
-        with the batch row and the column each piece starts at.
-    """
-    rows = np.asarray(rows, np.int64)
-    lo, hi = packing.row_ptr[rows], packing.row_ptr[rows + 1]
-    count = hi - lo
-    out_row = np.repeat(np.arange(len(rows), dtype=np.int64), count)
-    within = np.arange(len(out_row), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
-    piece = lo[out_row] + within
-    length = packing.length[piece]
-    # Column = tokens of the earlier pieces in the same row.
-    ends = np.cumsum(length)
-    row_base = np.repeat(ends[np.cumsum(count) - count] - length[np.cumsum(count) - count], count)
-    out_col = ends - length - row_base
-    return piece, out_row, out_col
-
-
-def fill_rows(
-    out_row: np.ndarray, out_col: np.ndarray, length: np.ndarray, num_rows: int, seq_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``segment_ids`` and ``positions`` ([num_rows, seq_len] int32) of pieces placed at
-    ``(out_row, out_col)`` with ``length`` tokens, pieces of a row in column order."""
-    segment_ids = np.zeros((num_rows, seq_len), np.int32)
-    positions = np.zeros((num_rows, seq_len), np.int32)
-    if len(length) == 0:
-        return segment_ids, positions
-    first_of_row = np.ones(len(out_row), bool)
-    first_of_row[1:] = out_row[1:] != out_row[:-1]
-    piece_number = np.arange(len(out_row)) - np.maximum.accumulate(
-        np.where(first_of_row, np.arange(len(out_row)), 0)
-    )
-    flat = np.repeat(out_row * seq_len + out_col, length)
-    total = int(length.sum())
-    offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(length) - length, length)
-    flat += offset
-    segment_ids.reshape(-1)[flat] = np.repeat(piece_number + 1, length)
-    positions.reshape(-1)[flat] = offset
-    return segment_ids, positions

@@ -26,6 +26,8 @@ of the mapping); other readers through one columnar ``take`` of the shard (a cop
 
 from __future__ import annotations
 
+import bisect
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,17 +38,11 @@ import numpy as np
 from streamload.arrow_reader import FlatArray
 from streamload.errors import ConfigError, FormatError
 from streamload.index import DatasetIndex
-from streamload.packing import Packing, check_seq_len, fill_rows, pack, row_layout
+from streamload.packing import Packing, check_seq_len, pack
 from streamload.schema import Column, Schema
-from streamload.token_blocks import (
-    block_pieces,
-    blocks_per_shard,
-    check_block_size,
-    offsets,
-    split_ranges,
-)
+from streamload.token_blocks import blocks_per_shard, check_block_size, offsets
 
-_PACKINGS_KEPT = 64  # packed shards whose row layout a process keeps (LRU)
+_PACKINGS_KEPT = 32  # packed shards whose rows a process keeps (LRU; two shuffle windows)
 
 
 @dataclass(frozen=True)
@@ -154,11 +150,16 @@ class TokenItems:
         self._dtype = index.schema.column(settings.column).numpy_dtype
         self._totals: np.ndarray | None = None
         self._counts: np.ndarray | None = None
-        self._packings: OrderedDict[int, Packing] = OrderedDict()
+        self._bounds: list[int] | None = None
+        self._item_bounds_list: list[int] | None = None
+        self._positions: np.ndarray | None = None
+        self._last_flat: tuple[int, int, FlatArray] | None = None
+        self._rows: OrderedDict[int, _ShardRows] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_packings"] = OrderedDict()  # rebuilt where needed, not shipped to workers
+        state["_rows"] = OrderedDict()  # rebuilt where needed, not shipped to workers
+        state["_last_flat"] = None
         return state
 
     # -- counts ---------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ class TokenItems:
         if self._counts is None:
             if self.packed:
                 self._counts = np.fromiter(
-                    (self._packing(k, keep=False).num_rows for k in range(len(self._index.shards))),
+                    (self._packing(k).num_rows for k in range(len(self._index.shards))),
                     np.int64,
                     len(self._index.shards),
                 )
@@ -257,42 +258,74 @@ class TokenItems:
     def _blocks(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         size = self.settings.length
         out = np.empty((len(ids), size), self._dtype)
-        flat_out = out.reshape(-1)
-        pieces = block_pieces(ids, offsets(self.shard_tokens()), size)
-        dest = pieces.range_index * size + pieces.at
-        for k, sel in _by_shard(pieces.part):
-            self._copy(k, pieces.start[sel], pieces.stop[sel], flat_out, dest[sel])
+        bounds = self._shard_bounds()
+        for row, block in zip(out, ids.tolist(), strict=True):
+            first = block * size
+            k = bisect.bisect_right(bounds, first) - 1  # the shard holding the first token
+            at = 0
+            while at < size:  # a block may run on into the next shards
+                lo = first + at - bounds[k]
+                n = min(size - at, bounds[k + 1] - bounds[k] - lo)
+                if n > 0:
+                    _copy_tokens(self._flat(k), lo, n, row, at)
+                    at += n
+                k += 1
         return {self.settings.column: out}
 
     def _packed_batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         size = self.settings.length
         n = len(ids)
         out = np.zeros((n, size), self._dtype)
-        flat_out = out.reshape(-1)
-        item_bounds = self.item_offsets()
-        shard_of = np.searchsorted(item_bounds, ids, "right") - 1
-        rows_all, cols_all, lens_all = [], [], []
-        for k, sel in _by_shard(shard_of):
-            packing = self._packing(k)
-            batch_rows = np.flatnonzero(sel)
-            piece, out_row, out_col = row_layout(packing, ids[sel] - item_bounds[k])
-            out_row = batch_rows[out_row]
-            flat = self._flat(k)
-            length = packing.length[piece]
-            starts = flat.row_offsets[packing.doc[piece]] + packing.start[piece]
-            self._copy_from(flat, k, starts, starts + length, flat_out, out_row * size + out_col)
-            rows_all.append(out_row)
-            cols_all.append(out_col)
-            lens_all.append(length)
-        if rows_all:
-            rows, cols, lens = (np.concatenate(a) for a in (rows_all, cols_all, lens_all))
-            order = np.lexsort((cols, rows))
-            segment_ids, positions = fill_rows(rows[order], cols[order], lens[order], n, size)
-        else:
-            segment_ids, positions = fill_rows(*(np.zeros(0, np.int64),) * 3, n, size)
+        segment_ids = np.zeros((n, size), np.int32)
+        positions = np.zeros((n, size), np.int32)
+        ramp = self._ramp
+        item_bounds = self._item_bounds()
+        k = -1
+        for i, item in enumerate(ids.tolist()):
+            if k < 0 or not item_bounds[k] <= item < item_bounds[k + 1]:
+                k = bisect.bisect_right(item_bounds, item) - 1
+                rows = self._shard_rows(k)
+                chunks = self._flat(k).chunks
+            r = item - item_bounds[k]
+            tokens_row, segment_row, position_row = out[i], segment_ids[i], positions[i]
+            lo, hi = rows.row_ptr[r], rows.row_ptr[r + 1]
+            col = 0
+            for segment, (c, begin, length) in enumerate(
+                zip(
+                    rows.chunk[lo:hi].tolist(),
+                    rows.begin[lo:hi].tolist(),
+                    rows.length[lo:hi].tolist(),
+                    strict=True,
+                ),
+                1,
+            ):
+                # A piece lies inside one document, so inside one record batch: one copy.
+                tokens_row[col : col + length] = chunks[c][begin : begin + length]
+                segment_row[col : col + length] = segment
+                position_row[col : col + length] = ramp[:length]
+                col += length
         return {self.settings.column: out, "segment_ids": segment_ids, "positions": positions}
 
+    def _shard_bounds(self) -> list[int]:
+        if self._bounds is None:
+            self._bounds = offsets(self.shard_tokens()).tolist()
+        return self._bounds
+
+    def _item_bounds(self) -> list[int]:
+        if self._item_bounds_list is None:
+            self._item_bounds_list = self.item_offsets().tolist()
+        return self._item_bounds_list
+
+    @property
+    def _ramp(self) -> np.ndarray:
+        if self._positions is None:
+            self._positions = np.arange(self.settings.length, dtype=np.int32)
+        return self._positions
+
     def _flat(self, k: int) -> FlatArray:
+        last = self._last_flat
+        if last is not None and last[0] == k and last[1] == os.getpid():
+            return last[2]
         flat = self._open_flat(k)
         expected = self.shard_tokens()[k]
         if flat.total != expected:
@@ -301,56 +334,58 @@ class TokenItems:
                 f"shard {name}: column {self.settings.column!r} holds {flat.total} tokens,"
                 f" index.json says {expected}"
             )
+        # Only the newest: the dataset's reader LRU decides what stays mapped.
+        self._last_flat = (k, os.getpid(), flat)
         return flat
 
-    def _copy(
-        self, k: int, starts: np.ndarray, stops: np.ndarray, out: np.ndarray, dest: np.ndarray
-    ) -> None:
-        self._copy_from(self._flat(k), k, starts, stops, out, dest)
+    def _shard_rows(self, k: int) -> _ShardRows:
+        rows = self._rows.get(k)
+        if rows is not None:
+            self._rows.move_to_end(k)
+            return rows
+        packing = self._packing(k)
+        flat = self._flat(k)
+        token_start = flat.row_offsets[packing.doc] + packing.start
+        chunk = np.searchsorted(flat.bounds, token_start, "right") - 1
+        rows = _ShardRows(
+            packing.row_ptr.tolist(),
+            chunk.astype(np.int32),
+            (token_start - flat.bounds[chunk]).astype(np.int64),
+            packing.length.astype(np.int32),
+        )
+        self._rows[k] = rows
+        if len(self._rows) > _PACKINGS_KEPT:
+            self._rows.popitem(last=False)
+        return rows
 
-    @staticmethod
-    def _copy_from(
-        flat: FlatArray,
-        k: int,
-        starts: np.ndarray,
-        stops: np.ndarray,
-        out: np.ndarray,
-        dest: np.ndarray,
-    ) -> None:
-        """Copy token ranges ``[starts, stops)`` of one shard to ``out[dest...]``: one slice
-        assignment per range and record batch."""
-        if len(flat.chunks) == 1:
-            chunk = flat.chunks[0]
-            for lo, hi, at in zip(starts.tolist(), stops.tolist(), dest.tolist(), strict=True):
-                out[at : at + hi - lo] = chunk[lo:hi]
-            return
-        p = split_ranges(starts, stops, flat.bounds)
-        at = dest[p.range_index] + p.at
-        chunks = flat.chunks
-        for c, lo, hi, a in zip(
-            p.part.tolist(), p.start.tolist(), p.stop.tolist(), at.tolist(), strict=True
-        ):
-            out[a : a + hi - lo] = chunks[c][lo:hi]
-
-    def _packing(self, k: int, keep: bool = True) -> Packing:
-        packing = self._packings.get(k)
-        if packing is not None:
-            self._packings.move_to_end(k)
-            return packing
-        packing = pack(self._open_flat(k).lengths, self.settings.length)
-        if keep:
-            self._packings[k] = packing
-            if len(self._packings) > _PACKINGS_KEPT:
-                self._packings.popitem(last=False)
-        return packing
+    def _packing(self, k: int) -> Packing:
+        return pack(self._open_flat(k).lengths, self.settings.length)
 
 
-def _by_shard(shard_of: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """``[(shard, mask of positions in that shard)]`` in order of first appearance."""
-    if len(shard_of) == 0:
-        return []
-    first = int(shard_of[0])
-    if (shard_of == first).all():
-        return [(first, np.ones(len(shard_of), bool))]
-    seen = dict.fromkeys(shard_of.tolist())
-    return [(k, shard_of == k) for k in seen]
+def _copy_tokens(flat: FlatArray, lo: int, n: int, out: np.ndarray, at: int) -> None:
+    """Copy values ``[lo, lo + n)`` of ``flat`` to ``out[at:]``: one slice assignment per record
+    batch the range crosses (usually one)."""
+    bounds = flat.bounds_list
+    c = bisect.bisect_right(bounds, lo) - 1
+    while n > 0:
+        take = min(n, bounds[c + 1] - lo)
+        if take > 0:
+            begin = lo - bounds[c]
+            out[at : at + take] = flat.chunks[c][begin : begin + take]
+            at += take
+            lo += take
+            n -= take
+        c += 1
+
+
+@dataclass(frozen=True)
+class _ShardRows:
+    """One packed shard's rows: row ``r`` is pieces ``row_ptr[r]:row_ptr[r + 1]``; piece ``j``
+    is ``length[j]`` tokens from position ``begin[j]`` of record batch ``chunk[j]`` of the
+    shard's token column (arrays: ~16 bytes per piece, so a process can keep a window of
+    shards; ``row_ptr`` is a list for the per-item lookups)."""
+
+    row_ptr: list[int]
+    chunk: np.ndarray
+    begin: np.ndarray
+    length: np.ndarray

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamload.errors import ConfigError
-from streamload.packing import check_seq_len, fill_rows, pack, row_layout
+from streamload.packing import check_seq_len, pack
 
 doc_lengths = st.lists(st.integers(0, 40), max_size=60)
 
@@ -78,30 +78,6 @@ def test_best_fit_fills_rows_tightly() -> None:
     """Pieces that pair up exactly (7+3, 6+4, 5+5) leave no padding."""
     packing = pack(np.array([3, 7, 5, 4, 6, 5]), 10)
     assert packing.num_rows == 3 and packing.padding == 0
-
-
-@given(doc_lengths, st.integers(1, 16), st.data())
-def test_row_layout_gives_segments_restarting_per_piece_and_masked_padding(
-    lengths: list[int], seq_len: int, data: st.DataObject
-) -> None:
-    """Laid-out rows: segment ids count pieces 1.. per row, positions restart at 0, padding is 0."""
-    packing = pack(np.array(lengths, np.int64), seq_len)
-    if packing.num_rows == 0:
-        return
-    rows = np.array(
-        data.draw(st.lists(st.integers(0, packing.num_rows - 1), min_size=1, max_size=5))
-    )
-    piece, out_row, out_col = row_layout(packing, rows)
-    seg, pos = fill_rows(out_row, out_col, packing.length[piece], len(rows), seq_len)
-    for i, r in enumerate(rows):
-        lo, hi = packing.row_ptr[r], packing.row_ptr[r + 1]
-        col = 0
-        for k, j in enumerate(range(lo, hi)):
-            n = int(packing.length[j])
-            assert (seg[i, col : col + n] == k + 1).all()
-            assert pos[i, col : col + n].tolist() == list(range(n))
-            col += n
-        assert (seg[i, col:] == 0).all() and (pos[i, col:] == 0).all()
 
 
 @pytest.mark.parametrize("bad", [0, -3, 1.5, None])
