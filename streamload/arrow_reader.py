@@ -235,7 +235,7 @@ class ArrowShardReader:
                 row_offsets.append(offsets[1:] - first)
             else:
                 chunk = arr.flatten().to_numpy(zero_copy_only=False)
-                width = int(col.shape[0])  # type: ignore[index]
+                width = col.row_shape[0]
                 row_offsets.append(np.arange(1, len(arr) + 1, dtype=np.int64) * width)
             chunks.append(chunk)
         return FlatArray.from_chunks(chunks, row_offsets)

@@ -133,10 +133,10 @@ def _best_fit_decreasing(sizes: np.ndarray, capacity: int) -> np.ndarray:
             free = fit - size
         row_of[item] = row
         if free:
-            bucket = rows_with.get(free)
-            if bucket is None:
+            same = rows_with.get(free)
+            if same is None:
                 rows_with[free] = [row]
                 bisect.insort(free_keys, free)
             else:
-                bucket.append(row)
+                same.append(row)
     return row_of

@@ -116,7 +116,7 @@ def flat_tokens(reader: Any, column: str) -> FlatArray:
     """Shard ``reader``'s column as a ``FlatArray``, made once per reader."""
     cached = getattr(reader, "_streamload_flat", None)
     if cached is not None and cached[0] == column:
-        return cached[1]  # type: ignore[no-any-return]
+        return cached[1]
     if hasattr(reader, "flat_array"):
         flat = reader.flat_array(column)
     else:  # any other reader: one columnar take (a copy of the shard's tokens)
