@@ -240,6 +240,15 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """The token stream's items (blocks or packed rows), or None for a sample dataset."""
         return self._tokens
 
+    def item_sizes(self) -> np.ndarray:
+        """Items per shard, in index order: what the plan orders (samples; for a token stream,
+        the blocks or packed rows each shard starts)."""
+        if self._tokens is not None:
+            return self._tokens.items_per_shard()
+        return np.fromiter(
+            (info.num_samples for info in self._index.shards), np.int64, len(self._index.shards)
+        )
+
     @property
     def item_offsets(self) -> np.ndarray:
         """``[0, cumsum(items per shard)]``: shard k holds item ids ``[o[k], o[k + 1])``
@@ -321,10 +330,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def sample_order(self, epoch: int | None = None) -> np.ndarray:
         """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
         the same for every rank and worker count."""
-        if self._tokens is not None:
-            sizes: Any = self._tokens.items_per_shard()
-        else:
-            sizes = [info.num_samples for info in self._index.shards]
+        sizes = self.item_sizes()
         epoch = self._epoch if epoch is None else epoch
         return plan.global_order(sizes, self.shuffle_settings, epoch)
 
