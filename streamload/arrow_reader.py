@@ -238,7 +238,10 @@ class ArrowShardReader:
                 width = col.row_shape[0]
                 row_offsets.append(np.arange(1, len(arr) + 1, dtype=np.int64) * width)
             chunks.append(chunk)
-        return FlatArray.from_chunks(chunks, row_offsets)
+        flat = FlatArray.from_chunks(chunks, row_offsets)
+        if self._gather is not None and chunks:
+            flat.locate_in(self._gather.whole_values(chunks[0].dtype))
+        return flat
 
     def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
         """``[(batch, all output positions, slice of the batch)]`` when ``rows`` is an ascending
@@ -346,13 +349,39 @@ class ArrowShardReader:
 class FlatArray:
     """A 1-d array column's values with every row concatenated, held as per-record-batch
     chunks (views of the mapped shard): ``chunks[c]`` holds values ``[bounds[c], bounds[c+1])``
-    of the concatenation; row ``r`` is values ``[row_offsets[r], row_offsets[r + 1])``."""
+    of the concatenation; row ``r`` is values ``[row_offsets[r], row_offsets[r + 1])``.
+
+    For vectorised gathers, ``source()`` gives one 1-d array holding every chunk and each
+    chunk's start in it: the whole mapped file viewed as the column's dtype when the shard is
+    mapped (no copy), else the chunks concatenated once."""
 
     def __init__(self, chunks: list[np.ndarray], bounds: np.ndarray, row_offsets: np.ndarray):
         self.chunks = chunks
         self.bounds = bounds
         self.bounds_list: list[int] = bounds.tolist()  # for per-range bisect without numpy
         self.row_offsets = row_offsets
+        self._source: tuple[np.ndarray, np.ndarray] | None = None
+
+    def locate_in(self, whole: np.ndarray) -> None:
+        """Use ``whole`` (a 1-d array the chunks are views of) as ``source()`` if every chunk
+        lies inside it at a whole element offset."""
+        base, itemsize = whole.ctypes.data, whole.itemsize
+        starts = np.array([c.ctypes.data - base for c in self.chunks], np.int64)
+        sizes = np.fromiter((len(c) for c in self.chunks), np.int64, len(self.chunks))
+        if (
+            all(c.dtype == whole.dtype and c.strides == (itemsize,) for c in self.chunks)
+            and (starts % itemsize == 0).all()
+            and (starts >= 0).all()
+            and (starts // itemsize + sizes <= len(whole)).all()
+        ):
+            self._source = (whole, starts // itemsize)
+
+    def source(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, chunk_starts)``: chunk ``c`` is ``values[chunk_starts[c]:][:len(c)]``."""
+        if self._source is None:
+            values = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int64)
+            self._source = (values, self.bounds[:-1].copy())
+        return self._source
 
     @classmethod
     def from_chunks(cls, chunks: list[np.ndarray], row_ends: list[np.ndarray]) -> FlatArray:
@@ -438,6 +467,10 @@ class _MappedGather:
         self._u8 = np.frombuffer(whole, np.uint8)
         self._batches = batches
         self._layouts: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def whole_values(self, dtype: np.dtype[Any]) -> np.ndarray:
+        """The whole mapped file as a read-only 1-d array of ``dtype`` (no copy)."""
+        return np.frombuffer(self._whole, dtype, count=self._size // dtype.itemsize)
 
     def layout(self, ci: int, col: Column) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-batch file positions for column ``ci``: (values or offsets index, data byte pos)."""

@@ -150,9 +150,9 @@ class TokenItems:
         self._dtype = index.schema.column(settings.column).numpy_dtype
         self._totals: np.ndarray | None = None
         self._counts: np.ndarray | None = None
+        self._total: int | None = None
         self._bounds: list[int] | None = None
         self._item_bounds_list: list[int] | None = None
-        self._positions: np.ndarray | None = None
         self._last_flat: tuple[int, int, FlatArray] | None = None
         self._rows: OrderedDict[int, _ShardRows] = OrderedDict()
 
@@ -186,8 +186,9 @@ class TokenItems:
         """Items (blocks, or packed rows) per shard, in index order."""
         if self._counts is None:
             if self.packed:
+                # The last shards counted stay packed (LRU) for the first reads.
                 self._counts = np.fromiter(
-                    (self._packing(k).num_rows for k in range(len(self._index.shards))),
+                    (len(self._shard_rows(k).row_ptr) - 1 for k in range(len(self._index.shards))),
                     np.int64,
                     len(self._index.shards),
                 )
@@ -210,7 +211,9 @@ class TokenItems:
         return offsets(self.items_per_shard())
 
     def __len__(self) -> int:
-        return int(self.items_per_shard().sum())
+        if self._total is None:
+            self._total = int(self.items_per_shard().sum())
+        return self._total
 
     def schema(self) -> Schema:
         """The schema of one item."""
@@ -273,38 +276,50 @@ class TokenItems:
         return {self.settings.column: out}
 
     def _packed_batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Packed rows: the views of every piece (and of each row's padding) are listed, then
+        one ``np.concatenate`` writes the whole batch; segment ids and positions follow from
+        the piece lengths with a few whole-batch numpy calls."""
         size = self.settings.length
         n = len(ids)
-        out = np.zeros((n, size), self._dtype)
-        segment_ids = np.zeros((n, size), np.int32)
-        positions = np.zeros((n, size), np.int32)
-        ramp = self._ramp
+        tokens = np.empty((n, size), self._dtype)
+        pad = np.zeros(size, self._dtype)
         item_bounds = self._item_bounds()
+        views: list[np.ndarray] = []
+        lengths: list[int] = []
+        segments: list[int] = []
         k = -1
-        for i, item in enumerate(ids.tolist()):
+        for item in ids.tolist():
             if k < 0 or not item_bounds[k] <= item < item_bounds[k + 1]:
                 k = bisect.bisect_right(item_bounds, item) - 1
                 rows = self._shard_rows(k)
-                chunks = self._flat(k).chunks
+                values, _ = self._flat(k).source()
             r = item - item_bounds[k]
-            tokens_row, segment_row, position_row = out[i], segment_ids[i], positions[i]
             lo, hi = rows.row_ptr[r], rows.row_ptr[r + 1]
-            col = 0
-            for segment, (c, begin, length) in enumerate(
-                zip(
-                    rows.chunk[lo:hi].tolist(),
-                    rows.begin[lo:hi].tolist(),
-                    rows.length[lo:hi].tolist(),
-                    strict=True,
-                ),
-                1,
-            ):
-                # A piece lies inside one document, so inside one record batch: one copy.
-                tokens_row[col : col + length] = chunks[c][begin : begin + length]
-                segment_row[col : col + length] = segment
-                position_row[col : col + length] = ramp[:length]
-                col += length
-        return {self.settings.column: out, "segment_ids": segment_ids, "positions": positions}
+            row_lengths = rows.length[lo:hi].tolist()
+            for src, length in zip(rows.src[lo:hi].tolist(), row_lengths, strict=True):
+                views.append(values[src : src + length])
+            used = sum(row_lengths)
+            lengths += row_lengths
+            segments += range(1, len(row_lengths) + 1)
+            if used < size:
+                views.append(pad[: size - used])
+                lengths.append(size - used)
+                segments.append(0)
+        if not n:
+            empty = np.zeros((0, size), np.int32)
+            return {self.settings.column: tokens, "segment_ids": empty, "positions": empty}
+        np.concatenate(views, out=tokens.reshape(-1))
+        length = np.array(lengths, np.int32)
+        segment = np.array(segments, np.int32)
+        segment_ids = np.repeat(segment, length).reshape(n, size)
+        start = np.cumsum(length, dtype=np.int32) - length
+        positions = np.arange(n * size, dtype=np.int32) - np.repeat(start, length)
+        positions *= segment_ids.reshape(-1) != 0  # padding: position 0
+        return {
+            self.settings.column: tokens,
+            "segment_ids": segment_ids,
+            "positions": positions.reshape(n, size),
+        }
 
     def _shard_bounds(self) -> list[int]:
         if self._bounds is None:
@@ -315,12 +330,6 @@ class TokenItems:
         if self._item_bounds_list is None:
             self._item_bounds_list = self.item_offsets().tolist()
         return self._item_bounds_list
-
-    @property
-    def _ramp(self) -> np.ndarray:
-        if self._positions is None:
-            self._positions = np.arange(self.settings.length, dtype=np.int32)
-        return self._positions
 
     def _flat(self, k: int) -> FlatArray:
         last = self._last_flat
@@ -347,12 +356,9 @@ class TokenItems:
         flat = self._flat(k)
         token_start = flat.row_offsets[packing.doc] + packing.start
         chunk = np.searchsorted(flat.bounds, token_start, "right") - 1
-        rows = _ShardRows(
-            packing.row_ptr.tolist(),
-            chunk.astype(np.int32),
-            (token_start - flat.bounds[chunk]).astype(np.int64),
-            packing.length.astype(np.int32),
-        )
+        _, chunk_starts = flat.source()
+        src = chunk_starts[chunk] + (token_start - flat.bounds[chunk])
+        rows = _ShardRows(packing.row_ptr, src.astype(np.int64), packing.length.astype(np.int32))
         self._rows[k] = rows
         if len(self._rows) > _PACKINGS_KEPT:
             self._rows.popitem(last=False)
@@ -381,11 +387,10 @@ def _copy_tokens(flat: FlatArray, lo: int, n: int, out: np.ndarray, at: int) -> 
 @dataclass(frozen=True)
 class _ShardRows:
     """One packed shard's rows: row ``r`` is pieces ``row_ptr[r]:row_ptr[r + 1]``; piece ``j``
-    is ``length[j]`` tokens from position ``begin[j]`` of record batch ``chunk[j]`` of the
-    shard's token column (arrays: ~16 bytes per piece, so a process can keep a window of
-    shards; ``row_ptr`` is a list for the per-item lookups)."""
+    is ``length[j]`` tokens from element ``src[j]`` of the shard's ``FlatArray.source()`` (a
+    piece lies inside one document, so inside one record batch). ~20 bytes per piece, so a
+    process can keep a window of shards."""
 
-    row_ptr: list[int]
-    chunk: np.ndarray
-    begin: np.ndarray
+    row_ptr: np.ndarray
+    src: np.ndarray
     length: np.ndarray
