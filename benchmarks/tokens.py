@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 import streamload as sl
+from streamload.cli.pss import PeakPss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
-import memory
 
 MiB = 1 << 20
 BLOCK = 2049
@@ -209,7 +209,7 @@ def measure_in_child(
         proc = subprocess.Popen(
             [*cmd, "--repeats", str(repeats)], stdout=subprocess.PIPE, text=True
         )
-        sampler = memory.PeakPss(proc.pid) if sample else None
+        sampler = PeakPss(proc.pid) if sample else None
         with sampler or contextlib.nullcontext():
             out, _ = proc.communicate(timeout=1800)
         if proc.returncode != 0:
