@@ -153,6 +153,7 @@ class TokenItems:
         self._total: int | None = None
         self._bounds: list[int] | None = None
         self._item_bounds_list: list[int] | None = None
+        self._arange: np.ndarray | None = None
         self._last_flat: tuple[int, int, FlatArray] | None = None
         self._rows: OrderedDict[int, _ShardRows] = OrderedDict()
 
@@ -278,48 +279,61 @@ class TokenItems:
     def _packed_batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Packed rows: the views of every piece (and of each row's padding) are listed, then
         one ``np.concatenate`` writes the whole batch; segment ids and positions follow from
-        the piece lengths with a few whole-batch numpy calls."""
+        the piece lengths with two ``np.repeat`` calls."""
         size = self.settings.length
         n = len(ids)
         tokens = np.empty((n, size), self._dtype)
-        pad = np.zeros(size, self._dtype)
-        item_bounds = self._item_bounds()
-        views: list[np.ndarray] = []
-        lengths: list[int] = []
-        segments: list[int] = []
-        k = -1
-        for item in ids.tolist():
-            if k < 0 or not item_bounds[k] <= item < item_bounds[k + 1]:
-                k = bisect.bisect_right(item_bounds, item) - 1
-                rows = self._shard_rows(k)
-                values, _ = self._flat(k).source()
-            r = item - item_bounds[k]
-            lo, hi = rows.row_ptr[r], rows.row_ptr[r + 1]
-            row_lengths = rows.length[lo:hi].tolist()
-            for src, length in zip(rows.src[lo:hi].tolist(), row_lengths, strict=True):
-                views.append(values[src : src + length])
-            used = sum(row_lengths)
-            lengths += row_lengths
-            segments += range(1, len(row_lengths) + 1)
-            if used < size:
-                views.append(pad[: size - used])
-                lengths.append(size - used)
-                segments.append(0)
         if not n:
             empty = np.zeros((0, size), np.int32)
             return {self.settings.column: tokens, "segment_ids": empty, "positions": empty}
+        pad = np.zeros(size, self._dtype)
+        item_bounds = self.item_offsets()
+        shard_of = np.searchsorted(item_bounds, ids, "right") - 1
+        views: list[np.ndarray] = []
+        lengths: list[int] = []
+        segments: list[int] = []
+        padded: list[tuple[int, int]] = []  # (row, first padding column)
+        row = 0
+        for k, count in _runs(shard_of):
+            rows = self._shard_rows(k)
+            values, _ = self._flat(k).source()
+            local = ids[row : row + count] - item_bounds[k]
+            lo, hi = rows.row_ptr[local], rows.row_ptr[local + 1]
+            per_row = (hi - lo).tolist()
+            piece = np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo) + np.arange(
+                int((hi - lo).sum())
+            )
+            src, length = rows.src[piece].tolist(), rows.length[piece].tolist()
+            j = 0
+            for m in per_row:
+                used = 0
+                for src_j, length_j in zip(src[j : j + m], length[j : j + m], strict=True):
+                    views.append(values[src_j : src_j + length_j])
+                    used += length_j
+                lengths += length[j : j + m]
+                segments += range(1, m + 1)
+                if used < size:
+                    views.append(pad[: size - used])
+                    lengths.append(size - used)
+                    segments.append(0)
+                    padded.append((row, used))
+                j += m
+                row += 1
         np.concatenate(views, out=tokens.reshape(-1))
-        length = np.array(lengths, np.int32)
-        segment = np.array(segments, np.int32)
-        segment_ids = np.repeat(segment, length).reshape(n, size)
-        start = np.cumsum(length, dtype=np.int32) - length
-        positions = np.arange(n * size, dtype=np.int32) - np.repeat(start, length)
-        positions *= segment_ids.reshape(-1) != 0  # padding: position 0
-        return {
-            self.settings.column: tokens,
-            "segment_ids": segment_ids,
-            "positions": positions.reshape(n, size),
-        }
+        length_array = np.array(lengths, np.int32)
+        segment_ids = np.repeat(np.array(segments, np.int32), length_array).reshape(n, size)
+        start = np.cumsum(length_array, dtype=np.int32) - length_array
+        positions = self._ramp(n * size) - np.repeat(start, length_array)
+        positions = positions.reshape(n, size)
+        for r, used in padded:
+            positions[r, used:] = 0
+        return {self.settings.column: tokens, "segment_ids": segment_ids, "positions": positions}
+
+    def _ramp(self, n: int) -> np.ndarray:
+        """``arange(n)`` as int32, kept for the next batch of the same size."""
+        if self._arange is None or len(self._arange) != n:
+            self._arange = np.arange(n, dtype=np.int32)
+        return self._arange
 
     def _shard_bounds(self) -> list[int]:
         if self._bounds is None:
@@ -394,3 +408,13 @@ class _ShardRows:
     row_ptr: np.ndarray
     src: np.ndarray
     length: np.ndarray
+
+
+def _runs(values: np.ndarray) -> list[tuple[int, int]]:
+    """``[(value, run length)]`` of consecutive equal values (items of one shard)."""
+    if len(values) == 1 or (values == values[0]).all():
+        return [(int(values[0]), len(values))]
+    cut = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate(([0], cut))
+    counts = np.diff(np.concatenate((starts, [len(values)])))
+    return list(zip(values[starts].tolist(), counts.tolist(), strict=True))
