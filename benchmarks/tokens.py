@@ -164,8 +164,8 @@ def run_epoch(loader: Any, contender: str, facts: dict[str, Any]) -> tuple[int, 
         if tokens.ndim != 2 or tokens.shape[1] != width:
             raise RuntimeError(f"{contender}: batch of shape {tuple(tokens.shape)}")
         slots += tokens.numel()
-        if contender == "sl packed":
-            padding += int((batch["segment_ids"] == 0).sum())
+        if contender == "sl packed":  # counted on a numpy view: torch's reduction costs 0.5 ms
+            padding += tokens.numel() - int(np.count_nonzero(batch["segment_ids"].numpy()))
     if contender != "sl packed":
         want = facts["tokens"] // BLOCK * BLOCK
         # litdata drops a chunk's partial last block; it must still cover >= 99%.
