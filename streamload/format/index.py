@@ -6,6 +6,14 @@ Format version 1::
      "num_samples": N,
      "shards": [{"name": "shard-00000.arrow", "num_samples": n, "bytes": b, "xxh3_64": "hex"}, ...]}
 
+Format version 2 adds one optional key per shard, ``"elements"``: ``{"tokens": 123456}``, the
+total number of array elements of each variable-shape array column in that shard (the tokens of a
+token corpus), so a reader can lay out the concatenated stream (``N // block_size`` blocks, which
+shard holds token t) from index.json alone, never opening every shard up front. ShardWriter writes
+version 2 only when the schema has a variable-shape array column (otherwise version 1, byte for
+byte what older readers expect); a version 1 index, or a shard without the key, has its totals
+counted from the shard itself when a token reader first needs them.
+
 An optional ``"metadata"`` object carries facts about the data that are not columns (``convert``
 stores an image folder's class names as ``{"classes": [...]}``); it is omitted when empty, so
 datasets without it are byte-for-byte what older readers expect.
@@ -36,7 +44,7 @@ from streamload.store import filesystem as store
 from streamload.store.retry import RetryPolicy
 
 INDEX_NAME = "index.json"
-FORMAT_VERSIONS = (1,)
+FORMAT_VERSIONS = (1, 2)
 FORMATS = ("arrow", "lmdb")
 MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
 # (remote object metadata, fetch) -> index.json bytes: a kept copy, or fetch() (see read_index).
@@ -53,15 +61,20 @@ class ShardInfo:
     bytes: int
     checksum_algorithm: str
     checksum: str
+    #: Elements per variable-shape array column (format version 2), or None if not recorded.
+    elements: Mapping[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form of this shard's entry."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "num_samples": self.num_samples,
             "bytes": self.bytes,
             self.checksum_algorithm: self.checksum,
         }
+        if self.elements is not None:
+            out["elements"] = dict(self.elements)
+        return out
 
 
 @dataclass(frozen=True)
@@ -177,7 +190,7 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         missing = sorted(expected_keys - set(raw))
         extra = sorted(str(k) for k in set(raw) - expected_keys)
         raise FormatError(
-            f"{source}: index keys do not match version 1 (missing {missing}, extra {extra})"
+            f"{source}: index keys do not match version {version} (missing {missing}, extra {extra})"
         )
     fmt = raw["format"]
     if fmt not in FORMATS:
@@ -187,7 +200,9 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
     raw_shards = raw["shards"]
     if not isinstance(raw_shards, list):
         raise FormatError(f"{source}: 'shards' must be a list")
-    shards = tuple(_parse_shard(s, f"{source}: shard {i}") for i, s in enumerate(raw_shards))
+    shards = tuple(
+        _parse_shard(s, f"{source}: shard {i}", version, schema) for i, s in enumerate(raw_shards)
+    )
     names = [s.name for s in shards]
     if len(set(names)) != len(names):
         raise FormatError(f"{source}: duplicate shard names")
@@ -199,12 +214,13 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
     return DatasetIndex(version, fmt, schema, num_samples, shards, dict(metadata or {}) or None)
 
 
-def _parse_shard(raw: object, where: str) -> ShardInfo:
+def _parse_shard(raw: object, where: str, version: int, schema: Schema) -> ShardInfo:
     if not isinstance(raw, Mapping):
         raise FormatError(f"{where}: expected an object")
     name = validate_shard_name(raw.get("name"), where)
     algorithms = [a for a in ALGORITHMS if a in raw]
-    extra = sorted(str(k) for k in raw if k not in {"name", "num_samples", "bytes", *ALGORITHMS})
+    known = {"name", "num_samples", "bytes", *ALGORITHMS, *(("elements",) if version >= 2 else ())}
+    extra = sorted(str(k) for k in raw if k not in known)
     if len(algorithms) != 1 or extra:
         raise FormatError(
             f"{where} ({name}): needs exactly one checksum key of {', '.join(ALGORITHMS)}"
@@ -226,7 +242,23 @@ def _parse_shard(raw: object, where: str) -> ShardInfo:
         bytes=_count(raw.get("bytes"), f"{where} ({name}): bytes"),
         checksum_algorithm=algorithm,
         checksum=digest,
+        elements=_elements(raw.get("elements"), f"{where} ({name}): elements", schema),
     )
+
+
+def _elements(raw: object, where: str, schema: Schema) -> dict[str, int] | None:
+    """A shard's ``elements`` object: counts of variable-shape array columns of the schema."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise FormatError(f"{where} must be an object of column name -> element count")
+    variable = {c.name for c in schema.columns if c.kind == "ndarray" and c.uses_var_layout}
+    unknown = sorted(str(k) for k in raw if k not in variable)
+    if unknown:
+        raise FormatError(
+            f"{where} names {unknown}, which are not variable-shape array columns of the schema"
+        )
+    return {str(k): _count(v, f"{where}[{k!r}]") for k, v in raw.items()}
 
 
 def _count(value: object, where: str) -> int:

@@ -73,8 +73,7 @@ def auto_ring_capacity(dataset: Any, batch_size: int | None, spec: Any) -> int:
     """
     if spec.route is not Route.COLUMNAR or batch_size is None:
         return _FALLBACK_RING_BYTES
-    shards = dataset.index.shards
-    per_sample = max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
+    per_sample = dataset.item_nbytes()
     record = int(per_sample * batch_size * 1.5) + (64 << 10)
     need = min(max(2 * record, _MIN_AUTO_RING_BYTES), _MAX_AUTO_RING_BYTES)
     return 1 << (need - 1).bit_length()

@@ -15,6 +15,12 @@ gives a fixed dim, list a variable one; inner variable levels must be rectangula
 Anything else (timestamps, decimals, structs, maps, nulls...) is a ``FormatError`` naming the
 column and its type; so are null values (streamload columns are not nullable).
 
+``transform=fn`` maps each source row (a dict of the values above) to the sample to write, or to
+None to drop it (e.g. a tokenizer turning ``{"text": ...}`` into ``{"tokens": np.ndarray}``); rows
+go through it chunk by chunk (``batch_rows``), so memory stays bounded by one chunk. The written
+schema is then inferred from the first sample the transform returns (``shapes=`` declares
+variable dims; a 1-d array whose length changes becomes variable by itself, see ``ShardWriter``).
+
 Atomicity: the ShardWriter writes index.json last, so an interrupted conversion leaves no dataset
 that looks complete. Re-running the same conversion finishes the job: a destination without
 index.json is overwritten (its leftover shards and temp files are cleaned up); a destination
@@ -55,6 +61,8 @@ def convert(
     dst_storage_options: dict[str, Any] | None = None,
     batch_rows: int = BATCH_ROWS,
     progress: bool | None = None,
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    shapes: dict[str, list[int | None]] | None = None,
 ) -> DatasetIndex:
     """Convert a source dataset into streamload shards.
 
@@ -73,6 +81,10 @@ def convert(
         dst_storage_options: fsspec options of the destination.
         batch_rows: most rows read from the source at once (bounds memory).
         progress: show a progress bar; None follows the ``progress`` setting.
+        transform: ``fn(row) -> sample | None``, applied to every source row before it is
+            written (None drops the row); the schema is then inferred from its output.
+        shapes: variable dims of the transform's array outputs, e.g. ``{"tokens": [None]}``
+            (only with ``transform``; without one the source's schema is kept).
 
     Returns:
         The index of the written dataset.
@@ -81,10 +93,17 @@ def convert(
         FormatError: an unrecognised source, a column type or null value streamload cannot
             store (names the column), or unreadable input.
         StoreError: ``dst`` holds a complete dataset and ``overwrite`` is False.
-        ConfigError: bad format, shard_size or compression; ``src`` is ``dst``.
+        ConfigError: bad format, shard_size or compression; ``src`` is ``dst``; ``shapes``
+            without ``transform``.
+        FormatError: also: the transform returned something other than a sample dict or None.
     """
     from streamload.progress import progress as progress_bar
 
+    if shapes is not None and transform is None:
+        raise ConfigError(
+            "convert: shapes= applies to the samples a transform= returns; without a transform"
+            " the source's own schema is kept"
+        )
     cfg = config.load()  # an entry point: settings resolved once, here
     policy = RetryPolicy.from_config(cfg)
     if shard_size is None:
@@ -113,19 +132,36 @@ def convert(
             format=format,
             shard_size=shard_size,
             compression=compression,
-            schema=schema,
+            schema=schema if transform is None else None,
             storage_options=dst_storage_options,
             overwrite=replace,
             metadata=metadata,
+            shapes=shapes,
         ) as writer,
     ):
         names = [column["name"] for column in schema["columns"]]
+        row = 0
         for columns in chunks:
             count = 0
             for values in zip(*columns, strict=True):
-                writer.write(dict(zip(names, values, strict=True)))
+                sample: Any = dict(zip(names, values, strict=True))
+                if transform is not None:
+                    sample = transform(sample)
+                    if sample is not None and not isinstance(sample, dict):
+                        raise FormatError(
+                            f"convert: transform returned a {type(sample).__name__} for source"
+                            f" row {row}; it must return a sample dict, or None to drop the row"
+                        )
+                row += 1
                 count += 1
+                if sample is not None:
+                    writer.write(sample)
             bar.update(count)
+        if transform is not None and writer.schema is None:
+            raise FormatError(
+                f"convert: the transform dropped all {row} rows of {os.fspath(src)}; nothing to"
+                " write"
+            )
     return load_index(dst, dst_storage_options)
 
 

@@ -18,8 +18,18 @@ first (the old dataset is visibly gone while the new one is written) and, after 
 written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list (and the
 temp files of interrupted writers).
 
+Schema: given (``schema=``), or inferred from the first sample with ``shapes=`` declaring variable
+dims (``shapes={"tokens": [None]}``). An inferred 1-d array column also becomes variable by itself
+the first time a sample of the same dtype has another length (``schema.widen_1d``): a token corpus
+needs no declaration. Rows already buffered are re-laid out; if the open shard has already written
+record batches in the fixed layout, that shard is finished early and the next one starts in the
+variable layout (readers accept a fixed-layout shard under a widened 1-d column). Per shard, the
+total elements of each variable-shape array column go to index.json (format version 2), which is
+what token streams read to lay out blocks without opening every shard.
+
 Shard formats plug in through the small ``ShardFileWriter`` protocol (`ArrowShardFileWriter`,
-`LmdbShardFileWriter`): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
+`LmdbShardFileWriter`): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``, and
+``widen(schema) -> bool`` (take a widened schema for the rest of the shard, False if it cannot).
 """
 
 from __future__ import annotations
@@ -36,8 +46,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from streamload import config
 from streamload.errors import ConfigError, FormatError, StoreError
-from streamload.format.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInfo, read_index
-from streamload.format.schema import Schema, infer_schema, schema_from_json
+from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
+from streamload.format.schema import Schema, infer_schema, schema_from_json, widen_1d
 from streamload.sizes import parse_size
 from streamload.store import filesystem as store
 from streamload.store.retry import RetryPolicy
@@ -61,6 +71,8 @@ class ShardFileWriter(Protocol):
     def close(self) -> tuple[int, str]: ...
 
     def abort(self) -> None: ...
+
+    def widen(self, schema: Schema) -> bool: ...
 
 
 def _open_shard_file(
@@ -95,6 +107,7 @@ class ShardWriter:
         storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
         metadata: dict[str, Any] | None = None,
+        shapes: dict[str, list[int | None]] | None = None,
     ) -> None:
         """Open a dataset for writing.
 
@@ -107,14 +120,17 @@ class ShardWriter:
                 the configured default (setting ``shard_size``).
             compression: None (uncompressed), ``"zstd"`` or ``"lz4"``.
             schema: the schema's JSON form (see ``streamload.schema``); None infers it from the
-                first sample, with array shapes fixed.
+                first sample (array shapes fixed, except ``shapes`` and 1-d arrays whose length
+                changes, see the module docstring).
             storage_options: passed to fsspec.
             overwrite: replace an existing dataset at ``url`` (see the module docstring).
             metadata: a JSON-serialisable object stored as index.json's ``"metadata"`` (e.g.
                 ``{"classes": [...]}``); None or empty stores nothing.
+            shapes: array shapes to infer with, ``None`` for a variable dim, e.g.
+                ``{"tokens": [None]}``; the other columns are still inferred.
 
         Raises:
-            ConfigError: bad format, shard_size or compression.
+            ConfigError: bad format, shard_size or compression; both schema and shapes.
             FormatError: bad schema.
             StoreError: ``url`` already holds a dataset and ``overwrite`` is False.
         """
@@ -149,9 +165,18 @@ class ShardWriter:
         # object appears only when complete (object stores have no rename) and a failed upload
         # is retried by the store's one retry policy.
         self._remote = store.is_remote(self._fs)
+        if schema is not None and shapes is not None:
+            raise ConfigError(
+                "ShardWriter: give schema= or shapes=, not both (shapes= is for inferring the"
+                " rest of the schema; in schema=, write null for a variable dim)"
+            )
         self._schema: Schema | None = (
             None if schema is None else schema_from_json(schema, "ShardWriter(schema=...)")
         )
+        self._shapes = dict(shapes) if shapes is not None else None
+        # Inferred fixed 1-d array columns: they become variable when a length changes.
+        self._widenable: frozenset[str] = frozenset()
+        self._elements: dict[str, int] = {}  # this shard's elements per array column
         self._overwrite = overwrite
         self._metadata = dict(metadata) if metadata else None
         self._shards: list[ShardInfo] = []
@@ -198,15 +223,40 @@ class ShardWriter:
         if self._closed:
             raise ValueError(f"ShardWriter({self._url!r}) is closed")
         if self._schema is None:
-            self._schema = infer_schema(sample)
-        self._schema.validate(sample, self._num_samples)
+            self._schema = infer_schema(sample, self._shapes)
+            self._widenable = frozenset(
+                c.name
+                for c in self._schema.columns
+                if c.is_fixed_array
+                and len(c.shape or ()) == 1
+                and c.name not in (self._shapes or {})
+            )
+        try:
+            self._schema.validate(sample, self._num_samples)
+        except FormatError:
+            widened = widen_1d(self._schema, sample, self._widenable) if self._widenable else None
+            if widened is None:
+                raise
+            widened.validate(sample, self._num_samples)
+            self._widen(widened)
         if self._current is None:
             self._open_next_shard()
         current = self._current
         assert current is not None  # set by _open_next_shard; narrows the type for mypy
         current.add(sample)
+        for col in self._schema.columns:
+            if col.kind == "ndarray" and col.shape:
+                self._elements[col.name] = self._elements.get(col.name, 0) + sample[col.name].size
         self._num_samples += 1
         if current.estimated_bytes >= self._shard_size:
+            self._finish_shard()
+
+    def _widen(self, schema: Schema) -> None:
+        """Adopt ``schema`` (1-d columns made variable): the open shard takes it if it has not
+        written a record batch yet, else it is finished now in the old layout."""
+        self._schema = schema
+        self._widenable = frozenset(n for n in self._widenable if schema.column(n).is_fixed_array)
+        if self._current is not None and not self._current.widen(schema):
             self._finish_shard()
 
     def close(self) -> None:
@@ -224,8 +274,10 @@ class ShardWriter:
             raise FormatError(
                 f"ShardWriter({self._url!r}): no samples written and no schema given, so no index.json"
             )
+        variable = any(c.kind == "ndarray" and c.uses_var_layout for c in self._schema.columns)
         index = DatasetIndex(
-            format_version=FORMAT_VERSIONS[-1],
+            # Version 2 only adds per-shard element totals of variable-shape array columns.
+            format_version=2 if variable else 1,
             format=self._format,
             schema=self._schema,
             num_samples=self._num_samples,
@@ -297,7 +349,13 @@ class ShardWriter:
             os.replace(self._current_tmp, local)
         else:
             self._fs.mv(self._current_tmp, final)
-        self._shards.append(ShardInfo(name, current.num_samples, nbytes, "xxh3_64", digest))
+        assert self._schema is not None  # a shard was open, so a sample was written
+        variable = [c.name for c in self._schema.columns if c.uses_var_layout]
+        elements = {n: self._elements.get(n, 0) for n in variable} if variable else None
+        self._elements = {}
+        self._shards.append(
+            ShardInfo(name, current.num_samples, nbytes, "xxh3_64", digest, elements)
+        )
 
     def _publish_index(self, data: bytes) -> None:
         final = store.join(self._root, INDEX_NAME)

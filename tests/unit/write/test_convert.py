@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,83 @@ def test_streamload_datasets_convert_between_formats_keeping_schema(tmp_path: Pa
     assert _read_rows(tmp_path / "c") == _read_rows(tmp_path / "a") == _read_rows(tmp_path / "b")
     with pytest.raises(sl.ConfigError, match="same place"):
         sl.convert(tmp_path / "a", tmp_path / "a", overwrite=True)
+
+
+# -- transform= (tokenizing while converting) -------------------------------------------------
+
+
+def _tokenize(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A toy tokenizer: one token per character; rows with an id divisible by 4 dropped."""
+    if row["id"] % 4 == 0:
+        return None
+    return {
+        "id": row["id"],
+        "tokens": np.frombuffer(row["text"].encode(), np.uint8).astype(np.uint16),
+    }
+
+
+def test_transform_tokenizes_rows_drops_nones_and_infers_a_variable_column(
+    tmp_path: Path,
+) -> None:
+    """convert(transform=fn) writes fn's samples, skips None, and infers tokens as [None]."""
+    src = tmp_path / "src.parquet"
+    texts = [f"doc {i} " + "x" * (i % 7) for i in range(100)]
+    pq.write_table(pa.table({"id": pa.array(range(100)), "text": texts}), src, row_group_size=16)
+    index = sl.convert(str(src), str(tmp_path / "out"), transform=_tokenize, batch_rows=10)
+    assert index.schema.column("tokens").shape == (None,)
+    assert index.schema.names == ("id", "tokens")
+    ds = sl.StreamingDataset(str(tmp_path / "out"))
+    kept = [i for i in range(100) if i % 4]
+    assert [ds[j]["id"] for j in range(len(ds))] == kept
+    assert [bytes(ds[j]["tokens"].astype(np.uint8)).decode() for j in range(len(ds))] == [
+        texts[i] for i in kept
+    ]
+    assert sum(s.elements["tokens"] for s in index.shards) == sum(len(texts[i]) for i in kept)  # type: ignore[index]
+
+
+def test_transform_sees_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows reach the transform while the source is still being read (one chunk at a time)."""
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": "ab"}) + "\n" for i in range(50)))
+    seen: list[int] = []
+    module = sys.modules["streamload.write.convert"]
+    original = module.open_source
+
+    def counting_source(*args: Any, **kwargs: Any) -> Any:
+        source = original(*args, **kwargs)
+        inner = source.batches
+
+        def batches() -> Any:
+            for batch in inner:
+                seen.append(-len(batch))  # a chunk read...
+                yield batch
+
+        source.batches = batches()
+        return source
+
+    def transform(row: dict[str, Any]) -> dict[str, Any]:
+        seen.append(row["id"])  # ...then its rows transformed before the next chunk is read
+        return {"id": row["id"], "tokens": np.zeros(row["id"] % 3 + 1, np.int32)}
+
+    monkeypatch.setattr(module, "open_source", counting_source)
+    sl.convert(str(src), str(tmp_path / "out"), transform=transform, batch_rows=8)
+    chunks = [i for i, v in enumerate(seen) if v < 0]
+    assert len(chunks) >= 2
+    assert seen[chunks[1] - 1] == 7  # the first chunk's 8 rows are done before the second read
+
+
+@pytest.mark.parametrize(
+    ("transform", "message"),
+    [
+        (lambda row: None, "the transform dropped all 10 rows"),
+        (lambda row: [1, 2], "transform returned a list for source row 0"),
+        (lambda row: {"t": [1, 2]}, r"np.asarray\(ids, dtype=np.int32\)"),
+    ],
+)
+def test_transform_mistakes_are_named(tmp_path: Path, transform: Any, message: str) -> None:
+    """A transform returning nothing, a non-dict, or python lists gets a FormatError that says why."""
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(10)))
+    with pytest.raises(FormatError, match=message):
+        sl.convert(str(src), str(tmp_path / "out"), transform=transform)
+    assert not (tmp_path / "out" / "index.json").exists()
