@@ -3,9 +3,12 @@ environments into a streamload dataset (Arrow or LMDB shards) at any fsspec URL;
 dataset (a directory with index.json) converts too, keeping its schema (re-shard, or Arrow <-> LMDB).
 
 Flow: ``sources.open_source`` yields bounded Arrow record batches; ``column_plan`` maps the
-source's Arrow schema to streamload column kinds before any row is read; each batch's columns
-become per-row values and go through ``ShardWriter``. Memory is bounded by one batch whatever the
-source's size.
+source's Arrow schema to streamload column kinds before any row is read; a `BatchEncoder` turns
+each batch into the shard layout column by column (Arrow casts, no per-row Python objects, for
+scalars, strings, binaries and arrays whose only variable dimension is the first; rows for the
+rest) and feeds the ``ShardWriter``'s shard stream, or (LMDB shards) per-row samples. Memory is
+bounded by one batch whatever the source's size. ``engine="ray"`` runs the same encoder in Ray
+Data write tasks (``streamload.ray``).
 
 Arrow type -> schema kind: integers -> ``int`` (uint64 values above int64 are an error), floats
 (16/32/64) -> ``float``, bool -> ``bool``, (large_/view) string -> ``str``, (large_/fixed_size_/
@@ -15,14 +18,16 @@ gives a fixed dim, list a variable one; inner variable levels must be rectangula
 Anything else (timestamps, decimals, structs, maps, nulls...) is a ``FormatError`` naming the
 column and its type; so are null values (streamload columns are not nullable).
 
-Atomicity: the ShardWriter writes index.json last, so an interrupted conversion leaves no dataset
-that looks complete. Re-running the same conversion finishes the job: a destination without
-index.json is overwritten (its leftover shards and temp files are cleaned up); a destination
-holding a complete dataset is refused unless ``overwrite=True``.
+Atomicity: the ShardWriter commits index.json last (``commit``), so an interrupted conversion
+leaves no dataset that looks complete. Re-running the same conversion finishes the job: a
+destination without index.json is overwritten (its leftover shards and temp files are cleaned
+up); a destination holding a complete dataset is refused unless ``overwrite=True``, or appended
+to with ``mode="append"`` (a new index version, the old one kept; ``commit`` module docstring).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,9 +37,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamload import store
+from streamload.arrow_writer import to_arrow
 from streamload.errors import ConfigError, FormatError
-from streamload.index import INDEX_NAME, DatasetIndex, load_index
+from streamload.index import INDEX_NAME, DatasetIndex
+from streamload.schema import Column, Schema, schema_from_json
 from streamload.sources import BATCH_ROWS, open_source
+from streamload.staging import ShardStream
 from streamload.writer import ShardWriter
 
 _INT64_MAX = 2**63 - 1
@@ -53,6 +61,9 @@ def convert(
     dst_storage_options: dict[str, Any] | None = None,
     batch_rows: int = BATCH_ROWS,
     progress: bool | None = None,
+    mode: str = "create",
+    engine: str = "local",
+    ray_options: dict[str, Any] | None = None,
 ) -> DatasetIndex:
     """Convert a source dataset into streamload shards.
 
@@ -71,6 +82,13 @@ def convert(
         dst_storage_options: fsspec options of the destination.
         batch_rows: most rows read from the source at once (bounds memory).
         progress: show a progress bar; None follows the ``progress`` setting.
+        mode: ``"create"`` a dataset, or ``"append"`` the source's rows to the one at ``dst``
+            (same schema; a new index version, ``ShardWriter`` docstring).
+        engine: ``"local"`` (this process) or ``"ray"``: Ray Data reads the source and
+            writes shards in parallel tasks, one commit at the end (``streamload.ray.convert``;
+            Parquet, JSON lines and CSV sources; needs the ``ray`` extra).
+        ray_options: with ``engine="ray"``: keyword arguments of ``streamload.ray.convert``
+            (e.g. ``{"concurrency": 8}``).
 
     Returns:
         The index of the written dataset.
@@ -79,22 +97,42 @@ def convert(
         FormatError: an unrecognised source, a column type or null value streamload cannot
             store (names the column), or unreadable input.
         StoreError: ``dst`` holds a complete dataset and ``overwrite`` is False.
-        ConfigError: bad format, shard_size or compression; ``src`` is ``dst``.
+        ConfigError: bad format, shard_size, compression, mode or engine; ``src`` is ``dst``.
     """
     from streamload.progress import progress as progress_bar
+
+    if engine == "ray":
+        from streamload.ray import convert as ray_convert
+
+        return ray_convert(
+            src,
+            dst,
+            format=format,
+            shard_size=shard_size,
+            compression=compression,
+            source_format=source_format,
+            overwrite=overwrite,
+            storage_options=storage_options,
+            dst_storage_options=dst_storage_options,
+            mode=mode,
+            **(ray_options or {}),
+        )
+    if engine != "local":
+        raise ConfigError(f"convert engine: unknown engine {engine!r}; use 'local' or 'ray'")
 
     fs, root = store.resolve(dst, dst_storage_options)
     src_fs, src_root = store.resolve(src, storage_options)
     if type(src_fs) is type(fs) and src_root == root:
         raise ConfigError(f"convert: source and destination are the same place ({os.fspath(dst)})")
+    encoder: BatchEncoder | None = None
     if source_format == "streamload" or (
         source_format is None and src_fs.exists(store.join(src_root, INDEX_NAME))
     ):
         schema, metadata, num_rows, chunks = _dataset_chunks(src, storage_options, batch_rows)
     else:
-        schema, metadata, num_rows, chunks = _source_chunks(
-            src, source_format, storage_options, batch_rows
-        )
+        source = open_source(os.fspath(src), source_format, storage_options, batch_rows)
+        encoder = BatchEncoder(source.schema)
+        schema, metadata, num_rows = encoder.schema.to_json(), source.metadata, source.num_rows
     # Nothing complete to protect without index.json: overwrite cleans up an interrupted run.
     replace = overwrite or not fs.exists(store.join(root, INDEX_NAME))
     bar = progress_bar(total=num_rows, desc="convert", unit="rows", enabled=progress)
@@ -109,38 +147,26 @@ def convert(
             storage_options=dst_storage_options,
             overwrite=replace,
             metadata=metadata,
+            mode=mode,
         ) as writer,
     ):
-        names = [column["name"] for column in schema["columns"]]
-        for columns in chunks:
-            count = 0
-            for values in zip(*columns, strict=True):
-                writer.write(dict(zip(names, values, strict=True)))
-                count += 1
-            bar.update(count)
-    return load_index(dst, dst_storage_options)
+        if encoder is not None:
+            for batch in source.batches:
+                encoder.write(writer.stream, batch)
+                bar.update(batch.num_rows)
+        else:
+            names = [column["name"] for column in schema["columns"]]
+            for columns in chunks:
+                count = 0
+                for values in zip(*columns, strict=True):
+                    writer.write(dict(zip(names, values, strict=True)))
+                    count += 1
+                bar.update(count)
+    return writer.index
 
 
 # (schema JSON, index metadata, total rows if known, per-chunk column value lists)
 _Chunks = tuple[dict[str, Any], dict[str, Any] | None, int | None, Iterator[list[list[Any]]]]
-
-
-def _source_chunks(
-    src: str | os.PathLike[str],
-    source_format: str | None,
-    storage_options: dict[str, Any] | None,
-    batch_rows: int,
-) -> _Chunks:
-    """A foreign source (``sources.open_source``), its Arrow types mapped by ``column_plan``."""
-    source = open_source(os.fspath(src), source_format, storage_options, batch_rows)
-    plan = column_plan(source.schema)
-
-    def chunks() -> Iterator[list[list[Any]]]:
-        for batch in source.batches:
-            yield [to_rows(batch.column(i)) for i, (_, to_rows) in enumerate(plan)]
-
-    schema = {"columns": [column for column, _ in plan]}
-    return schema, source.metadata, source.num_rows, chunks()
 
 
 def _dataset_chunks(
@@ -163,6 +189,97 @@ def _dataset_chunks(
             ]
 
     return ds.schema.to_json(), ds.index.metadata, len(ds), chunks()
+
+
+class BatchEncoder:
+    """Record batches of one source Arrow schema, as streamload samples or shard-layout batches.
+
+    ``schema`` is the streamload schema (``column_plan``); `write` puts a batch into a
+    ``ShardStream``: Arrow shards take `layout` batches, LMDB shards take `rows`.
+    """
+
+    def __init__(self, source_schema: pa.Schema) -> None:
+        """Map ``source_schema`` (FormatError naming a column streamload cannot store)."""
+        self.source_schema = source_schema
+        self._plan = column_plan(source_schema)
+        self.schema: Schema = schema_from_json(
+            {"columns": [column for column, _ in self._plan]}, "convert"
+        )
+        self._arrow_schema = self.schema.arrow_schema()
+
+    def rows(self, batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
+        """The batch's rows as samples (dicts in schema order)."""
+        names = self.schema.names
+        columns = [to_rows(batch.column(i)) for i, (_, to_rows) in enumerate(self._plan)]
+        for values in zip(*columns, strict=True):
+            yield dict(zip(names, values, strict=True))
+
+    def layout(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch in the shard layout of ``schema`` (``Schema.arrow_schema``).
+
+        Raises:
+            FormatError: null values, uint64 values past int64, ragged arrays (names the column).
+        """
+        arrays = [
+            _layout_column(col, batch.column(i), to_rows, field.type)
+            for i, (col, (_, to_rows), field) in enumerate(
+                zip(self.schema.columns, self._plan, self._arrow_schema, strict=True)
+            )
+        ]
+        return pa.RecordBatch.from_arrays(arrays, schema=self._arrow_schema)
+
+    def write(self, stream: ShardStream | Any, batch: pa.RecordBatch) -> None:
+        """Add the batch's rows to ``stream`` (a ShardStream)."""
+        if stream.format == "arrow":
+            stream.add_batch(self.layout(batch))
+        else:
+            for sample in self.rows(batch):
+                stream.add(sample)
+
+
+def _layout_column(col: Column, arr: pa.Array, to_rows: ToRows, target: pa.DataType) -> pa.Array:
+    """One source column in the shard layout: Arrow casts where they are exact, else rows."""
+    name = col.name
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = _checked(name, arr).dictionary_decode()
+    if col.kind != "ndarray":
+        _checked(name, arr)
+        if arr.type == target:
+            return arr
+        try:
+            return arr.cast(target)  # safe cast: an overflow or lossy value raises
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return to_arrow(col, to_rows(arr), target)  # names the column and value at fault
+    dims = col.shape or ()
+    if not dims or None in dims[1:]:
+        return to_arrow(col, to_rows(arr), target)
+    n = len(arr)
+    values = _checked(name, arr)
+    lengths = (
+        pc.list_value_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
+        if dims[0] is None
+        else None
+    )
+    for _ in dims:
+        values = _checked(name, values.flatten())
+    prim = pa.from_numpy_dtype(np.dtype(col.dtype))
+    if values.type != prim:
+        values = values.cast(prim)
+    inner = [int(d) for d in dims[1:]]  # type: ignore[arg-type]
+    if not col.uses_var_layout:
+        return pa.FixedSizeListArray.from_arrays(values, math.prod(dims))  # type: ignore[arg-type]
+    if lengths is None:
+        lengths = np.full(n, dims[0], np.int64)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths * math.prod(inner), out=offsets[1:])
+    shapes = np.empty((n, len(dims)), np.int64)
+    shapes[:, 0] = lengths
+    shapes[:, 1:] = inner
+    data = pa.LargeListArray.from_arrays(pa.array(offsets), values)
+    shape = pa.FixedSizeListArray.from_arrays(pa.array(shapes.reshape(-1)), len(dims))
+    return pa.StructArray.from_arrays([data, shape], fields=list(target))
 
 
 def column_plan(schema: pa.Schema) -> list[tuple[dict[str, Any], ToRows]]:

@@ -8,7 +8,9 @@ Format version 1 (DESIGN.md "On-disk format")::
 
 An optional ``"metadata"`` object carries facts about the data that are not columns (``convert``
 stores an image folder's class names as ``{"classes": [...]}``); it is omitted when empty, so
-datasets without it are byte-for-byte what older readers expect.
+datasets without it are byte-for-byte what older readers expect. An optional ``"version"`` (an
+int >= 2) numbers the index of an appended dataset (see ``commit``): the first version carries
+none, and each earlier version stays readable as ``index.v<N>.json`` (``version_name``).
 
 Each shard has exactly one checksum key, ``xxh3_64`` (written by ShardWriter) or ``sha256``.
 Invariants checked by ``parse_index`` before anything else is read: the version is one this
@@ -35,6 +37,7 @@ from streamload.errors import FormatError
 from streamload.schema import Schema, schema_from_json
 
 INDEX_NAME = "index.json"
+_VERSION_NAME = "index.v{}.json"
 FORMAT_VERSIONS = (1,)
 FORMATS = ("arrow", "lmdb")
 MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
@@ -71,6 +74,7 @@ class DatasetIndex:
     num_samples: int
     shards: tuple[ShardInfo, ...]
     metadata: dict[str, Any] | None = None
+    version: int = 1
 
     @cached_property
     def sample_offsets(self) -> np.ndarray:
@@ -94,11 +98,18 @@ class DatasetIndex:
         }
         if self.metadata:
             out["metadata"] = self.metadata
+        if self.version != 1:
+            out["version"] = self.version
         return out
 
     def to_bytes(self) -> bytes:
         """index.json's bytes (UTF-8, indented for people, trailing newline)."""
         return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+
+
+def version_name(version: int) -> str:
+    """The file name that keeps version ``version`` of a dataset's index once a later one exists."""
+    return _VERSION_NAME.format(int(version))
 
 
 def validate_shard_name(name: object, source: str) -> str:
@@ -170,7 +181,10 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
     metadata = raw.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise FormatError(f"{source}: 'metadata' must be a JSON object")
-    if set(raw) - {"metadata"} != expected_keys:
+    index_version = raw.get("version", 1)
+    if not isinstance(index_version, int) or isinstance(index_version, bool) or index_version < 1:
+        raise FormatError(f"{source}: 'version' must be an integer >= 1, got {index_version!r:.40}")
+    if set(raw) - {"metadata", "version"} != expected_keys:
         missing = sorted(expected_keys - set(raw))
         extra = sorted(str(k) for k in set(raw) - expected_keys)
         raise FormatError(
@@ -193,7 +207,9 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         raise FormatError(
             f"{source}: shards hold {total} samples but num_samples says {num_samples}"
         )
-    return DatasetIndex(version, fmt, schema, num_samples, shards, dict(metadata or {}) or None)
+    return DatasetIndex(
+        version, fmt, schema, num_samples, shards, dict(metadata or {}) or None, index_version
+    )
 
 
 def _parse_shard(raw: object, where: str) -> ShardInfo:
@@ -233,18 +249,34 @@ def _count(value: object, where: str) -> int:
 
 
 def load_index(
-    url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    url: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    version: int | None = None,
 ) -> DatasetIndex:
-    """Read and validate ``<url>/index.json``.
+    """Read and validate ``<url>/index.json``, or an earlier version of it.
+
+    Args:
+        version: None for the current version; else that version (``index.v<N>.json`` once a
+            later version exists).
 
     Raises:
         FormatError: index.json is missing (the dataset is missing or incomplete: an interrupted
-            ShardWriter never writes it) or invalid.
+            ShardWriter never writes it) or invalid; no such version.
         StoreError: the URL cannot be opened.
     """
     fs, root = store.resolve(url, storage_options)
-    path = store.join(root, INDEX_NAME)
-    return read_index(fs, path, f"{os.fspath(url)}/{INDEX_NAME}")
+    current = read_index(fs, store.join(root, INDEX_NAME), f"{os.fspath(url)}/{INDEX_NAME}")
+    if version is None or version == current.version:
+        return current
+    name = version_name(version)
+    if not 1 <= version < current.version:
+        raise FormatError(
+            f"{os.fspath(url)}: no version {version}; the dataset is at version {current.version}"
+        )
+    index = read_index(fs, store.join(root, name), f"{os.fspath(url)}/{name}")
+    if index.version != version:
+        raise FormatError(f"{os.fspath(url)}/{name} holds version {index.version}, not {version}")
+    return index
 
 
 def read_index(

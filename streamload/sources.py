@@ -158,6 +158,17 @@ def detect_kind(fs: Any, root: str, src: str) -> str:
     )
 
 
+def source_files(src: str, kind: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The files of a file-based source of ``kind`` (parquet, jsonl, csv, arrow), sorted, as
+    paths of ``store.resolve(src)``'s filesystem (engines that read them in parallel).
+
+    Raises:
+        FormatError: no such files.
+    """
+    fs, root = store.resolve(src, storage_options)
+    return _files(fs, root, src, kind)
+
+
 def _files(fs: Any, root: str, src: str, kind: str) -> list[str]:
     if fs.isfile(root):
         return [root]

@@ -380,6 +380,24 @@ def listdir(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> list[st
     return list(_call(fs, path, "ls", (path,), {"detail": False}, policy, "list"))
 
 
+def list_sizes(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> dict[str, int]:
+    """``{file name: size}`` of the files directly under ``path``, fresh from the server (one
+    paginated LIST on an object store, never a cached listing; retried).
+
+    Raises:
+        StoreError: a permanent failure, or retries exhausted.
+    """
+    kwargs: dict[str, Any] = {"detail": True}
+    if is_remote(fs):
+        kwargs["refresh"] = True
+    entries = _call(fs, path, "ls", (path,), kwargs, policy, "list")
+    return {
+        str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+        for e in entries
+        if e.get("type") == "file"
+    }
+
+
 # -- machinery ----------------------------------------------------------------------------------
 
 
