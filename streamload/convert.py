@@ -86,7 +86,7 @@ def convert(
             (same schema; a new index version, ``ShardWriter`` docstring).
         engine: ``"local"`` (this process) or ``"ray"``: Ray Data reads the source and
             writes shards in parallel tasks, one commit at the end (``streamload.ray.convert``;
-            Parquet, JSON lines and CSV sources; needs the ``ray`` extra).
+            file-based sources; needs the ``ray`` extra).
         ray_options: with ``engine="ray"``: keyword arguments of ``streamload.ray.convert``
             (e.g. ``{"concurrency": 8}``).
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from streamload import commit, sources, store
 from streamload.convert import BatchEncoder
 from streamload.errors import ConfigError, FormatError
-from streamload.index import DatasetIndex
+from streamload.index import INDEX_NAME, DatasetIndex
 from streamload.schema import Schema, schema_from_json
 from streamload.staging import ShardStream, StagedShard, shard_settings
 
@@ -121,19 +121,12 @@ class ShardDatasink(Datasink):
     # -- driver: job start ---------------------------------------------------------------------
 
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        """Check the destination (refuse, clear for overwrite, or read the version to append to)
-        and, given the blocks' Arrow schema, that it maps to the dataset's schema."""
+        """Check the destination: refuse it, clear it for overwrite, or read the version to
+        append to (whose schema every task then checks its blocks against). ``schema`` (the
+        first input bundle's, which after operator fusion may be an upstream stage's) is unused."""
         fs, root = store.resolve(self._url, self._storage_options)
         self._base = commit.prepare(fs, root, self._url, self._mode, self._overwrite)
         self._started = True
-        want = self._expected_schema()
-        if schema is not None and want is not None and len(schema):
-            got = BatchEncoder(_plain_schema(schema)).schema
-            if got != want:
-                raise FormatError(
-                    f"ShardDatasink({self._url!r}): "
-                    + commit.schema_difference(want, got, "the dataset", "the blocks")
-                )
 
     def _expected_schema(self) -> Schema | None:
         if self._base is not None:
@@ -246,22 +239,25 @@ def convert(
     dst_storage_options: dict[str, Any] | None = None,
     mode: str = "create",
     concurrency: int | None = None,
-    override_num_blocks: int | None = None,
+    part_bytes: int = 64 * 2**20,
+    batch_rows: int = sources.BATCH_ROWS,
 ) -> DatasetIndex:
-    """``streamload.convert`` on Ray Data: read the source in parallel tasks, write shards in
-    parallel tasks, commit once. Connects to the running Ray instance (``ray.init`` first for a
-    cluster; else Ray starts a local one).
+    """``streamload.convert`` on Ray Data: the source is cut into parts (Parquet row-group runs of
+    about ``part_bytes``, or whole files: ``sources.split_source``), each Ray task reads one part
+    with streamload's own readers and writes its shards through `ShardDatasink`, and one commit
+    publishes them in part order. Uses the running Ray instance (``ray.init`` it for a cluster;
+    else Ray starts a local one).
 
-    Args: as ``streamload.convert``, plus ``concurrency`` (most write tasks at once; None lets
-        Ray decide) and ``override_num_blocks`` (how many read tasks to split the source into).
+    Args: as ``streamload.convert``, plus ``concurrency`` (most tasks at once; None lets Ray
+        decide), ``part_bytes`` and ``batch_rows`` (rows per record batch read).
 
     Returns:
         The committed index.
 
     Raises:
-        ConfigError: a source kind Ray cannot read in parallel (Parquet, JSON lines and CSV
-            only), or bad settings.
-        FormatError, StoreError: as ``streamload.convert``.
+        FormatError: a source that is not file-based (image folders, LMDB environments: convert
+            those with engine="local"), or as ``streamload.convert``.
+        StoreError, ConfigError: as ``streamload.convert``.
     """
     text = os.fspath(src)
     fs, root = store.resolve(text, storage_options)
@@ -269,39 +265,43 @@ def convert(
     if type(fs) is type(dst_fs) and root == dst_root:
         raise ConfigError(f"convert: source and destination are the same place ({os.fspath(dst)})")
     kind = source_format or sources.detect_kind(fs, root, text)
-    readers = {
-        "parquet": ray.data.read_parquet,
-        "jsonl": ray.data.read_json,
-        "csv": ray.data.read_csv,
-    }
-    if kind not in readers:
+    if kind not in ("parquet", "jsonl", "csv", "arrow", "hf"):
         raise ConfigError(
-            f"convert(engine='ray'): reads Parquet, JSON lines and CSV sources in parallel; {text}"
-            f" is {kind}: convert it with engine='local'"
+            f"convert(engine='ray') reads file-based sources (Parquet, JSON lines, CSV, Arrow,"
+            f" Hugging Face) in parallel parts; {text} is {kind}: convert it with engine='local'"
         )
-    files = sources.source_files(text, kind, storage_options)
-    read_options: dict[str, Any] = {}
-    if store.local_path(fs, root) is None:
-        read_options["filesystem"] = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(fs))
-    if override_num_blocks is not None:
-        read_options["override_num_blocks"] = override_num_blocks
-    if not dst_fs.exists(store.join(dst_root, "index.json")):
-        overwrite = True  # nothing complete to protect: clean up an interrupted run
+    kind, schema, parts = sources.split_source(text, kind, storage_options, part_bytes)
+    BatchEncoder(schema)  # an unsupported column fails here, before any task starts
+    options = dict(storage_options or {})
+
+    def read(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+        for i in batch["part"]:
+            for piece in sources.read_part(text, parts[int(i)], schema, options, batch_rows):
+                yield pa.Table.from_batches([piece])
+
+    exists = (
+        store.exists(dst_fs, store.join(dst_root, INDEX_NAME))
+        if store.is_remote(dst_fs)
+        else dst_fs.exists(store.join(dst_root, INDEX_NAME))
+    )
     sink = ShardDatasink(
         dst,
         format=format,
         shard_size=shard_size,
         compression=compression,
         storage_options=dst_storage_options,
-        overwrite=overwrite,
+        overwrite=overwrite or not exists,  # nothing complete to protect: clean up a failed run
         mode=mode,
     )
     context = ray.data.DataContext.get_current()
     preserve = context.execution_options.preserve_order
-    context.execution_options.preserve_order = True  # task index follows the input's order
+    context.execution_options.preserve_order = True  # task index follows the parts' order
     try:
-        dataset = readers[kind](files, **read_options)
-        dataset.write_datasink(sink, concurrency=concurrency)
+        items = [{"part": i} for i in range(len(parts))]
+        listed = ray.data.from_items(items, override_num_blocks=len(parts))
+        listed.map_batches(read, batch_size=1, batch_format="numpy").write_datasink(
+            sink, concurrency=concurrency
+        )
     finally:
         context.execution_options.preserve_order = preserve
     assert sink.index is not None  # set by on_write_complete, or write_datasink raised
