@@ -194,13 +194,7 @@ def commit(
         version=1 if base is None else base.version + 1,
     )
     if base is not None:
-        current = read_index(fs, store.join(root, INDEX_NAME), f"{url}/{INDEX_NAME}")
-        if current != base:
-            raise StoreError(
-                f"{url}: {INDEX_NAME} changed while this append was written (version"
-                f" {current.version} is not the version {base.version} it started from); nothing"
-                " was committed: write again"
-            )
+        check_base(fs, root, url, base)
         _publish(fs, root, version_name(base.version), base.to_bytes())
     _publish(fs, root, INDEX_NAME, index.to_bytes())
     read_index(fs, store.join(root, INDEX_NAME), f"{url}/{INDEX_NAME}")
@@ -212,6 +206,21 @@ def commit(
             with contextlib.suppress(OSError):  # committed already: the next commit retries
                 _remove(fs, store.join(root, name))
     return index
+
+
+def check_base(fs: Any, root: str, url: str, base: DatasetIndex) -> None:
+    """Check that index.json is still ``base``, the version an append started from.
+
+    Raises:
+        StoreError: another writer committed a version meanwhile (nothing is committed).
+    """
+    current = read_index(fs, store.join(root, INDEX_NAME), f"{url}/{INDEX_NAME}")
+    if current != base:
+        raise StoreError(
+            f"{url}: {INDEX_NAME} changed while this append was written (version"
+            f" {current.version} is not the version {base.version} it started from); nothing"
+            " was committed: write again"
+        )
 
 
 def discard(fs: Any, root: str, url: str) -> None:

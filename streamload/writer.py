@@ -23,6 +23,7 @@ shards are left in place: no index references them, and the next commit at this 
 from __future__ import annotations
 
 import os
+import secrets
 from types import TracebackType
 from typing import Any
 
@@ -155,7 +156,14 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        staged = self._stream.finish() if self._stream is not None else []
+        try:
+            if self._base is not None:  # fail before staging the last shard if another append won
+                commit.check_base(self._fs, self._root, self._url, self._base)
+            staged = self._stream.finish() if self._stream is not None else []
+        except BaseException:
+            if self._stream is not None:
+                self._stream.abort()
+            raise
         self._index = commit.commit(
             self._fs,
             self._root,
@@ -205,14 +213,13 @@ class ShardWriter:
         if self._schema is None:
             raise ValueError(f"ShardWriter({self._url!r}): no schema yet (write a sample first)")
         first = len(self._base.shards) if self._base is not None else 0
-        taken = {s.name for s in self._base.shards} if self._base is not None else set()
+        # Appended shards carry this writer's token: a staged name never replaces a shard that
+        # an index (this one, or a concurrent append's) references.
+        tag = f"-{secrets.token_hex(4)}" if self._mode == "append" else ""
         ext = self._format
 
         def name(k: int) -> str:
-            candidate = f"shard-{first + k:05d}.{ext}"
-            if candidate in taken:  # an appended dataset named by another writer
-                raise FormatError(f"ShardWriter({self._url!r}): shard name {candidate} is taken")
-            return candidate
+            return f"shard-{first + k:05d}{tag}.{ext}"
 
         self._stream = ShardStream(
             self._fs,
