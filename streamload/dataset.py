@@ -54,6 +54,12 @@ MAX_OPEN_LMDB_SHARDS = 64
 _ITER_CHUNK = 256
 
 
+def _shards_digest(shards: tuple[ShardInfo, ...]) -> str:
+    """The resume fingerprint's identity of an index: a hash of its shard list."""
+    listed = [(s.name, s.num_samples, s.bytes, s.checksum) for s in shards]
+    return xxhash.xxh3_64_hexdigest(json.dumps(listed).encode())
+
+
 def epoch_order(num_samples: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
     """The global sample ids of one epoch, in order.
 
@@ -296,8 +302,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def fingerprint(self) -> dict[str, Any]:
         """What a resume state must agree on: index digest, sample count, shuffle settings."""
         if self._digest is None:
-            shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
-            self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
+            self._digest = _shards_digest(self._index.shards)
         return plan.fingerprint(len(self), self._digest, self.shuffle_settings)
 
     def state_dict(self) -> dict[str, Any]:
@@ -306,15 +311,27 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         batches its user received."""
         return plan.make_state(self.fingerprint(), self._epoch, self._resume or 0)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Make the next pass continue ``state``: select its epoch and start at its position.
 
         A position at the end of the epoch starts the next epoch.
+
+        Args:
+            state: what ``state_dict`` returned.
+            allow_append: also accept a state saved on an earlier version of this dataset that
+                shards were appended to since (its shards a prefix of this index's): the pass
+                continues the same epoch at the same position of this version's order. Without
+                shuffling that is exactly once (appended samples come last); with shuffling the
+                order of the interrupted epoch is recomputed over the larger dataset, so in that
+                epoch up to ``position`` samples may repeat and as many be skipped; from the next
+                epoch on every sample is seen exactly once again.
 
         Raises:
             StateError: another dataset, other shuffle settings, an unknown version or a
                 malformed state (both sides shown).
         """
+        if allow_append:
+            state = self._rebased(state)
         epoch, position = plan.check_state(
             state, self.fingerprint(), "StreamingDataset.load_state_dict"
         )
@@ -322,6 +339,26 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             epoch, position = epoch + 1, 0
         self._epoch = epoch
         self._resume = position
+
+    def _rebased(self, state: Any) -> Any:
+        """``state`` with this version's fingerprint when it was saved on an earlier version of
+        this dataset (same settings, its shards a prefix of ours); else ``state`` unchanged."""
+        fp = self.fingerprint()
+        saved = state.get("fingerprint") if isinstance(state, dict) else None
+        if not isinstance(saved, dict) or saved == fp:
+            return state
+        if {k: v for k, v in saved.items() if k not in ("num_samples", "index")} != {
+            k: v for k, v in fp.items() if k not in ("num_samples", "index")
+        }:
+            return state
+        offsets = self._index.sample_offsets
+        count = saved.get("num_samples")
+        k = int(np.searchsorted(offsets, count)) if isinstance(count, int) else -1
+        if not 0 <= k < len(offsets) or offsets[k] != count:
+            return state
+        if _shards_digest(self._index.shards[:k]) != saved.get("index"):
+            return state
+        return {**state, "fingerprint": fp}
 
     # -- access -------------------------------------------------------------------------------
 

@@ -116,17 +116,47 @@ def test_a_concurrent_commit_makes_an_append_fail_without_committing(tmp_path: P
     assert _ids(sl.StreamingDataset(str(tmp_path))) == list(range(11))
 
 
-def test_a_loader_state_from_before_an_append_is_refused(tmp_path: Path) -> None:
-    """The resume fingerprint covers the shard list, so a state saved before an append does not
-    load silently into the appended dataset."""
+def test_a_loader_state_from_before_an_append_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """The resume fingerprint covers the shard list, so a state saved before an append is a
+    StateError; with allow_append=True an unshuffled loader continues exactly once, through the
+    appended samples; a state of another dataset stays refused."""
     _write(tmp_path, range(40))
     loader = sl.StreamLoader(sl.StreamingDataset(str(tmp_path)), batch_size=8)
     it = iter(loader)
-    next(it)
+    seen = [int(i) for _ in range(2) for i in next(it)["id"]]
     state = loader.state_dict()
     _write(tmp_path, range(40, 60), mode="append")
+    resumed = sl.StreamLoader(sl.StreamingDataset(str(tmp_path)), batch_size=8)
     with pytest.raises(StateError, match="another dataset"):
-        sl.StreamLoader(sl.StreamingDataset(str(tmp_path)), batch_size=8).load_state_dict(state)
+        resumed.load_state_dict(state)
+    resumed.load_state_dict(state, allow_append=True)
+    rest = [int(i) for batch in resumed for i in batch["id"]]
+    assert seen + rest == list(range(60))
+    _write(tmp_path / "other", range(40))
+    with pytest.raises(StateError, match="another dataset"):
+        sl.StreamLoader(sl.StreamingDataset(str(tmp_path / "other")), batch_size=8).load_state_dict(
+            {**state, "fingerprint": {**state["fingerprint"], "index": "0" * 16}},
+            allow_append=True,
+        )
+
+
+def test_a_shuffled_state_continues_after_an_append_and_the_next_epoch_is_whole(
+    tmp_path: Path,
+) -> None:
+    """allow_append with shuffling: the interrupted epoch finishes on the new order, and the
+    following epoch yields every sample, appended ones included, exactly once."""
+    _write(tmp_path, range(40))
+    ds = sl.StreamingDataset(str(tmp_path), shuffle=True, seed=3)
+    loader = sl.StreamLoader(ds, batch_size=8)
+    next(iter(loader))
+    state = loader.state_dict()
+    _write(tmp_path, range(40, 60), mode="append")
+    ds2 = sl.StreamingDataset(str(tmp_path), shuffle=True, seed=3)
+    resumed = sl.StreamLoader(ds2, batch_size=8)
+    resumed.load_state_dict(state, allow_append=True)
+    assert sum(len(batch["id"]) for batch in resumed) == 60 - 8
+    ds2.set_epoch(1)
+    assert sorted(int(i) for batch in resumed for i in batch["id"]) == list(range(60))
 
 
 def test_overwrite_removes_the_old_versions_and_their_shards(tmp_path: Path) -> None:
