@@ -13,9 +13,10 @@ names no index references yet -- *staged* shards -- and hands back their metadat
 3. when appending, checks that ``index.json`` is still the version the writer started from (else
    `StoreError`: another writer committed meanwhile) and keeps that version under its numbered
    name (``index.version_name``);
-4. writes ``index.json``, the single commit point: temp file + fsync + rename + directory fsync
-   on a local disk, one PUT on an object store (which publishes a whole object atomically); and
-   reads it back through the public parser, so a writer bug never publishes an unreadable index;
+4. parses the new index's bytes with the readers' own parser (so a writer bug never publishes an
+   unreadable index: unsafe names, counts that do not sum), writes ``index.json``, the single
+   commit point -- temp file + fsync + rename + directory fsync on a local disk, one PUT on an
+   object store (which publishes a whole object atomically) -- and reads it back byte for byte;
 5. deletes the staged files no kept index references (`is_staged_name`): shards of failed,
    retried or duplicated task attempts, temp files and leftovers of interrupted runs.
 
@@ -50,8 +51,8 @@ from streamload.index import (
     INDEX_NAME,
     DatasetIndex,
     ShardInfo,
+    parse_index,
     read_index,
-    validate_shard_name,
     version_name,
 )
 from streamload.schema import Schema, schema_from_json
@@ -196,8 +197,11 @@ def commit(
     if base is not None:
         check_base(fs, root, url, base)
         _publish(fs, root, version_name(base.version), base.to_bytes())
-    _publish(fs, root, INDEX_NAME, index.to_bytes())
-    read_index(fs, store.join(root, INDEX_NAME), f"{url}/{INDEX_NAME}")
+    data = index.to_bytes()
+    parse_index(data, f"{url}/{INDEX_NAME}")  # a writer bug never publishes an unreadable index
+    _publish(fs, root, INDEX_NAME, data)
+    if _read_back(fs, store.join(root, INDEX_NAME)) != data:
+        raise StoreError(f"{url}/{INDEX_NAME} does not read back as written")
     keep = {s.name for s in index.shards}
     for name in listing:
         if (is_staged_name(name) and name not in keep) or (
@@ -286,13 +290,21 @@ def _check_names(url: str, shards: Sequence[StagedShard], base: DatasetIndex | N
     taken = {s.name for s in base.shards} if base is not None else set()
     places: set[tuple[int, int]] = set()
     for staged in shards:
-        name = validate_shard_name(staged.info.name, f"{url}: staged shard")
+        name = staged.info.name  # validated with the whole index before it is published
         if name in taken:
             raise FormatError(f"{url}: two shards are named {name}")
         if staged.place in places:
             raise FormatError(f"{url}: two staged shards claim place {staged.place} ({name})")
         taken.add(name)
         places.add(staged.place)
+
+
+def _read_back(fs: Any, path: str) -> bytes:
+    local = store.local_path(fs, path)
+    if local:
+        with open(local, "rb") as f:
+            return f.read()
+    return store.read_bytes(fs, path) if store.is_remote(fs) else bytes(fs.cat_file(path))
 
 
 def _publish(fs: Any, root: str, name: str, data: bytes) -> None:

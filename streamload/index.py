@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,6 +43,8 @@ FORMAT_VERSIONS = (1,)
 FORMATS = ("arrow", "lmdb")
 MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
 _MAX_COUNT = 2**53  # JSON numbers past this are not exact
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,14 @@ class DatasetIndex:
         return out
 
     def to_bytes(self) -> bytes:
-        """index.json's bytes (UTF-8, indented for people, trailing newline)."""
-        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+        """index.json's bytes (UTF-8, trailing newline): indented for people, one line per shard
+        (each line encoded by json's C encoder, so a million shards serialise in seconds)."""
+        out = self.to_json()
+        shards = out.pop("shards")
+        head = json.dumps(out, indent=1)[:-2]  # without the closing "\n}"
+        lines = ",\n  ".join(json.dumps(s, separators=(", ", ": ")) for s in shards)
+        body = f"[\n  {lines}\n ]" if shards else "[]"
+        return f'{head},\n "shards": {body}\n}}\n'.encode()
 
 
 def version_name(version: int) -> str:
@@ -135,7 +144,7 @@ def validate_shard_name(name: object, source: str) -> str:
         or "/" in name
         or "\\" in name
         or ":" in name
-        or any(ord(ch) < 32 for ch in name)
+        or _CONTROL.search(name) is not None
         or os.path.isabs(name)
         or name != name.strip()
         or len(name) > 255
@@ -228,7 +237,7 @@ def _parse_shard(raw: object, where: str) -> ShardInfo:
     if (
         not isinstance(digest, str)
         or len(digest) != DIGEST_HEX_LEN[algorithm]
-        or any(c not in "0123456789abcdef" for c in digest)
+        or _LOWER_HEX.fullmatch(digest) is None
     ):
         raise FormatError(
             f"{where} ({name}): {algorithm} must be {DIGEST_HEX_LEN[algorithm]} lowercase hex digits"

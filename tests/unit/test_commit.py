@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import streamload as sl
 from streamload import commit, store
+from streamload.cli import main
 from streamload.errors import FormatError, StateError, StoreError
 from streamload.index import ShardInfo, load_index
 from streamload.schema import infer_schema
@@ -184,6 +185,8 @@ def test_convert_appends_a_parquet_file(tmp_path: Path) -> None:
     assert _ids(sl.StreamingDataset(str(tmp_path / "ds"))) == list(range(20))
     with pytest.raises(sl.ConfigError, match="mode"):
         sl.convert(tmp_path / "1.parquet", tmp_path / "ds", mode="upsert")
+    assert main(["convert", str(tmp_path / "1.parquet"), str(tmp_path / "ds"), "--append"]) == 0
+    assert load_index(str(tmp_path / "ds")).version == 3
 
 
 # -- commit's checks on the metadata ------------------------------------------------------------
