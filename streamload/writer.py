@@ -12,7 +12,8 @@ Modes: ``"create"`` (default) writes a new dataset; writing where an index.json 
 is refused unless ``overwrite=True``, which deletes the old index.json first (the old dataset is
 visibly gone while the new one is written) and, at commit, the old shards the new index does not
 list. ``"append"`` adds shards to the dataset there (creating it if there is none): samples must
-match its schema, new shards continue its numbering, and the commit writes a new index.json
+match its schema, new shards continue its numbering (tagged with the writer's token, so no name
+is reused), and the commit writes a new index.json
 version while the old one stays readable (``commit`` module docstring).
 
 Failure policy: if the ``with`` block raises, the current shard's temp file is deleted, no
