@@ -1,7 +1,8 @@
 """Session-wide test isolation: streamload's cache dir (verification marks, downloaded shards)
 points into a per-session temporary directory, never the user's ~/.cache, also in subprocesses.
 
-``ray_local``: ONE local Ray instance for the whole session (2 CPUs), started on first use. Ray is
+``ray_local``: ONE local Ray instance for the whole session (2 CPUs), started on first use, by
+the tests that run last. Ray is
 kept on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes every Ray process bind 127.0.0.1
 instead of the machine's address) and sends no usage statistics; both must be set before ray is
 imported, so they are set here at start-up.
@@ -24,6 +25,13 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("STREAMLOAD_CACHE_DIR", _CACHE_DIR)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the Ray instance run last (stable order otherwise): Ray's driver threads and
+    worker processes then never share the interpreter with tests that fork workers or count
+    threads, descriptors or memory."""
+    items.sort(key=lambda item: "ray_local" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
