@@ -251,3 +251,24 @@ def test_convert_benchmark_quick_mode_runs_on_the_session_cluster(
     assert "| benchmark |" in proc.stdout
     for row in ("| sl.convert |", "| Ray Data, 2 CPU |", "| commit |"):
         assert row in proc.stdout
+
+
+def test_two_results_for_one_task_commit_only_the_first(tmp_path: Path) -> None:
+    """A speculative or duplicated attempt reporting the same task index never adds samples:
+    the first result per task is committed, the other attempt's shards are deleted."""
+    url = str(tmp_path / "ds")
+    sink = streamload.ray.ShardDatasink(url, shard_size="2KB")
+    sink.on_write_start(None)
+    src = _corpus(tmp_path / "src", files=1)
+    table = pq.read_table(src / "part-000.parquet")
+
+    class Ctx:
+        task_idx = 0
+
+    first = sink.write([table], Ctx())
+    twin = sink.write([table], Ctx())  # another attempt of task 0: other names
+    assert {s.info.name for s in first.shards}.isdisjoint(s.info.name for s in twin.shards)
+    sink.on_write_complete([first, twin])
+    assert sink.index is not None and sink.index.num_samples == ROWS_PER_FILE
+    assert [r[0] for r in _rows(url)] == list(range(ROWS_PER_FILE))
+    _only_committed_files(tmp_path / "ds")
