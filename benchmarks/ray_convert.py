@@ -87,9 +87,10 @@ def run_case(
 
 def commit_cost(root: Path, shards: int, repeats: int) -> harness.Result:
     """Time one commit of ``shards`` staged (empty) shards' metadata."""
-    from streamload import commit, store
-    from streamload.index import ShardInfo
-    from streamload.schema import schema_from_json
+    from streamload.format.index import ShardInfo
+    from streamload.format.schema import schema_from_json
+    from streamload.store import filesystem as store
+    from streamload.write import commit
 
     schema = schema_from_json(
         {"columns": [{"name": "id", "kind": "int"}, {"name": "text", "kind": "str"}]}, "bench"

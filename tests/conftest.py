@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -46,3 +47,7 @@ def ray_local() -> Iterator[Any]:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+# Shared test helpers (tests/conformance.py) import as plain modules from any test directory.
+sys.path.insert(0, os.path.dirname(__file__))

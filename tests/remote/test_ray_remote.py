@@ -14,9 +14,9 @@ from servers import Remote
 
 import streamload as sl
 import streamload.ray
-from streamload import store
-from streamload.dataset import verify_dataset
-from streamload.index import load_index
+from streamload.dataset.inspect import verify_dataset
+from streamload.format.index import load_index
+from streamload.store import filesystem as store
 
 
 def _tables(start: int, n: int, parts: int) -> list[pa.Table]:

@@ -20,8 +20,8 @@ import ray.data
 
 import streamload as sl
 import streamload.ray
-from streamload.dataset import verify_dataset
-from streamload.index import load_index
+from streamload.dataset.inspect import verify_dataset
+from streamload.format.index import load_index
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the sinks below run in tasks
 
