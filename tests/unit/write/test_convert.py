@@ -315,9 +315,8 @@ def test_streamload_datasets_convert_between_formats_keeping_schema(tmp_path: Pa
 def test_batch_layout_equals_the_per_row_layout(rows: list[tuple[Any, ...]], cut: int) -> None:
     """BatchEncoder.layout (Arrow casts) builds exactly the batch the per-row writer path builds,
     also for a sliced batch (offsets into the parent buffers)."""
-    from streamload.write.columns import BatchEncoder
-
     from streamload.shards.arrow.writer import to_arrow
+    from streamload.write.columns import BatchEncoder
 
     table = pa.table(
         {
