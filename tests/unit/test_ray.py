@@ -228,31 +228,6 @@ def test_unsupported_source_kinds_are_refused_before_ray_starts(tmp_path: Path) 
         sl.convert(tmp_path / "img", tmp_path / "ds", engine="ray")
 
 
-def test_convert_benchmark_quick_mode_runs_on_the_session_cluster(
-    ray_local: Any, tmp_path: Path
-) -> None:
-    """`benchmarks/ray_convert.py --quick` (joining this session's Ray instance) exits 0 and
-    prints its table with the single-process, Ray and commit rows."""
-    import subprocess
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "ray_convert.py"
-    address = ray.get_runtime_context().gcs_address
-    args = [
-        sys.executable,
-        str(script),
-        "--quick",
-        "--dir",
-        str(tmp_path),
-        "--ray-address",
-        address,
-    ]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| benchmark |" in proc.stdout
-    for row in ("| sl.convert |", "| Ray Data, 2 CPU |", "| commit |"):
-        assert row in proc.stdout
-
-
 def test_two_results_for_one_task_commit_only_the_first(tmp_path: Path) -> None:
     """A speculative or duplicated attempt reporting the same task index never adds samples:
     the first result per task is committed, the other attempt's shards are deleted."""
