@@ -47,7 +47,7 @@ from streamload.dataset.tokens import TokenItems, TokenSettings, flat_tokens
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
 from streamload.format.blobs import BlobColumn
-from streamload.format.index import INDEX_NAME, DatasetIndex, read_index
+from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.format.schema import Column, Schema
 from streamload.plan.order import ShuffleSettings, global_order
 from streamload.plan.partition import EpochPlan
@@ -58,6 +58,15 @@ from streamload.shards.reader import ShardReader
 from streamload.store import filesystem as store
 
 _ITER_CHUNK = 256
+
+
+def _shards_digest(shards: tuple[ShardInfo, ...], items: Any = None) -> str:
+    """The resume fingerprint's identity of an index: a hash of its shard list (and, for token
+    datasets, of what an item is: blocks and packed rows of other sizes are other items)."""
+    listed: list[Any] = [(s.name, s.num_samples, s.bytes, s.checksum) for s in shards]
+    if items is not None:
+        listed.append(items)
+    return xxhash.xxh3_64_hexdigest(json.dumps(listed).encode())
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
@@ -357,13 +366,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def fingerprint(self) -> dict[str, Any]:
         """What a resume state must agree on: index digest, sample count, shuffle settings."""
         if self._digest is None:
-            shards: list[Any] = [
-                (s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards
-            ]
-            if self._tokens is not None:  # blocks and packed rows are other items
-                shards.append(self._tokens.settings.describe())
-            self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
+            self._digest = _shards_digest(self._index.shards, self._items_description())
         return fingerprint(len(self), self._digest, self.shuffle_settings)
+
+    def _items_description(self) -> Any:
+        """What one plan item is, when it is not one sample (token blocks, packed rows)."""
+        return self._tokens.settings.describe() if self._tokens is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
@@ -371,20 +379,52 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         batches its user received."""
         return make_state(self.fingerprint(), self._epoch, self._resume or 0)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Make the next pass continue ``state``: select its epoch and start at its position.
 
         A position at the end of the epoch starts the next epoch.
+
+        Args:
+            state: what ``state_dict`` returned.
+            allow_append: also accept a state saved on an earlier version of this dataset that
+                shards were appended to since (its shards a prefix of this index's): the pass
+                continues the same epoch at the same position of this version's order. Without
+                shuffling that is exactly once (appended samples come last); with shuffling the
+                order of the interrupted epoch is recomputed over the larger dataset, so in that
+                epoch up to ``position`` samples may repeat and as many be skipped; from the next
+                epoch on every sample is seen exactly once again.
 
         Raises:
             StateError: another dataset, other shuffle settings, an unknown version or a
                 malformed state (both sides shown).
         """
+        if allow_append:
+            state = self._rebased(state)
         epoch, position = check_state(state, self.fingerprint(), "StreamingDataset.load_state_dict")
         if position >= len(self) and len(self) > 0:
             epoch, position = epoch + 1, 0
         self._epoch = epoch
         self._resume = position
+
+    def _rebased(self, state: Any) -> Any:
+        """``state`` with this version's fingerprint when it was saved on an earlier version of
+        this dataset (same settings, its shards a prefix of ours); else ``state`` unchanged."""
+        fp = self.fingerprint()
+        saved = state.get("fingerprint") if isinstance(state, dict) else None
+        if not isinstance(saved, dict) or saved == fp:
+            return state
+        if {k: v for k, v in saved.items() if k not in ("num_samples", "index")} != {
+            k: v for k, v in fp.items() if k not in ("num_samples", "index")
+        }:
+            return state
+        offsets = self._index.sample_offsets
+        count = saved.get("num_samples")
+        k = int(np.searchsorted(offsets, count)) if isinstance(count, int) else -1
+        if not 0 <= k < len(offsets) or offsets[k] != count:
+            return state
+        if _shards_digest(self._index.shards[:k], self._items_description()) != saved.get("index"):
+            return state
+        return {**state, "fingerprint": fp}
 
     # -- access -------------------------------------------------------------------------------
 

@@ -86,8 +86,17 @@ def _ring_capacity(ring_size: int) -> int:
 
 
 # Imported once by the fork server, so each forkserver worker starts without re-importing them
-# (torch alone costs ~1 s per worker on this class of machine).
-FORKSERVER_PRELOAD = ("__main__", "torch", "numpy", "pyarrow", "streamload.loader.worker")
+# (torch alone costs ~1 s per worker on this class of machine). pandas when installed (the fork
+# server skips what does not import): pyarrow imports it on a worker's first Arrow -> numpy or
+# Python conversion, which cost ~1.3 s of each worker's first read here.
+FORKSERVER_PRELOAD = (
+    "__main__",
+    "torch",
+    "numpy",
+    "pyarrow",
+    "pandas",
+    "streamload.loader.worker",
+)
 
 
 def default_context(method: str) -> Any:

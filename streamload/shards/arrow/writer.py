@@ -141,12 +141,28 @@ class ArrowShardFileWriter:
             self._writer = pa.ipc.new_file(self._sink, self._arrow_schema, options=self._options)
         return self._writer
 
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Write a record batch already in the shard layout, in pieces of at most ``batch_rows``
+        rows and about ``batch_bytes`` bytes (buffered samples are flushed first, keeping order)."""
+        self.flush()
+        if not batch.schema.equals(self._arrow_schema):
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=self._arrow_schema)
+        rows = batch.num_rows
+        if not rows:
+            return
+        raw = batch.nbytes
+        step = max(1, min(self._batch_rows, rows * self._batch_bytes // max(raw, 1)))
+        for start in range(0, rows, step):
+            self._file_writer().write_batch(batch.slice(start, step))
+        self._flushed_raw += raw
+        self.num_samples += rows
+
     def flush(self) -> None:
         """Write the buffered rows as one record batch (no-op when nothing is buffered)."""
         if not self._pending[0]:
             return
         arrays = [
-            _to_arrow(col, values, field.type)
+            to_arrow(col, values, field.type)
             for col, values, field in zip(
                 self._schema.columns, self._pending, self._arrow_schema, strict=True
             )
@@ -176,8 +192,9 @@ class ArrowShardFileWriter:
         self._file.close()
 
 
-def _to_arrow(col: Column, values: list[Any], arrow_type: pa.DataType) -> pa.Array:
-    """One column of buffered python values as an Arrow array of the column's layout."""
+def to_arrow(col: Column, values: list[Any], arrow_type: pa.DataType) -> pa.Array:
+    """One column of python values (validated samples' values) as an Arrow array of the column's
+    layout (``arrow_type``)."""
     kind = col.kind
     if kind != "ndarray":
         return pa.array(values, type=arrow_type)

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streamload as sl
 from streamload.cli.main import main
@@ -373,3 +375,50 @@ def test_transform_mistakes_are_named(tmp_path: Path, transform: Any, message: s
     with pytest.raises(FormatError, match=message):
         sl.convert(str(src), str(tmp_path / "out"), transform=transform)
     assert not (tmp_path / "out" / "index.json").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(-(2**63), 2**63 - 1),
+            st.floats(allow_nan=False, width=32),
+            st.text(max_size=6),
+            st.binary(max_size=6),
+            st.lists(st.integers(-1000, 1000), min_size=2, max_size=2),
+            st.lists(st.lists(st.integers(0, 9), min_size=3, max_size=3), max_size=3),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    cut=st.integers(0, 29),
+)
+def test_batch_layout_equals_the_per_row_layout(rows: list[tuple[Any, ...]], cut: int) -> None:
+    """BatchEncoder.layout (Arrow casts) builds exactly the batch the per-row writer path builds,
+    also for a sliced batch (offsets into the parent buffers)."""
+    from streamload.shards.arrow.writer import to_arrow
+    from streamload.write.columns import BatchEncoder
+
+    table = pa.table(
+        {
+            "i": pa.array([r[0] for r in rows], pa.int64()),
+            "f": pa.array([r[1] for r in rows], pa.float32()),
+            "s": pa.array([r[2] for r in rows], pa.string()),
+            "b": pa.array([r[3] for r in rows], pa.binary()),
+            "v": pa.array([r[4] for r in rows], pa.list_(pa.int16(), 2)),
+            "g": pa.array([r[5] for r in rows], pa.list_(pa.list_(pa.int8(), 3))),
+        }
+    )
+    batch = table.to_batches()[0].slice(min(cut, len(rows) - 1))
+    encoder = BatchEncoder(batch.schema)
+    got = encoder.layout(batch)
+    arrow_schema = encoder.schema.arrow_schema()
+    samples = list(encoder.rows(batch))
+    want = pa.RecordBatch.from_arrays(
+        [
+            to_arrow(col, [s[col.name] for s in samples], field.type)
+            for col, field in zip(encoder.schema.columns, arrow_schema, strict=True)
+        ],
+        schema=arrow_schema,
+    )
+    assert got.equals(want)

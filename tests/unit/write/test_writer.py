@@ -242,7 +242,7 @@ def test_length_change_after_a_written_batch_finishes_the_shard_and_reads_back(
     with ShardWriter(str(tmp_path), shard_size="1MB") as w:
         for doc in docs[:50]:
             w.write(doc)
-        current = w._current
+        current = w.stream._current  # the shard stream's open shard file
         assert current is not None
         current.flush()  # type: ignore[attr-defined]  # force a fixed-layout record batch
         for doc in docs[50:]:
