@@ -1,5 +1,6 @@
 """A URL in a bucket that does not exist says so (a StoreError naming the bucket), whether it
-is read (load_index, StreamingDataset, ``streamload info``) or written (ShardWriter, convert)."""
+is read (load_index, StreamingDataset, ``streamload info``) or written (ShardWriter, convert, the
+Ray sink: all through ``commit.prepare``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 import streamload as sl
 from streamload.cli.main import main
 from streamload.format.index import load_index
+from streamload.store import filesystem as store
+from streamload.write import commit
 
 BOTH = pytest.mark.parametrize("which", ["s3", "gcs"])
 
@@ -70,3 +73,15 @@ def test_writing_to_a_missing_bucket_names_the_bucket(
         sl.convert(str(src), url, dst_storage_options=options)
     assert f"the bucket {url.rsplit('/', 1)[0]} does not exist" in str(info.value)
     assert "[Errno" not in str(info.value)
+
+
+@BOTH
+def test_every_writer_is_refused_by_the_shared_prepare_step(which: str, request: Any) -> None:
+    """commit.prepare, which ShardWriter and the Ray sink's job start both call, names the
+    missing bucket for create and append alike (s3fs would otherwise create it)."""
+    url, options = _missing(request, which)
+    fs, root = store.resolve(url, options)
+    for mode in ("create", "append"):
+        with pytest.raises(sl.StoreError, match="the bucket .* does not exist"):
+            commit.prepare(fs, root, url, mode, False)
+    assert not fs.exists(root.split("/", 1)[0])

@@ -247,3 +247,19 @@ def test_two_results_for_one_task_commit_only_the_first(tmp_path: Path) -> None:
     assert sink.index is not None and sink.index.num_samples == ROWS_PER_FILE
     assert [r[0] for r in _rows(url)] == list(range(ROWS_PER_FILE))
     _only_committed_files(tmp_path / "ds")
+
+
+def test_the_sink_takes_the_configured_compression_as_shard_writer_does(
+    ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compression=None on the Ray sink is the configured default (resolved on the driver), as
+    for ShardWriter; compression="none" still writes uncompressed shards."""
+    monkeypatch.setenv("STREAMLOAD_COMPRESSION", "zstd")
+    pq.write_table(pa.table({"x": [np.zeros(256, np.float32)] * 400}), tmp_path / "z.parquet")
+
+    def written(name: str, **kwargs: Any) -> int:
+        index = sl.convert(tmp_path / "z.parquet", tmp_path / name, engine="ray", **kwargs)
+        return sum(s.bytes for s in index.shards)
+
+    assert written("configured") * 10 < written("plain", compression="none")
+    assert len(sl.StreamingDataset(str(tmp_path / "configured"))) == 400
