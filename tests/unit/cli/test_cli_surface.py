@@ -217,11 +217,14 @@ def _sources(tmp_path: Path) -> dict[str, Path]:
 
 def test_convert_bars_have_a_total_and_end_on_it(tmp_path: Path, bars: list[RecordingBar]) -> None:
     """convert counts rows when the source knows them (Parquet) and source bytes otherwise
-    (CSV, JSON lines, read in small blocks): always a total, reached, never passed."""
+    (CSV, JSON lines, read in small blocks), through a transform too: always a total, reached,
+    never passed."""
     for kind, path in _sources(tmp_path).items():
-        sl.convert(str(path), str(tmp_path / f"out-{kind}"), batch_rows=256, progress=True)
-        bar = bars[-1]
-        assert bar.n == bar.total > 0, (kind, bar.n, bar.total)
+        for transform in (None, lambda row: row if row["id"] % 2 else None):
+            out = tmp_path / f"out-{kind}-{transform is None}"
+            sl.convert(str(path), str(out), batch_rows=256, progress=True, transform=transform)
+            bar = bars[-1]
+            assert bar.n == bar.total > 0, (kind, transform, bar.n, bar.total)
 
 
 def test_verify_bench_and_demo_bars_have_totals_and_never_overshoot(
