@@ -483,8 +483,13 @@ _FLAG_WORDS: dict[str, tuple[tuple[str, str], ...]] = {
     "convert": (
         ("pass overwrite=True", "pass --overwrite"),
         ("overwrite=True", "--overwrite"),
+        ("mode='append'", "--append"),
         ("ShardWriter shard_size", "--shard-size"),
         ("ShardWriter compression", "--compression"),
+        ("ShardDatasink shard_size", "--shard-size"),
+        ("ShardDatasink compression", "--compression"),
+        ("convert(engine='ray')", "convert --engine ray"),
+        ("with engine='local'", "without --engine ray"),
         ("use None, 'zstd' or 'lz4'", "use none, zstd or lz4"),
         ("use compression=None", "leave out --compression"),
         ("pass source_format=", "pass --source-format"),

@@ -275,7 +275,10 @@ def convert(
     dst_fs, dst_root = store.resolve(dst, dst_storage_options, policy)
     if type(fs) is type(dst_fs) and root == dst_root:
         raise ConfigError(f"convert: source and destination are the same place ({os.fspath(dst)})")
-    kind = source_format or sources.detect_kind(fs, root, text)
+    kind = source_format
+    if kind is None:  # a streamload dataset's index.json is no JSON lines source
+        is_dataset = store.exists(fs, store.join(root, INDEX_NAME), policy=policy)
+        kind = "streamload" if is_dataset else sources.detect_kind(fs, root, text)
     if kind not in ("parquet", "jsonl", "csv", "arrow", "hf"):
         raise ConfigError(
             f"convert(engine='ray') reads file-based sources (Parquet, JSON lines, CSV, Arrow,"

@@ -226,6 +226,10 @@ def test_unsupported_source_kinds_are_refused_before_ray_starts(tmp_path: Path) 
     (tmp_path / "img" / "cat" / "a.png").write_bytes(b"\x89PNG")
     with pytest.raises(sl.ConfigError, match="engine='local'"):
         sl.convert(tmp_path / "img", tmp_path / "ds", engine="ray")
+    with sl.ShardWriter(tmp_path / "dataset") as w:  # its index.json is no JSON lines source
+        w.write({"id": 1})
+    with pytest.raises(sl.ConfigError, match="is streamload: convert it with engine='local'"):
+        sl.convert(tmp_path / "dataset", tmp_path / "ds", engine="ray")
 
 
 def test_two_results_for_one_task_commit_only_the_first(tmp_path: Path) -> None:

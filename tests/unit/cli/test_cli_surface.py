@@ -60,6 +60,7 @@ def test_convert_errors_name_the_flags_not_the_keyword_arguments(
     assert main(["convert", str(src), dst]) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and "overwrite=True" not in err
+    assert "--append" in err and "mode=" not in err
     assert main(["convert", str(src), dst, "--overwrite", "--shard-size", "huge"]) == 2
     err = capsys.readouterr().err
     assert "--shard-size" in err and "shard_size" not in err
@@ -67,6 +68,12 @@ def test_convert_errors_name_the_flags_not_the_keyword_arguments(
     assert main(["convert", str(tmp_path / "odd.bin"), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--source-format" in err and "source_format" not in err
+    lmdb = tmp_path / "lmdb"
+    assert main(["convert", str(src), str(lmdb), "--format", "lmdb"]) == 0
+    capsys.readouterr()
+    assert main(["convert", str(lmdb), str(tmp_path / "r"), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--engine ray" in err and "engine=" not in err
 
 
 # -- pipes ----------------------------------------------------------------------------------------
