@@ -82,6 +82,6 @@ def test_every_writer_is_refused_by_the_shared_prepare_step(which: str, request:
     url, options = _missing(request, which)
     fs, root = store.resolve(url, options)
     for mode in ("create", "append"):
-        with pytest.raises(sl.StoreError, match="the bucket .* does not exist"):
+        with pytest.raises(sl.StoreError, match=r"the bucket .* does not exist"):
             commit.prepare(fs, root, url, mode, False)
     assert not fs.exists(root.split("/", 1)[0])
