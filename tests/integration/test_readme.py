@@ -741,3 +741,19 @@ def test_each_claim_is_in_the_readme_and_its_test_exists(phrase: str) -> None:
     assert " ".join(phrase.split()) in PROSE, phrase
     path, name = CLAIMS[phrase].split("::")
     assert f"def {name}(" in (REPO / path).read_text(), CLAIMS[phrase]
+
+
+def _sections() -> dict[str, str]:
+    """Each ``## `` section's text (whitespace-normalised), by heading."""
+    parts = re.split(r"^## (.+)$", README, flags=re.M)
+    return {parts[i].strip(): " ".join(parts[i + 1].split()) for i in range(1, len(parts), 2)}
+
+
+def test_every_section_has_a_claim_or_a_block_under_test() -> None:
+    """A section added later cannot go unchecked: each ``## `` section holds a `CLAIMS` phrase
+    or a ```python block (run here or statically checked)."""
+    sections = _sections()
+    assert len(sections) >= 8
+    for heading, text in sections.items():
+        checked = any(" ".join(p.split()) in text for p in CLAIMS) or "```python" in text
+        assert checked, f"README section {heading!r} has no claim mapped to a test in CLAIMS"
