@@ -276,8 +276,8 @@ def convert(
     if type(fs) is type(dst_fs) and root == dst_root:
         raise ConfigError(f"convert: source and destination are the same place ({os.fspath(dst)})")
     kind = source_format
-    if kind is None:  # a streamload dataset's index.json is no JSON lines source
-        is_dataset = store.exists(fs, store.join(root, INDEX_NAME), policy=policy)
+    if kind is None:  # a streamload dataset's index.json is no JSON lines source (as convert)
+        is_dataset = fs.exists(store.join(root, INDEX_NAME))  # False under a file, too
         kind = "streamload" if is_dataset else sources.detect_kind(fs, root, text)
     if kind not in ("parquet", "jsonl", "csv", "arrow", "hf"):
         raise ConfigError(
