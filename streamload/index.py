@@ -16,12 +16,21 @@ streamload reads, counts are non-negative ints and the shard counts sum to ``num
 names are plain, unique file names (no separators, ``..``, drive letters, NUL: a manifest must
 never make us touch a path outside the dataset root). ShardWriter writes index.json last, so a
 dataset without one is incomplete (an interrupted writer) and is refused.
+
+Hostile input: every malformed index is a `FormatError`, never another exception, a hang or an
+unbounded read. ``format_version`` must be the JSON integer 1 (not ``1.0`` or ``true``); JSON
+nested deeper than the interpreter can parse, and ``metadata`` nested deeper than
+``MAX_METADATA_DEPTH``, are refused; values quoted in messages are cut to a few levels and
+characters. A local index.json must be a regular file (a symlink to one is fine): a directory,
+FIFO or device is refused without reading it (opened non-blocking, checked with ``fstat``), and
+at most ``MAX_INDEX_BYTES`` are read whatever the file's size claims.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,13 +40,14 @@ import numpy as np
 
 from streamload import store
 from streamload.checksum import ALGORITHMS, DIGEST_HEX_LEN
-from streamload.errors import FormatError
+from streamload.errors import FormatError, quote
 from streamload.schema import Schema, schema_from_json
 
 INDEX_NAME = "index.json"
 FORMAT_VERSIONS = (1,)
 FORMATS = ("arrow", "lmdb")
 MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
+MAX_METADATA_DEPTH = 64  # nesting of index.json's "metadata" object
 _MAX_COUNT = 2**53  # JSON numbers past this are not exact
 
 
@@ -118,7 +128,7 @@ def validate_shard_name(name: object, source: str) -> str:
         FormatError: the name is unsafe or not a string.
     """
     if not isinstance(name, str):
-        raise FormatError(f"{source}: shard name must be a string, got {name!r:.80}")
+        raise FormatError(f"{source}: shard name must be a string, got {quote(name)}")
     bad = (
         name in ("", ".", "..")
         or "/" in name
@@ -131,7 +141,7 @@ def validate_shard_name(name: object, source: str) -> str:
     )
     if bad:
         raise FormatError(
-            f"{source}: unsafe shard name {name!r:.120}: shard names must be plain file names"
+            f"{source}: unsafe shard name {quote(name)}: shard names must be plain file names"
             " (no path separators, '..', drive letters, control characters or leading/trailing spaces)"
         )
     return name
@@ -158,18 +168,24 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         raw = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{source}: index is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise FormatError(f"{source}: index is nested too deeply to be an index") from None
     if not isinstance(raw, Mapping):
         raise FormatError(f"{source}: index must be a JSON object")
     version = raw.get("format_version")
-    if version not in FORMAT_VERSIONS or isinstance(version, bool):
+    if type(version) is not int or version not in FORMAT_VERSIONS:  # not 1.0, not true
         raise FormatError(
-            f"{source}: format_version {version!r:.40} is not supported; this streamload reads"
+            f"{source}: format_version {quote(version)} is not supported; this streamload reads"
             f" format_version {', '.join(map(str, FORMAT_VERSIONS))} (upgrade streamload to read newer datasets)"
         )
     expected_keys = {"format_version", "format", "schema", "num_samples", "shards"}
     metadata = raw.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise FormatError(f"{source}: 'metadata' must be a JSON object")
+    if metadata is not None and _depth_exceeds(metadata, MAX_METADATA_DEPTH):
+        raise FormatError(
+            f"{source}: 'metadata' is nested more than {MAX_METADATA_DEPTH} levels deep"
+        )
     if set(raw) - {"metadata"} != expected_keys:
         missing = sorted(expected_keys - set(raw))
         extra = sorted(str(k) for k in set(raw) - expected_keys)
@@ -178,7 +194,7 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         )
     fmt = raw["format"]
     if fmt not in FORMATS:
-        raise FormatError(f"{source}: unknown format {fmt!r:.40}; known: {', '.join(FORMATS)}")
+        raise FormatError(f"{source}: unknown format {quote(fmt)}; known: {', '.join(FORMATS)}")
     schema = schema_from_json(raw["schema"], source)
     num_samples = _count(raw["num_samples"], f"{source}: num_samples")
     raw_shards = raw["shards"]
@@ -194,6 +210,23 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
             f"{source}: shards hold {total} samples but num_samples says {num_samples}"
         )
     return DatasetIndex(version, fmt, schema, num_samples, shards, dict(metadata or {}) or None)
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    """Whether JSON ``value`` nests containers more than ``limit`` deep (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _parse_shard(raw: object, where: str) -> ShardInfo:
@@ -228,7 +261,7 @@ def _parse_shard(raw: object, where: str) -> ShardInfo:
 
 def _count(value: object, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_COUNT:
-        raise FormatError(f"{where} must be an integer in [0, 2**53], got {value!r:.40}")
+        raise FormatError(f"{where} must be an integer in [0, 2**53], got {quote(value)}")
     return value
 
 
@@ -258,19 +291,65 @@ def read_index(
     """
     if store.is_remote(fs):
         return parse_index(_read_remote_index(fs, path, source, node_cache), source)
+    local = store.local_path(fs, path)
+    if local is not None:
+        return parse_index(_read_local_index(local, source), source)
     try:
         size = fs.size(path)
         if size is not None and size > MAX_INDEX_BYTES:
             raise FormatError(
                 f"{source}: index is {size} bytes, more than the {MAX_INDEX_BYTES} allowed"
             )
-        data = fs.cat_file(path)
+        with fs.open(path, "rb") as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
-        raise FormatError(
-            f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
-            " index.json last, so an interrupted write leaves none)"
-        ) from None
+        raise FormatError(_not_found(source)) from None
+    except IsADirectoryError:
+        raise FormatError(f"{source} is a directory, not an index file") from None
     return parse_index(data, source)
+
+
+def _not_found(source: str) -> str:
+    return (
+        f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
+        " index.json last, so an interrupted write leaves none)"
+    )
+
+
+def _read_local_index(path: str, source: str) -> bytes:
+    """A local index.json's bytes: a regular file (symlinks followed), read without blocking
+    and at most ``MAX_INDEX_BYTES`` + 1 bytes whatever its size says.
+
+    Raises:
+        FormatError: missing, not a regular file, or too large.
+        StoreError: it exists but cannot be read (permissions, I/O error).
+    """
+    from streamload.errors import StoreError
+
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FormatError(_not_found(source)) from None
+    except OSError as exc:
+        raise StoreError(f"{source}: cannot open: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+            raise FormatError(f"{source} is {kind}, not a regular file")
+        chunks, total = [], 0
+        while total <= MAX_INDEX_BYTES:
+            chunk = os.read(fd, min(4 * 2**20, MAX_INDEX_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise StoreError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _read_remote_index(
@@ -300,8 +379,5 @@ def _read_remote_index(
         return index_cache.node_copy(node_cache[0], node_cache[1], meta, fetch)
     except StoreError as exc:
         if exc.errno == errno.ENOENT:
-            raise FormatError(
-                f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
-                " index.json last, so an interrupted write leaves none)"
-            ) from exc
+            raise FormatError(_not_found(source)) from exc
         raise

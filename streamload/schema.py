@@ -36,6 +36,7 @@ fixed_size_list cannot hold) -> struct<data: large_list<primitive>, shape: fixed
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from streamload.errors import FormatError
+from streamload.errors import FormatError, quote
 
 KINDS = ("int", "float", "bool", "str", "bytes", "ndarray")
 DTYPES = (
@@ -297,42 +298,48 @@ def schema_from_json(data: object, source: str) -> Schema:
     columns: list[Column] = []
     for i, raw in enumerate(raw_columns):
         columns.append(_column_from_json(raw, f"{source}: schema column {i}"))
-    names = [c.name for c in columns]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    counts = collections.Counter(c.name for c in columns)
+    dupes = sorted(n for n, k in counts.items() if k > 1)
     if dupes:
-        raise FormatError(f"{source}: duplicate column name(s) {dupes}")
+        raise FormatError(f"{source}: duplicate column name(s) {quote(dupes)}")
     return Schema(tuple(columns))
 
 
 def _column_from_json(raw: object, where: str) -> Column:
     if not isinstance(raw, Mapping):
-        raise FormatError(f"{where}: expected an object, got {raw!r:.80}")
+        raise FormatError(f"{where}: expected an object, got {quote(raw)}")
     name, kind = raw.get("name"), raw.get("kind")
     if not isinstance(name, str) or not name:
-        raise FormatError(f"{where}: 'name' must be a non-empty string, got {name!r:.80}")
+        raise FormatError(f"{where}: 'name' must be a non-empty string, got {quote(name)}")
     if kind not in KINDS:
         raise FormatError(
-            f"{where} ({name!r}): unknown kind {kind!r:.80}; known: {', '.join(KINDS)}"
+            f"{where} ({quote(name)}): unknown kind {quote(kind)}; known: {', '.join(KINDS)}"
         )
     allowed = {"name", "kind", "dtype", "shape"} if kind == "ndarray" else {"name", "kind"}
     extra = sorted(str(k) for k in raw if k not in allowed)
     if extra:
-        raise FormatError(f"{where} ({name!r}): unexpected key(s) {extra} for kind {kind}")
+        raise FormatError(
+            f"{where} ({quote(name)}): unexpected key(s) {quote(extra)} for kind {kind}"
+        )
     if kind != "ndarray":
         return Column(name, kind)
     dtype, shape = raw.get("dtype"), raw.get("shape")
     if dtype not in DTYPES:
         raise FormatError(
-            f"{where} ({name!r}): dtype {dtype!r:.80} is not one of {', '.join(DTYPES)}"
+            f"{where} ({quote(name)}): dtype {quote(dtype)} is not one of {', '.join(DTYPES)}"
         )
     if not isinstance(shape, list) or len(shape) > MAX_NDIM:
-        raise FormatError(f"{where} ({name!r}): 'shape' must be a list of at most {MAX_NDIM} dims")
+        raise FormatError(
+            f"{where} ({quote(name)}): 'shape' must be a list of at most {MAX_NDIM} dims"
+        )
     for d in shape:
         if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 0):
             raise FormatError(
-                f"{where} ({name!r}): shape {shape} has a dim that is not null or an int >= 0"
+                f"{where} ({quote(name)}): shape {quote(shape)} has a dim that is not null or an int >= 0"
             )
     fixed = [d for d in shape if d is not None]
     if None not in shape and math.prod(fixed) > _MAX_FIXED_ITEMS:
-        raise FormatError(f"{where} ({name!r}): fixed shape {shape} has more than 2**31-1 items")
+        raise FormatError(
+            f"{where} ({quote(name)}): fixed shape {quote(shape)} has more than 2**31-1 items"
+        )
     return Column(name, "ndarray", dtype, tuple(shape))
