@@ -462,6 +462,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             stat = fs.info(path)
         except FileNotFoundError:
             raise FormatError(f"shard {info.name} of {self._url} is missing") from None
+        if stat.get("type", "file") != "file":  # a FIFO would block, a device never end
+            raise FormatError(
+                f"shard {info.name} of {self._url} is not a regular file (type {stat.get('type')})"
+            )
         if stat.get("size") != info.bytes:
             raise FormatError(
                 f"shard {info.name} of {self._url}: size is {stat.get('size')} bytes, index.json says"
@@ -471,6 +475,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             _verify_once(fs, path, info, stat, self._url, self._marks_dir())
         local = store.local_path(fs, path)
         source = local if local is not None else fs.open(path, "rb")
+        marks = self._marks_dir() if self._index.format != "arrow" else None
         return open_reader(
             self._index.format,
             source,
@@ -479,6 +484,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             info.bytes,
             info.num_samples,
             self._selected.names,
+            marks,
         )
 
     def _marks_dir(self) -> str | None:

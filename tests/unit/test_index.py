@@ -169,7 +169,7 @@ def test_format_version_must_be_the_integer_one(version: Any) -> None:
     """1.0, true, "1": only the JSON integer 1 names format version 1."""
     data = _index()
     data["format_version"] = version
-    with pytest.raises(FormatError, match="format_version .* is not supported"):
+    with pytest.raises(FormatError, match=r"format_version .* is not supported"):
         _parse(data)
 
 
