@@ -156,7 +156,8 @@ class ArrowShardFileWriter:
         # The writer may be mid-failure already; the temp file is deleted either way.
         with contextlib.suppress(pa.ArrowException, OSError, ValueError):
             self._writer.close()
-        self._file.close()
+        with contextlib.suppress(OSError):  # flushing what is buffered may fail again
+            self._file.close()
 
 
 def _to_arrow(col: Column, values: list[Any], arrow_type: pa.DataType) -> pa.Array:

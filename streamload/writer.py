@@ -12,7 +12,10 @@ only once complete), and every request goes through ``streamload.store``'s retry
 
 Failure policy: if the ``with`` block raises, the current shard's temp file is deleted, no
 index.json is written, and already completed shards are left in place (without index.json they
-are not a dataset, and writing the dataset again overwrites them by name). Writing where an
+are not a dataset, and writing the dataset again overwrites them by name). A failed write of a
+shard or of index.json (disk full, I/O error, an upload that kept failing) raises `StoreError`
+naming the file and the free space of its file system, after deleting the temp file; the writer
+is then closed (its unfinished shard is gone, so continuing would silently lose samples). Writing where an
 index.json already exists is refused unless ``overwrite=True``, which deletes the old index.json
 first (the old dataset is visibly gone while the new one is written) and, after the new index is
 written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list (and the
@@ -25,10 +28,12 @@ Shard formats plug in through the small ``ShardFileWriter`` protocol (``arrow_wr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -38,7 +43,7 @@ from streamload import store
 from streamload.errors import ConfigError, FormatError, StoreError
 from streamload.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.schema import Schema, infer_schema, schema_from_json
-from streamload.sizes import parse_size
+from streamload.sizes import format_size, parse_size
 
 # Shard files, and the temp files of interrupted writers (removed by overwrite=True).
 _SHARD_FILE_RE = re.compile(
@@ -158,6 +163,7 @@ class ShardWriter:
         self._current_tmp = ""
         self._num_samples = 0
         self._closed = False
+        self._failure: StoreError | None = None  # why the writer stopped (it cannot resume)
         self._prepare_directory()
 
     def _prepare_directory(self) -> None:
@@ -194,19 +200,22 @@ class ShardWriter:
             FormatError: the sample does not match the schema (names the sample number and field).
             ValueError: the writer is closed.
         """
+        if self._failure is not None:
+            raise StoreError(f"ShardWriter({self._url!r}) stopped after: {self._failure}")
         if self._closed:
             raise ValueError(f"ShardWriter({self._url!r}) is closed")
         if self._schema is None:
             self._schema = infer_schema(sample)
         self._schema.validate(sample, self._num_samples)
-        if self._current is None:
-            self._open_next_shard()
-        current = self._current
-        assert current is not None  # set by _open_next_shard; narrows the type for mypy
-        current.add(sample)
-        self._num_samples += 1
-        if current.estimated_bytes >= self._shard_size:
-            self._finish_shard()
+        with self._writing():
+            if self._current is None:
+                self._open_next_shard()
+            current = self._current
+            assert current is not None  # set by _open_next_shard; narrows the type for mypy
+            current.add(sample)
+            self._num_samples += 1
+            if current.estimated_bytes >= self._shard_size:
+                self._finish_shard()
 
     def close(self) -> None:
         """Finish the last shard and write index.json (idempotent).
@@ -214,10 +223,13 @@ class ShardWriter:
         Raises:
             FormatError: nothing was written and no schema was given (index.json needs a schema).
         """
+        if self._failure is not None:
+            raise StoreError(f"ShardWriter({self._url!r}) stopped after: {self._failure}")
         if self._closed:
             return
         if self._current is not None:
-            self._finish_shard()
+            with self._writing():
+                self._finish_shard()
         if self._schema is None:
             self._closed = True
             raise FormatError(
@@ -231,7 +243,8 @@ class ShardWriter:
             shards=tuple(self._shards),
             metadata=self._metadata,
         )
-        self._publish_index(index.to_bytes())
+        with self._writing():
+            self._publish_index(index.to_bytes())
         self._closed = True
         if self._overwrite:
             self._remove_stale_shards(index)
@@ -241,13 +254,34 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        if self._current is not None:
-            self._current.abort()
-            self._current = None
-            if self._remote:
-                _remove_local(self._current_tmp)
-            elif self._fs.exists(self._current_tmp):
-                self._fs.rm_file(self._current_tmp)
+        self._drop_current()
+
+    def _drop_current(self) -> None:
+        """Abandon the shard being written and delete its temp file."""
+        current, self._current = self._current, None
+        if current is None:
+            return
+        current.abort()
+        if self._remote or store.local_path(self._fs, self._current_tmp) is not None:
+            _remove_local(self._current_tmp)
+        elif self._fs.exists(self._current_tmp):
+            self._fs.rm_file(self._current_tmp)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed write into `StoreError` naming the file and the free space, after
+        deleting the unfinished shard; the writer is closed from then on."""
+        try:
+            yield
+        except OSError as exc:  # StoreError too: a failed upload
+            path = self._current_tmp if self._current is not None else self._root
+            self._drop_current()
+            self._closed = True
+            error = exc if isinstance(exc, StoreError) else _write_error(exc, path, self._url)
+            self._failure = error
+            if error is exc:
+                raise
+            raise error from exc
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -282,20 +316,20 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         current = self._current
         assert current is not None  # only called with a shard open
-        self._current = None
+        # The shard stays current until it is published: a failure below must find (and
+        # delete) its temp file.
         nbytes, digest = current.close()
         name = f"shard-{len(self._shards):05d}.{self._format}"
         final = store.join(self._root, name)
         local = store.local_path(self._fs, final)
         if self._remote:
-            try:
-                store.upload(self._fs, self._current_tmp, final)
-            finally:
-                _remove_local(self._current_tmp)
+            store.upload(self._fs, self._current_tmp, final)
+            _remove_local(self._current_tmp)
         elif local:
             os.replace(self._current_tmp, local)
         else:
             self._fs.mv(self._current_tmp, final)
+        self._current = None
         self._shards.append(ShardInfo(name, current.num_samples, nbytes, "xxh3_64", digest))
 
     def _publish_index(self, data: bytes) -> None:
@@ -309,11 +343,15 @@ class ShardWriter:
             )  # one put: object stores publish whole objects atomically
         else:
             tmp = f"{local}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, local)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, local)
+            except OSError as exc:
+                _remove_local(tmp)
+                raise _write_error(exc, tmp, self._url) from exc
             _fsync_dir(os.path.dirname(local))
         # Read it back through the public parser so a writer bug can never publish an unreadable index.
         read_index(self._fs, final, f"{self._url}/{INDEX_NAME}")
@@ -332,6 +370,29 @@ class ShardWriter:
                     store.remove(self._fs, path)
                 else:
                     self._fs.rm_file(path)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_error(exc: OSError, path: str, url: str) -> StoreError:
+    """`StoreError` for a failed local write: the file, the cause, the free space left."""
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.statvfs(directory)
+        free_bytes = st.f_bavail * st.f_frsize
+        free = f"{format_size(free_bytes)} free on the file system of {directory}"
+    except OSError:
+        free_bytes, free = -1, f"free space of {directory} unknown"
+    # LMDB reports a short write on a full disk as EIO: a nearly empty disk says what happened.
+    full = " (disk full)" if exc.errno in _FULL or 0 <= free_bytes < 2**20 else ""
+    cause = exc.strerror or str(exc)
+    error = StoreError(
+        f"ShardWriter({url!r}): writing {path} failed{full}: {cause}; {free}; the unfinished"
+        " shard was deleted and no index.json was written"
+    )
+    error.errno = exc.errno
+    return error
 
 
 def _remove_local(path: str) -> None:

@@ -203,24 +203,6 @@ def test_a_forked_child_does_not_keep_its_parents_pins(tmp_path: Path) -> None:
     assert out.stdout.split() == ["0", "1"]
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Path:
-    """A 1 MiB tmpfs (needs root and mount); skipped where it cannot be mounted."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the ENOSPC path is also covered by patching)")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_disk_full_is_a_cache_error_no_partial_file_and_recovers(small_disk: Path) -> None:
     """cache_limit above a real 1 MiB disk: ENOSPC -> CacheError, nothing partial; later it works."""
     shards = {f"shard-{i:05d}.arrow": bytes([i]) * 400_000 for i in range(3)}
