@@ -23,7 +23,8 @@ array shapes as FIXED: to write arrays whose shape varies, pass the schema with 
 
 Accepted python values per kind (validated per sample, ``FormatError`` naming sample and field):
 ``int``: int (not bool) or numpy integer within int64; ``float``: float, int (not bool), numpy
-float/integer; ``bool``: bool or ``numpy.bool_``; ``str``: str; ``bytes``: bytes, bytearray,
+float/integer; ``bool``: bool or ``numpy.bool_``; ``str``: str encodable as UTF-8 (no lone
+surrogates); ``bytes``: bytes, bytearray,
 memoryview; ``ndarray``: a numpy array or numpy scalar with exactly the column's dtype and ndim,
 and the fixed dims equal. No column is nullable.
 
@@ -215,6 +216,7 @@ def infer_schema(sample: object) -> Schema:
     for name, value in sample.items():
         if not isinstance(name, str) or not name:
             raise FormatError(f"sample 0: field names must be non-empty strings, got {name!r}")
+        _check_utf8(name, f"sample 0: field name {name!r}")
         columns.append(_infer_column(name, value))
     return Schema(tuple(columns))
 
@@ -274,10 +276,25 @@ def _check_value(col: Column, value: object, number: int) -> None:
         ok = isinstance(value, bool | np.bool_)
     elif kind == "str":
         ok = isinstance(value, str)
+        if isinstance(value, str) and not value.isascii():  # O(1): only non-ASCII is encoded
+            _check_utf8(value, where)
     else:
         ok = isinstance(value, bytes | bytearray | memoryview)
     if not ok:
         raise FormatError(f"{where} is a {type(value).__name__}, schema says {kind}")
+
+
+def _check_utf8(text: str, where: str) -> None:
+    """Text must be encodable as UTF-8: a lone surrogate (``"\\ud800"``, e.g. from
+    ``os.fsdecode`` of bad bytes) cannot be stored in Arrow or LMDB shards."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        raise FormatError(
+            f"{where} is not valid Unicode text: lone surrogate {bad!r} at character"
+            f" {exc.start} (text must be encodable as UTF-8)"
+        ) from None
 
 
 def schema_from_json(data: object, source: str) -> Schema:
@@ -311,6 +328,7 @@ def _column_from_json(raw: object, where: str) -> Column:
     name, kind = raw.get("name"), raw.get("kind")
     if not isinstance(name, str) or not name:
         raise FormatError(f"{where}: 'name' must be a non-empty string, got {quote(name)}")
+    _check_utf8(name, f"{where}: column name {quote(name)}")
     if kind not in KINDS:
         raise FormatError(
             f"{where} ({quote(name)}): unknown kind {quote(kind)}; known: {', '.join(KINDS)}"

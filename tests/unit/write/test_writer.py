@@ -276,3 +276,19 @@ def test_write_error_mid_shard_is_a_store_error_even_without_a_small_disk(
     with pytest.raises(StoreError, match=r"\.shard-00000\.arrow\.tmp-.* failed \(disk full\)"):
         _write(str(tmp_path), 10_000, shard_size="1MB")
     assert _leftovers(tmp_path) == [] and not (tmp_path / "index.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "lmdb"])
+def test_lone_surrogate_is_a_format_error_naming_sample_and_field(tmp_path: Path, fmt: str) -> None:
+    """A lone surrogate (os.fsdecode of bad bytes) cannot be stored: FormatError, sample, field."""
+    message = r"sample 1: field 't' is not valid Unicode text"
+    with (
+        pytest.raises(FormatError, match=message) as info,
+        ShardWriter(str(tmp_path), format=fmt) as w,
+    ):
+        w.write({"t": "fine é"})
+        w.write({"t": "bad \ud800 text"})
+    assert "'\\ud800' at character 4" in str(info.value)
+    assert not (tmp_path / "index.json").exists()
+    with pytest.raises(FormatError, match=r"field name '\\udcff'.* lone surrogate"):
+        ShardWriter(str(tmp_path / "b"), format=fmt).write({"\udcff": 1})
