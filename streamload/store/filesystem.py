@@ -37,6 +37,7 @@ and `local_path` reports local files so readers can memory-map them in place.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import types
@@ -49,6 +50,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from streamload.errors import StoreError
+from streamload.sizes import format_size
 from streamload.store.retry import RequestTimeout, RetryPolicy, TruncatedRead
 
 T = TypeVar("T")
@@ -404,7 +406,57 @@ def listdir(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> list[st
     return list(_call(fs, path, "ls", (path,), {"detail": False}, policy, "list"))
 
 
+def list_sizes(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> dict[str, int]:
+    """``{file name: size}`` of the files directly under ``path``, fresh from the server (one
+    paginated LIST on an object store, never a cached listing; retried).
+
+    Raises:
+        StoreError: a permanent failure, or retries exhausted.
+    """
+    if isinstance(fs, LocalFileSystem):  # one scandir: no per-entry fsspec info dicts
+        with os.scandir(path) as entries:
+            return {e.name: e.stat().st_size for e in entries if e.is_file()}
+    kwargs: dict[str, Any] = {"detail": True}
+    if is_remote(fs):
+        kwargs["refresh"] = True
+    entries = _call(fs, path, "ls", (path,), kwargs, policy, "list")
+    return {
+        str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+        for e in entries
+        if e.get("type") == "file"
+    }
+
+
 # -- machinery ----------------------------------------------------------------------------------
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(exc: OSError, path: str, what: str) -> StoreError:
+    """`StoreError` for a failed write of local file ``path``: the file, the cause, and the free
+    space left on its file system (``errno`` kept).
+
+    Args:
+        exc: the error the write raised.
+        path: the file being written.
+        what: who was writing, for the message (``"ShardWriter('/data/ds')"``).
+    """
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.statvfs(directory)
+        free_bytes = st.f_bavail * st.f_frsize
+        free = f"{format_size(free_bytes)} free on the file system of {directory}"
+    except OSError:
+        free_bytes, free = -1, f"free space of {directory} unknown"
+    # LMDB reports a short write on a full disk as EIO: a nearly full disk says what happened.
+    full = " (disk full)" if exc.errno in _FULL or 0 <= free_bytes < 2**20 else ""
+    error = StoreError(
+        f"{what}: writing {path} failed{full}: {exc.strerror or exc}; {free}; the unfinished"
+        " file was deleted"
+    )
+    error.errno = exc.errno
+    return error
 
 
 def _filesystem_class(protocol: str, url: str) -> Any:
