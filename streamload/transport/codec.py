@@ -426,7 +426,7 @@ def _decode_view(view: memoryview, copy: bool, as_torch: bool, allow_pickle: boo
         )
     try:
         tree = json.loads(bytes(view[_HEADER.size : _HEADER.size + meta_len]))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested past what json can parse, too
         raise RingCorrupted(f"batch record metadata is not valid JSON: {exc}") from None
     decoder = _Decoder(view, _align(_HEADER.size + meta_len), copy, as_torch, allow_pickle)
     try:
