@@ -433,6 +433,15 @@ def _decode_view(view: memoryview, copy: bool, as_torch: bool, allow_pickle: boo
         return decoder.node(tree)
     except (RingCorrupted, RingArgumentError):
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as exc:
-        # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity).
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RuntimeError,
+    ) as exc:
+        # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity, a
+        # null where a string belongs).
         raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None
