@@ -26,7 +26,11 @@ Each shard has exactly one checksum key, ``xxh3_64`` (written by ShardWriter) or
 Invariants checked by ``parse_index`` before anything else is read: the version is one this
 streamload reads, counts are non-negative ints and the shard counts sum to ``num_samples``, shard
 names are plain, unique file names (no separators, ``..``, drive letters, NUL: a manifest must
-never make us touch a path outside the dataset root). ShardWriter writes index.json last, so a
+never make us touch a path outside the dataset root). A symlink placed at a shard's name IS
+followed wherever it points (shards kept on another disk): index.json alone can never reach
+outside the root, whoever can place a link in the dataset directory could as well place the file,
+and the target is held to the shard's size and checksum like any shard; a target that is not a
+regular file (FIFO, device, directory) is refused. ShardWriter writes index.json last, so a
 dataset without one is incomplete (an interrupted writer) and is refused.
 
 Hostile input: every malformed index is a `FormatError`, never another exception, a hang or an
