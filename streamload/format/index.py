@@ -229,9 +229,9 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
             f"{source}: 'metadata' is nested more than {MAX_METADATA_DEPTH} levels deep"
         )
     index_version = raw.get("version", 1)
-    if not isinstance(index_version, int) or isinstance(index_version, bool) or index_version < 1:
+    if type(index_version) is not int or not 1 <= index_version <= _MAX_COUNT:
         raise FormatError(
-            f"{source}: 'version' must be an integer >= 1, got {quote(index_version)}"
+            f"{source}: 'version' must be an integer in [1, 2**53], got {quote(index_version)}"
         )
     optional = {"metadata", "version"} if version >= 2 else {"metadata"}
     if set(raw) - optional != expected_keys:
@@ -291,7 +291,7 @@ def _parse_shard(raw: object, where: str, version: int, schema: Schema) -> Shard
     if len(algorithms) != 1 or extra:
         raise FormatError(
             f"{where} ({name}): needs exactly one checksum key of {', '.join(ALGORITHMS)}"
-            f" and no other keys (found checksums {algorithms}, unexpected keys {extra})"
+            f" and no other keys (found checksums {algorithms}, unexpected keys {quote(extra)})"
         )
     algorithm = algorithms[0]
     digest = raw[algorithm]
@@ -323,7 +323,8 @@ def _elements(raw: object, where: str, schema: Schema) -> dict[str, int] | None:
     unknown = sorted(str(k) for k in raw if k not in variable)
     if unknown:
         raise FormatError(
-            f"{where} names {unknown}, which are not variable-shape array columns of the schema"
+            f"{where} names {quote(unknown)}, which are not variable-shape array columns of the"
+            " schema"
         )
     return {str(k): _count(v, f"{where}[{quote(k)}]") for k, v in raw.items()}
 

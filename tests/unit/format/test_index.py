@@ -81,12 +81,20 @@ def test_version_2_reads_per_shard_element_totals() -> None:
         (2, {"id": 3}, r"names \['id'\], which are not variable-shape array columns"),
         (2, {"tokens": -1}, "must be an integer"),
         (2, [12], "must be an object"),
+        (2, {"tokens": True}, r"\['tokens'\] must be an integer .* got True"),
+        (2, {"tokens": 12.0}, "must be an integer"),
+        (2, {"tokens": 2**63}, "must be an integer"),
+        (2, {"tokens": "12"}, "must be an integer"),
+        (2, {"\ud800" * 5000: 1}, r"names \['\\ud800"),
+        (2, "x" * 10**6, "must be an object"),
     ],
 )
 def test_bad_element_totals_are_refused(version: int, elements: object, message: str) -> None:
-    """elements only in v2, only for variable-shape columns, only non-negative counts."""
-    with pytest.raises(FormatError, match=message):
+    """elements only in v2, only for variable-shape columns, only non-negative counts; hostile
+    values are quoted briefly."""
+    with pytest.raises(FormatError, match=message) as info:
         _parse(_token_index(version, elements))
+    assert len(str(info.value)) < 1000
 
 
 @pytest.mark.parametrize(
@@ -204,6 +212,24 @@ def test_format_version_must_be_the_integer_one(version: Any) -> None:
     data["format_version"] = version
     with pytest.raises(FormatError, match=r"format_version .* is not supported"):
         _parse(data)
+
+
+@pytest.mark.parametrize("version", [True, 2.0, 0, -1, "3", [3], None, 2**53 + 1, 10**30])
+def test_index_version_of_an_appended_dataset_must_be_a_sane_integer(version: Any) -> None:
+    """Format version 2's top-level "version": an int in [1, 2**53], nothing JSON can fake."""
+    data = _token_index(2, {"tokens": 12})
+    data["version"] = version
+    with pytest.raises(FormatError, match=r"'version' must be an integer in \[1, 2\*\*53\]"):
+        _parse(data)
+
+
+def test_index_version_is_only_known_to_format_version_2() -> None:
+    """A format version 1 index carrying "version" is refused (older writers never wrote it)."""
+    data = _index()
+    data["version"] = 2
+    with pytest.raises(FormatError, match=r"extra \['version'\]"):
+        _parse(data)
+    assert _parse({**_token_index(2, {"tokens": 12}), "version": 7}).version == 7
 
 
 def _nested(depth: int, leaf: str = "1") -> str:
