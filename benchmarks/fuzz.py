@@ -411,77 +411,96 @@ RUNNERS: dict[str, Callable[[random.Random, Corpus], str]] = {
 # -- child: run cases, one line per event ---------------------------------------------------------
 
 
-def child(target: str, seed: int, start: int, cases: int, seconds: float) -> None:
-    """Run cases ``start``.. of ``target``; print ``case k``, then ``done k <outcome>`` per case."""
+def child(plan: list[tuple[str, int, int, float]], seed: int) -> None:
+    """Run each (target, first case, end case, seconds) of ``plan`` in turn, printing
+    ``case T k`` before and ``done T k <outcome> <seconds so far>`` after each case."""
     from streamload.errors import StreamloadError
 
-    runner = RUNNERS[target]
     with tempfile.TemporaryDirectory(prefix="streamload-fuzz-") as tmp:
         os.environ["STREAMLOAD_CACHE_DIR"] = str(Path(tmp) / "cache")
         corpus = Corpus(Path(tmp))
-        deadline = time.monotonic() + seconds
-        k = start
-        while k < start + cases and time.monotonic() < deadline:
-            print(f"case {k}", flush=True)
-            try:
-                outcome = runner(random.Random(f"{seed}:{k}"), corpus)
-            except StreamloadError as exc:
-                outcome = type(exc).__name__
-            except (Exception, RecursionError) as exc:  # a finding
-                tb = traceback.format_exc(limit=-6).replace("\n", "\\n")
-                print(f"finding {k} {type(exc).__name__}: {str(exc)[:300]!r} {tb}", flush=True)
-                outcome = "finding"
-            print(f"done {k} {outcome}", flush=True)
-            k += 1
+        for target, first, end, seconds in plan:
+            runner = RUNNERS[target]
+            begin = time.monotonic()
+            k = first
+            while k < end and time.monotonic() - begin < seconds:
+                print(f"case {target} {k}", flush=True)
+                try:
+                    outcome = runner(random.Random(f"{seed}:{k}"), corpus)
+                except StreamloadError as exc:
+                    outcome = type(exc).__name__
+                except (Exception, RecursionError) as exc:  # a finding
+                    frame = traceback.extract_tb(exc.__traceback__)[-1]
+                    where = f"{os.path.relpath(frame.filename)}:{frame.lineno} in {frame.name}"
+                    message = f"{type(exc).__name__}: {str(exc)[:300]!r} at {where}"
+                    print(f"finding {target} {k} {message}", flush=True)
+                    outcome = "finding"
+                print(f"done {target} {k} {outcome} {time.monotonic() - begin:.3f}", flush=True)
+                k += 1
 
 
 # -- parent: children, crashes, the table -------------------------------------------------------
 
 
-def run_target(target: str, seed: int, start: int, cases: int, seconds: float) -> dict[str, Any]:
-    """Run ``target`` in child processes until ``cases`` ran or ``seconds`` passed."""
-    outcomes: collections.Counter[str] = collections.Counter()
-    findings: list[str] = []
-    begin = time.monotonic()
-    k, end = start, start + cases
-    while k < end and time.monotonic() - begin < seconds:
-        left = seconds - (time.monotonic() - begin)
+def run_targets(
+    targets: list[str], seed: int, start: int, cases: dict[str, int], seconds: float
+) -> list[dict[str, Any]]:
+    """Run every target (``cases[target]`` cases from ``start``, at most ``seconds`` each) in
+    one child process; after a crash, a new child resumes at the case after the fatal one."""
+    results = {
+        t: {"target": t, "outcomes": collections.Counter(), "findings": [], "seconds": 0.0}
+        for t in targets
+    }
+    todo = [(t, start, start + cases[t], seconds) for t in targets]
+    while todo:
+        arg = ",".join(f"{t}:{k}:{e}:{s:.3f}" for t, k, e, s in todo)
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", target, "--seed", str(seed),
-             "--start", str(k), "--cases", str(end - k), "--seconds", str(left)],
+            [sys.executable, __file__, "--child", arg, "--seed", str(seed)],
             capture_output=True,
             text=True,
-            timeout=left + 600,
-        )  # fmt: skip
-        last, ran = None, 0
+            timeout=sum(s for *_, s in todo) + 900,
+        )
+        current, last, spent = None, None, 0.0
         for line in proc.stdout.splitlines():
             word, _, rest = line.partition(" ")
             if word == "case":
-                last = int(rest)
+                target, number = rest.split(" ")
+                if target != current:
+                    current, spent = target, 0.0
+                last = int(number)
             elif word == "done":
-                outcome = rest.split(" ", 1)[1]
-                outcomes[outcome] += 1
-                ran += 1
+                target, _number, outcome, elapsed = rest.split(" ")
+                results[target]["outcomes"][outcome] += 1
+                spent = float(elapsed)
+                results[target]["seconds"] = spent + results[target].get("base", 0.0)
                 last = None
             elif word == "finding":
-                findings.append(f"{target} seed {seed} case {rest}")
-        if proc.returncode != 0:
-            where = f"case {last}" if last is not None else "setup"
-            findings.append(
-                f"{target} seed {seed} {where}: child died (rc {proc.returncode}):"
+                target, finding = rest.split(" ", 1)
+                results[target]["findings"].append(f"{target} seed {seed} case {finding}")
+        done_targets = [t for t, *_ in todo]
+        if proc.returncode == 0:
+            break
+        if current is None or last is None:  # died before or between cases: cannot resume
+            failed = current or done_targets[0]
+            results[failed]["findings"].append(
+                f"{failed} seed {seed}: child died outside a case (rc {proc.returncode}):"
                 f" {proc.stderr.strip()[-500:]!r}"
             )
-            outcomes["crash"] += 1
-            if last is None:
-                break  # the corpus itself failed: nothing to resume
-            k = last + 1
-        else:
-            k += ran
-            if ran == 0:
-                break
-    elapsed = time.monotonic() - begin
-    outcomes.pop("finding", None)
-    return {"target": target, "outcomes": outcomes, "findings": findings, "seconds": elapsed}
+            break
+        result = results[current]
+        result["findings"].append(
+            f"{current} seed {seed} case {last}: child died (rc {proc.returncode}):"
+            f" {proc.stderr.strip()[-500:]!r}"
+        )
+        result["outcomes"]["crash"] += 1
+        result["base"] = result["seconds"]
+        position = done_targets.index(current)
+        _, _, end, budget = todo[position]
+        todo = [(current, last + 1, end, max(0.0, budget - spent)), *todo[position + 1 :]]
+    for result in results.values():
+        result["outcomes"].pop("finding", None)
+        result.pop("base", None)
+    return list(results.values())
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -516,22 +535,20 @@ def main() -> None:
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int(time.time())
     if args.child:
-        child(args.child, seed, args.start, args.cases, args.seconds)
+        plan = [item.split(":") for item in args.child.split(",")]
+        child([(t, int(k), int(e), float(sec)) for t, k, e, sec in plan], seed)
         return
     targets = [t for t in args.targets.split(",") if t]
     unknown = sorted(set(targets) - set(RUNNERS))
     if unknown:
         parser.error(f"unknown targets {unknown}; known: {', '.join(RUNNERS)}")
-    results = []
-    for target in targets:
-        if args.cases is not None:
-            cases = args.cases
-        elif args.quick:
-            cases = QUICK_CASES.get(target, QUICK_CASES_DEFAULT)
-        else:
-            cases = 10**9
-        seconds = args.seconds if not args.quick else 600.0
-        results.append(run_target(target, seed, args.start, cases, seconds))
+    if args.cases is not None:
+        cases = dict.fromkeys(targets, args.cases)
+    elif args.quick:
+        cases = {t: QUICK_CASES.get(t, QUICK_CASES_DEFAULT) for t in targets}
+    else:
+        cases = dict.fromkeys(targets, 10**9)
+    results = run_targets(targets, seed, args.start, cases, 600.0 if args.quick else args.seconds)
     text = table(results)
     mode = " (--quick)" if args.quick else ""
     print(f"\nFuzzing: hostile inputs to every reader{mode}, seed {seed}\n\n{text}\n")
