@@ -326,7 +326,12 @@ def _elements(raw: object, where: str, schema: Schema) -> dict[str, int] | None:
             f"{where} names {quote(unknown)}, which are not variable-shape array columns of the"
             " schema"
         )
-    return {str(k): _count(v, f"{where}[{quote(k)}]") for k, v in raw.items()}
+    out = {}
+    for k, v in raw.items():
+        if type(v) is not int or not 0 <= v <= _MAX_COUNT:  # the message only when it fails
+            _count(v, f"{where}[{quote(k)}]")
+        out[str(k)] = v
+    return out
 
 
 def _count(value: object, where: str) -> int:
