@@ -441,7 +441,8 @@ def _decode_view(view: memoryview, copy: bool, as_torch: bool, allow_pickle: boo
         AttributeError,
         OverflowError,
         RuntimeError,
+        SyntaxError,
     ) as exc:
         # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity, a
-        # null where a string belongs).
+        # null where a string belongs; numpy parses a dtype string like ",f4" with ast).
         raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None
