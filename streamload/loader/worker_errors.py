@@ -33,14 +33,17 @@ from streamload.errors import WorkerError
 from streamload.loader import protocol
 
 
-def describe(exc: BaseException | None = None) -> bytes:
-    """The ERROR record body of ``exc`` (default: the exception being handled)."""
+def describe(exc: BaseException | None = None, note: str = "") -> bytes:
+    """The ERROR record body of ``exc`` (default: the exception being handled), ``note`` (a
+    line of context, e.g. how the ring got its size) after its traceback."""
     if exc is None:
         exc = sys.exc_info()[1]
     if exc is None:
         raise ValueError("describe() needs an exception (none is being handled)")
     cls = type(exc)
     text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    if note:
+        text += note + "\n"
     return protocol.exception_record(f"{cls.__module__}:{cls.__qualname__}", text)
 
 
