@@ -27,6 +27,7 @@ it, and the read-ahead re-synchronises on the next shard it finds in the plan.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import os
 import threading
@@ -149,9 +150,12 @@ class RemoteShards:
         line = max((len(key.file_name) for key in self._keys), default=0) + 1
         self._window = min(PLAN_WINDOW, max(16, max(4096, biggest // 64) // line))
         plan_bytes = PLAN_HEADER_BYTES + self._window * line
+        # Never more shards than the dataset has: the largest ones, at worst.
+        pinned = min(OPEN_SHARDS + ahead, len(index.shards))
         self._reserve = (
-            (OPEN_SHARDS + ahead) * biggest + plan_bytes,
-            f"{OPEN_SHARDS} open + {ahead} read-ahead x largest shard {format_size(biggest)},"
+            sum(heapq.nlargest(pinned, (s.bytes for s in index.shards))) + plan_bytes,
+            f"{OPEN_SHARDS} open + {ahead} read-ahead, capped at the dataset's"
+            f" {len(index.shards)} shard(s), largest {format_size(biggest)},"
             f" plus a {format_size(plan_bytes)} plan file",
             plan_bytes,
         )

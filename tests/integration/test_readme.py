@@ -364,8 +364,11 @@ def test_every_command_and_flag_the_readme_shows_exists() -> None:
 
 
 def test_every_lone_flag_the_readme_names_is_a_flag_of_some_command() -> None:
-    """An inline `--flag` (or `--flag VALUE`) belongs to at least one subcommand."""
+    """An inline `--flag` (or `--flag VALUE`) belongs to at least one subcommand, or to a
+    script the README names (`benchmarks/fuzz.py ... --seconds`)."""
     every = {s for p in _subparsers().values() for a in p._actions for s in a.option_strings}
+    for script in set(re.findall(r"`((?:benchmarks|scripts)/\w+\.py)`", README)):
+        every |= set(re.findall(r"[\"'](--[a-z][a-z-]*)[\"']", (REPO / script).read_text()))
     lone = [span.split()[0] for span in _inline_code() if re.fullmatch(r"--[a-z-]+( \S+)?", span)]
     assert lone
     for flag in lone:
@@ -732,6 +735,10 @@ CLAIMS = {
     "unshuffled that is still exactly once (appended samples come last)": "tests/unit/write/test_commit.py::test_a_loader_state_from_before_an_append_is_refused_unless_allowed",
     "from the next epoch on every sample, old and new, is seen exactly once": "tests/unit/write/test_commit.py::test_a_shuffled_state_continues_after_an_append_and_the_next_epoch_is_whole",
     "`import streamload` never imports it": "tests/unit/test_layers.py::test_importing_streamload_never_imports_ray",
+    # Reliability: what is guaranteed, and what is not
+    "a FIFO, device or directory is refused without reading": "tests/unit/format/test_index.py::test_index_that_is_not_a_regular_file_is_refused_without_reading_it",
+    "nesting too deep": "tests/unit/format/test_index.py::test_deeply_nested_json_is_a_format_error_not_a_recursion_error",
+    "In the cache: a `CacheError` naming the directory, and no partial copy is ever kept": "tests/unit/cache/test_disk.py::test_enospc_is_a_cache_error_with_no_partial_file_and_the_next_run_works",
 }
 
 

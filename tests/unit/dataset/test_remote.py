@@ -222,14 +222,19 @@ def test_cache_limit_below_the_working_set_is_refused_at_construction(
 
 def test_working_set_counts_only_shards_that_exist(tmp_path: Path) -> None:
     """A one-shard remote dataset needs room for that one shard, not for OPEN_SHARDS +
-    read-ahead copies of it: a limit just above the shard is accepted."""
+    read-ahead copies of it: a limit just above the shard (plus the few KiB of index copy and
+    plan files, which count against the limit too) is accepted."""
     root = tmp_path / "one"
     with ShardWriter(str(root)) as w:
         for i in range(200):
             w.write({"id": i, "x": np.full(160, i, np.int64)})
     size = StreamingDataset(str(root)).index.shards[0].bytes
-    ds = StreamingDataset("slfake://" + str(root), cache_dir=tmp_path / "c", cache_limit=size)
+    limit = size + 64 * 1024
+    ds = StreamingDataset("slfake://" + str(root), cache_dir=tmp_path / "c", cache_limit=limit)
     assert [int(ds[i]["id"]) for i in (0, 199)] == [0, 199]
+    # Each reading process reserves its working set at its first read (processes that do not
+    # know of each other must not starve each other), so two workers need room for two.
+    ds = StreamingDataset("slfake://" + str(root), cache_dir=tmp_path / "c", cache_limit=2 * limit)
     loader = StreamLoader(ds, batch_size=50, num_workers=2, multiprocessing_context="fork")
     assert sum(len(b["id"]) for b in loader) == 200
     with pytest.raises(CacheError, match=r"the working set of 1 shard.* capped at the dataset.s 1"):
