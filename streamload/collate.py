@@ -120,6 +120,20 @@ class BlobColumn:
         else:
             copy_runs(dst, self.source, self.starts, self.offsets[:-1], np.diff(self.offsets))
 
+    def write_range(self, dst: np.ndarray, start: int, stop: int) -> None:
+        """Copy bytes [start, stop) of the back-to-back rows into ``dst`` (a streamed record's
+        share of the column: rows cut at either end are copied in part)."""
+        if self._data is not None:
+            dst[: stop - start] = self._data[start:stop]
+            return
+        offsets = self.offsets
+        first = int(np.searchsorted(offsets, start, side="right")) - 1
+        last = int(np.searchsorted(offsets, stop, side="left"))  # rows first..last-1 overlap
+        lo = np.maximum(offsets[first:last], start)
+        hi = np.minimum(offsets[first + 1 : last + 1], stop)
+        src = self.starts[first:last] + (lo - offsets[first:last])
+        copy_runs(dst, self.source, src, lo - start, hi - lo)
+
     def tolist(self) -> list[Any]:
         """The column as ``default_collate`` gives it: a list of str or bytes."""
         kind = pa.large_string() if self.text else pa.large_binary()

@@ -45,7 +45,7 @@ from streamload.errors import WorkerError
 from streamload.fetch import Route
 from streamload.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
 from streamload.stats import is_stats_record, timed_step
-from streamload.transport import decode
+from streamload.transport import decode, skip
 from streamload.workers import encode_item, worker_main
 
 _JOIN_TIMEOUT_S = 1.0
@@ -55,10 +55,31 @@ _LIVENESS_POLL_S = 0.25
 _FALLBACK_RING_BYTES = 64 << 20
 _MIN_AUTO_RING_BYTES = 4 << 20
 _MAX_AUTO_RING_BYTES = 1 << 30
+# Copying passes stream each batch through the ring in chunks: the ring holds this many chunks,
+# and ring_size=auto is this size whatever the batch (research/ringbuffer.md: rings that stay in
+# the last-level cache move bytes ~3x faster than 64 MiB ones).
+STREAM_RING_BYTES = 4 << 20
+CHUNKS_PER_RING = 4
+
+
+def ring_geometry(loader: Any, spec: Any, ring_size: int) -> tuple[int, int | None]:
+    """(ring capacity, chunk) for a pass; chunk None means each batch is one whole record.
+
+    A copying pass (the default) streams batches in chunks of a quarter of the ring (minus the
+    64-byte record header, so four chunk records fill the ring exactly): any batch fits any ring
+    and ``ring_size = auto`` (0) is a fixed ``STREAM_RING_BYTES``. ``zero_copy`` hands out
+    tensors that view one record, so there a batch must fit half the ring: ``auto_ring_capacity``.
+    """
+    if getattr(loader, "zero_copy", False):
+        capacity = _ring_capacity(ring_size) if ring_size else auto_ring_capacity(loader, spec)
+        return capacity, None
+    capacity = _ring_capacity(ring_size) if ring_size else STREAM_RING_BYTES
+    return capacity, capacity // CHUNKS_PER_RING - 64
 
 
 def auto_ring_capacity(loader: Any, spec: Any) -> int:
-    """Ring capacity for ``ring_size = auto``: sized from the data where the data says enough.
+    """Ring capacity for ``ring_size = auto`` with ``zero_copy``: sized from the data where the
+    data says enough.
 
     Over a StreamingDataset on the columnar route (no transform, default collate) a batch's
     size follows from index.json: batch_size x the largest per-shard average sample size. The
@@ -117,7 +138,7 @@ class WorkerPool:
         context = options.multiprocessing_context or default_context(settings.start_method)
         spec = loader.fetch_spec()
         ring_size = getattr(loader, "ring_size", None) or settings.ring_size
-        capacity = _ring_capacity(ring_size) if ring_size else auto_ring_capacity(loader, spec)
+        capacity, self.chunk = ring_geometry(loader, spec, ring_size)
         # Rings kept by the loader from its previous pass (see `shutdown(keep_rings=True)`).
         self._spare: list[Ring] | None = getattr(loader, "_spare_rings", None)
         self.rings: list[Ring] = []
@@ -142,6 +163,7 @@ class WorkerPool:
                     base_seed,
                     options.worker_init_fn,
                     os.getpid(),
+                    self.chunk,
                 ),
                 daemon=True,
             )
@@ -383,7 +405,7 @@ class MultiProcessIter:
             self._dispatch()
             raise WorkerError(_error_text(worker_id, body))
         self._dispatch()
-        return self._spec_finish(record)
+        return self._spec_finish(worker_id, record)
 
     def _next_own(self) -> Any:
         if self._ended:
@@ -401,12 +423,18 @@ class MultiProcessIter:
             self._next_worker = (worker_id + 1) % self._pool.num_workers
             raise WorkerError(_error_text(worker_id, body))
         self._next_worker = (worker_id + 1) % self._pool.num_workers
-        return self._spec_finish(record)
+        return self._spec_finish(worker_id, record)
 
-    def _spec_finish(self, record: Any) -> Any:
+    def _spec_finish(self, worker_id: int, record: Any) -> Any:
         # zero_copy: tensors view the record, which is released when the last of them dies.
-        payload = decode(record, copy=not self._zero_copy)
+        # Copying: a streamed batch's later records come from the same ring, one at a time.
+        payload = decode(
+            record, copy=not self._zero_copy, more=lambda: self._continued(worker_id)
+        )
         return self._fetcher_finish(payload)
+
+    def _continued(self, worker_id: int) -> Any:
+        return self._pool.receive(worker_id, self._timeout)[1]
 
     def _fetcher_finish(self, payload: Any) -> Any:
         if self._spec.route is Route.COLUMNAR:
@@ -421,15 +449,21 @@ class MultiProcessIter:
             for worker_id in range(self._pool.num_workers):
                 while self._active[worker_id]:
                     kind, record = self._pool.receive(worker_id, self._timeout)
-                    body = bytes(record.view()) if kind == RecordType.ERROR else b""
+                    if kind == RecordType.DATA:
+                        skip(record, lambda w=worker_id: self._continued(w))
+                        continue
+                    body = bytes(record.view())
                     record.release()
                     if body == b"S":
                         self._active[worker_id] = False
             return
         while self._pending:
             worker_id = self._pending.popleft()
-            _kind, record = self._pool.receive(worker_id, self._timeout)
-            record.release()
+            kind, record = self._pool.receive(worker_id, self._timeout)
+            if kind == RecordType.DATA:
+                skip(record, lambda w=worker_id: self._continued(w))
+            else:
+                record.release()
 
     def _finish_epoch(self) -> None:
         if not self._persistent:

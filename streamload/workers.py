@@ -1,6 +1,7 @@
 """The worker process: the main loop that turns work items into batch records in its own ring.
 
-A worker owns the producer side of one ring (trainer <- worker, whole batches) and the reading
+A worker owns the producer side of one ring (trainer <- worker: batches, each streamed as
+consecutive records of at most a quarter of the ring in a copying pass) and the reading
 end of one Pipe (trainer -> worker, tiny control messages). It is seeded exactly as DataLoader
 seeds its workers (``random``/``torch`` with base_seed + id, numpy via torch's
 ``_generate_state``), publishes torch's ``WorkerInfo`` so ``get_worker_info()`` works, runs
@@ -12,9 +13,9 @@ of ``plan.EpochPlan`` from the given start position),
 ``I`` an int64 index list, ``N`` one int index, ``T`` an iterable ticket of length k, ``P`` a
 pickled trainer-made item (custom samplers), ``X`` exit.
 
-Records out: DATA = one encoded batch, ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
+Records out: DATA = one encoded batch (or, streamed, one piece of it), ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
 the traceback text, or ``T`` + the worker's stage-time snapshot (``stats.py``), written just
-before a batch record now and then and before a planned pass's ``S``. Records are written in
+before a batch's records now and then (never between the records of one batch) and before a planned pass's ``S``. Records are written in
 the order items arrived, so the trainer reads each ring in dispatch order.
 
 Invariants: the worker never outlives the trainer: PR_SET_PDEATHSIG (Linux) right after start,
@@ -122,8 +123,13 @@ def worker_main(
     base_seed: int,
     worker_init_fn: Any,
     parent_pid: int,
+    chunk: int | None = None,
 ) -> None:
-    """Entry point of one worker process (see the module docstring)."""
+    """Entry point of one worker process (see the module docstring).
+
+    ``chunk``: batches larger than this stream through the ring as several records
+    (``transport.send``); None writes each batch as one record (zero-copy passes).
+    """
     # Everything inherited from the trainer stays out of this worker's garbage collections:
     # a full collection would otherwise walk (and so copy-on-write) the trainer's whole heap.
     gc.freeze()
@@ -143,8 +149,9 @@ def worker_main(
                 worker_init_fn(worker_id)
         except Exception:
             init_error = traceback.format_exc()
+        out = _Output(ring, chunk)
         _serve(
-            worker_id, num_workers, dataset, spec, batch_size, ring, conn, parent_pid, init_error
+            worker_id, num_workers, dataset, spec, batch_size, out, conn, parent_pid, init_error
         )
     except (RingError, EOFError, OSError, KeyboardInterrupt):
         pass  # trainer gone or closed: nothing left to tell anyone
@@ -158,7 +165,7 @@ def _serve(
     dataset: Any,
     spec: FetchSpec,
     batch_size: int | None,
-    ring: Ring,
+    out: _Output,
     conn: Connection,
     parent_pid: int,
     init_error: str | None,
@@ -171,7 +178,7 @@ def _serve(
         ready = conn.poll(_IDLE_POLL_S)
         reporter.clock.idle_ns += time.perf_counter_ns() - waiting
         if not ready:
-            if not trainer_alive(parent_pid) or ring.closed:
+            if not trainer_alive(parent_pid) or out.ring.closed:
                 return
             continue
         message = conn.recv_bytes()
@@ -180,7 +187,7 @@ def _serve(
             return
         if init_error is not None:
             if kind not in (b"R", b"O"):
-                _send_error(ring, b"E" + init_error.encode())
+                out.error(b"E" + init_error.encode())
             continue
         if kind == b"R":
             try:
@@ -189,10 +196,10 @@ def _serve(
                 fetcher = _Failed(traceback.format_exc())
             continue
         if kind == b"O":
-            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, ring, reporter)
+            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, out, reporter)
             continue
         # Nothing queued after this item: ship the stats now, the trainer may read no more.
-        _fetch_one(fetcher, decode_item(message), ring, reporter, last=not conn.poll(0))
+        _fetch_one(fetcher, decode_item(message), out, reporter, last=not conn.poll(0))
 
 
 def _time_transform(dataset: Any, clock: sl_stats.StageClock) -> None:
@@ -220,44 +227,51 @@ class _Reported(Exception):
     pass
 
 
+class _Output:
+    """This worker's side of its ring: batches (streamed in chunks when ``chunk`` is set) and
+    control records (ERROR records: ``S``, ``E`` + traceback, stats)."""
+
+    def __init__(self, ring: Ring, chunk: int | None) -> None:
+        self.ring = ring
+        self.chunk = chunk
+
+    def batch(self, payload: Any) -> None:
+        try:
+            send(self.ring, payload, chunk=self.chunk)
+        except RecordTooLarge:
+            self.error(b"E" + traceback.format_exc().encode())
+
+    def error(self, body: bytes) -> None:
+        self.ring.put(body, type=RecordType.ERROR)
+
+
 def _fetch_one(
     fetcher: Any,
     item: Any,
-    ring: Ring,
+    out: _Output,
     reporter: sl_stats.WorkerReporter | None = None,
     last: bool = False,
 ) -> None:
     try:
         payload = fetcher.fetch(item)
     except StopIteration:
-        _send_error(ring, b"S")
+        out.error(b"S")
         return
     except _Reported as exc:
-        _send_error(ring, b"E" + str(exc).encode())
+        out.error(b"E" + str(exc).encode())
         return
     except Exception:
-        _send_error(ring, b"E" + traceback.format_exc().encode())
+        out.error(b"E" + traceback.format_exc().encode())
         return
     if reporter is None:
-        _send_batch(ring, payload)
+        out.batch(payload)
         return
     reporter.clock.batches += 1
     if last or reporter.due():
-        _send_error(ring, reporter.record())
+        out.error(reporter.record())
     started = time.perf_counter_ns()
-    _send_batch(ring, payload)
+    out.batch(payload)
     reporter.clock.add("transport", started)
-
-
-def _send_batch(ring: Ring, payload: Any) -> None:
-    try:
-        send(ring, payload)
-    except RecordTooLarge:
-        _send_error(ring, b"E" + traceback.format_exc().encode())
-
-
-def _send_error(ring: Ring, body: bytes) -> None:
-    ring.put(body, type=RecordType.ERROR)
 
 
 def _own_plan(
@@ -267,7 +281,7 @@ def _own_plan(
     spec: FetchSpec,
     batch_size: int | None,
     message: bytes,
-    ring: Ring,
+    out: _Output,
     reporter: sl_stats.WorkerReporter,
 ) -> None:
     """A whole planned epoch with no further trainer messages: steps id, id + n, ..."""
@@ -288,8 +302,8 @@ def _own_plan(
         upcoming = next(batches, _END)
         while upcoming is not _END:
             ids, upcoming = upcoming, next(batches, _END)
-            _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END)
+            _fetch_one(fetcher, ids, out, reporter, last=upcoming is _END)
     except Exception:
-        _send_error(ring, b"E" + traceback.format_exc().encode())
-    _send_error(ring, reporter.record())  # exact totals (read when a persistent pool drains)
-    ring.put(b"S", type=RecordType.ERROR)  # end of this worker's share
+        out.error(b"E" + traceback.format_exc().encode())
+    out.error(reporter.record())  # exact totals (read when a persistent pool drains)
+    out.error(b"S")  # end of this worker's share

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from streamload.loader import StreamLoader
+from streamload.ring import record_size
 from streamload.worker_pool import _ring_capacity
 from streamload.workers import decode_item, encode_item
 
@@ -129,30 +130,57 @@ def _blob_dataset(root: Any, sample_bytes: int, n: int = 64) -> Any:
     return sl.StreamingDataset(str(root))
 
 
-def test_auto_ring_size_follows_the_batches_the_dataset_makes(tmp_path: Any) -> None:
-    """ring_size=auto: small rows get a small ring, 256 x 64 KiB rows one that holds 1.5x a batch."""
-    from streamload.worker_pool import auto_ring_capacity
+def test_copying_passes_get_a_small_ring_whatever_the_batch(tmp_path: Any) -> None:
+    """ring_size=auto without zero_copy: a 4 MiB ring of four chunk records, the same for
+    100-byte and 64 KiB rows (batches stream through it), for any route."""
+    from streamload.worker_pool import ring_geometry
 
     small = _blob_dataset(tmp_path / "small", 100)
     big = _blob_dataset(tmp_path / "big", 64 * 1024)
-    small_loader = StreamLoader(small, batch_size=256, num_workers=1)
-    big_loader = StreamLoader(big, batch_size=256, num_workers=1)
-    assert auto_ring_capacity(small_loader, small_loader.fetch_spec()) == 4 << 20
-    capacity = auto_ring_capacity(big_loader, big_loader.fetch_spec())
-    assert capacity // 2 - 64 >= 1.5 * 256 * 64 * 1024
+    loaders = [
+        StreamLoader(small, batch_size=256, num_workers=1),
+        StreamLoader(big, batch_size=256, num_workers=1),
+        StreamLoader(big, batch_size=256, num_workers=1, collate_fn=lambda b: b),
+    ]
+    for loader in loaders:
+        capacity, chunk = ring_geometry(loader, loader.fetch_spec(), 0)
+        assert (capacity, chunk) == (4 << 20, (1 << 20) - 64)
+        assert 4 * record_size(chunk) == capacity  # four chunk records fill it exactly
+    assert ring_geometry(loaders[1], loaders[1].fetch_spec(), 1 << 16) == (1 << 16, 16320)
+
+
+def test_zero_copy_rings_hold_whole_batches_sized_from_the_data(tmp_path: Any) -> None:
+    """ring_size=auto with zero_copy: small rows get a 4 MiB ring, 256 x 64 KiB rows one whose
+    record limit holds 1.5x a batch, unknown batches (custom collate) 64 MiB."""
+    from streamload.worker_pool import ring_geometry
+
+    small = _blob_dataset(tmp_path / "small", 100)
+    big = _blob_dataset(tmp_path / "big", 64 * 1024)
+    small_loader = StreamLoader(small, batch_size=256, num_workers=1, zero_copy=True)
+    big_loader = StreamLoader(big, batch_size=256, num_workers=1, zero_copy=True)
+    assert ring_geometry(small_loader, small_loader.fetch_spec(), 0) == (4 << 20, None)
+    capacity, chunk = ring_geometry(big_loader, big_loader.fetch_spec(), 0)
+    assert chunk is None and capacity // 2 - 64 >= 1.5 * 256 * 64 * 1024
     assert capacity == 64 << 20
     transformed = StreamLoader(
-        _blob_dataset(tmp_path / "t", 100), batch_size=256, num_workers=1, collate_fn=lambda b: b
+        _blob_dataset(tmp_path / "t", 100),
+        batch_size=256,
+        num_workers=1,
+        collate_fn=lambda b: b,
+        zero_copy=True,
     )
-    assert auto_ring_capacity(transformed, transformed.fetch_spec()) == 64 << 20
+    assert ring_geometry(transformed, transformed.fetch_spec(), 0) == (64 << 20, None)
 
 
-def test_auto_sized_rings_carry_every_batch(tmp_path: Any) -> None:
-    """With the auto-sized (small) ring, an epoch arrives whole and in order."""
-    ds = _blob_dataset(tmp_path / "ds", 3000, n=500)
-    loader = StreamLoader(ds, batch_size=100, num_workers=2)
-    batches = list(loader)
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_auto_sized_rings_carry_every_batch(tmp_path: Any, zero_copy: bool) -> None:
+    """With the auto-sized ring, an epoch of 16 MiB batches arrives whole and in order, streamed
+    through 4 MiB rings or (zero_copy) as whole records."""
+    ds = _blob_dataset(tmp_path / "ds", 64 * 1024, n=600)
+    loader = StreamLoader(ds, batch_size=256, num_workers=2, zero_copy=zero_copy)
+    batches = [{"id": b["id"].clone(), "n": len(b["data"])} for b in loader]
     assert [b["id"].tolist() for b in batches] == [
-        list(range(k, k + 100)) for k in range(0, 500, 100)
+        list(range(k, min(k + 256, 600))) for k in range(0, 600, 256)
     ]
-    assert all(ring.capacity == 4 << 20 for ring in loader._spare_rings)
+    expected = 4 << 20 if not zero_copy else 64 << 20
+    assert all(ring.capacity == expected for ring in loader._spare_rings)
