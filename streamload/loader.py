@@ -258,8 +258,10 @@ class StreamLoader:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         self.ring_size = ring_size
-        # Rings of a finished non-persistent pass, reused by the next pass (worker_pool.py).
+        # Rings of a finished non-persistent pass, reused by the next pass; the whole worker pool
+        # when the next pass may run on it (worker_pool.py: reuse_key).
         self._spare_rings: list[Any] = []
+        self._idle_pools: list[Any] = []
         self.zero_copy = bool(zero_copy)
         self._cursor: _PassCursor | None = None
         self._worker_iter: Any = None

@@ -127,6 +127,29 @@ def default_context(method: str) -> Any:
     return context
 
 
+def reuse_key(loader: Any, spec: Any, geometry: tuple[int, int | None]) -> Any:
+    """What a pass must share with the pass a pool was started for to run on its workers, or
+    None when a pass's workers must start fresh.
+
+    Workers are reused across non-persistent passes only where nothing observable changes: the
+    columnar route (a StreamingDataset without transform, torch's default_collate) and no
+    worker_init_fn, so no user code runs in a worker, and every per-pass input (epoch, start,
+    rank, batch size) travels in the pass's first message. Any other route starts fresh
+    workers every pass, as DataLoader does, since user code may hold state a fresh copy resets.
+    """
+    dataset = loader.dataset
+    if spec.route is not Route.COLUMNAR or loader.worker_init_fn is not None:
+        return None
+    fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
+    return (
+        id(dataset),
+        json.dumps(fingerprint, sort_keys=True),
+        loader.num_workers,
+        loader.multiprocessing_context,
+        geometry,
+    )
+
+
 class WorkerPool:
     """The worker processes of one loader, their rings and pipes; owns their shutdown."""
 
@@ -139,6 +162,7 @@ class WorkerPool:
         spec = loader.fetch_spec()
         ring_size = getattr(loader, "ring_size", None) or settings.ring_size
         capacity, self.chunk = ring_geometry(loader, spec, ring_size)
+        self.reuse_key = reuse_key(loader, spec, (capacity, self.chunk))
         # Rings kept by the loader from its previous pass (see `shutdown(keep_rings=True)`).
         self._spare: list[Ring] | None = getattr(loader, "_spare_rings", None)
         self.rings: list[Ring] = []
@@ -227,6 +251,12 @@ class WorkerPool:
         self.shutdown()
         raise WorkerError(message)
 
+    def healthy(self) -> bool:
+        """Every worker alive and every ring open: the pool can serve another pass."""
+        return bool(self.procs) and all(
+            p.is_alive() and not r.closed for p, r in zip(self.procs, self.rings, strict=True)
+        )
+
     def _spare_ring(self, capacity: int) -> Ring | None:
         while self._spare:
             ring = self._spare.pop()
@@ -309,9 +339,27 @@ class MultiProcessIter:
         self._zero_copy = bool(getattr(loader, "zero_copy", False))
         self._cursor = loader._cursor
         self._stats = loader._stats
-        self._pool = WorkerPool(loader, self.base_seed)
+        # A finished pass of this loader leaves its pool here when the next pass may reuse it.
+        self._idle: list[WorkerPool] | None = getattr(loader, "_idle_pools", None)
+        self._pool = self._idle_pool(loader) or WorkerPool(loader, self.base_seed)
         self._pool.stats_sink = self._stats.worker_report
         self._start_epoch(first=True)
+
+    def _idle_pool(self, loader: Any) -> WorkerPool | None:
+        """The previous pass's pool if this pass may run on it (see `reuse_key`); any other idle
+        pool is shut down."""
+        found = None
+        while self._idle:
+            pool = self._idle.pop()
+            if found is None and pool.healthy() and pool.reuse_key == self._reuse_key(loader):
+                found = pool
+            else:
+                pool.shutdown()
+        return found
+
+    def _reuse_key(self, loader: Any) -> Any:
+        ring_size = getattr(loader, "ring_size", None) or sl_config.load().ring_size
+        return reuse_key(loader, self._spec, ring_geometry(loader, self._spec, ring_size))
 
     def reset(self, loader: Any) -> MultiProcessIter:
         """Start the next epoch on the same workers (persistent_workers)."""
@@ -466,10 +514,20 @@ class MultiProcessIter:
                 record.release()
 
     def _finish_epoch(self) -> None:
-        if not self._persistent:
+        if self._persistent:
+            if self._own_plan:
+                self._drain()
+        elif self._pool.reuse_key is not None and self._idle is not None:
+            # Workers that run no user code serve the loader's next pass too (`reuse_key`):
+            # no fork, worker start or ring setup per epoch.
+            if self._own_plan:
+                self._drain()
+            if self._pool.healthy():
+                self._idle.append(self._pool)
+            else:
+                self._pool.shutdown()
+        else:
             self._pool.shutdown(keep_rings=True)
-        elif self._own_plan:
-            self._drain()
 
     def shutdown(self) -> None:
         """Stop the workers now (also what garbage collection and interpreter exit do)."""

@@ -74,6 +74,75 @@ def test_persistent_workers_keep_their_pids_across_epochs() -> None:
     second.shutdown()  # type: ignore[attr-defined]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_columnar_passes_reuse_their_workers_without_persistent_workers(tmp_path: Any) -> None:
+    """Non-persistent passes over a StreamingDataset's columnar route run on the same workers
+    (no user code runs there) and yield exactly the batches of fresh workers and of in-process
+    loading, epoch after epoch; the workers go when the loader goes."""
+    import gc
+
+    import streamload as sl
+
+    with sl.ShardWriter(str(tmp_path), shard_size="4KiB") as w:
+        for i in range(200):
+            w.write({"x": i, "s": f"row {i}"})
+    ds = sl.StreamingDataset(str(tmp_path), shuffle=True, seed=3)
+    loader = StreamLoader(ds, batch_size=16, num_workers=2, multiprocessing_context="fork")
+    reference = StreamLoader(ds, batch_size=16)
+    pids = None
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        it = iter(loader)
+        got = [(b["x"].tolist(), b["s"]) for b in it]
+        want = [(b["x"].tolist(), b["s"]) for b in reference]
+        assert got == want
+        now = [p.pid for p in it._pool.procs]  # type: ignore[attr-defined]
+        assert pids is None or now == pids
+        pids = now
+    assert pids is not None and all(_alive(p) for p in pids)
+    del loader, it
+    gc.collect()
+    assert not any(_alive(p) for p in pids)
+
+
+def test_passes_with_user_code_in_workers_start_fresh_workers(tmp_path: Any) -> None:
+    """A transform, a worker_init_fn or a map-style dataset means fresh workers every pass, as
+    DataLoader starts them; a transform set between passes also retires a reusable pool."""
+    import streamload as sl
+
+    with sl.ShardWriter(str(tmp_path), shard_size="4KiB") as w:
+        for i in range(64):
+            w.write({"x": i})
+    ds = sl.StreamingDataset(str(tmp_path))
+    loaders = [
+        StreamLoader(_Tiny(), batch_size=1, num_workers=2, multiprocessing_context="fork"),
+        StreamLoader(
+            ds, batch_size=8, num_workers=2, multiprocessing_context="fork",
+            worker_init_fn=lambda _: None,
+        ),
+        StreamLoader(ds, batch_size=8, num_workers=2, multiprocessing_context="fork"),
+    ]
+    for n, loader in enumerate(loaders):
+        first = iter(loader)
+        old = [p.pid for p in first._pool.procs]  # type: ignore[attr-defined]
+        list(first)
+        if n == 2:  # reusable until the dataset gains a transform
+            ds.transform = lambda row: row
+        second = iter(loader)
+        new = [p.pid for p in second._pool.procs]  # type: ignore[attr-defined]
+        list(second)
+        assert set(old).isdisjoint(new)
+        assert not any(_alive(p) for p in old)
+    ds.transform = None
+
+
 _START_METHOD_PROBE = """
 import threading
 import streamload as sl
