@@ -69,6 +69,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from streamload import heap
 from streamload import plan as sl_plan
 from streamload.dataset import StreamingDataset
 from streamload.errors import ConfigError, StateError
@@ -464,9 +465,12 @@ class StreamLoader:
     def stats(self) -> dict[str, Any]:
         """What this loader measured since it was built: throughput, data-wait per step
         (p50/p95/p99/max), busy time per pipeline stage and worker, ring occupancy, padding and
-        cache counters, as a plain JSON-serialisable dict (keys: ``stats.LoaderStats.snapshot``).
+        cache counters, as a plain JSON-serialisable dict (keys: ``stats.LoaderStats.snapshot``),
+        plus ``heap``: what streamload did to this process's malloc (``heap.report``).
         """
-        return self._stats.snapshot(self.padded_samples)
+        snapshot = self._stats.snapshot(self.padded_samples)
+        snapshot["heap"] = heap.report()
+        return snapshot
 
     # -- plan and resume ------------------------------------------------------------------------
 
@@ -604,6 +608,7 @@ class _SingleProcessIter:
                 f"StreamLoader timeout: only used with num_workers > 0, got timeout={loader.timeout}"
             )
         self._stats = loader._stats
+        heap.prime_from_config()  # reuse freed batch memory (glibc's own policy, heap.py)
         self._fetcher = spec.build(loader.dataset, self._stats.local)
         self._stats.begin_pass()
         self._dataset = loader.dataset

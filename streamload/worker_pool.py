@@ -157,7 +157,6 @@ class WorkerPool:
         options = loader.worker_options
         self.num_workers = options.num_workers
         settings = sl_config.load()
-        heap.retain_freed(settings.heap_retain)  # the trainer copies every batch out, too
         context = options.multiprocessing_context or default_context(settings.start_method)
         spec = loader.fetch_spec()
         ring_size = getattr(loader, "ring_size", None) or settings.ring_size
@@ -171,6 +170,7 @@ class WorkerPool:
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.rings, self.conns)
+        heap.release()  # forked workers must not inherit (and copy on write) freed trainer heap
         for worker_id in range(self.num_workers):
             ring = self._spare_ring(capacity) or Ring.create(capacity)
             reader, writer = context.Pipe(duplex=False)
@@ -197,6 +197,7 @@ class WorkerPool:
             proc.start()
             reader.close()
             ring.set_producer_pid(proc.pid)
+        heap.prime(settings.heap_retain)  # the trainer copies every batch out (heap.py)
 
     def send(self, worker_id: int, message: bytes) -> None:
         """Send one control message; a dead worker is reported by the next read instead."""
@@ -528,6 +529,7 @@ class MultiProcessIter:
                 self._pool.shutdown()
         else:
             self._pool.shutdown(keep_rings=True)
+            heap.release()  # the pass is over: hand the batches' freed memory back
 
     def shutdown(self) -> None:
         """Stop the workers now (also what garbage collection and interpreter exit do)."""
