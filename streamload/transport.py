@@ -106,7 +106,9 @@ class BatchPlan:
         self.nbytes = data_start + data_nbytes
         self._prefix = _HEADER.pack(MAGIC, VERSION, flags, len(meta), 0, self.nbytes) + meta
         # (position in the stream, end, numpy array | BlobColumn | bytes-like), in stream order.
-        self._sources = [(data_start + off, data_start + off + _nbytes(src), src) for off, src in sources]
+        self._sources = [
+            (data_start + off, data_start + off + _nbytes(src), src) for off, src in sources
+        ]
         self._flat: dict[int, np.ndarray] = {}  # array sources as native bytes, for partial writes
         self.has_pickle = bool(flags & FLAG_PICKLE)
 
@@ -138,7 +140,9 @@ class BatchPlan:
             RingArgumentError: `buf` is smaller than the range, or the range is outside the stream.
         """
         if not 0 <= start <= stop <= self.nbytes:
-            raise RingArgumentError(f"range [{start}, {stop}) is outside the {self.nbytes}-byte batch")
+            raise RingArgumentError(
+                f"range [{start}, {stop}) is outside the {self.nbytes}-byte batch"
+            )
         dst = np.frombuffer(buf, dtype=np.uint8)
         if dst.size < stop - start:
             raise RingArgumentError(
@@ -147,7 +151,9 @@ class BatchPlan:
         prefix = self._prefix
         if start < len(prefix):
             end = min(stop, len(prefix))
-            dst[: end - start] = np.frombuffer(prefix, dtype=np.uint8, count=end - start, offset=start)
+            dst[: end - start] = np.frombuffer(
+                prefix, dtype=np.uint8, count=end - start, offset=start
+            )
         for k, (pos, end, src) in enumerate(self._sources):
             if pos >= stop:
                 break
@@ -168,7 +174,9 @@ class BatchPlan:
             flat = self._flat.get(k)
             if flat is None:
                 native = src.dtype.newbyteorder("=")
-                flat = self._flat[k] = np.ascontiguousarray(src, dtype=native).reshape(-1).view(np.uint8)
+                flat = self._flat[k] = (
+                    np.ascontiguousarray(src, dtype=native).reshape(-1).view(np.uint8)
+                )
             out[:] = flat[lo:hi]
         else:
             out[:] = np.frombuffer(src, dtype=np.uint8)[lo:hi]
@@ -388,7 +396,7 @@ def decode(
     record = data if isinstance(data, Record) else None
     if not copy:
         return _decode_views(data, record, as_torch, allow_pickle, blobs)
-    part: np.ndarray | None = np.frombuffer(data, dtype=np.uint8)
+    part: np.ndarray | None = np.frombuffer(data, dtype=np.uint8)  # type: ignore[arg-type]
     try:
         assert part is not None
         _, meta_len, total = _parse_header(part)
@@ -411,7 +419,7 @@ def decode(
             )
         rec = more()
         try:
-            part = np.frombuffer(rec, dtype=np.uint8)
+            part = np.frombuffer(rec, dtype=np.uint8)  # type: ignore[call-overload]
             if rec.type != RecordType.DATA or not len(part):
                 raise RingCorrupted("a batch's records were interrupted by another record")
             assembly.feed(part, pos)
@@ -609,7 +617,8 @@ class _ItemsSink(_Sink):
         self.next = i
 
     def _item(self, raw: np.ndarray) -> Any:
-        return str(raw, "utf-8", "surrogatepass") if self.text else raw.tobytes()
+        data = raw.tobytes()  # rare: only rows cut by a record boundary come here
+        return data.decode("utf-8", "surrogatepass") if self.text else data
 
     def value(self) -> Any:
         self._check()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
@@ -477,9 +478,7 @@ class MultiProcessIter:
     def _spec_finish(self, worker_id: int, record: Any) -> Any:
         # zero_copy: tensors view the record, which is released when the last of them dies.
         # Copying: a streamed batch's later records come from the same ring, one at a time.
-        payload = decode(
-            record, copy=not self._zero_copy, more=lambda: self._continued(worker_id)
-        )
+        payload = decode(record, copy=not self._zero_copy, more=lambda: self._continued(worker_id))
         return self._fetcher_finish(payload)
 
     def _continued(self, worker_id: int) -> Any:
@@ -499,7 +498,7 @@ class MultiProcessIter:
                 while self._active[worker_id]:
                     kind, record = self._pool.receive(worker_id, self._timeout)
                     if kind == RecordType.DATA:
-                        skip(record, lambda w=worker_id: self._continued(w))
+                        skip(record, functools.partial(self._continued, worker_id))
                         continue
                     body = bytes(record.view())
                     record.release()
@@ -510,7 +509,7 @@ class MultiProcessIter:
             worker_id = self._pending.popleft()
             kind, record = self._pool.receive(worker_id, self._timeout)
             if kind == RecordType.DATA:
-                skip(record, lambda w=worker_id: self._continued(w))
+                skip(record, functools.partial(self._continued, worker_id))
             else:
                 record.release()
 

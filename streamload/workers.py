@@ -150,9 +150,7 @@ def worker_main(
         except Exception:
             init_error = traceback.format_exc()
         out = _Output(ring, chunk)
-        _serve(
-            worker_id, num_workers, dataset, spec, batch_size, out, conn, parent_pid, init_error
-        )
+        _serve(worker_id, num_workers, dataset, spec, batch_size, out, conn, parent_pid, init_error)
     except (RingError, EOFError, OSError, KeyboardInterrupt):
         pass  # trainer gone or closed: nothing left to tell anyone
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import struct
 import subprocess
@@ -330,7 +331,7 @@ def test_written_ranges_concatenate_to_the_whole_encoding(batch: object, cuts: l
     whole = encode(batch)
     bounds = sorted({0, plan.nbytes, *(c % (plan.nbytes + 1) for c in cuts)})
     parts = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         buf = bytearray(b - a)
         assert plan.write_range(buf, a, b) == b - a
         parts.append(bytes(buf))

@@ -124,7 +124,10 @@ def test_passes_with_user_code_in_workers_start_fresh_workers(tmp_path: Any) -> 
     loaders = [
         StreamLoader(_Tiny(), batch_size=1, num_workers=2, multiprocessing_context="fork"),
         StreamLoader(
-            ds, batch_size=8, num_workers=2, multiprocessing_context="fork",
+            ds,
+            batch_size=8,
+            num_workers=2,
+            multiprocessing_context="fork",
             worker_init_fn=lambda _: None,
         ),
         StreamLoader(ds, batch_size=8, num_workers=2, multiprocessing_context="fork"),
