@@ -1,6 +1,7 @@
 """streamload: stream sharded Arrow/LMDB datasets into PyTorch, fast and in bounded memory."""
 
 from streamload import config
+from streamload.collate import Blobs
 from streamload.convert import convert
 from streamload.dataset import StreamingDataset
 from streamload.errors import (
@@ -20,6 +21,7 @@ from streamload.writer import ShardWriter
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blobs",
     "CacheError",
     "ConfigError",
     "FormatError",

@@ -71,6 +71,7 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from streamload import heap
 from streamload import plan as sl_plan
+from streamload.collate import STRING_FORMS
 from streamload.dataset import StreamingDataset
 from streamload.errors import ConfigError, StateError
 from streamload.fetch import FetchSpec, Route, id_batches
@@ -215,14 +216,20 @@ class StreamLoader:
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
         ring_size: shared-memory ring bytes per worker (an int or "64MiB"; rounded down to a power
-            of two); default config ``ring_size`` (auto: sized from index.json for a
-            StreamingDataset without transform, else 64MiB). A batch must fit in half of it.
-            Without persistent_workers the rings outlive each pass and serve the next one.
+            of two); default config ``ring_size`` (auto: 4 MiB). Batches of any size stream
+            through it in chunks of a quarter ring; with ``zero_copy`` a batch is one record
+            that must fit in half of it (auto then sizes it from index.json for a
+            StreamingDataset without transform, else 64MiB). Without persistent_workers the
+            rings (and, on the columnar route, the workers themselves) serve the next pass.
         zero_copy: with workers, hand out tensors that view the ring record instead of copying
             each batch out once. The record's ring space is reused only after every tensor of
             the batch is gone, so a loop that keeps more batches alive than fit in ``ring_size``
             stalls its workers (with ``timeout`` > 0 that becomes a WorkerError). Default False:
             one copy per batch, and the ring never waits on user code.
+        strings: how str/bytes columns reach the loop on the columnar route (a StreamingDataset
+            without transform or collate_fn): ``"list"`` (default) as the list
+            ``default_collate`` gives; ``"blobs"`` as one ``sl.Blobs`` per column, a uint8
+            tensor of every row back to back plus int64 offsets (one copy, no per-row object).
 
     Raises:
         ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader).
@@ -252,12 +259,18 @@ class StreamLoader:
         in_order: bool = True,
         ring_size: int | str | None = None,
         zero_copy: bool = False,
+        strings: str = "list",
     ) -> None:
         if ring_size is not None:
             try:
                 ring_size = parse_size(ring_size, what="StreamLoader ring_size")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        if strings not in STRING_FORMS:
+            raise ConfigError(
+                f"StreamLoader strings: one of {', '.join(STRING_FORMS)}, got {strings!r}"
+            )
+        self.strings = strings
         self.ring_size = ring_size
         # Rings of a finished non-persistent pass, reused by the next pass; the whole worker pool
         # when the next pass may run on it (worker_pool.py: reuse_key).
@@ -428,6 +441,7 @@ class StreamLoader:
             auto_collation=self._auto_collation,
             collate_fn=self.collate_fn,
             drop_last=self.drop_last,
+            strings=self.strings,
         )
 
     def batch_plan(self, route: Route) -> Iterator[Any]:

@@ -505,7 +505,12 @@ class MultiProcessIter:
     def _spec_finish(self, worker_id: int, record: Any) -> Any:
         # zero_copy: tensors view the record, which is released when the last of them dies.
         # Copying: a streamed batch's later records come from the same ring, one at a time.
-        payload = decode(record, copy=not self._zero_copy, more=lambda: self._continued(worker_id))
+        payload = decode(
+            record,
+            copy=not self._zero_copy,
+            blobs="column" if self._spec.strings == "blobs" else "list",
+            more=functools.partial(self._continued, worker_id),
+        )
         return self._fetcher_finish(payload)
 
     def _continued(self, worker_id: int) -> Any:
@@ -515,7 +520,7 @@ class MultiProcessIter:
         if self._spec.route is Route.COLUMNAR:
             from streamload.collate import columns_to_torch
 
-            return columns_to_torch(payload)
+            return columns_to_torch(payload, self._spec.strings)
         return payload
 
     def _drain(self) -> None:

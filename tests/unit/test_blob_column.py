@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -182,3 +184,34 @@ def test_scattered_rows_write_to_any_range_without_gathering(
         pieces.append(part.tobytes())
     assert b"".join(pieces) == whole
     assert col.tolist() == rows
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_hands_out_contiguous_blobs_on_request(
+    dataset: sl.StreamingDataset, workers: int
+) -> None:
+    """strings="blobs": every str/bytes column is one Blobs (a uint8 tensor + int64 offsets)
+    holding exactly the rows the default lists hold, in and out of worker processes."""
+    kwargs: dict[str, Any] = {"batch_size": 64, "num_workers": workers}
+    if workers:
+        kwargs["multiprocessing_context"] = "fork"
+    lists = list(sl.StreamLoader(dataset, **kwargs))
+    blobs = list(sl.StreamLoader(dataset, strings="blobs", **kwargs))
+    assert len(lists) == len(blobs) == 7
+    for want, got in zip(lists, blobs, strict=True):
+        assert torch.equal(want["id"], got["id"])
+        for name in ("s", "b"):
+            column = got[name]
+            assert isinstance(column, sl.Blobs) and column.data.dtype == torch.uint8
+            assert column.offsets.dtype == torch.int64 and len(column) == len(want[name])
+            assert column.tolist() == want[name]
+            raw = [r.encode() if isinstance(r, str) else r for r in want[name]]
+            assert [bytes(v.numpy()) for v in column.views()] == raw
+            assert bytes(column[-1].numpy()) == raw[-1]
+            assert column.data.numel() == sum(map(len, raw))
+
+
+def test_strings_must_name_a_form() -> None:
+    """An unknown strings= form is a ConfigError naming the choices."""
+    with pytest.raises(sl.ConfigError, match="list, blobs"):
+        sl.StreamLoader(list(range(4)), strings="arrow")
