@@ -515,7 +515,8 @@ static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
     sl_stats s;
     sl_ring_stats(self->ring, &s);
     return Py_BuildValue(
-        "{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n,s:i,s:i,s:O,s:O}",
+        "{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n,s:i,"
+        "s:i,s:O,s:O}",
         "role", sl_ring_role(self->ring) == SL_ROLE_PRODUCER ? "producer" : "consumer",
         "capacity", (unsigned long long)s.capacity, "max_record", (unsigned long long)s.max_record,
         "head", (unsigned long long)s.head, "tail", (unsigned long long)s.tail,
@@ -531,6 +532,8 @@ static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
         "producer_wait_ns", (unsigned long long)s.producer_wait_ns,
         "consumer_waits", (unsigned long long)s.consumer_waits,
         "consumer_wait_ns", (unsigned long long)s.consumer_wait_ns,
+        "producer_missed_wakes", (unsigned long long)s.producer_missed_wakes,
+        "consumer_missed_wakes", (unsigned long long)s.consumer_missed_wakes,
         "records_in_flight", (unsigned long long)(s.records_written - s.records_read),
         "next_seq", (unsigned long long)self->next_seq,
         "records_held", self->outstanding,
