@@ -9,7 +9,7 @@ hand-written map-style Dataset a user writes today:
 * W4: 1,400 small rows (id, label, int32[128], ~100-byte text), batch 64: fixed per-epoch costs
 
 Contenders: `DL(hand)` DataLoader over the hand-written Dataset (a row dict per index, bytes as
-bytes: default_collate gives lists), `DL(hand,u8)` the same Dataset returning each blob as a
+bytes: default_collate gives lists), `DL(u8)` the same Dataset returning each blob as a
 uint8 array view, so default_collate stacks the views straight into one uint8 tensor (the
 careful hand-written path for W1), `DL(sl)` DataLoader over `sl.StreamingDataset`,
 `StreamLoader` over it (default: lists of bytes/str), `StreamLoader(blobs)` with
@@ -48,7 +48,7 @@ MiB = 1 << 20
 
 # Contenders run on each workload unless --contenders names others.
 DEFAULT_CONTENDERS = {
-    "W1": "DL(hand),DL(hand,u8),DL(sl),StreamLoader,StreamLoader(blobs)",
+    "W1": "DL(hand),DL(u8),DL(sl),StreamLoader,StreamLoader(blobs)",
     "W1s": "DL(hand),StreamLoader",
     "W2": "DL(hand),DL(sl),StreamLoader",
     "W3": "DL(hand),DL(sl),StreamLoader,StreamLoader(blobs)",
@@ -161,8 +161,8 @@ def run_epoch(loader: Any, n: int) -> float:
 
 def make(contender: str, shard_dir: Path, ipc: Path, batch: int, workers: int) -> Any:
     context = "fork" if workers else None
-    if contender.startswith("DL(hand"):
-        dataset = ArrowFileDataset(ipc, as_u8=contender == "DL(hand,u8)")
+    if contender in ("DL(hand)", "DL(u8)"):
+        dataset = ArrowFileDataset(ipc, as_u8=contender == "DL(u8)")
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch, num_workers=workers, multiprocessing_context=context
         )

@@ -284,7 +284,7 @@ def test_failure_while_writing_aborts_the_reservation(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)  # a hang guard only: no wall-clock limit under load
 def test_transport_benchmark_quick_mode_runs(tmp_path: Path) -> None:
     """benchmarks/transport.py --quick completes and reports every transport (keeps it from rotting)."""
     out = tmp_path / "transport.json"
@@ -292,12 +292,18 @@ def test_transport_benchmark_quick_mode_runs(tmp_path: Path) -> None:
         [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--quick", "--json", str(out)],
         check=True,
         capture_output=True,
-        timeout=240,
         cwd=tmp_path,
     )
     results = json.loads(out.read_text())["results"]
     names = {r["name"] for r in results}
-    assert names == {"ring copy-out", "ring zero-copy", "ring raw", "mp.Queue", "DataLoader"}
+    assert names == {
+        "ring copy-out",
+        "ring zero-copy",
+        "ring streamed",
+        "ring raw",
+        "mp.Queue",
+        "DataLoader",
+    }
     assert all(r["items_per_s"] > 0 and len(r["seconds"]) == 1 for r in results)
 
 
