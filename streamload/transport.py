@@ -60,6 +60,7 @@ back to pickle, which also pickles any arrays inside them.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import struct
 from collections.abc import Callable
@@ -394,23 +395,39 @@ def decode(
     if blobs not in BLOB_FORMS:
         raise RingArgumentError(f"blobs must be one of {BLOB_FORMS}, got {blobs!r}")
     record = data if isinstance(data, Record) else None
-    if not copy:
-        return _decode_views(data, record, as_torch, allow_pickle, blobs)
-    part: np.ndarray | None = np.frombuffer(data, dtype=np.uint8)  # type: ignore[arg-type]
+    view = record.view(writable=not copy) if record is not None else memoryview(data).cast("B")
     try:
-        assert part is not None
-        _, meta_len, total = _parse_header(part)
-        if _HEADER.size + meta_len > len(part):
+        _, meta_len, total = _parse_header(view)
+        if _HEADER.size + meta_len > len(view):
             raise RingCorrupted(f"batch metadata of {meta_len} bytes runs past its first record")
-        tree = _parse_meta(part[_HEADER.size : _HEADER.size + meta_len])
+        tree = _parse_meta(view[_HEADER.size : _HEADER.size + meta_len])
         data_start = _align(_HEADER.size + meta_len)
+        if total == len(view):  # the whole batch in one record: decode it in place
+            decoder = _Decoder(view, data_start, copy, as_torch, allow_pickle, blobs)
+            batch = decoder.run(tree)
+            if record is not None and not copy:
+                record.release(deferred=True)  # when the last array/tensor viewing it dies
+            return batch
+        if not copy:
+            raise RingArgumentError(
+                f"zero-copy decoding needs the whole batch in one record ({len(view)} of"
+                f" {total} bytes here): send it without chunk="
+            )
         assembly = _Assembly(tree, data_start, total, as_torch, allow_pickle, blobs)
+        part: np.ndarray | None = np.frombuffer(view, dtype=np.uint8)
+        assert part is not None
         assembly.feed(part, 0)
         pos = len(part)
+        part = None
     finally:
-        part = None  # drop the buffer export before releasing the record
-        if record is not None:
-            record.release()
+        if copy:  # every value was copied out: nothing views the record any more
+            try:
+                view.release()
+                if record is not None:
+                    record.release()
+            except BufferError:  # an error left arrays over it alive: they release it
+                if record is not None:
+                    record.release(deferred=True)
     while pos < total:
         if more is None:
             raise RingCorrupted(
@@ -426,7 +443,10 @@ def decode(
             pos += len(part)
         finally:
             part = None
-            rec.release()
+            try:
+                rec.release()
+            except BufferError:  # an error left a slice of it alive (traceback): it releases it
+                rec.release(deferred=True)
     if pos != total:
         raise RingCorrupted(f"batch records carry {pos} bytes where the header says {total}")
     return assembly.result()
@@ -462,9 +482,25 @@ def _parse_header(head: Any) -> tuple[int, int, int]:
 
 def _parse_meta(meta: Any) -> Any:
     try:
-        return json.loads(bytes(meta))
+        return _JSON_DECODER.decode(str(meta, "ascii"))
     except ValueError as exc:
         raise RingCorrupted(f"batch record metadata is not valid JSON: {exc}") from None
+
+
+_JSON_DECODER = json.JSONDecoder()
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _dtype(name: Any) -> np.dtype[Any]:
+    """The numpy dtype a metadata string names (cached: a batch names the same few each time)."""
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        dtype = np.dtype(name)
+        if dtype.hasobject:
+            raise RingCorrupted("batch record declares an object array")
+        if len(_DTYPES) < 256:
+            _DTYPES[name] = dtype
+    return dtype
 
 
 class _Sink:
@@ -491,13 +527,10 @@ class _ArraySink(_Sink):
             if not isinstance(torch_dtype, torch.dtype):
                 raise RingCorrupted(f"batch record names an unknown torch dtype {origin!r}")
             self.torch_dtype = torch_dtype
-            count = int(np.prod(shape, dtype=np.int64))
-            nbytes = count * torch_dtype.itemsize
+            nbytes = math.prod(shape) * torch_dtype.itemsize
         else:
-            dtype = np.dtype(dtype_str)
-            if dtype.hasobject:
-                raise RingCorrupted("batch record declares an object array")
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            dtype = _dtype(dtype_str)
+            nbytes = math.prod(shape) * dtype.itemsize
         self.start, self.stop = _span(base, offset, nbytes, total)
         if self.torch_dtype is not None:
             self.array = np.empty(nbytes, np.uint8)
@@ -688,7 +721,17 @@ class _Assembly:
         self.slots.append(sink)
 
     def feed(self, part: np.ndarray, pos: int) -> None:
-        """Route stream bytes [pos, pos + len(part)) to the sinks they belong to."""
+        """Route stream bytes [pos, pos + len(part)) to the sinks they belong to.
+
+        Raises:
+            RingCorrupted: the bytes contradict the metadata (offsets, UTF-8 text).
+        """
+        try:
+            self._feed(part, pos)
+        except (ValueError, TypeError, IndexError, OverflowError) as exc:
+            raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None
+
+    def _feed(self, part: np.ndarray, pos: int) -> None:
         end = pos + len(part)
         slots, k = self.slots, self.cursor
         while k < len(slots):
@@ -727,45 +770,37 @@ class _Assembly:
         return sink.value()
 
 
-# -- zero-copy decoding (one whole record, values view it) ----------------------------------------
-
-
-def _decode_views(
-    data: Any, record: Record | None, as_torch: bool, allow_pickle: bool, blobs: str
-) -> Any:
-    view = record.view(writable=True) if record is not None else memoryview(data).cast("B")
-    _, meta_len, total = _parse_header(view)
-    if total != len(view):
-        raise RingArgumentError(
-            f"zero-copy decoding needs the whole batch in one record ({len(view)} of {total}"
-            " bytes here): send it without chunk="
-        )
-    if _HEADER.size + meta_len > len(view):
-        raise RingCorrupted(f"batch metadata of {meta_len} bytes runs past its record")
-    tree = _parse_meta(view[_HEADER.size : _HEADER.size + meta_len])
-    decoder = _Decoder(view, _align(_HEADER.size + meta_len), as_torch, allow_pickle, blobs)
-    try:
-        batch = decoder.node(tree)
-    except (RingCorrupted, RingArgumentError):
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as exc:
-        # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity).
-        raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None
-    if record is not None:
-        record.release(deferred=True)  # released when the last array/tensor viewing it dies
-    return batch
+# -- decoding a whole record in place ------------------------------------------------------------
 
 
 class _Decoder:
+    """Values from one whole record: copied out of it (copy=True) or viewing it (copy=False)."""
+
     def __init__(
-        self, view: memoryview, data_start: int, as_torch: bool, allow_pickle: bool, blobs: str
+        self,
+        view: memoryview,
+        data_start: int,
+        copy: bool,
+        as_torch: bool,
+        allow_pickle: bool,
+        blobs: str,
     ):
         self.view = view
         self.base = data_start
         self.limit = len(view)
+        self.copy = copy
         self.as_torch = as_torch
         self.allow_pickle = allow_pickle
         self.column = blobs == "column"
+
+    def run(self, tree: Any) -> Any:
+        try:
+            return self.node(tree)
+        except (RingCorrupted, RingArgumentError):
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as exc:
+            # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity).
+            raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None
 
     def node(self, n: Any) -> Any:
         if not isinstance(n, list):
@@ -800,24 +835,22 @@ class _Decoder:
 
     def _array(self, n: list[Any]) -> Any:
         _, offset, shape, dtype_str, origin = n
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if origin.startswith("torch:"):
             torch_dtype = getattr(torch, origin.removeprefix("torch:"), None)
             if not isinstance(torch_dtype, torch.dtype):
                 raise RingCorrupted(f"batch record names an unknown torch dtype {origin!r}")
             nbytes = count * torch_dtype.itemsize
             raw = np.frombuffer(self._bytes(offset, nbytes), dtype=np.uint8, count=nbytes)
-            if not raw.flags.writeable:
+            if self.copy or not raw.flags.writeable:
                 raw = raw.copy()
             return torch.from_numpy(raw).view(torch_dtype).reshape(shape)
-        dtype = np.dtype(dtype_str)
-        if dtype.hasobject:
-            raise RingCorrupted("batch record declares an object array")
+        dtype = _dtype(dtype_str)
         raw_view = self._bytes(offset, count * dtype.itemsize)
         arr = np.frombuffer(raw_view, dtype=dtype, count=count).reshape(shape)
         to_torch = origin == "torch" or (self.as_torch and dtype.kind in "biufc")
         # torch cannot wrap read-only memory (a bytes input): copy rather than warn.
-        if to_torch and not arr.flags.writeable:
+        if self.copy or (to_torch and not arr.flags.writeable):
             arr = arr.copy()
         if to_torch:
             try:
@@ -830,11 +863,18 @@ class _Decoder:
         tag, off, count, blob_off, blob_n = n
         offsets = np.frombuffer(self._bytes(off, (count + 1) * 8), dtype=np.int64)
         blob = np.frombuffer(self._bytes(blob_off, blob_n), dtype=np.uint8)
-        if offsets[0] != 0 or offsets[-1] != blob_n or (np.diff(offsets) < 0).any():
+        if offsets[0] != 0 or offsets[-1] != blob_n:
             raise RingCorrupted("batch record has inconsistent string offsets")
         if self.column:
+            if (np.diff(offsets) < 0).any():
+                raise RingCorrupted("batch record has inconsistent string offsets")
+            if self.copy:
+                offsets, blob = offsets.copy(), blob.copy()
             return BlobColumn(tag == "ls", offsets, blob)
-        return _ring.split(blob, offsets, tag == "ls")  # items are copied out of the record
+        try:
+            return _ring.split(blob, offsets, tag == "ls")  # items are copied out of the record
+        except ValueError as exc:  # offsets out of order or outside the blob, bad UTF-8
+            raise RingCorrupted(f"batch record has an inconsistent string list: {exc}") from None
 
     def _unpickle(self, n: list[Any]) -> Any:
         if not self.allow_pickle:

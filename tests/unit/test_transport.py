@@ -429,3 +429,24 @@ def test_chunk_must_be_a_positive_multiple_of_64() -> None:
     with pytest.raises(RingArgumentError, match="multiple of 64"):
         send(prod, {"x": np.zeros(1000, np.int64)}, chunk=1000)
     assert cons.stats()["records"] == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    garbage=st.binary(min_size=1, max_size=200),
+    cut=st.integers(0, 4000),
+    chunk=st.sampled_from([128, 256, 1024]),
+)
+def test_garbage_in_streamed_records_raises_ring_corrupted_not_crash(
+    garbage: bytes, cut: int, chunk: int
+) -> None:
+    """Scribbled bytes anywhere in a streamed batch's records decode or raise RingCorrupted."""
+    whole = bytearray(encode(columnar_batch()))
+    whole[cut : cut + len(garbage)] = garbage
+    cons, prod = make_pair()
+    first = max(chunk, (24 + struct.unpack_from("<I", bytes(whole), 8)[0] + 63) // 64 * 64)
+    bounds = [0, *range(first, len(whole), chunk), len(whole)]
+    for a, b in itertools.pairwise(bounds):
+        prod.put(bytes(whole[a:b]))
+    with contextlib.suppress(RingCorrupted, RingArgumentError, RingTimeout):
+        decode(cons.get(timeout=0), more=lambda: cons.get(timeout=0), allow_pickle=False)
