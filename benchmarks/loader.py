@@ -17,7 +17,8 @@ careful hand-written path for W1), `DL(sl)` DataLoader over `sl.StreamingDataset
 arrives exactly once. Loaders are not persistent: each contender iterates a warm-up epoch,
 then the timed epochs (the second epoch onwards: worker start-up included, as a training loop
 sees it). Timing and memory come from separate runs of a fresh process (see
-`measure_in_child`); memory is the peak non-file PSS (anon + shmem) of the process tree.
+`measure_in_child`); memory is the peak non-file PSS (anon + shmem) of the process tree
+(`streamload.cli.pss.PeakPss`).
 DataLoader workers use fork (its Linux default); StreamLoader uses its own default start method.
 """
 
@@ -39,10 +40,10 @@ import pyarrow as pa
 import torch
 
 import streamload as sl
+from streamload.cli.pss import PeakPss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
-import memory
 
 MiB = 1 << 20
 
@@ -213,7 +214,7 @@ def measure_in_child(args: Any, root: Path, workload: str, contender: str, worke
         proc = subprocess.Popen(
             [*cmd, "--repeats", str(repeats)], stdout=subprocess.PIPE, text=True
         )
-        pss = memory.PeakPss(proc.pid) if sample else None
+        pss = PeakPss(proc.pid) if sample else None
         with pss or contextlib.nullcontext():
             out, _ = proc.communicate()
         if proc.returncode != 0:

@@ -31,7 +31,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
-import memory
 
 MiB = 1 << 20
 
@@ -70,7 +69,9 @@ def decode_sample(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def tree_non_file_pss() -> int:
-    m = memory.tree_pss(os.getpid())
+    from streamload.cli.pss import tree_pss
+
+    m = tree_pss(os.getpid())
     return m["Pss_Anon"] + m["Pss_Shmem"]
 
 
