@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from bench_smoke import hang_guard, run_quick
 
-
 # A quick run's extra arguments: what keeps each script's code paths from rotting, no more.
 _QUICK_ARGS = {
     "transport.py": [],

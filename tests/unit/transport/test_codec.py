@@ -450,3 +450,34 @@ def test_garbage_in_streamed_records_raises_ring_corrupted_not_crash(
         prod.put(bytes(whole[a:b]))
     with contextlib.suppress(RingCorrupted, RingArgumentError, RingTimeout):
         decode(cons.get(timeout=0), more=lambda: cons.get(timeout=0), allow_pickle=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.text(), max_size=40), prefix=st.binary(max_size=8))
+def test_split_builds_exactly_the_rows_python_would(rows: list[str], prefix: bytes) -> None:
+    """The native split gives each row as str (UTF-8, surrogatepass) or bytes, like slicing."""
+    from streamload.transport import _ring
+
+    raw = [r.encode("utf-8", "surrogatepass") for r in rows]
+    blob = prefix + b"".join(raw)
+    offsets = np.asarray(np.cumsum([len(prefix), *map(len, raw)]), np.int64)
+    assert _ring.split(blob, offsets, True) == rows
+    assert _ring.split(blob, offsets, False) == raw
+
+
+@settings(max_examples=200, deadline=None)
+@given(offsets=st.lists(st.integers(-5, 60), min_size=1, max_size=8))
+def test_split_refuses_offsets_outside_the_buffer_or_out_of_order(offsets: list[int]) -> None:
+    """Offsets that decrease, go negative or past the buffer raise ValueError; no row is read."""
+    from streamload.transport import _ring
+
+    blob = bytes(range(50))
+    valid = offsets[0] >= 0 and all(a <= b for a, b in itertools.pairwise(offsets))
+    valid = valid and offsets[-1] <= len(blob)
+    if valid:
+        assert _ring.split(blob, np.asarray(offsets, np.int64), False) == [
+            blob[a:b] for a, b in itertools.pairwise(offsets)
+        ]
+    else:
+        with pytest.raises(ValueError, match="split"):
+            _ring.split(blob, np.asarray(offsets, np.int64), False)
