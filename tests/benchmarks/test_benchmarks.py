@@ -9,6 +9,7 @@ from bench_smoke import hang_guard, run_quick
 
 # A quick run's extra arguments: what keeps each script's code paths from rotting, no more.
 _QUICK_ARGS = {
+    "heap.py": [],
     "transport.py": [],
     "loader.py": ["--workloads", "W1,W4"],  # every contender; W2/W3 take the same paths
     "shuffle.py": [],
@@ -21,7 +22,7 @@ _QUICK_ARGS = {
 def test_benchmark_quick_mode_completes(script: str, tmp_path: Path) -> None:
     """`benchmarks/<script> --quick` exits 0 and prints a table."""
     args = list(_QUICK_ARGS[script])
-    if script != "transport.py":
+    if script not in ("transport.py", "heap.py"):
         args += ["--dir", str(tmp_path)]
     assert "| benchmark |" in run_quick(script, *args, cwd=tmp_path)
 
