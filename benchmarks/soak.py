@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def run_one(name: str, path: Path, epochs: int, quick: bool, leak_kib: int) -> N
         loader: Any = torch.utils.data.DataLoader(ds, **options)
     else:
         loader = sl.StreamLoader(ds, **options)
-    leaked: list[bytes] = []
+    leaked: list[mmap.mmap] = []
     pss, seconds = [], []
     for epoch in range(epochs):
         ds.set_epoch(epoch)
@@ -106,8 +107,10 @@ def run_one(name: str, path: Path, epochs: int, quick: bool, leak_kib: int) -> N
         if seen != n:
             raise RuntimeError(f"{name}: epoch {epoch} gave {seen} of {n} samples")
         seconds.append(time.perf_counter() - started)
-        if leak_kib:
-            leaked.append(os.urandom(leak_kib * 1024))
+        if leak_kib:  # fresh anonymous pages (malloc could serve it from freed heap it keeps)
+            block = mmap.mmap(-1, leak_kib * 1024)
+            block.write(os.urandom(leak_kib * 1024))
+            leaked.append(block)
     print(json.dumps({"pss": pss, "seconds": seconds}), flush=True)
 
 
