@@ -11,18 +11,20 @@ array byte, no pickling of arrays):
 **Streaming.** A batch larger than ``chunk`` bytes travels as consecutive DATA records of one
 ring: the first starts with the header, each next one continues the byte stream where the last
 stopped, and the batch is complete when ``total`` bytes (a header field) have arrived; the
-first record always holds the header and the whole metadata. So a ring
-only needs to hold a few chunks, whatever the batch size: the producer writes chunk k + 1 while
-the consumer copies chunk k out and releases it. Nothing else is written to the ring between the
-records of one batch.
+first record always holds the header and the whole metadata. So a ring only needs to hold a few
+chunks, whatever the batch size: the producer writes chunk k + 1 while the consumer copies
+chunk k out and releases it. Nothing else is written to the ring between the records of one
+batch; ``skip`` consumes a batch unread.
 
-**Decoding.** ``decode(record, more=next_record)`` in copy mode (the default) first gives every
-buffer of the batch its final memory (numpy arrays of the declared shape, the bytes/str objects
-of a list) and then copies each record's bytes straight there, releasing each record as soon as
-it is copied: one copy per byte, and at most one record of the ring held at a time.
-``copy=False`` (zero-copy) needs the whole batch in one record and returns arrays/tensors that
-view it; the record is released when the last of them dies (never via `torch.frombuffer`, which
-would not hold the buffer export).
+**Decoding.** ``decode(record, more=next_record)`` in copy mode (the default): a batch in one
+record is decoded in place, each value copied out once (``_Decoder``); a streamed batch first
+gets every buffer's final memory (numpy arrays of the declared shape; the rows of a str/bytes
+list become their objects as soon as a record holds them whole, in C: ``_ring.split``) and then
+each record's bytes are copied straight there and the record is released (``_Assembly``): one
+copy per byte, and at most one record of the ring held at a time. ``copy=False`` (zero-copy)
+needs the whole batch in one record and returns arrays/tensors that view it; the record is
+released when the last of them dies (never via `torch.frombuffer`, which would not hold the
+buffer export). A malformed batch raises `RingCorrupted` and never leaves a record held.
 
 Byte stream layout (version 2, little-endian):
 
