@@ -22,11 +22,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from streamload.cache.readahead import OPEN_SHARDS, RemoteShards
-from streamload.dataset.remote import remote_shards
+from streamload.dataset.remote import ItemOrder, remote_shards
 from streamload.dataset.settings import DatasetSettings
 from streamload.errors import FormatError
 from streamload.format import verified
@@ -71,7 +70,7 @@ class OpenShards:
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         self._remote: tuple[int, RemoteShards] | None = None  # (pid, shards) if not in place
 
-    def reader(self, k: int, epoch: int, order_of: Callable[[int], np.ndarray]) -> ShardReader:
+    def reader(self, k: int, epoch: int, order_of: Callable[[int], ItemOrder]) -> ShardReader:
         """Shard k's reader in this process (opened, verified and pinned on first use).
 
         Args:
@@ -103,7 +102,7 @@ class OpenShards:
                 remote.release(self._index.shards[dropped])
         return reader
 
-    def remote(self, order_of: Callable[[int], np.ndarray]) -> RemoteShards | None:
+    def remote(self, order_of: Callable[[int], ItemOrder]) -> RemoteShards | None:
         """This process's pinned cached copies of remote shards; None if read in place.
 
         Raises:

@@ -2,7 +2,8 @@
 
 `remote_shards` builds the process's `streamload.cache.readahead.RemoteShards` from plain values:
 the dataset's identity (URL, filesystem, root, index), its resolved settings and ``order_of``
-(epoch -> the sample ids this process reads, in order). Inside a loader worker the process reads
+(epoch -> the epoch's global item order and the items per shard as offsets: samples, or a token
+stream's blocks or packed rows). Inside a loader worker the process reads
 ``order[id::num_workers]``, as the dataset's iteration does, and every worker and local rank of
 the node counts toward the cache's working-set check.
 """
@@ -10,7 +11,7 @@ the node counts toward the cache's working-set check.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch.utils.data
@@ -22,31 +23,42 @@ from streamload.dataset.topology import local_world_size
 from streamload.format.index import DatasetIndex
 
 
+class ItemOrder(NamedTuple):
+    """An epoch's global item order and ``offsets`` (shard k holds item ids ``[offsets[k],
+    offsets[k + 1])``); ``offsets`` None while the items per shard are not known yet (a packed
+    token stream counting its rows reads the shards in index order)."""
+
+    order: np.ndarray
+    offsets: np.ndarray | None
+
+
 def remote_shards(
     url: str,
     fs: Any,
     root: str,
     index: DatasetIndex,
     settings: DatasetSettings,
-    order_of: Callable[[int], np.ndarray],
+    order_of: Callable[[int], ItemOrder],
 ) -> RemoteShards:
     """The `RemoteShards` of a remote dataset in this process.
 
     Args:
         url, fs, root, index: the dataset (fsspec filesystem and root inside it).
         settings: its resolved cache, verification and read-ahead settings.
-        order_of: epoch -> the global sample order of that epoch (this process's share is
-            taken here).
+        order_of: epoch -> the global item order of that epoch and the items per shard (this
+            process's share is taken here).
 
     Raises:
         CacheError: the cache directory is unwritable or too small for the working set.
     """
     worker = torch.utils.data.get_worker_info()
     wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-    offsets = index.sample_offsets
 
     def plan(epoch: int) -> np.ndarray:
-        return shard_sequence(order_of(epoch)[wid::workers], offsets)
+        order, offsets = order_of(epoch)
+        if offsets is None:
+            return np.arange(len(index.shards), dtype=np.int64)
+        return shard_sequence(order[wid::workers], offsets)
 
     return RemoteShards(
         url,

@@ -14,6 +14,11 @@ Iterating yields this rank's share (steps of one sample per rank); inside a Data
 takes one sample per worker turn (``batch_size=1``); with larger batches each sample is still
 yielded exactly once.
 
+Token streams (``tokens=`` with ``block_size=``, or ``seq_len=`` and ``pack=True``): the items
+are fixed-length blocks of the concatenated token stream or packed rows
+(`streamload.dataset.tokens`) instead of samples; ``len``, ``ds[i]``, ``get_batch``, the order
+and the resume state then count items, so everything above the dataset treats them as samples.
+
 Ids in ``get_batch`` are grouped by shard (searchsorted on cumulative counts), each shard does one
 columnar ``take``, and the parts are scattered back into the order of ``ids``; conventions per
 column kind are those of `streamload.shards.arrow.reader.ArrowShardReader.take`.
@@ -36,20 +41,32 @@ import xxhash
 from streamload import config
 from streamload.cache import index_copy
 from streamload.dataset.open_shards import OpenShards
+from streamload.dataset.remote import ItemOrder
 from streamload.dataset.settings import DatasetSettings
+from streamload.dataset.tokens import TokenItems, TokenSettings, flat_tokens
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
 from streamload.format.blobs import BlobColumn
-from streamload.format.index import INDEX_NAME, DatasetIndex, read_index
+from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.format.schema import Column, Schema
 from streamload.plan.order import ShuffleSettings, global_order
 from streamload.plan.partition import EpochPlan
 from streamload.plan.state import check_state, fingerprint, make_state
+from streamload.shards.arrow.reader import FlatArray
 from streamload.shards.lmdb import env as lmdb_env
 from streamload.shards.reader import ShardReader
 from streamload.store import filesystem as store
 
 _ITER_CHUNK = 256
+
+
+def _shards_digest(shards: tuple[ShardInfo, ...], items: Any = None) -> str:
+    """The resume fingerprint's identity of an index: a hash of its shard list (and, for token
+    datasets, of what an item is: blocks and packed rows of other sizes are other items)."""
+    listed: list[Any] = [(s.name, s.num_samples, s.bytes, s.checksum) for s in shards]
+    if items is not None:
+        listed.append(items)
+    return xxhash.xxh3_64_hexdigest(json.dumps(listed).encode())
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
@@ -71,6 +88,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         shuffle_block: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        tokens: str | None = None,
+        block_size: int | None = None,
+        seq_len: int | None = None,
+        pack: bool = False,
     ) -> None:
         """Open a dataset (reads and validates index.json; shards open on first use).
 
@@ -94,11 +115,20 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             rank, world_size: this process's place in a distributed job (both or neither);
                 None: from torch.distributed when initialized, else RANK/WORLD_SIZE, at each
                 pass (see `streamload.dataset.topology.topology`).
+            tokens: read this 1-d integer array column as a token stream: items become
+                ``block_size`` blocks of the concatenated documents (``{tokens: [block_size]}``),
+                or, with ``seq_len`` and ``pack=True``, rows of packed documents
+                (``{tokens, "segment_ids", "positions"}``, each ``[seq_len]``); see
+                `streamload.dataset.tokens`.
+            block_size: tokens per block (with ``tokens``).
+            seq_len: tokens per packed row (with ``tokens`` and ``pack=True``).
+            pack: pack whole documents into rows of ``seq_len`` (long documents are split).
 
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
             ConfigError: a bad setting (seed, shuffle_mode, shuffle_block, rank/world_size,
-                cache_limit, ...), whatever the URL.
+                cache_limit, ...), whatever the URL; bad token settings (``tokens`` not a 1-d
+                integer array column, sizes, ``columns`` given).
             CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
@@ -138,6 +168,22 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 raise
             self._root, self._index = env
             verify = False  # nothing to verify against: the environment has no checksums
+        self._tokens: TokenItems | None = None
+        if tokens is not None:
+            token_settings = TokenSettings(tokens, block_size, seq_len, bool(pack))
+            token_settings.validated(self._index.schema)
+            if columns is not None:
+                raise ConfigError(
+                    "StreamingDataset(tokens=...): columns= does not apply; a token dataset"
+                    " reads only its token column"
+                )
+            columns = [tokens]
+            self._tokens = TokenItems(token_settings, self._index, self._flat_tokens)
+        elif block_size is not None or seq_len is not None or pack:
+            raise ConfigError(
+                "StreamingDataset: block_size=, seq_len= and pack= read a token column; name it"
+                " with tokens='tokens'"
+            )
         self._selected = self._index.schema.select(columns)
         self.shuffle = shuffle_settings.shuffle
         self.seed = seed
@@ -163,8 +209,48 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     @property
     def schema(self) -> Schema:
-        """The schema of the returned columns (the projection of the dataset schema)."""
+        """The schema of the returned columns (the projection of the dataset schema; for a
+        token stream, the schema of one block or packed row)."""
+        if self._tokens is not None:
+            return self._tokens.schema()
         return self._selected
+
+    @property
+    def tokens(self) -> TokenItems | None:
+        """The token stream's items (blocks or packed rows), or None for a sample dataset."""
+        return self._tokens
+
+    def item_sizes(self) -> np.ndarray:
+        """Items per shard, in index order: what the plan orders (samples; for a token stream,
+        the blocks or packed rows each shard starts)."""
+        if self._tokens is not None:
+            return self._tokens.items_per_shard()
+        return np.fromiter(
+            (info.num_samples for info in self._index.shards), np.int64, len(self._index.shards)
+        )
+
+    @property
+    def item_offsets(self) -> np.ndarray:
+        """``[0, cumsum(items per shard)]``: shard k holds item ids ``[o[k], o[k + 1])``
+        (samples; for a token stream, the blocks or rows the shard starts)."""
+        if self._tokens is not None:
+            return self._tokens.item_offsets()
+        return self._index.sample_offsets
+
+    def known_item_offsets(self) -> np.ndarray | None:
+        """``item_offsets`` if known without reading shards (None while a packed token stream
+        has not counted its rows yet: counting reads every shard's document lengths)."""
+        if self._tokens is not None and not self._tokens.counted:
+            return None
+        return self.item_offsets
+
+    def item_nbytes(self) -> float:
+        """Average bytes of one item as the loader receives it (the largest per-shard average
+        for samples; exact for token streams): what ring sizing plans for."""
+        if self._tokens is not None:
+            return float(self._tokens.item_nbytes())
+        shards = self._index.shards
+        return max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
 
     @property
     def num_shards(self) -> int:
@@ -192,6 +278,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return self._url
 
     def __len__(self) -> int:
+        if self._tokens is not None:
+            return len(self._tokens)
         return self._index.num_samples
 
     def __repr__(self) -> str:
@@ -235,9 +323,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def sample_order(self, epoch: int | None = None) -> np.ndarray:
         """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
         the same for every rank and worker count."""
-        sizes = [info.num_samples for info in self._index.shards]
         epoch = self._epoch if epoch is None else epoch
-        return global_order(sizes, self.shuffle_settings, epoch)
+        return global_order(self.item_sizes(), self.shuffle_settings, epoch)
 
     def topology(self) -> Topology:
         """This process's rank and world size (explicit arguments, torch.distributed, or env).
@@ -279,9 +366,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def fingerprint(self) -> dict[str, Any]:
         """What a resume state must agree on: index digest, sample count, shuffle settings."""
         if self._digest is None:
-            shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
-            self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
+            self._digest = _shards_digest(self._index.shards, self._items_description())
         return fingerprint(len(self), self._digest, self.shuffle_settings)
+
+    def _items_description(self) -> Any:
+        """What one plan item is, when it is not one sample (token blocks, packed rows)."""
+        return self._tokens.settings.describe() if self._tokens is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
@@ -289,20 +379,52 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         batches its user received."""
         return make_state(self.fingerprint(), self._epoch, self._resume or 0)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Make the next pass continue ``state``: select its epoch and start at its position.
 
         A position at the end of the epoch starts the next epoch.
+
+        Args:
+            state: what ``state_dict`` returned.
+            allow_append: also accept a state saved on an earlier version of this dataset that
+                shards were appended to since (its shards a prefix of this index's): the pass
+                continues the same epoch at the same position of this version's order. Without
+                shuffling that is exactly once (appended samples come last); with shuffling the
+                order of the interrupted epoch is recomputed over the larger dataset, so in that
+                epoch up to ``position`` samples may repeat and as many be skipped; from the next
+                epoch on every sample is seen exactly once again.
 
         Raises:
             StateError: another dataset, other shuffle settings, an unknown version or a
                 malformed state (both sides shown).
         """
+        if allow_append:
+            state = self._rebased(state)
         epoch, position = check_state(state, self.fingerprint(), "StreamingDataset.load_state_dict")
         if position >= len(self) and len(self) > 0:
             epoch, position = epoch + 1, 0
         self._epoch = epoch
         self._resume = position
+
+    def _rebased(self, state: Any) -> Any:
+        """``state`` with this version's fingerprint when it was saved on an earlier version of
+        this dataset (same settings, its shards a prefix of ours); else ``state`` unchanged."""
+        fp = self.fingerprint()
+        saved = state.get("fingerprint") if isinstance(state, dict) else None
+        if not isinstance(saved, dict) or saved == fp:
+            return state
+        if {k: v for k, v in saved.items() if k not in ("num_samples", "index")} != {
+            k: v for k, v in fp.items() if k not in ("num_samples", "index")
+        }:
+            return state
+        offsets = self._index.sample_offsets
+        count = saved.get("num_samples")
+        k = int(np.searchsorted(offsets, count)) if isinstance(count, int) else -1
+        if not 0 <= k < len(offsets) or offsets[k] != count:
+            return state
+        if _shards_digest(self._index.shards[:k], self._items_description()) != saved.get("index"):
+            return state
+        return {**state, "fingerprint": fp}
 
     # -- access -------------------------------------------------------------------------------
 
@@ -319,6 +441,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"sample index out of range for dataset of {n} samples")
+        if self._tokens is not None:
+            batch = self._tokens.get_batch(np.array([i], np.int64))
+            item = {name: values[0] for name, values in batch.items()}
+            return self.transform(item) if self.transform is not None else item
         offsets = self._index.sample_offsets
         k = int(np.searchsorted(offsets, i, "right")) - 1
         sample = self._reader(k).get(i - int(offsets[k]))
@@ -345,6 +471,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             raise IndexError(f"sample ids out of range [0, {len(self)})")
         if strings not in ("list", "blob"):
             raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
+        if self._tokens is not None:
+            return self._tokens.get_batch(ids)
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
         offsets = self._index.sample_offsets
@@ -402,10 +530,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         batch = self.get_batch(ids)
-        rows = [_rows(col, batch[col.name]) for col in self._selected.columns]
+        schema = self.schema
+        rows = [_rows(col, batch[col.name]) for col in schema.columns]
         samples = [
-            dict(zip(self._selected.names, values, strict=True))
-            for values in zip(*rows, strict=True)
+            dict(zip(schema.names, values, strict=True)) for values in zip(*rows, strict=True)
         ]
         if self.transform is not None:
             return [self.transform(sample) for sample in samples]
@@ -425,15 +553,25 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
         return self._shards.remote(_weak_order_of(self))
 
+    def _flat_tokens(self, k: int) -> FlatArray:
+        """Shard ``k``'s token column as one flat stream (views of the mapped shard)."""
+        assert self._tokens is not None  # only token datasets read flat token columns
+        return flat_tokens(self._reader(k), self._tokens.settings.column)
 
-def _weak_order_of(dataset: StreamingDataset) -> Callable[[int], np.ndarray]:
-    """``dataset.sample_order`` without a reference to ``dataset``: the read-ahead thread holds
-    it, and must not keep the dataset alive."""
+
+def _weak_order_of(dataset: StreamingDataset) -> Callable[[int], ItemOrder]:
+    """``dataset.sample_order`` and the items per shard, without a reference to ``dataset``:
+    the read-ahead thread holds it, and must not keep the dataset alive."""
     ref = weakref.ref(dataset)
 
-    def order_of(epoch: int) -> np.ndarray:
+    def order_of(epoch: int) -> ItemOrder:
         ds = ref()
-        return np.empty(0, np.int64) if ds is None else ds.sample_order(epoch)
+        if ds is None:
+            return ItemOrder(np.empty(0, np.int64), None)
+        offsets = ds.known_item_offsets()
+        if offsets is None:  # a packed token stream counting its rows: no order yet
+            return ItemOrder(np.empty(0, np.int64), None)
+        return ItemOrder(ds.sample_order(epoch), offsets)
 
     return order_of
 

@@ -467,16 +467,21 @@ class StreamLoader:
             epoch, position = epoch + 1, 0
         return make_state(dataset.fingerprint(), epoch, position)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Continue from ``state`` at the next ``iter()``: its epoch (``dataset.epoch``), from
         its position, on this loader's world size, workers and batch size.
+
+        Args:
+            state: what ``state_dict`` returned.
+            allow_append: accept a state saved before shards were appended to the dataset
+                (``StreamingDataset.load_state_dict`` says what that means for exactly-once).
 
         Raises:
             StateError: another dataset or other shuffle settings (both sides shown), an
                 unknown version, a malformed state, or a loader without a resumable plan.
         """
         dataset = self._require_plan("load_state_dict")
-        dataset.load_state_dict(state)
+        dataset.load_state_dict(state, allow_append=allow_append)
         self._cursor = None
 
     def _require_plan(self, what: str) -> StreamingDataset:

@@ -14,6 +14,7 @@ _QUICK_ARGS = {
     "loader.py": ["--workloads", "W1,W4"],  # every contender; W2/W3 take the same paths
     "shuffle.py": [],
     "soak.py": ["--configs", "w2 columnar,DL w2 transform", "--epochs", "3"],
+    "tokens.py": ["--dtypes", "uint16", "--no-pss"],  # one dtype, no separate memory runs
 }
 
 
