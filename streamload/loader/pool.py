@@ -120,9 +120,9 @@ def _ring_capacity(ring_size: int) -> int:
 
 
 # Imported once by the fork server, so each forkserver worker starts without re-importing them
-# (torch alone costs ~1 s per worker on this class of machine). pandas when installed (the fork
-# server skips what does not import): pyarrow imports it on a worker's first Arrow -> numpy or
-# Python conversion, which cost ~1.3 s of each worker's first read here.
+# (torch alone costs ~1 s per worker on this class of machine). No pandas: the shard readers
+# never make pyarrow import it (see the Arrow reader's `_numpy`), so neither fork server nor
+# workers carry it unless user code asks for it.
 FORKSERVER_PRELOAD = (
     "__main__",
     "torch",
@@ -130,7 +130,6 @@ FORKSERVER_PRELOAD = (
     "numpy.random",
     "pyarrow",
     "pyarrow.compute",
-    "pandas",
     "streamload.loader.worker",
     "streamload.shards.arrow.reader",
 )
