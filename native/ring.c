@@ -474,11 +474,6 @@ sl_status sl_ring_set_producer_pid(sl_ring *r, int32_t pid) {
     return SL_OK;
 }
 
-uint8_t *sl_ring_mapping(sl_ring *r, size_t *size) {
-    *size = r->map_size;
-    return r->map;
-}
-
 static int is_closed(const sl_ring *r) {
     return atomic_load_explicit(&r->closed, memory_order_relaxed);
 }

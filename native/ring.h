@@ -141,8 +141,6 @@ sl_status sl_ring_set_producer_pid(sl_ring *r, int32_t pid);
  * died (a loader reusing its rings across epochs). Committed records never read are discarded.
  * SL_STATE if the producer is alive and open, records are still held, or this side is closed. */
 sl_status sl_ring_reopen(sl_ring *r);
-/* Whole mapping (header page + data area), for test hooks and diagnostics only. */
-uint8_t *sl_ring_mapping(sl_ring *r, size_t *size);
 
 /* Producer. reserve never blocks: SL_AGAIN when there is no space. *buf receives n writable
  * bytes, 64-byte aligned. commit publishes len <= n bytes as one record of `type`. */

@@ -570,32 +570,6 @@ static PyObject *Ring_set_spin(RingObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* Test hooks: raw access to the whole mapping (header page + data area). */
-static PyObject *Ring_poke(RingObject *self, PyObject *args) {
-    Py_ssize_t offset;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "ny*:_poke", &offset, &data)) return NULL;
-    size_t size;
-    uint8_t *map = self->ring ? sl_ring_mapping(self->ring, &size) : NULL;
-    if (!map || offset < 0 || (size_t)offset + (size_t)data.len > size) {
-        PyBuffer_Release(&data);
-        return raise_kind("invalid", NULL, "_poke outside the mapping");
-    }
-    memcpy(map + offset, data.buf, (size_t)data.len);
-    PyBuffer_Release(&data);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Ring_peek(RingObject *self, PyObject *args) {
-    Py_ssize_t offset, n;
-    if (!PyArg_ParseTuple(args, "nn:_peek", &offset, &n)) return NULL;
-    size_t size;
-    uint8_t *map = self->ring ? sl_ring_mapping(self->ring, &size) : NULL;
-    if (!map || offset < 0 || n < 0 || (size_t)offset + (size_t)n > size)
-        return raise_kind("invalid", NULL, "_peek outside the mapping");
-    return PyBytes_FromStringAndSize((const char *)map + offset, n);
-}
-
 static PyObject *Ring_get_role(RingObject *self, void *c) {
     return PyLong_FromLong(self->ring ? (long)sl_ring_role(self->ring) : 0);
 }
@@ -624,8 +598,6 @@ static PyMethodDef Ring_methods[] = {
     {"set_spin", (PyCFunction)Ring_set_spin, METH_O, "set_spin(n): spin iterations before sleeping."},
     {"_close_core", (PyCFunction)Ring_close, METH_NOARGS,
      "_close_core(): mark this side closed, wake the peer, close the fd. Idempotent."},
-    {"_poke", (PyCFunction)Ring_poke, METH_VARARGS, "test hook: write bytes at a mapping offset."},
-    {"_peek", (PyCFunction)Ring_peek, METH_VARARGS, "test hook: read bytes at a mapping offset."},
     {NULL, NULL, 0, NULL},
 };
 

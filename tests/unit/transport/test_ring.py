@@ -9,6 +9,7 @@ each with a hard deadline.
 from __future__ import annotations
 
 import gc
+import mmap
 import multiprocessing as mp
 import os
 import pickle
@@ -66,6 +67,14 @@ def make_pair(capacity: int = 1 << 12, max_record: int | None = None) -> tuple[R
     cons = Ring.create(capacity, max_record)
     prod = Ring.attach(cons.handle(), "producer")
     return cons, prod
+
+
+def poke(ring: Ring, offset: int, data: bytes) -> None:
+    """Write raw bytes into a ring's shared memory (header page + data area), as a corrupting
+    peer would: through a second mapping of the creator's memfd, so the shipped extension
+    carries no test hook."""
+    with mmap.mmap(ring.fileno(), 0) as shared:
+        shared[offset : offset + len(data)] = data
 
 
 def fd_count() -> int:
@@ -428,7 +437,7 @@ def test_signal_handler_exception_interrupts_a_blocking_get() -> None:
 def test_recycled_producer_pid_counts_as_dead() -> None:
     """A live pid whose start time differs from the recorded one (pid reuse) is not the producer."""
     cons, _prod = make_pair()
-    cons._poke(PRODUCER_START_OFFSET, struct.pack("<Q", 12345))  # "started at another time"
+    poke(cons, PRODUCER_START_OFFSET, struct.pack("<Q", 12345))  # "started at another time"
     start = time.monotonic()
     with pytest.raises(ProducerDied, match=f"process {os.getpid()} died"):
         cons.get(timeout=10)
@@ -477,7 +486,7 @@ def test_corrupt_head_position_raises_ring_corrupted_and_stays_corrupted() -> No
     """A head beyond tail + capacity is detected, and the ring refuses further reads."""
     cons, prod = make_pair()
     prod.put(b"ok")
-    cons._poke(HEAD_OFFSET, struct.pack("<Q", 10 * cons.capacity))
+    poke(cons, HEAD_OFFSET, struct.pack("<Q", 10 * cons.capacity))
     with pytest.raises(RingCorrupted, match="failed validation"):
         cons.get(timeout=0)
     with pytest.raises(RingCorrupted):
@@ -496,9 +505,9 @@ def test_garbage_record_header_never_reads_out_of_bounds(
     """Any 16 header bytes (and any head) give RingCorrupted or a record inside the published range."""
     cons, prod = make_pair(1 << 12)
     prod.put(b"p" * payload_len)
-    cons._poke(HEADER, garbage)
+    poke(cons, HEADER, garbage)
     if head is not None:
-        cons._poke(HEAD_OFFSET, struct.pack("<Q", head))
+        poke(cons, HEAD_OFFSET, struct.pack("<Q", head))
     published = cons.stats()["head"]
     try:
         rec = cons.get(timeout=0)
