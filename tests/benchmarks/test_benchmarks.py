@@ -13,6 +13,7 @@ _QUICK_ARGS = {
     "transport.py": [],
     "loader.py": ["--workloads", "W1,W4"],  # every contender; W2/W3 take the same paths
     "shuffle.py": [],
+    "startup.py": [],
     "soak.py": ["--configs", "w2 columnar,DL w2 transform", "--epochs", "3"],
     "tokens.py": ["--dtypes", "uint16", "--no-pss"],  # one dtype, no separate memory runs
 }
