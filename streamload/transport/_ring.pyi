@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Self
 
 PRODUCER: int
 CONSUMER: int
