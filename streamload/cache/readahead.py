@@ -36,10 +36,12 @@ import numpy as np
 
 from streamload import telemetry
 from streamload.cache.disk import DiskCache, ShardBusy
+from streamload.cache.eviction import PLAN_HEADER_BYTES, PLAN_WINDOW
 from streamload.cache.layout import ShardKey, dataset_dir_name
 from streamload.cache.locks import Pin
 from streamload.errors import CacheError
 from streamload.format.index import DatasetIndex, ShardInfo
+from streamload.sizes import format_size
 from streamload.store import filesystem as store
 
 log = logging.getLogger(__name__)
@@ -116,11 +118,27 @@ class RemoteShards:
             processes * (OPEN_SHARDS + ahead),
             f"{processes} process(es) x ({OPEN_SHARDS} open + {ahead} read-ahead)",
         )
+        # What this process may pin, published so processes that do not know of each other
+        # (other jobs, ranks without LOCAL_WORLD_SIZE) fail fast instead of starving each other.
+        # Plan files stay a small part of it: a window of names in at most ~1/64 of a shard.
+        line = max((len(key.file_name) for key in self._keys), default=0) + 1
+        self._window = min(PLAN_WINDOW, max(16, max(4096, biggest // 64) // line))
+        plan_bytes = PLAN_HEADER_BYTES + self._window * line
+        self._reserve = (
+            (OPEN_SHARDS + ahead) * biggest + plan_bytes,
+            f"{OPEN_SHARDS} open + {ahead} read-ahead x largest shard {format_size(biggest)},"
+            f" plus a {format_size(plan_bytes)} plan file",
+            plan_bytes,
+        )
+        self._joined = False  # published at the first open: a process that never reads
+        # (the trainer of a loader with workers) reserves nothing
         self._pid = os.getpid()
         self._pins: collections.OrderedDict[int, Pin] = collections.OrderedDict()
         self._epoch: int | None = None
         self._plan = np.empty(0, np.int64)
         self._cursor = 0
+        self._epoch_shards = np.empty(0, np.int64)  # this epoch's part of the plan
+        self._published = 0  # plan position of the first name in the published window
         self.readahead = ReadAhead(self, readahead_shards, readahead_bytes)
 
     # -- what the dataset calls ----------------------------------------------------------------
@@ -129,16 +147,20 @@ class RemoteShards:
         """A local path of shard ``info``, verified and pinned until `release` (or `close`).
 
         Raises:
-            StoreError, FormatError, CacheError: see `DiskCache.pin`.
+            StoreError, FormatError, CacheError: see `DiskCache.pin`; at the first open also
+                `DiskCache.join` (the live processes' working sets do not fit together).
         """
         k = self._by_name[info.name]
+        if not self._joined:
+            self.cache.join(self._url, *self._reserve)
+            self._joined = True
         if epoch != self._epoch:
             self._replan(epoch)
             self._advance(k)
             self.readahead.replan(self._plan, self._cursor)
         else:
             self._advance(k)
-        self.cache.announce(self._url, None, self._cursor)
+        self._publish()
         pin = self._pins.get(k)
         if pin is None or pin.closed:
             started = time.perf_counter_ns()
@@ -207,10 +229,24 @@ class RemoteShards:
         current = self._plan_of(epoch)
         self._plan = np.concatenate([current, self._plan_of(epoch + 1)])
         self._cursor = 0
-        # Other processes spare what we need in this epoch only: a worker done with its share
-        # must not hold the others back for an epoch that may never come.
-        names = [self._keys[k].file_name for k in current.tolist()]
-        self.cache.announce(self._url, names, 0)
+        self._epoch_shards = current
+        self._publish(0)
+
+    def _publish(self, start: int | None = None) -> None:
+        """Tell other processes where this reader is. Other processes spare what we need in
+        this epoch only (a worker done with its share must not hold the others back for an
+        epoch that may never come), and see a window of names from ``start`` (at most
+        PLAN_WINDOW), republished once the reader is halfway through it."""
+        behind = self._cursor - self._published
+        if start is None and behind >= self._window // 2 and self._cursor < len(self._epoch_shards):
+            start = self._cursor
+        if start is None:
+            self.cache.announce(self._url, None, behind)
+            return
+        window = self._epoch_shards[start : start + self._window].tolist()
+        self._published = start
+        names = [self._keys[k].file_name for k in window]
+        self.cache.announce(self._url, names, self._cursor - start)
 
     def _advance(self, k: int) -> None:
         window = self._plan[self._cursor : self._cursor + HORIZON]

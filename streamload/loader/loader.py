@@ -165,7 +165,7 @@ class StreamLoader:
             )
         self.strings = strings
         # An entry point: the configuration's part in this loader, resolved once.
-        self.settings = LoaderSettings.from_config(config.load(ring_size=ring_size))
+        self.settings = LoaderSettings.from_config(config.load(ring_size=ring_size), ring_size)
         self.ring_size = ring_size
         # Rings of a finished non-persistent pass, reused by the next pass; the whole worker pool
         # when the next pass may run on it (`streamload.loader.pool.reuse_key`).

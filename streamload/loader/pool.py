@@ -223,6 +223,7 @@ class WorkerSetup:
     spare_rings: list[Ring] = field(default_factory=list)
     idle_pools: list[WorkerPool] = field(default_factory=list)
     reuse_key: Any = None
+    ring_note: str = ""  # how the ring got its size, added to a RecordTooLarge error
 
     @classmethod
     def for_pass(
@@ -242,6 +243,18 @@ class WorkerSetup:
         key = reuse_key(
             pass_.dataset, pass_.spec, options, options.multiprocessing_context, (capacity, chunk)
         )
+        if settings.ring_size:
+            note = (
+                f"ring_size is set to {settings.ring_size_origin} = {settings.ring_size} bytes;"
+                f" each worker's ring is the largest power of two not above that, {capacity}"
+                " bytes, and one batch may take at most half of a ring"
+            )
+        else:
+            note = (
+                f"ring_size is {settings.ring_size_origin}: each worker's ring was sized to"
+                f" {capacity} bytes from index.json; set ring_size (StreamLoader(ring_size=...)"
+                " or the ring_size setting) to the size above"
+            )
         return cls(
             num_workers=options.num_workers,
             prefetch=max(options.prefetch_factor or 0, 1),
@@ -256,6 +269,7 @@ class WorkerSetup:
             spare_rings=spare_rings,
             idle_pools=idle_pools if idle_pools is not None else [],
             reuse_key=key,
+            ring_note=note,
         )
 
 
@@ -294,6 +308,7 @@ class WorkerPool:
                     os.getpid(),
                     setup.heap_retain,
                     setup.chunk,
+                    setup.ring_note,
                 ),
                 daemon=True,
             )

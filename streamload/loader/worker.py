@@ -100,11 +100,14 @@ def worker_main(
     parent_pid: int,
     heap_retain: int,
     chunk: int | None = None,
+    ring_note: str = "",
 ) -> None:
     """Entry point of one worker process (see the module docstring).
 
     ``chunk``: batches larger than this stream through the ring as several records
     (`streamload.transport.codec.send`); None writes each batch as one record (zero-copy).
+    ``ring_note`` says how the ring got its size (what the user set), for a batch too large
+    for it.
     """
     # Everything inherited from the trainer stays out of this worker's garbage collections:
     # a full collection would otherwise walk (and so copy-on-write) the trainer's whole heap.
@@ -125,7 +128,7 @@ def worker_main(
                 worker_init_fn(worker_id)
         except Exception:
             init_error = traceback.format_exc()
-        out = _Output(ring, chunk)
+        out = _Output(ring, chunk, ring_note)
         _serve(worker_id, num_workers, dataset, spec, batch_size, out, conn, parent_pid, init_error)
     except (RingError, EOFError, OSError, KeyboardInterrupt):
         pass  # trainer gone or closed: nothing left to tell anyone
@@ -205,15 +208,17 @@ class _Output:
     """This worker's side of its ring: batches (streamed in chunks when ``chunk`` is set) and
     control records (ERROR records: end of share, exception text, stats)."""
 
-    def __init__(self, ring: Ring, chunk: int | None) -> None:
+    def __init__(self, ring: Ring, chunk: int | None, ring_note: str = "") -> None:
         self.ring = ring
         self.chunk = chunk
+        self.ring_note = ring_note  # how the ring got its size, added to a RecordTooLarge
 
     def batch(self, payload: Any) -> None:
         try:
             send(self.ring, payload, chunk=self.chunk)
         except RecordTooLarge:
-            self.error(protocol.EXCEPTION + traceback.format_exc().encode())
+            text = traceback.format_exc() + self.ring_note + "\n"
+            self.error(protocol.EXCEPTION + text.encode())
 
     def error(self, body: bytes) -> None:
         self.ring.put(body, type=RecordType.ERROR)

@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamload.errors import RingError
 from streamload.format.blobs import BlobColumn
 from streamload.transport import _ring
 from streamload.transport.ring import (
@@ -394,6 +395,45 @@ def decode(
         RingArgumentError: a pickled leaf and allow_pickle=False; copy=False on a streamed batch;
             an unknown `blobs` form.
     """
+    try:
+        return _decode(
+            data,
+            copy=copy,
+            as_torch=as_torch,
+            allow_pickle=allow_pickle,
+            blobs=blobs,
+            more=more,
+        )
+    except RingError:
+        raise
+    except _MALFORMED as exc:
+        # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity, a
+        # null where a string belongs; numpy parses a dtype string like ",f4" with ast).
+        raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None
+
+
+_MALFORMED = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RuntimeError,
+    SyntaxError,
+)
+
+
+def _decode(
+    data: Record | bytes | bytearray | memoryview,
+    *,
+    copy: bool = True,
+    as_torch: bool = False,
+    allow_pickle: bool = True,
+    blobs: str = "list",
+    more: Callable[[], Record] | None = None,
+) -> Any:
+    """`decode` without the translation of stray exceptions into RingCorrupted."""
     if blobs not in BLOB_FORMS:
         raise RingArgumentError(f"blobs must be one of {BLOB_FORMS}, got {blobs!r}")
     record = data if isinstance(data, Record) else None
@@ -485,7 +525,7 @@ def _parse_header(head: Any) -> tuple[int, int, int]:
 def _parse_meta(meta: Any) -> Any:
     try:
         return _JSON_DECODER.decode(str(meta, "ascii"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested past what json can parse, too
         raise RingCorrupted(f"batch record metadata is not valid JSON: {exc}") from None
 
 

@@ -208,6 +208,35 @@ def test_garbage_payloads_raise_ring_corrupted_not_crash(garbage: bytes, cut: in
         decode(bytes(blob), allow_pickle=False)
 
 
+def _record(meta: bytes, data: bytes = b"") -> bytes:
+    """A version-2 batch record around hand-made metadata and data (header, meta, padding)."""
+    pad = bytes(-(24 + len(meta)) % 64) if data else b""
+    total = 24 + len(meta) + len(pad) + len(data)
+    return struct.pack("<4sHHIIQ", b"SLB1", 2, 0, len(meta), 0, total) + meta + pad + data
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_metadata_nested_past_what_json_parses_is_ring_corrupted(opener: str) -> None:
+    """Found by benchmarks/fuzz.py: metadata nested 100,000 deep raised RecursionError from
+    json.loads; it is a RingCorrupted like any other malformed record."""
+    depth = 100_000
+    inner, closer = ("", "]") if opener == "[" else ("1", "}")
+    meta = (opener * depth + inner + closer * depth).encode()
+    record = _record(meta)
+    with pytest.raises(RingCorrupted, match="metadata is not valid JSON"):
+        decode(record, allow_pickle=False)
+
+
+@pytest.mark.parametrize("dtype", [",f4", "(,)f4", "f4,(,)i2", "[", 7])
+def test_a_hostile_dtype_string_is_ring_corrupted(dtype: object) -> None:
+    """Found by benchmarks/fuzz.py: numpy parses dtype strings like ",f4" with ast and raised
+    SyntaxError; every dtype that is not one is a RingCorrupted."""
+    meta = json.dumps(["a", 0, [1], dtype, "np"]).encode()
+    record = _record(meta, bytes(64))
+    with pytest.raises(RingCorrupted, match="batch record is malformed"):
+        decode(record, allow_pickle=False)
+
+
 def test_send_writes_straight_into_the_ring_and_decode_copy_releases_at_once() -> None:
     """send() reserves exactly encoded_size; decode(copy=True) releases the record immediately."""
     cons, prod = make_pair()
