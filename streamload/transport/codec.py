@@ -88,6 +88,7 @@ MAGIC = b"SLB1"
 VERSION = 2
 FLAG_PICKLE = 1
 _HEADER = struct.Struct("<4sHHIIQ")
+HEADER_SIZE = _HEADER.size  # bytes before the metadata (tools that rebuild records use it)
 ALIGN = 64
 _JSON = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps(**kwargs) builds one per call
 BLOB_FORMS = ("list", "column")
