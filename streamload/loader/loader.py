@@ -73,9 +73,11 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 from streamload import config
 from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import ConfigError, StateError
+from streamload.loader import heap
 from streamload.loader.options import LoaderSettings, WorkerOptions, warn_if_too_many_workers
 from streamload.loader.passes import Pass, PassCursor
 from streamload.loader.stats import LoaderStats
+from streamload.pipeline.collate import STRING_FORMS
 from streamload.pipeline.fetch import FetchSpec, Route
 from streamload.plan.partition import EpochPlan, count_steps
 from streamload.plan.state import make_state
@@ -112,14 +114,20 @@ class StreamLoader:
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
         ring_size: shared-memory ring bytes per worker (an int or "64MiB"; rounded down to a power
-            of two); default config ``ring_size`` (auto: sized from index.json for a
-            StreamingDataset without transform, else 64MiB). A batch must fit in half of it.
-            Without persistent_workers the rings outlive each pass and serve the next one.
+            of two); default config ``ring_size`` (auto: 4 MiB). Batches of any size stream
+            through it in chunks of a quarter ring; with ``zero_copy`` a batch is one record
+            that must fit in half of it (auto then sizes it from index.json for a
+            StreamingDataset without transform, else 64MiB). Without persistent_workers the
+            rings (and, on the columnar route, the workers themselves) serve the next pass.
         zero_copy: with workers, hand out tensors that view the ring record instead of copying
             each batch out once. The record's ring space is reused only after every tensor of
             the batch is gone, so a loop that keeps more batches alive than fit in ``ring_size``
             stalls its workers (with ``timeout`` > 0 that becomes a WorkerError). Default False:
             one copy per batch, and the ring never waits on user code.
+        strings: how str/bytes columns reach the loop on the columnar route (a StreamingDataset
+            without transform or collate_fn): ``"list"`` (default) as the list
+            ``default_collate`` gives; ``"blobs"`` as one ``sl.Blobs`` per column, a uint8
+            tensor of every row back to back plus int64 offsets (one copy, no per-row object).
 
     Raises:
         ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader).
@@ -149,12 +157,20 @@ class StreamLoader:
         in_order: bool = True,
         ring_size: int | str | None = None,
         zero_copy: bool = False,
+        strings: str = "list",
     ) -> None:
+        if strings not in STRING_FORMS:
+            raise ConfigError(
+                f"StreamLoader strings: one of {', '.join(STRING_FORMS)}, got {strings!r}"
+            )
+        self.strings = strings
         # An entry point: the configuration's part in this loader, resolved once.
         self.settings = LoaderSettings.from_config(config.load(ring_size=ring_size), ring_size)
         self.ring_size = ring_size
-        # Rings of a finished non-persistent pass, reused by the next pass (`WorkerPool`).
+        # Rings of a finished non-persistent pass, reused by the next pass; the whole worker pool
+        # when the next pass may run on it (`streamload.loader.pool.reuse_key`).
         self._spare_rings: list[Any] = []
+        self._idle_pools: list[Any] = []
         self.zero_copy = bool(zero_copy)
         self._cursor: PassCursor | None = None
         self._worker_iter: Any = None
@@ -295,7 +311,12 @@ class StreamLoader:
                 return self._worker_iter.reset(self._new_pass())
             pass_ = self._new_pass()
             setup = WorkerSetup.for_pass(
-                pass_, self.worker_options, self.settings, self._spare_rings, self.zero_copy
+                pass_,
+                self.worker_options,
+                self.settings,
+                self._spare_rings,
+                self.zero_copy,
+                self._idle_pools,
             )
             iterator = MultiProcessIter(pass_, _draw_seed(self.generator), setup)
             if self.persistent_workers:
@@ -307,6 +328,7 @@ class StreamLoader:
         # Drawn and unused at num_workers=0, exactly like DataLoader: the RNG state after an
         # epoch must match, and workers would derive their seeds from it.
         _draw_seed(self.generator)
+        heap.prime(self.settings.heap_retain)  # reuse freed batch memory (glibc's own policy)
         return SingleProcessIter(pass_)
 
     def _new_pass(self) -> Pass:
@@ -357,6 +379,7 @@ class StreamLoader:
             auto_collation=self._auto_collation,
             collate_fn=self.collate_fn,
             drop_last=self.drop_last,
+            strings=self.strings,
         )
 
     def batch_plan(self, route: Route) -> Iterator[Any]:
@@ -394,9 +417,12 @@ class StreamLoader:
     def stats(self) -> dict[str, Any]:
         """What this loader measured since it was built: throughput, data-wait per step
         (p50/p95/p99/max), busy time per pipeline stage and worker, ring occupancy, padding and
-        cache counters, as a plain JSON-serialisable dict (keys: ``stats.LoaderStats.snapshot``).
+        cache counters, as a plain JSON-serialisable dict (keys: ``stats.LoaderStats.snapshot``),
+        plus ``heap``: what streamload did to this process's malloc (``heap.report``).
         """
-        return self._stats.snapshot(self.padded_samples)
+        snapshot = self._stats.snapshot(self.padded_samples)
+        snapshot["heap"] = heap.report()
+        return snapshot
 
     # -- plan and resume ------------------------------------------------------------------------
 

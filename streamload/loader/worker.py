@@ -1,6 +1,7 @@
 """The worker process: the main loop that turns work items into batch records in its own ring.
 
-A worker owns the producer side of one ring (trainer <- worker, whole batches) and the reading
+A worker owns the producer side of one ring (trainer <- worker: batches, each streamed as
+consecutive records of at most a quarter of the ring in a copying pass) and the reading
 end of one Pipe (trainer -> worker, tiny control messages). It is seeded exactly as DataLoader
 seeds its workers (``random``/``torch`` with base_seed + id, numpy via torch's
 ``_generate_state``), publishes torch's ``WorkerInfo`` so ``get_worker_info()`` works, runs
@@ -12,9 +13,9 @@ of ``plan.EpochPlan`` from the given start position),
 ``I`` an int64 index list, ``N`` one int index, ``T`` an iterable ticket of length k, ``P`` a
 pickled trainer-made item (custom samplers), ``X`` exit.
 
-Records out: DATA = one encoded batch, ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
+Records out: DATA = one encoded batch (or, streamed, one piece of it), ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
 the traceback text, or ``T`` + the worker's stage-time snapshot (`streamload.loader.stats.WorkerReporter`), written just
-before a batch record now and then and before a planned pass's ``S``. Records are written in
+before a batch's records now and then (never between the records of one batch) and before a planned pass's ``S``. Records are written in
 the order items arrived, so the trainer reads each ring in dispatch order.
 
 Invariants: the worker never outlives the trainer: PR_SET_PDEATHSIG (Linux) right after start,
@@ -98,10 +99,16 @@ def worker_main(
     worker_init_fn: Any,
     parent_pid: int,
     heap_retain: int,
+    chunk: int | None = None,
     ring_note: str = "",
 ) -> None:
-    """Entry point of one worker process (see the module docstring). ``ring_note`` says how
-    the ring got its size (what the user set), for a batch too large for it."""
+    """Entry point of one worker process (see the module docstring).
+
+    ``chunk``: batches larger than this stream through the ring as several records
+    (`streamload.transport.codec.send`); None writes each batch as one record (zero-copy).
+    ``ring_note`` says how the ring got its size (what the user set), for a batch too large
+    for it.
+    """
     # Everything inherited from the trainer stays out of this worker's garbage collections:
     # a full collection would otherwise walk (and so copy-on-write) the trainer's whole heap.
     gc.freeze()
@@ -121,18 +128,8 @@ def worker_main(
                 worker_init_fn(worker_id)
         except Exception:
             init_error = traceback.format_exc()
-        _serve(
-            worker_id,
-            num_workers,
-            dataset,
-            spec,
-            batch_size,
-            ring,
-            conn,
-            parent_pid,
-            init_error,
-            ring_note,
-        )
+        out = _Output(ring, chunk, ring_note)
+        _serve(worker_id, num_workers, dataset, spec, batch_size, out, conn, parent_pid, init_error)
     except (RingError, EOFError, OSError, KeyboardInterrupt):
         pass  # trainer gone or closed: nothing left to tell anyone
     finally:
@@ -145,11 +142,10 @@ def _serve(
     dataset: Any,
     spec: FetchSpec,
     batch_size: int | None,
-    ring: Ring,
+    out: _Output,
     conn: Connection,
     parent_pid: int,
     init_error: str | None,
-    ring_note: str = "",
 ) -> None:
     fetcher: Any = None
     reporter = sl_stats.WorkerReporter(worker_id)
@@ -159,7 +155,7 @@ def _serve(
         ready = conn.poll(_IDLE_POLL_S)
         reporter.clock.idle_ns += time.perf_counter_ns() - waiting
         if not ready:
-            if not trainer_alive(parent_pid) or ring.closed:
+            if not trainer_alive(parent_pid) or out.ring.closed:
                 return
             continue
         message = conn.recv_bytes()
@@ -168,7 +164,7 @@ def _serve(
             return
         if init_error is not None:
             if kind not in (protocol.START_DISPATCHED, protocol.START_PLANNED):
-                _send_error(ring, protocol.EXCEPTION + init_error.encode())
+                out.error(protocol.EXCEPTION + init_error.encode())
             continue
         if kind == protocol.START_DISPATCHED:
             try:
@@ -177,21 +173,10 @@ def _serve(
                 fetcher = _Failed(traceback.format_exc())
             continue
         if kind == protocol.START_PLANNED:
-            _own_plan(
-                worker_id,
-                num_workers,
-                dataset,
-                spec,
-                batch_size,
-                message,
-                ring,
-                reporter,
-                ring_note,
-            )
+            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, out, reporter)
             continue
         # Nothing queued after this item: ship the stats now, the trainer may read no more.
-        item = protocol.decode_item(message)
-        _fetch_one(fetcher, item, ring, reporter, last=not conn.poll(0), ring_note=ring_note)
+        _fetch_one(fetcher, protocol.decode_item(message), out, reporter, last=not conn.poll(0))
 
 
 def _time_transform(dataset: Any, clock: StageClock) -> None:
@@ -219,46 +204,53 @@ class _Reported(Exception):
     pass
 
 
+class _Output:
+    """This worker's side of its ring: batches (streamed in chunks when ``chunk`` is set) and
+    control records (ERROR records: end of share, exception text, stats)."""
+
+    def __init__(self, ring: Ring, chunk: int | None, ring_note: str = "") -> None:
+        self.ring = ring
+        self.chunk = chunk
+        self.ring_note = ring_note  # how the ring got its size, added to a RecordTooLarge
+
+    def batch(self, payload: Any) -> None:
+        try:
+            send(self.ring, payload, chunk=self.chunk)
+        except RecordTooLarge:
+            text = traceback.format_exc() + self.ring_note + "\n"
+            self.error(protocol.EXCEPTION + text.encode())
+
+    def error(self, body: bytes) -> None:
+        self.ring.put(body, type=RecordType.ERROR)
+
+
 def _fetch_one(
     fetcher: Any,
     item: Any,
-    ring: Ring,
+    out: _Output,
     reporter: sl_stats.WorkerReporter | None = None,
     last: bool = False,
-    ring_note: str = "",
 ) -> None:
     try:
         payload = fetcher.fetch(item)
     except StopIteration:
-        _send_error(ring, protocol.END_OF_SHARE)
+        out.error(protocol.END_OF_SHARE)
         return
     except _Reported as exc:
-        _send_error(ring, protocol.EXCEPTION + str(exc).encode())
+        out.error(protocol.EXCEPTION + str(exc).encode())
         return
     except Exception:
-        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
+        out.error(protocol.EXCEPTION + traceback.format_exc().encode())
         return
     if reporter is None:
-        _send_batch(ring, payload, ring_note)
+        out.batch(payload)
         return
     reporter.clock.batches += 1
     if last or reporter.due():
-        _send_error(ring, reporter.record())
+        out.error(reporter.record())
     started = time.perf_counter_ns()
-    _send_batch(ring, payload, ring_note)
+    out.batch(payload)
     reporter.clock.add("transport", started)
-
-
-def _send_batch(ring: Ring, payload: Any, ring_note: str) -> None:
-    try:
-        send(ring, payload)
-    except RecordTooLarge:
-        text = traceback.format_exc() + ring_note + "\n"
-        _send_error(ring, protocol.EXCEPTION + text.encode())
-
-
-def _send_error(ring: Ring, body: bytes) -> None:
-    ring.put(body, type=RecordType.ERROR)
 
 
 def _own_plan(
@@ -268,9 +260,8 @@ def _own_plan(
     spec: FetchSpec,
     batch_size: int | None,
     message: bytes,
-    ring: Ring,
+    out: _Output,
     reporter: sl_stats.WorkerReporter,
-    ring_note: str = "",
 ) -> None:
     """A whole planned epoch with no further trainer messages: steps id, id + n, ..."""
     try:
@@ -290,8 +281,8 @@ def _own_plan(
         upcoming = next(batches, _END)
         while upcoming is not _END:
             ids, upcoming = upcoming, next(batches, _END)
-            _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END, ring_note=ring_note)
+            _fetch_one(fetcher, ids, out, reporter, last=upcoming is _END)
     except Exception:
-        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
-    _send_error(ring, reporter.record())  # exact totals (read when a persistent pool drains)
-    ring.put(protocol.END_OF_SHARE, type=RecordType.ERROR)  # end of this worker's share
+        out.error(protocol.EXCEPTION + traceback.format_exc().encode())
+    out.error(reporter.record())  # exact totals (read when a persistent pool drains)
+    out.error(protocol.END_OF_SHARE)  # end of this worker's share

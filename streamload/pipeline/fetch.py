@@ -61,13 +61,14 @@ class FetchSpec:
     auto_collation: bool
     collate_fn: Callable[[Any], Any]
     drop_last: bool
+    strings: str = "list"  # the columnar route's str/bytes columns: lists or `collate.Blobs`
 
     def build(self, dataset: Any, clock: StageClock | None = None) -> Fetcher:
         """The fetcher for ``dataset`` (an iterable dataset's ``iter()`` is called here);
         ``clock`` receives its read and collate times (`streamload.telemetry.StageClock`)."""
         fetcher: Any
         if self.route is Route.COLUMNAR:
-            fetcher = ColumnarFetcher(dataset)
+            fetcher = ColumnarFetcher(dataset, self.strings)
         elif self.route is Route.SAMPLES:
             fetcher = SampleFetcher(dataset, self.collate_fn)
         elif self.route is Route.MAP:
@@ -166,12 +167,15 @@ class ColumnarFetcher:
 
     clock = StageClock()  # shared default; `FetchSpec.build(dataset, clock)` sets its own
 
-    def __init__(self, dataset: StreamingDataset):
+    def __init__(self, dataset: StreamingDataset, strings: str = "list"):
         self._dataset = dataset
+        self._output = strings
         # In a worker, str/bytes columns stay offsets + bytes (BlobColumn) until the trainer
         # makes the list: no per-row objects in the worker, one copy from file to ring. In the
-        # trainer itself the list is built at once (a blob would only add a copy).
-        self._strings = "list" if get_worker_info() is None else "blob"
+        # trainer itself the list is built at once (a blob would only add a copy), unless the
+        # loop wants `Blobs`.
+        in_worker = get_worker_info() is not None
+        self._strings = "blob" if in_worker or strings == "blobs" else "list"
 
     def fetch(self, item: Any) -> dict[str, StackedColumn]:
         ids = np.asarray(item)
@@ -192,4 +196,4 @@ class ColumnarFetcher:
         return batch
 
     def finish(self, payload: dict[str, StackedColumn]) -> dict[str, Any]:
-        return columns_to_torch(payload)
+        return columns_to_torch(payload, self._output)
