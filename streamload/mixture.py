@@ -1,0 +1,422 @@
+"""Weighted mixtures of sources: which source fills each position of a step, as pure arithmetic.
+
+A mixture of S sources draws from source ``s`` its ``k``-th item for ``k = 0, 1, 2, ...``; a
+*cursor* is how many items a source has given so far. The run is a sequence of *steps* (one
+global batch: ``world_size x batch_size`` positions; an epoch's last step may be smaller);
+`apportion` decides how many positions of a step each source fills, `split_step` how those
+are divided among the ranks' slices, `interleave` where each source's items sit inside a slice.
+`MixturePlan` composes them into the steps of one epoch, and `SourceOrder` turns a source's
+draws into its item ids (its own epochs, each a new permutation).
+
+Weights are quantised to integers summing to ``SCALE`` (2^32; `quantize`): every quantity below
+is an exact integer, so every process computes the same steps.
+
+Invariants (tested):
+
+- **Exact per step**: a step of ``B`` positions gives source ``s`` either ``floor(w_s B)`` or
+  ``ceil(w_s B)`` of them, and the counts sum to ``B``.
+- **Exact over the run**: after every step, each source's count since the weights were set is
+  within one item of ``w_s`` x the positions since then (its *lag*, ``ideal - count``, stays in
+  (-1, 1)). Steps are apportioned greedily by earliest deadline: a source gets one of the step's
+  extra positions (beyond the floors) when, without it, its lag would reach 1 soonest.
+- **Exact per rank**: a rank's slice of ``b`` positions of a step gets ``floor(n_s b / B)`` or
+  ``ceil(n_s b / B)`` of source ``s``'s ``n_s`` positions (the same greedy, within the step).
+- **Each source keeps its own epochs**: draw ``k`` of a source of ``n`` items is position
+  ``k mod n`` of that source's epoch ``k // n`` — no item repeats within a source epoch, and a
+  source that runs out starts its next epoch (a new permutation) independently of the others.
+- **Pure**: a step depends only on the cursors at its start, the weights and the cursors where
+  they were set (together: the lags), and the step's size. Nothing depends on how many workers
+  or ranks compute it, so a state of ``(position, cursors, segment)`` resumes on any topology.
+
+A rank (or a worker) computes the counts of every step of its epoch (O(S) integer work per step,
+no data touched) and the rank split, interleave and item ids only of the steps it builds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamload.errors import ConfigError
+from streamload.lazy_order import EpochOrder
+from streamload.plan import EpochPlan, ShuffleSettings
+
+SCALE = 1 << 32  # quantised weights of a mixture sum to this
+_NEVER = 1 << 62
+
+
+def quantize(weights: Sequence[float], what: str = "MixedDataset weights") -> tuple[int, ...]:
+    """Positive weights as integers summing to ``SCALE`` (largest remainder; deterministic).
+
+    Raises:
+        ConfigError: no weights, or a weight that is not a finite number > 0 (named by index).
+    """
+    if not weights:
+        raise ConfigError(f"{what}: at least one weight is needed")
+    values = []
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ConfigError(f"{what}: weight {i} must be a finite number > 0, got {w!r}")
+        values.append(float(w))
+    total = math.fsum(values)
+    exact = [v / total * SCALE for v in values]
+    shares = [int(x) for x in exact]
+    short = SCALE - sum(shares)
+    by_remainder = sorted(range(len(values)), key=lambda s: (shares[s] - exact[s], s))
+    for s in by_remainder[:short]:
+        shares[s] += 1
+    if min(shares) == 0:
+        raise ConfigError(f"{what}: weights {weights} differ by more than 2^32 to 1")
+    return tuple(shares)
+
+
+def apportion(
+    weights: Sequence[int], total: int, lags: Sequence[int], size: int
+) -> tuple[list[int], list[int]]:
+    """How many of ``size`` positions each source fills, and the lags after them.
+
+    Args:
+        weights: non-negative integer weights summing to ``total``.
+        total: the weights' sum (the scale of the lags).
+        lags: per source, ``total`` x (ideal count - actual count) before this step; they sum
+            to 0 and each lies in ``(-total, total)``.
+        size: positions to fill.
+
+    Returns:
+        ``(counts, lags)``: counts sum to ``size``, each ``floor(w size / total)`` or the ceiling;
+        the lags after the step (same scale).
+    """
+    n = len(weights)
+    base = [w * size // total for w in weights]
+    rem = [w * size % total for w in weights]
+    extras = size - sum(base)
+    deficit = [lags[s] + rem[s] for s in range(n)]
+    counts = base
+    if extras:
+
+        def urgency(s: int) -> tuple[int, int, int]:
+            # Steps of this size until the lag would reach 1 without an extra (0: this one).
+            r = rem[s]
+            due = -(-(total - lags[s]) // r) - 1 if r else _NEVER
+            return (max(due, 0), -deficit[s], s)
+
+        # An extra is only given where it keeps the lag above -1 (deficit > 0); the earliest
+        # deadlines go first.
+        eligible = sorted((s for s in range(n) if deficit[s] > 0 and rem[s]), key=urgency)
+        if len(eligible) < extras:  # never seen in tests; keep the step exact regardless
+            rest = sorted((s for s in range(n) if s not in eligible and rem[s]), key=urgency)
+            eligible += rest
+        counts = base[:]
+        for s in eligible[:extras]:
+            counts[s] += 1
+    new_lags = [deficit[s] - total * (counts[s] - base[s]) for s in range(n)]
+    return counts, new_lags
+
+
+def split_step(counts: Sequence[int], slices: Sequence[int], first: int = 0) -> np.ndarray:
+    """Divide a step's per-source ``counts`` among slices of the given sizes (rank by rank).
+
+    Slice ``r`` gets ``floor(n_s b_r / B)`` or the ceiling of each source's ``n_s`` (``B`` =
+    the step's size, ``b_r`` the slice's). Slices are apportioned in the order ``first, first +
+    1, ...`` (wrapping), so which rank receives the odd items rotates from step to step.
+
+    Returns:
+        int64 array ``[len(slices), len(counts)]``; rows sum to the slice sizes, columns to
+        the counts.
+    """
+    size = sum(slices)
+    out = np.zeros((len(slices), len(counts)), dtype=np.int64)
+    order = [r for r in ((first + i) % len(slices) for i in range(len(slices))) if slices[r]]
+    lags = [0] * len(counts)
+    left = np.array(counts, dtype=np.int64)
+    for r in order[:-1]:
+        row, lags = apportion(counts, size, lags, slices[r])
+        out[r] = row
+        left -= out[r]
+    if order:  # the last slice takes exactly what is left (what the greedy would give it)
+        out[order[-1]] = left
+    return out
+
+
+def interleave(counts: Sequence[int]) -> np.ndarray:
+    """Which source each position of a slice holds: source ``s``'s ``c_s`` items spread evenly
+    (its ``t``-th item at relative time ``(t + 1/2) / c_s``, merged; ties by source index), so
+    any prefix of the slice — a micro-batch — is itself close to the slice's proportions."""
+    parts = [(np.arange(c) + 0.5) / c for c in counts if c]
+    if not parts:
+        return np.empty(0, np.int64)
+    times = np.concatenate(parts)
+    sources = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    return sources[np.lexsort((sources, times))]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the run with fixed weights: from where they were set, with every source's
+    cursor at that point (the lags of any later point follow from its cursors)."""
+
+    shares: tuple[int, ...]
+    cursors: tuple[int, ...]
+
+    def lags(self, cursors: Sequence[int]) -> list[int]:
+        """Per source, ``SCALE`` x (ideal - actual) items drawn since the segment started."""
+        drawn = [k - k0 for k, k0 in zip(cursors, self.cursors, strict=True)]
+        total = sum(drawn)
+        return [w * total - SCALE * d for w, d in zip(self.shares, drawn, strict=True)]
+
+
+def advance(segment: Segment, cursors: Sequence[int], sizes: Sequence[int]) -> tuple[int, ...]:
+    """The cursors after steps of the given sizes (pure)."""
+    now = list(cursors)
+    lags = segment.lags(now)
+    for size in sizes:
+        counts, lags = apportion(segment.shares, SCALE, lags, size)
+        now = [k + c for k, c in zip(now, counts, strict=True)]
+    return tuple(now)
+
+
+class SourceOrder:
+    """Draws of one source -> its item ids: draw ``k`` is position ``k mod n`` of the source's
+    epoch ``k // n`` (an `EpochOrder` over its items per shard; a few kept)."""
+
+    def __init__(self, sizes: Sequence[int] | np.ndarray, settings: ShuffleSettings) -> None:
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.settings = settings
+        self.n = int(self.sizes.sum())
+        self._orders: OrderedDict[int, EpochOrder] = OrderedDict()
+
+    def epoch(self, e: int) -> EpochOrder:
+        """The order of this source's epoch ``e``."""
+        order = self._orders.get(e)
+        if order is None:
+            order = self._orders[e] = EpochOrder(self.sizes, self.settings, e)
+            while len(self._orders) > 3:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(e)
+        return order
+
+    def ids(self, first: int, count: int) -> np.ndarray:
+        """Item ids of draws ``[first, first + count)`` (crossing source epochs as needed)."""
+        out = np.empty(count, np.int64)
+        done = 0
+        while done < count:
+            e, p = divmod(first + done, self.n)
+            take = min(count - done, self.n - p)
+            out[done : done + take] = self.epoch(e).ids(p, p + take)
+            done += take
+        return out
+
+
+@dataclass(frozen=True)
+class MixedBatch:
+    """One rank's batch of a mixture step: for each position, its source and item id."""
+
+    source: np.ndarray  # int64 source index per position
+    ids: np.ndarray  # int64 item id (within its source) per position
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def parts(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(source, positions, ids)`` per source present, in source order."""
+        for s in np.unique(self.source).tolist():
+            where = np.flatnonzero(self.source == s)
+            yield s, where, self.ids[where]
+
+
+class _Positions:
+    """An "order" that is its own positions: lets `EpochPlan` cut an epoch into steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, _ = index.indices(self.n)
+        return np.arange(start, stop, dtype=np.int64)
+
+
+class MixturePlan:
+    """One epoch of a mixture cut into steps for every rank (the `plan.EpochPlan` interface,
+    with `MixedBatch` items instead of id arrays).
+
+    Args:
+        samples: positions in the epoch.
+        world_size, batch_size, drop_last: as for `plan.EpochPlan`.
+        start: the epoch position this plan starts from.
+        cursors: each source's cursor at ``start``.
+        segment: the weights in force and where they were set.
+        sources: each source's `SourceOrder` (None: counts only, for state and tests).
+
+    Raises:
+        ConfigError: as `plan.EpochPlan`; cursors that do not match the sources.
+    """
+
+    def __init__(
+        self,
+        samples: int,
+        world_size: int,
+        batch_size: int,
+        drop_last: bool,
+        start: int,
+        cursors: Sequence[int],
+        segment: Segment,
+        sources: Sequence[SourceOrder] | None = None,
+    ) -> None:
+        self.steps = EpochPlan(_Positions(samples), world_size, batch_size, drop_last, start)  # type: ignore[arg-type]
+        if len(cursors) != len(segment.shares) or (
+            sources is not None and len(sources) != len(cursors)
+        ):
+            raise ConfigError("mixture plan: one cursor and one weight per source")
+        self.segment = segment
+        self.sources = sources
+        self.start_cursors = tuple(int(k) for k in cursors)
+        # The counts walk: cursors at the start of step `_step` (steps are read mostly in order).
+        self._step = 0
+        self._cursors = self.start_cursors
+        self._lags = segment.lags(self.start_cursors)
+
+    # -- the EpochPlan interface ----------------------------------------------------------------
+
+    @property
+    def world_size(self) -> int:
+        return self.steps.world_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.steps.batch_size
+
+    @property
+    def drop_last(self) -> bool:
+        return self.steps.drop_last
+
+    @property
+    def start(self) -> int:
+        return self.steps.start
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps.num_steps
+
+    @property
+    def padding(self) -> int:
+        return self.steps.padding
+
+    @property
+    def end(self) -> int:
+        return self.steps.end
+
+    def position_after(self, steps: int) -> int:
+        return self.steps.position_after(steps)
+
+    def padded(self, rank: int) -> int:
+        return self.steps.padded(rank)
+
+    def batches(self, rank: int, first: int = 0, stride: int = 1) -> Iterator[MixedBatch]:
+        """``rank``'s batches at steps ``first, first + stride, ...``."""
+        for step in range(first, self.num_steps, stride):
+            yield self.batch(rank, step)
+
+    # -- mixture specifics ----------------------------------------------------------------------
+
+    def step_size(self, step: int) -> int:
+        """Positions of step ``step`` over all ranks (padding not counted)."""
+        return self.steps.position_after(step + 1) - self.steps.position_after(step)
+
+    def cursors_at(self, step: int) -> tuple[int, ...]:
+        """Every source's cursor at the start of ``step`` (``num_steps``: after the last)."""
+        step = min(max(step, 0), self.num_steps)
+        if step < self._step:  # walked past it: start over from the plan's start
+            self._step, self._cursors = 0, self.start_cursors
+            self._lags = self.segment.lags(self._cursors)
+        while self._step < step:
+            counts, self._lags = apportion(
+                self.segment.shares, SCALE, self._lags, self.step_size(self._step)
+            )
+            self._cursors = tuple(k + c for k, c in zip(self._cursors, counts, strict=True))
+            self._step += 1
+        return self._cursors
+
+    def step_counts(self, step: int) -> list[int]:
+        """Per source, the positions step ``step`` gives it (all ranks)."""
+        before = self.cursors_at(step)
+        return [a - b for a, b in zip(self.cursors_at(step + 1), before, strict=True)]
+
+    def rank_split(self, step: int) -> tuple[np.ndarray, tuple[int, ...]]:
+        """``([ranks, sources] counts, cursors at the step's start)`` of step ``step``."""
+        cursors = self.cursors_at(step)
+        counts = self.step_counts(step)
+        slices = self._slices(step)
+        return split_step(counts, slices, first=step % len(slices)), cursors
+
+    def _slices(self, step: int) -> list[int]:
+        """Real positions of each rank at ``step`` (the tail splits unevenly; padded ranks: 0)."""
+        if step < self.steps.full_steps:
+            return [self.batch_size] * self.world_size
+        tail, world = self.steps.tail, self.world_size
+        share, extra = divmod(tail, world)
+        return [share + (1 if r < extra else 0) for r in range(world)]
+
+    def sources_of(self, rank: int, step: int) -> np.ndarray:
+        """The source of each position of ``rank``'s batch at ``step`` (no ids evaluated)."""
+        split, _ = self.rank_split(step)
+        row = rank
+        if not split[rank].sum():  # a padded rank repeats the tail item of rank `rank % tail`
+            row = rank % self.steps.tail
+        return interleave(split[row].tolist())
+
+    def batch(self, rank: int, step: int) -> MixedBatch:
+        """``rank``'s batch at ``step``: the source and item id of each position.
+
+        Raises:
+            IndexError: step or rank out of range.
+            ConfigError: the plan was made without source orders.
+        """
+        if not 0 <= rank < self.world_size:
+            raise IndexError(f"rank {rank} outside [0, {self.world_size})")
+        if not 0 <= step < self.num_steps:
+            raise IndexError(f"step {step} outside [0, {self.num_steps})")
+        if self.sources is None:
+            raise ConfigError("mixture plan: made without source orders (counts only)")
+        split, cursors = self.rank_split(step)
+        row = rank if split[rank].sum() else rank % self.steps.tail
+        order = interleave(split[row].tolist())
+        ids = np.empty(len(order), np.int64)
+        before = split[:row].sum(axis=0)  # items of each source taken by earlier ranks
+        for s in np.flatnonzero(split[row]).tolist():
+            first = cursors[s] + int(before[s])
+            ids[order == s] = self.sources[s].ids(first, int(split[row, s]))
+        return MixedBatch(order, ids)
+
+
+def check_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> list[float]:
+    """The weights of ``names`` in order (None: equal weights).
+
+    Raises:
+        ConfigError: a weight for an unknown source, or a source without a weight.
+    """
+    if weights is None:
+        return [1.0] * len(names)
+    unknown = sorted(set(weights) - set(names))
+    missing = [n for n in names if n not in weights]
+    if unknown or missing:
+        raise ConfigError(
+            "MixedDataset weights: "
+            + "; ".join(
+                part
+                for part in (
+                    f"no source named {unknown}" if unknown else "",
+                    f"no weight for {missing}" if missing else "",
+                )
+                if part
+            )
+            + f" (sources: {list(names)})"
+        )
+    return [weights[n] for n in names]
