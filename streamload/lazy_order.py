@@ -36,11 +36,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streamload.permutation import Permutation, derive_key
+from streamload.permutation import Permutation, derive_key, key_array, permute
 from streamload.plan import ShuffleSettings
 
-CHUNK = 1 << 16  # positions evaluated together and cached (512 KiB of ids)
-CACHED_CHUNKS = 2
+CHUNK = 1 << 14  # positions evaluated together and cached (128 KiB of ids)
+CACHED_CHUNKS = 4
 ORDER_VERSION = 2  # 1: numpy Generator permutations (before issue 12); 2: keyed bijections
 
 # Purpose tags of the keys (so no two uses of one seed share a permutation).
@@ -83,7 +83,7 @@ class EpochOrder:
             self._window_starts = self._laid[:: settings.block].copy()
             if self._window_starts[-1] != self.n or len(self._window_starts) == 1:
                 self._window_starts = np.append(self._window_starts, self.n)
-            self._windows: OrderedDict[int, Permutation] = OrderedDict()
+            self._window_key = derive_key(settings.seed, epoch, _WINDOW)
 
     def __len__(self) -> int:
         return self.n
@@ -149,31 +149,13 @@ class EpochOrder:
         if self._full is not None:
             return self._full(pos)
         window = np.searchsorted(self._window_starts, pos, "right") - 1
-        lo, hi = int(window.min()), int(window.max())
-        if lo == hi:  # the usual case: one window
-            laid = self._window(lo)(pos - self._window_starts[lo]) + self._window_starts[lo]
-        else:
-            laid = np.empty(len(pos), np.int64)  # index into the shards laid out in shard_order
-            windows = range(lo, hi + 1) if hi - lo < 64 else np.unique(window).tolist()
-            for w in windows:
-                mask = window == w
-                if mask.any():
-                    start = self._window_starts[w]
-                    laid[mask] = self._window(w)(pos[mask] - start) + start
+        start = self._window_starts[window]
+        size = self._window_starts[window + 1] - start
+        keys = key_array(self._window_key, window)  # one permutation per window, one call
+        laid = start + permute(pos - start, size, keys)
         slot = np.searchsorted(self._laid, laid, "right") - 1
         shard = self.shard_order[slot]
         return self.offsets[shard] + (laid - self._laid[slot])
-
-    def _window(self, w: int) -> Permutation:
-        with self._lock:
-            perm = self._windows.get(w)
-            if perm is None:
-                size = int(self._window_starts[w + 1] - self._window_starts[w])
-                key = derive_key(self.settings.seed, self.epoch, _WINDOW, w)
-                perm = self._windows[w] = Permutation(size, key)
-                while len(self._windows) > 4:
-                    self._windows.popitem(last=False)
-            return perm
 
     def window_shards(self, position: int) -> np.ndarray:
         """Block mode: the shards of the window that holds ``position`` (for read-ahead)."""
