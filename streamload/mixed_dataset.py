@@ -1,0 +1,628 @@
+"""MixedDataset: named sources drawn in fixed proportions, exactly, resumable on any topology.
+
+``MixedDataset({"web": ds1, "code": ds2}, weights={"web": 0.7, "code": 0.3}, samples=N)`` is a
+torch IterableDataset of ``N`` positions per epoch; a ``StreamLoader`` over it yields batches in
+which every global batch (``world_size x batch_size`` positions, a *step*) takes
+``floor(w B)`` or ``ceil(w B)`` items of each source, every rank's slice ``floor``/``ceil`` of its
+share, and each source's total stays within one item of ``w x position`` at every step (the
+arithmetic is `mixture.apportion`). Each source keeps its own epochs: draw ``k`` of a source of
+``n`` items is position ``k mod n`` of its epoch ``k // n``, a permutation of its own (its
+``shuffle_mode``/``shuffle_block``, its ``subset``); a source that runs out starts its next
+epoch, independently of the others, so no source's end ever ends or skews the run.
+
+Cursors: how many items each source has given. A mixture epoch starts where the previous one
+left the cursors (epoch ``e``'s start is computed by walking the earlier epochs' steps, O(S) per
+step without touching data, and remembered; a loader pass that finishes an epoch records it).
+
+Resume state (``state_dict``; a StreamLoader's has the same shape and counts what its user
+received)::
+
+    {"version", "kind": "mixture", "fingerprint": {"order", "seed", "shuffle", "samples",
+     "sources": {name: source fingerprint}}, "epoch", "position", "cursors": {name: k},
+     "segments": [{"epoch", "position", "weights": {name: share}, "cursors": {name: k}}]}
+
+Small (O(sources x segments)), JSON, and enough to continue exactly on any world size, worker
+count or batch size. Loading it into a mixture with other weights appends a segment at the
+state's position: every source continues from its cursor under the new weights. A state whose
+sources differ (added, removed, or another dataset, subset or shuffle) is a `StateError` naming
+them.
+
+Schemas: every source must return the same columns (names, kinds, dtypes, shapes); select the
+common ones with ``StreamingDataset(url, columns=[...])``, else `FormatError` names the source
+and the difference. ``source_column="source"`` adds a str column naming each row's source.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+from streamload import plan
+from streamload.collate import BlobColumn
+from streamload.dataset import StreamingDataset
+from streamload.errors import ConfigError, FormatError, StateError
+from streamload.lazy_order import ORDER_VERSION
+from streamload.mixture import (
+    SCALE,
+    MixedBatch,
+    MixturePlan,
+    Segment,
+    SourceOrder,
+    advance,
+    check_weights,
+    quantize,
+)
+from streamload.permutation import derive_key
+from streamload.schema import Column, Schema
+
+STATE_VERSION = 1
+_STATE_KEYS = frozenset(
+    ("version", "kind", "fingerprint", "epoch", "position", "cursors", "segments")
+)
+_ITER_BATCH = 256  # positions per rank per step when the mixture is iterated directly
+
+
+class MixedDataset(torch.utils.data.IterableDataset):
+    """Sources mixed in exact proportions (see the module docstring).
+
+    Args:
+        sources: name -> StreamingDataset (each with its own columns, subset, shuffle_mode,
+            shuffle_block, transform); names are non-empty strings.
+        weights: name -> positive number (normalised); None: equal weights.
+        samples: positions per epoch (>= 1); None: the sum of the sources' lengths.
+        seed: seed of every source's permutations (int >= 0), combined with the source's
+            name and its own seed, so two sources over one dataset read different orders.
+        shuffle: shuffle each source (a source with ``shuffle=True`` is shuffled either way).
+        source_column: add a str column of this name holding each row's source name.
+        rank, world_size: this process's place in a distributed job (both or neither); None:
+            torch.distributed or RANK/WORLD_SIZE at each pass.
+
+    Raises:
+        ConfigError: no sources, a bad name, weight, samples, seed or source_column.
+        FormatError: sources whose selected columns differ.
+        TypeError: a source that is not a StreamingDataset.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, StreamingDataset],
+        weights: Mapping[str, float] | None = None,
+        samples: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        source_column: str | None = None,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(sources, Mapping) or not sources:
+            raise ConfigError("MixedDataset sources: a non-empty {name: StreamingDataset} mapping")
+        for name, source in sources.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"MixedDataset sources: names are non-empty str, got {name!r}")
+            if not isinstance(source, StreamingDataset):
+                raise TypeError(
+                    f"MixedDataset source {name!r}: expected a StreamingDataset, got"
+                    f" {type(source).__name__}"
+                )
+            if len(source) == 0:
+                raise ConfigError(f"MixedDataset source {name!r}: has no samples")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ConfigError(f"MixedDataset seed: must be an int >= 0, got {seed!r}")
+        self.names = tuple(sources)
+        self.sources = dict(sources)
+        self.seed = seed
+        self.shuffle = bool(shuffle)
+        total = sum(len(s) for s in self.sources.values())
+        if samples is None:
+            samples = total
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise ConfigError(f"MixedDataset samples: must be an int >= 1, got {samples!r}")
+        self.samples = samples
+        self._schema = _common_schema(self.sources)
+        if source_column is not None and (
+            not isinstance(source_column, str) or source_column in self._schema.names
+        ):
+            raise ConfigError(
+                f"MixedDataset source_column: must be a str that is not a column"
+                f" ({list(self._schema.names)}), got {source_column!r}"
+            )
+        self.source_column = source_column
+        if source_column is not None:
+            self._schema = Schema((*self._schema.columns, Column(source_column, "str")))
+        if rank is not None or world_size is not None:
+            plan.topology(rank, world_size)
+        self._rank_arg, self._world_size_arg = rank, world_size
+        self._orders = [
+            SourceOrder(s.item_sizes(), self._source_settings(n)) for n, s in sources.items()
+        ]
+        shares = quantize(check_weights(self.names, weights))
+        zeros = (0,) * len(self.names)
+        #: Weight segments: (epoch, position, Segment), oldest first; the last is in force.
+        self.segments: list[tuple[int, int, Segment]] = [(0, 0, Segment(shares, zeros))]
+        self._epoch = 0
+        self._resume: dict[str, Any] | None = None  # {"position", "cursors"} of a loaded state
+        # Cursors at the start of epochs, per (step size, drop_last, segment count).
+        self._epoch_starts: dict[tuple[int, bool, int], dict[int, tuple[int, ...]]] = {}
+        self._last_steps: tuple[int, bool] | None = None
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.samples
+
+    @property
+    def schema(self) -> Schema:
+        """The columns every batch has (the sources' common ones, plus ``source_column``)."""
+        return self._schema
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The weights in force, normalised."""
+        shares = self.segments[-1][2].shares
+        return {n: w / SCALE for n, w in zip(self.names, shares, strict=True)}
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """New weights from the next pass on (from a loaded state's position if one is
+        pending, else from the start of the current epoch): every source continues from its
+        cursor there.
+
+        Raises:
+            ConfigError: unknown or missing names, bad values.
+        """
+        shares = quantize(check_weights(self.names, weights))
+        if shares == self.segments[-1][2].shares:
+            return
+        if self._resume is not None:
+            position, cursors = self._resume["position"], tuple(self._resume["cursors"])
+        else:
+            step, drop_last = self._default_steps()
+            position, cursors = 0, self.epoch_start(self._epoch, step, drop_last, 1)
+        self._add_segment(self._epoch, position, Segment(shares, cursors))
+
+    def __repr__(self) -> str:
+        weights = ", ".join(f"{n}={w:.4g}" for n, w in self.weights.items())
+        return f"MixedDataset({weights}; samples={self.samples}, seed={self.seed})"
+
+    # -- order --------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch; a resume point loaded for another epoch is dropped.
+
+        Raises:
+            ConfigError: not an int >= 0.
+        """
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ConfigError(f"MixedDataset.set_epoch: epoch must be an int >= 0, got {epoch!r}")
+        if epoch != self._epoch:
+            self._resume = None
+        self._epoch = epoch
+
+    def topology(self) -> plan.Topology:
+        """This process's rank and world size."""
+        return plan.topology(self._rank_arg, self._world_size_arg)
+
+    def epoch_start(
+        self, epoch: int, batch_size: int, drop_last: bool, world_size: int | None = None
+    ) -> tuple[int, ...]:
+        """Every source's cursor at the start of ``epoch`` of a run with these steps.
+
+        Walks the steps from where the weights in force at that epoch's start were set (O(S)
+        integer work per step, no data), remembering each epoch's start on the way.
+        """
+        world = world_size or self.topology().world_size
+        step = world * batch_size
+        index, (seg_epoch, seg_position, segment) = self._segment_at(epoch, 0)
+        memo = self._epoch_starts.setdefault((step, drop_last, index), {})
+        if epoch in memo:
+            return memo[epoch]
+        known = [e for e in memo if e <= epoch]
+        if known:
+            e0, position = max(known), 0
+            cursors = memo[e0]
+        else:
+            e0, position, cursors = seg_epoch, seg_position, segment.cursors
+        while e0 < epoch:
+            sizes = _step_sizes(self.samples - position, step, drop_last)
+            cursors = advance(segment, cursors, sizes)
+            e0, position = e0 + 1, 0
+            memo[e0] = cursors
+        return cursors
+
+    def _segment_at(self, epoch: int, position: int) -> tuple[int, tuple[int, int, Segment]]:
+        """The weight segment in force at (epoch, position), with its index."""
+        index = 0
+        for i, (e, p, _) in enumerate(self.segments):
+            if (e, p) <= (epoch, position):
+                index = i
+        return index, self.segments[index]
+
+    def _default_steps(self) -> tuple[int, bool]:
+        """(step size, drop_last) of the last planned pass, else of direct iteration."""
+        return self._last_steps or (self.topology().world_size * _ITER_BATCH, False)
+
+    def epoch_plan(
+        self,
+        batch_size: int,
+        drop_last: bool = False,
+        start: int | Mapping[str, Any] | None = None,
+        world_size: int | None = None,
+    ) -> MixturePlan:
+        """The current epoch's steps for every rank.
+
+        Args:
+            batch_size: positions per rank per step.
+            drop_last: drop the tail that does not fill a whole step.
+            start: None: the loaded resume point, else the epoch's start; an int: that
+                position of a run with these steps; a mapping: ``{"position", "cursors"}``
+                (and optionally ``"shares"``, ``"segment"``: the weights in force) as
+                `plan_start` gives it.
+            world_size: ranks (None: ``topology()``).
+        """
+        world = world_size or self.topology().world_size
+        self._last_steps = (world * batch_size, bool(drop_last))
+        if start is None:
+            start = self._resume
+        if start is None or isinstance(start, int):
+            position = int(start or 0)
+            segment = self._segment_at(self._epoch, position)[1][2]
+            cursors = self.epoch_start(self._epoch, batch_size, drop_last, world)
+            step = world * batch_size
+            if position % step and position != self.samples:
+                raise ConfigError(
+                    f"MixedDataset.epoch_plan: start {position} is not a step boundary"
+                    f" ({world} x {batch_size})"
+                )
+            cursors = advance(segment, cursors, [step] * (position // step))
+        else:
+            position, cursors = int(start["position"]), tuple(start["cursors"])
+            if "shares" in start:
+                segment = Segment(tuple(start["shares"]), tuple(start["segment"]))
+            else:
+                segment = self._segment_at(self._epoch, position)[1][2]
+        return MixturePlan(
+            self.samples, world, batch_size, drop_last, position, cursors, segment, self._orders
+        )
+
+    @staticmethod
+    def plan_start(mixture_plan: MixturePlan) -> dict[str, Any]:
+        """What a worker needs to rebuild ``mixture_plan`` (JSON): position, cursors, weights."""
+        return {
+            "position": mixture_plan.start,
+            "cursors": list(mixture_plan.start_cursors),
+            "shares": list(mixture_plan.segment.shares),
+            "segment": list(mixture_plan.segment.cursors),
+        }
+
+    @property
+    def resume_pending(self) -> bool:
+        """Whether ``load_state_dict`` set a start no pass has taken yet."""
+        return self._resume is not None
+
+    def take_resume_position(self) -> dict[str, Any] | None:
+        """The start of the next pass (a loaded resume point or None: the epoch's start), which
+        the dataset then forgets."""
+        start, self._resume = self._resume, None
+        return start
+
+    # -- resume state ---------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a state must agree on: the sources (each one's fingerprint), seed, shuffle,
+        samples per epoch and the order's version."""
+        return {
+            "order": ORDER_VERSION,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "samples": self.samples,
+            "sources": {n: s.fingerprint() for n, s in self.sources.items()},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next pass starts (see the module docstring for the shape)."""
+        if self._resume is not None:
+            position, cursors = self._resume["position"], tuple(self._resume["cursors"])
+        else:
+            step, drop_last = self._default_steps()
+            position, cursors = 0, self.epoch_start(self._epoch, step, drop_last, 1)
+        return self.make_state(self._epoch, position, cursors)
+
+    def plan_state(self, epoch: int, mixture_plan: MixturePlan, steps: int) -> dict[str, Any]:
+        """The state after ``steps`` steps of ``mixture_plan`` (an epoch's last step names the
+        next epoch at position 0, whose start it records)."""
+        cursors = mixture_plan.cursors_at(steps)
+        position = mixture_plan.position_after(steps)
+        if steps >= mixture_plan.num_steps:
+            step = mixture_plan.world_size * mixture_plan.batch_size
+            index = self._segment_at(epoch + 1, 0)[0]
+            if self.segments[index][2] == mixture_plan.segment:
+                key = (step, mixture_plan.drop_last, index)
+                self._epoch_starts.setdefault(key, {})[epoch + 1] = cursors
+            epoch, position = epoch + 1, 0
+        return self.make_state(epoch, position, cursors)
+
+    def make_state(self, epoch: int, position: int, cursors: tuple[int, ...]) -> dict[str, Any]:
+        """A JSON-serialisable state of this mixture at (epoch, position) with these cursors."""
+        return {
+            "version": STATE_VERSION,
+            "kind": "mixture",
+            "fingerprint": self.fingerprint(),
+            "epoch": epoch,
+            "position": position,
+            "cursors": dict(zip(self.names, cursors, strict=True)),
+            "segments": [
+                {
+                    "epoch": e,
+                    "position": p,
+                    "weights": dict(zip(self.names, seg.shares, strict=True)),
+                    "cursors": dict(zip(self.names, seg.cursors, strict=True)),
+                }
+                for e, p, seg in self.segments
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], what: str = "MixedDataset") -> None:
+        """Continue ``state`` at the next pass: its epoch, position and cursors; its weight
+        segments, plus one more from its position if this mixture's weights differ.
+
+        Raises:
+            StateError: not a mixture state, another version, sources that differ (named), other
+                seed/shuffle/samples (both sides shown), or malformed values.
+        """
+        what = f"{what}.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise StateError(f"{what}: expected a state dict, got {type(state).__name__}")
+        if state.get("kind") != "mixture":
+            raise StateError(f"{what}: not a mixture state (kind={state.get('kind')!r})")
+        if state.get("version") != STATE_VERSION:
+            raise StateError(
+                f"{what}: mixture state version {state.get('version')!r} is not supported"
+                f" (this streamload reads version {STATE_VERSION})"
+            )
+        if set(state) != _STATE_KEYS:
+            raise StateError(
+                f"{what}: state keys {sorted(state)} differ from the expected {sorted(_STATE_KEYS)}"
+            )
+        self._check_fingerprint(state["fingerprint"], what)
+        epoch, position = state["epoch"], state["position"]
+        for name, value in (("epoch", epoch), ("position", position)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise StateError(f"{what}: state {name} must be an int >= 0, got {value!r}")
+        if position > self.samples:
+            raise StateError(
+                f"{what}: state position {position} is past the end of the epoch"
+                f" ({self.samples} positions)"
+            )
+        cursors = self._cursors(state["cursors"], what, "cursors")
+        segments = state["segments"]
+        if not isinstance(segments, list) or not segments:
+            raise StateError(f"{what}: state segments must be a non-empty list")
+        loaded = []
+        for i, seg in enumerate(segments):
+            where = f"segments[{i}]"
+            if not isinstance(seg, Mapping) or set(seg) != {
+                "epoch",
+                "position",
+                "weights",
+                "cursors",
+            }:
+                raise StateError(
+                    f"{what}: state {where} must have epoch, position, weights, cursors"
+                )
+            shares = self._cursors(seg["weights"], what, f"{where}.weights")
+            if sum(shares) != SCALE or min(shares) <= 0:
+                raise StateError(
+                    f"{what}: state {where}.weights must be positive and sum to {SCALE}"
+                )
+            seg_cursors = self._cursors(seg["cursors"], what, f"{where}.cursors")
+            loaded.append((int(seg["epoch"]), int(seg["position"]), Segment(shares, seg_cursors)))
+        current = self.segments[-1][2].shares
+        if position >= self.samples:
+            epoch, position = epoch + 1, 0
+        self.segments = loaded
+        self._epoch_starts = {}
+        if current != loaded[-1][2].shares:
+            self._add_segment(epoch, position, Segment(current, cursors))
+        self._epoch = epoch
+        self._resume = {"position": position, "cursors": list(cursors)}
+
+    def _check_fingerprint(self, saved: Any, what: str) -> None:
+        mine = self.fingerprint()
+        if not isinstance(saved, Mapping):
+            raise StateError(f"{what}: state fingerprint must be a mapping, got {saved!r}")
+        theirs = saved.get("sources")
+        if not isinstance(theirs, Mapping):
+            raise StateError(f"{what}: state fingerprint has no sources")
+        changed = [f"{n!r} (only in the state)" for n in theirs if n not in mine["sources"]] + [
+            f"{n!r} (not in the state)" for n in mine["sources"] if n not in theirs
+        ]
+        changed += [
+            f"{n!r} (another dataset, subset or shuffle: {_diff(theirs[n], fp)})"
+            for n, fp in mine["sources"].items()
+            if n in theirs and theirs[n] != fp
+        ]
+        if changed:
+            raise StateError(f"{what}: the mixture's sources changed: " + "; ".join(changed))
+        if list(theirs) != list(mine["sources"]):
+            raise StateError(
+                f"{what}: sources in another order: state has {list(theirs)}, this mixture"
+                f" has {list(mine['sources'])}"
+            )
+        others = {k: v for k, v in saved.items() if k != "sources"}
+        expected = {k: v for k, v in mine.items() if k != "sources"}
+        if others != expected:
+            raise StateError(
+                f"{what}: the state belongs to other mixture settings: {_diff(others, expected)}"
+            )
+
+    def _cursors(self, values: Any, what: str, name: str) -> tuple[int, ...]:
+        if not isinstance(values, Mapping) or list(values) != list(self.names):
+            raise StateError(f"{what}: state {name} must map each of {list(self.names)} to an int")
+        out = tuple(values[n] for n in self.names)
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in out):
+            raise StateError(f"{what}: state {name} must be ints >= 0, got {dict(values)}")
+        return out
+
+    def _add_segment(self, epoch: int, position: int, segment: Segment) -> None:
+        self.segments = [s for s in self.segments if (s[0], s[1]) < (epoch, position)]
+        self.segments.append((epoch, position, segment))
+        self._epoch_starts = {}
+
+    # -- access ---------------------------------------------------------------------------------
+
+    def get_batch(self, batch: MixedBatch, strings: str = "list") -> dict[str, Any]:
+        """Columnar rows of a mixed batch, in its order (each source's ``get_batch``).
+
+        Raises:
+            FormatError: a shard is missing, corrupt or fails its checksum.
+        """
+        n = len(batch)
+        taken = [
+            (where, self.sources[self.names[s]].get_batch(ids, strings))
+            for s, where, ids in batch.parts()
+        ]
+        out = _merge(self.sources[self.names[0]].schema, taken, n)
+        if self.source_column is not None:
+            out[self.source_column] = self._source_names(batch.source, strings)
+        return out
+
+    def get_samples(self, batch: MixedBatch) -> list[Any]:
+        """Samples of a mixed batch as iteration yields them (each source's transform applied;
+        ``source_column`` added to dict samples), in the batch's order."""
+        out: list[Any] = [None] * len(batch)
+        for s, where, ids in batch.parts():
+            name = self.names[s]
+            samples = self.sources[name].get_samples(ids)
+            for i, sample in zip(where.tolist(), samples, strict=True):
+                if self.source_column is not None and isinstance(sample, dict):
+                    sample[self.source_column] = name
+                out[i] = sample
+        return out
+
+    def _source_names(self, source: np.ndarray, strings: str) -> Any:
+        if strings == "list":
+            return [self.names[s] for s in source.tolist()]
+        encoded = [n.encode() for n in self.names]
+        lengths = np.array([len(e) for e in encoded], np.int64)
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        blob = np.frombuffer(b"".join(encoded), np.uint8)
+        return BlobColumn.gather(True, blob, starts[source], lengths[source])
+
+    def __iter__(self) -> Iterator[Any]:
+        """This rank's samples of the current epoch (steps of ``world_size x 256`` positions,
+        from a loaded resume point); inside a DataLoader worker, steps ``id, id + n, ...``."""
+        worker = torch.utils.data.get_worker_info()
+        start = self._resume if worker is not None else self.take_resume_position()
+        mixture_plan = self.epoch_plan(_ITER_BATCH, start=start)
+        first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for batch in mixture_plan.batches(self.topology().rank, first, stride):
+            yield from self.get_samples(batch)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _source_settings(self, name: str) -> plan.ShuffleSettings:
+        source = self.sources[name]
+        settings = source.shuffle_settings
+        tag = int.from_bytes(name.encode(), "little")
+        seed = derive_key(self.seed, tag, settings.seed) >> 1
+        return plan.ShuffleSettings(
+            self.shuffle or settings.shuffle, seed, settings.mode, settings.block
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_orders"] = [copy.copy(o) for o in self._orders]
+        return state
+
+
+def _step_sizes(positions: int, step: int, drop_last: bool) -> list[int]:
+    full, tail = divmod(positions, step)
+    return [step] * full + ([tail] if tail and not drop_last else [])
+
+
+def _common_schema(sources: Mapping[str, StreamingDataset]) -> Schema:
+    """The schema every source returns, or FormatError naming the first difference."""
+    items = list(sources.items())
+    first_name, first = items[0]
+    for name, source in items[1:]:
+        if source.schema == first.schema:
+            continue
+        a, b = first.schema, source.schema
+        only_a = [c for c in a.names if c not in b.names]
+        only_b = [c for c in b.names if c not in a.names]
+        typed = [
+            f"{c}: {_describe(a.column(c))} vs {_describe(b.column(c))}"
+            for c in a.names
+            if c in b.names and a.column(c) != b.column(c)
+        ]
+        parts = []
+        if only_a:
+            parts.append(f"only {first_name!r} has {only_a}")
+        if only_b:
+            parts.append(f"only {name!r} has {only_b}")
+        if typed:
+            parts.append("types differ: " + "; ".join(typed))
+        if not parts:
+            parts.append(f"column order {list(a.names)} vs {list(b.names)}")
+        raise FormatError(
+            f"MixedDataset: sources {first_name!r} ({first.url}) and {name!r} ({source.url})"
+            f" return different columns: {', '.join(parts)}; select the common columns with"
+            " StreamingDataset(url, columns=[...])"
+        )
+    return first.schema
+
+
+def _describe(col: Column) -> str:
+    if col.kind != "ndarray":
+        return col.kind
+    shape = ["?" if d is None else d for d in (col.shape or ())]
+    return f"ndarray {col.dtype} {shape}"
+
+
+def _diff(theirs: Any, mine: Any) -> str:
+    if isinstance(theirs, Mapping) and isinstance(mine, Mapping):
+        keys = sorted(set(theirs) | set(mine))
+        parts = [
+            f"{k}: state has {theirs.get(k, '<missing>')!r}, now {mine.get(k, '<missing>')!r}"
+            for k in keys
+            if theirs.get(k, "<missing>") != mine.get(k, "<missing>")
+        ]
+        return "; ".join(parts)
+    return f"state has {json.dumps(theirs, default=str)}, now {json.dumps(mine, default=str)}"
+
+
+def _merge(
+    schema: Schema, taken: list[tuple[np.ndarray, dict[str, Any]]], n: int
+) -> dict[str, Any]:
+    """Columns of ``n`` rows from parts: part ``p``'s row ``j`` goes to row ``taken[p][0][j]``."""
+    if len(taken) == 1:
+        return dict(taken[0][1])
+    out: dict[str, Any] = {}
+    for col in schema.columns:
+        first_part = taken[0][1][col.name]
+        if isinstance(first_part, np.ndarray):
+            merged = np.empty((n, *first_part.shape[1:]), first_part.dtype)
+            for positions, columns in taken:
+                merged[positions] = columns[col.name]
+            out[col.name] = merged
+        elif isinstance(first_part, BlobColumn):
+            blobs = [columns[col.name] for _, columns in taken]
+            out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
+        else:
+            objects = np.empty(n, dtype=object)
+            for positions, columns in taken:
+                holder = np.empty(len(positions), dtype=object)
+                holder[:] = columns[col.name]
+                objects[positions] = holder
+            out[col.name] = objects.tolist()
+    return out

@@ -1,0 +1,76 @@
+"""Lazy shard sequences (streamload.read_plan): what read-ahead walks, generated on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamload.read_plan import ShardSequence, shard_sequence
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=8), st.data())
+def test_shard_sequence_is_the_shards_of_the_ids_with_repeats_collapsed(
+    counts: list[int], data: st.DataObject
+) -> None:
+    """Each id maps to its shard; consecutive repeats collapse; nothing else is dropped."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    ids = data.draw(st.lists(st.integers(0, int(offsets[-1]) - 1), max_size=40))
+    seq = shard_sequence(np.array(ids, np.int64), offsets).tolist()
+    expected: list[int] = []
+    for i in ids:
+        k = next(k for k in range(len(counts)) if offsets[k] <= i < offsets[k + 1])
+        if not expected or expected[-1] != k:
+            expected.append(k)
+    assert seq == expected
+
+
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=8),
+    st.lists(st.lists(st.integers(0, 10**6), max_size=6), max_size=6),
+    st.lists(st.lists(st.integers(0, 10**6), max_size=6), max_size=6),
+)
+def test_lazy_sequence_equals_the_sequence_of_all_reads(
+    counts: list[int], first: list[list[int]], second: list[list[int]]
+) -> None:
+    """Generated chunk by chunk, the sequence is shard_sequence of both epochs' ids joined;
+    boundary is where the second epoch's shards begin."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(offsets[-1])
+    a = [np.array([i % n for i in c], np.int64) for c in first]
+    b = [np.array([i % n for i in c], np.int64) for c in second]
+    seq = ShardSequence([a, b], offsets)
+    joined = np.concatenate([*a, *b, np.empty(0, np.int64)])
+    expected = shard_sequence(joined, offsets).tolist()
+    got = []
+    position = 0
+    while (k := seq.get(position)) is not None:
+        got.append(k)
+        position += 1
+    assert got == expected
+    head = shard_sequence(np.concatenate([*a, np.empty(0, np.int64)]), offsets).tolist()
+    if b and any(len(c) for c in b):
+        assert seq.boundary is not None and seq.boundary in (len(head), len(head) - 1)
+
+
+def test_entries_are_generated_only_as_far_as_asked_and_forgotten_behind() -> None:
+    """A billion-id epoch costs only the chunks looked at: asking for position 10 pulls a few
+    chunks; forget() drops what is behind, and a forgotten position raises IndexError."""
+    pulled = []
+
+    def chunks() -> Iterator[np.ndarray]:
+        for c in range(10**9 // 100):
+            pulled.append(c)
+            yield np.arange(c * 100, c * 100 + 100, dtype=np.int64)
+
+    offsets = np.arange(0, 10**9 + 1, 50, dtype=np.int64)  # 2 shards per chunk
+    seq = ShardSequence([chunks()], offsets)
+    assert seq.get(10) == 10 and len(pulled) == 6
+    assert seq.find(14, 10, 100) == 14 and seq.find(3, 10, 100) is None
+    seq.forget(8)
+    assert seq.window(8, 3) == [8, 9, 10]
+    with pytest.raises(IndexError):
+        seq.get(7)
