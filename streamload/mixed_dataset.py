@@ -48,14 +48,13 @@ from streamload.dataset import StreamingDataset
 from streamload.errors import ConfigError, FormatError, StateError
 from streamload.lazy_order import ORDER_VERSION
 from streamload.mixture import (
-    SCALE,
     MixedBatch,
     MixturePlan,
     Segment,
     SourceOrder,
     advance,
     check_weights,
-    quantize,
+    shares,
 )
 from streamload.permutation import derive_key
 from streamload.schema import Column, Schema
@@ -142,10 +141,10 @@ class MixedDataset(torch.utils.data.IterableDataset):
         self._orders = [
             SourceOrder(s.item_sizes(), self._source_settings(n)) for n, s in sources.items()
         ]
-        shares = quantize(check_weights(self.names, weights))
+        weights_in = shares(check_weights(self.names, weights))
         zeros = (0,) * len(self.names)
         #: Weight segments: (epoch, position, Segment), oldest first; the last is in force.
-        self.segments: list[tuple[int, int, Segment]] = [(0, 0, Segment(shares, zeros))]
+        self.segments: list[tuple[int, int, Segment]] = [(0, 0, Segment(weights_in, zeros))]
         self._epoch = 0
         self._resume: dict[str, Any] | None = None  # {"position", "cursors"} of a loaded state
         # Cursors at the start of epochs, per (step size, drop_last, segment count).
@@ -165,8 +164,8 @@ class MixedDataset(torch.utils.data.IterableDataset):
     @property
     def weights(self) -> dict[str, float]:
         """The weights in force, normalised."""
-        shares = self.segments[-1][2].shares
-        return {n: w / SCALE for n, w in zip(self.names, shares, strict=True)}
+        segment = self.segments[-1][2]
+        return {n: w / segment.total for n, w in zip(self.names, segment.shares, strict=True)}
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """New weights from the next pass on (from a loaded state's position if one is
@@ -176,15 +175,15 @@ class MixedDataset(torch.utils.data.IterableDataset):
         Raises:
             ConfigError: unknown or missing names, bad values.
         """
-        shares = quantize(check_weights(self.names, weights))
-        if shares == self.segments[-1][2].shares:
+        weights_in = shares(check_weights(self.names, weights))
+        if weights_in == self.segments[-1][2].shares:
             return
         if self._resume is not None:
             position, cursors = self._resume["position"], tuple(self._resume["cursors"])
         else:
             step, drop_last = self._default_steps()
             position, cursors = 0, self.epoch_start(self._epoch, step, drop_last, 1)
-        self._add_segment(self._epoch, position, Segment(shares, cursors))
+        self._add_segment(self._epoch, position, Segment(weights_in, cursors))
 
     def __repr__(self) -> str:
         weights = ", ".join(f"{n}={w:.4g}" for n, w in self.weights.items())
@@ -419,13 +418,13 @@ class MixedDataset(torch.utils.data.IterableDataset):
                 raise StateError(
                     f"{what}: state {where} must have epoch, position, weights, cursors"
                 )
-            shares = self._cursors(seg["weights"], what, f"{where}.weights")
-            if sum(shares) != SCALE or min(shares) <= 0:
-                raise StateError(
-                    f"{what}: state {where}.weights must be positive and sum to {SCALE}"
-                )
+            seg_shares = self._cursors(seg["weights"], what, f"{where}.weights")
+            if min(seg_shares) <= 0:
+                raise StateError(f"{what}: state {where}.weights must be positive integers")
             seg_cursors = self._cursors(seg["cursors"], what, f"{where}.cursors")
-            loaded.append((int(seg["epoch"]), int(seg["position"]), Segment(shares, seg_cursors)))
+            loaded.append(
+                (int(seg["epoch"]), int(seg["position"]), Segment(seg_shares, seg_cursors))
+            )
         current = self.segments[-1][2].shares
         if position >= self.samples:
             epoch, position = epoch + 1, 0

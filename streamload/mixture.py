@@ -8,8 +8,9 @@ are divided among the ranks' slices, `interleave` where each source's items sit 
 `MixturePlan` composes them into the steps of one epoch, and `SourceOrder` turns a source's
 draws into its item ids (its own epochs, each a new permutation).
 
-Weights are quantised to integers summing to ``SCALE`` (2^32; `quantize`): every quantity below
-is an exact integer, so every process computes the same steps.
+Weights are exact: `shares` turns them into integers in the same ratio (a float is read as the
+decimal it prints as, so ``0.2`` is exactly one fifth); every quantity below is an exact integer,
+so every process computes the same steps and ``w B`` means what the user wrote.
 
 Invariants (tested):
 
@@ -17,8 +18,11 @@ Invariants (tested):
   ``ceil(w_s B)`` of them, and the counts sum to ``B``.
 - **Exact over the run**: after every step, each source's count since the weights were set is
   within one item of ``w_s`` x the positions since then (its *lag*, ``ideal - count``, stays in
-  (-1, 1)). Steps are apportioned greedily by earliest deadline: a source gets one of the step's
-  extra positions (beyond the floors) when, without it, its lag would reach 1 soonest.
+  (-1, 1)) — for a run's steps: one global batch size, an epoch's shorter last step, a resume
+  on another batch size. Steps are apportioned greedily by earliest deadline: a source gets one
+  of the step's extra positions (beyond the floors) when, without it, its lag would reach 1
+  soonest at this step size. (Sizes changing at every step, which no loader does, stay exact
+  per step and within two items.)
 - **Exact per rank**: a rank's slice of ``b`` positions of a step gets ``floor(n_s b / B)`` or
   ``ceil(n_s b / B)`` of source ``s``'s ``n_s`` positions (the same greedy, within the step).
 - **Each source keeps its own epochs**: draw ``k`` of a source of ``n`` items is position
@@ -38,6 +42,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -45,33 +50,29 @@ from streamload.errors import ConfigError
 from streamload.lazy_order import EpochOrder
 from streamload.plan import EpochPlan, ShuffleSettings
 
-SCALE = 1 << 32  # quantised weights of a mixture sum to this
 _NEVER = 1 << 62
 
 
-def quantize(weights: Sequence[float], what: str = "MixedDataset weights") -> tuple[int, ...]:
-    """Positive weights as integers summing to ``SCALE`` (largest remainder; deterministic).
+def shares(weights: Sequence[float], what: str = "MixedDataset weights") -> tuple[int, ...]:
+    """Positive weights as coprime integers in exactly the same ratio.
+
+    A float counts as the shortest decimal that prints as it (``0.3`` is 3/10, not the binary
+    fraction nearest to it), so the shares of ``0.5, 0.3, 0.2`` are ``5, 3, 2``.
 
     Raises:
         ConfigError: no weights, or a weight that is not a finite number > 0 (named by index).
     """
     if not weights:
         raise ConfigError(f"{what}: at least one weight is needed")
-    values = []
+    exact = []
     for i, w in enumerate(weights):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
             raise ConfigError(f"{what}: weight {i} must be a finite number > 0, got {w!r}")
-        values.append(float(w))
-    total = math.fsum(values)
-    exact = [v / total * SCALE for v in values]
-    shares = [int(x) for x in exact]
-    short = SCALE - sum(shares)
-    by_remainder = sorted(range(len(values)), key=lambda s: (shares[s] - exact[s], s))
-    for s in by_remainder[:short]:
-        shares[s] += 1
-    if min(shares) == 0:
-        raise ConfigError(f"{what}: weights {weights} differ by more than 2^32 to 1")
-    return tuple(shares)
+        exact.append(Fraction(w) if isinstance(w, int) else Fraction(repr(float(w))))
+    denominator = math.lcm(*(f.denominator for f in exact))
+    ints = [int(f * denominator) for f in exact]
+    common = math.gcd(*ints)
+    return tuple(i // common for i in ints)
 
 
 def apportion(
@@ -162,11 +163,17 @@ class Segment:
     shares: tuple[int, ...]
     cursors: tuple[int, ...]
 
+    @property
+    def total(self) -> int:
+        """The shares' sum: the scale of the lags."""
+        return sum(self.shares)
+
     def lags(self, cursors: Sequence[int]) -> list[int]:
-        """Per source, ``SCALE`` x (ideal - actual) items drawn since the segment started."""
+        """Per source, ``total`` x (ideal - actual) items drawn since the segment started."""
         drawn = [k - k0 for k, k0 in zip(cursors, self.cursors, strict=True)]
-        total = sum(drawn)
-        return [w * total - SCALE * d for w, d in zip(self.shares, drawn, strict=True)]
+        positions = sum(drawn)
+        total = self.total
+        return [w * positions - total * d for w, d in zip(self.shares, drawn, strict=True)]
 
 
 def advance(segment: Segment, cursors: Sequence[int], sizes: Sequence[int]) -> tuple[int, ...]:
@@ -174,7 +181,7 @@ def advance(segment: Segment, cursors: Sequence[int], sizes: Sequence[int]) -> t
     now = list(cursors)
     lags = segment.lags(now)
     for size in sizes:
-        counts, lags = apportion(segment.shares, SCALE, lags, size)
+        counts, lags = apportion(segment.shares, segment.total, lags, size)
         now = [k + c for k, c in zip(now, counts, strict=True)]
     return tuple(now)
 
@@ -338,7 +345,7 @@ class MixturePlan:
             self._lags = self.segment.lags(self._cursors)
         while self._step < step:
             counts, self._lags = apportion(
-                self.segment.shares, SCALE, self._lags, self.step_size(self._step)
+                self.segment.shares, self.segment.total, self._lags, self.step_size(self._step)
             )
             self._cursors = tuple(k + c for k, c in zip(self._cursors, counts, strict=True))
             self._step += 1
