@@ -1,4 +1,4 @@
-"""Build the native ring buffer (`streamload._ring`) alongside the pure-Python package.
+"""Build the native ring buffer (`streamload.transport._ring`) alongside the pure-Python package.
 
 Build switches (environment variables read at build time):
   STREAMLOAD_SANITIZE=address,undefined   compile and link with -fsanitize=...
@@ -27,7 +27,7 @@ if sanitize:
 setup(
     ext_modules=[
         Extension(
-            "streamload._ring",
+            "streamload.transport._ring",
             sources=["native/ring.c", "native/ringmodule.c"],
             depends=["native/ring.h"],
             include_dirs=["native"],

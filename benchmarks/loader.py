@@ -4,7 +4,7 @@ Workloads W1 (64 KiB blobs), W2 (int32[2048] tokens), W3 (~100-byte text) are wr
 `sl.ShardWriter`, plus one single Arrow IPC file for the hand-written map-style Dataset a user
 writes today. Contenders: (a) DataLoader over that hand-written Dataset, (b) DataLoader over
 `sl.StreamingDataset`, (c) `sl.StreamLoader` over `sl.StreamingDataset`. Every epoch checks that
-each id arrives exactly once. Peak PSS of the process tree comes from `memory.PeakPss`.
+each id arrives exactly once. Peak PSS of the process tree comes from `streamload.cli.pss.PeakPss`.
 DataLoader workers use fork (its Linux default); StreamLoader uses its own default start method.
 """
 
@@ -26,10 +26,10 @@ import pyarrow as pa
 import torch
 
 import streamload as sl
+from streamload.cli.pss import PeakPss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
-import memory
 
 MiB = 1 << 20
 
@@ -172,7 +172,7 @@ def measure_in_child(args: Any, root: Path, workload: str, contender: str, worke
         proc = subprocess.Popen(
             [*cmd, "--repeats", str(repeats)], stdout=subprocess.PIPE, text=True
         )
-        pss = memory.PeakPss(proc.pid) if sample else None
+        pss = PeakPss(proc.pid) if sample else None
         with pss or contextlib.nullcontext():
             out, _ = proc.communicate(timeout=1800)
         if proc.returncode != 0:

@@ -197,7 +197,7 @@ def _write_local(root: Path, mib: int, shard_mib: int) -> int:
 
 
 def _upload(root: Path, url: str, options: dict[str, Any]) -> None:
-    from streamload import store
+    from streamload.store import filesystem as store
 
     fs, remote_root = store.resolve(url, options)
     for path in sorted(root.iterdir()):
@@ -230,8 +230,8 @@ class _Sink:
 
 def _download_all(url: str, options: dict[str, Any]) -> None:
     """Every shard through store.download, one after another: the link as the store sees it."""
-    from streamload import store
-    from streamload.index import load_index
+    from streamload.format.index import load_index
+    from streamload.store import filesystem as store
 
     fs, root = store.resolve(url, options)
     for shard in load_index(url, options).shards:

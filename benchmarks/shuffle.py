@@ -14,7 +14,7 @@ For each shuffle setting, on one dataset written with `sl.ShardWriter` (many equ
 - **throughput**: the first ``--batches`` batches of a StreamLoader epoch (num_workers=0,
   columnar path) from the local page cache, in samples/s, and the time to compute the epoch's
   order (``plan ms``). A full shuffle touches a new shard for nearly every sample, so each
-  batch opens many shards: past ``dataset.MAX_OPEN_SHARDS`` (64) open readers it re-opens
+  batch opens many shards: past ``MAX_OPEN_SHARDS`` (64) open readers it re-opens
   (and re-validates) shards all the time; block mode keeps the open set at ``shuffle_block``.
 
 Baseline for the ratios: the full permutation in the same run (``x full``).
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 import streamload as sl
-from streamload.plan import ShuffleSettings, global_order
+from streamload.plan.order import ShuffleSettings, global_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
 import streamload as sl
-from streamload.stats import LoaderStats
+from streamload.loader.stats import LoaderStats
 
 
 class _Off(LoaderStats):

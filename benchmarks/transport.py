@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, IterableDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
-from streamload.ring import Ring, RingHandle, capacity_for
-from streamload.transport import decode, encoded_size, send
+from streamload.transport.codec import decode, encoded_size, send
+from streamload.transport.ring import Ring, RingHandle, capacity_for
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZES = [KiB, 64 * KiB, MiB, 16 * MiB]

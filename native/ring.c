@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 /* Memory orders of the data hand-off, overridable only so the mutation tests can weaken one and
- * prove the TSAN harness notices (tests/unit/test_ring_sanitizers.py). Never override in builds. */
+ * prove the TSAN harness notices (tests/unit/transport/test_ring_sanitizers.py). Never override in builds. */
 #ifndef SL_ORDER_HEAD_STORE
 #define SL_ORDER_HEAD_STORE memory_order_seq_cst
 #endif

@@ -6,7 +6,7 @@
  * Memory: one memfd (no name in /dev/shm), fallocate'd at creation so running out of memory is
  * a status here and never a SIGBUS later, sealed against shrink/grow, mapped MAP_SHARED.
  *
- * Layout (byte offsets into the mapping; see research/ringbuffer.md §4.3):
+ * Layout (byte offsets into the mapping):
  *   0      header page (SL_HEADER_SIZE bytes): magic, geometry, pids, head, tail, futex words,
  *          closed flags, stats; head and tail each sit alone in a 128-byte block
  *   4096   data area: `capacity` bytes, a power of two

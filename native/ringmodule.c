@@ -1,13 +1,13 @@
-/* streamload._ring: thin CPython binding over the ring core (ring.h).
+/* streamload.transport._ring: thin CPython binding over the ring core (ring.h).
  *
- * Types: RingCore (one side of a ring in this process; subclassed by streamload.ring.Ring),
+ * Types: RingCore (one side of a ring in this process; subclassed by streamload.transport.ring.Ring),
  * Record (a consumed record: read-only buffer with an export count, released explicitly, by
  * `with`, or when the last reference and export are gone), Reservation (writable space from
  * reserve(): commit or abort).
  *
  * Invariants kept here:
  * - every core status becomes a Python exception in raise_status(), using the classes that
- *   streamload.ring registers with _set_error_classes(); nothing else builds ring errors;
+ *   streamload.transport.ring registers with _set_error_classes(); nothing else builds ring errors;
  * - the GIL is released around every wait (in <= 100 ms slices, checking signals between them)
  *   and around large copies; a `busy` flag rejects a second thread entering a blocking call;
  * - a Record or Reservation holds a reference to its RingCore, so the mapping outlives them;
@@ -29,7 +29,7 @@
 /* Copies at least this large run without the GIL. */
 #define NOGIL_COPY_BYTES (256 * 1024)
 
-static PyObject *error_classes; /* dict: kind -> exception class (set by streamload.ring) */
+static PyObject *error_classes; /* dict: kind -> exception class (set by streamload.transport.ring) */
 
 typedef struct {
     PyObject_HEAD
@@ -635,7 +635,7 @@ static PyGetSetDef Ring_getset[] = {
 };
 
 static PyTypeObject RingType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamload._ring.RingCore",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamload.transport._ring.RingCore",
     .tp_basicsize = sizeof(RingObject),
     .tp_dealloc = (destructor)Ring_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -767,7 +767,7 @@ static PyBufferProcs Record_as_buffer = {(getbufferproc)Record_getbuffer, (relea
 static PySequenceMethods Record_as_sequence = {.sq_length = (lenfunc)Record_len};
 
 static PyTypeObject RecordType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamload._ring.Record",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamload.transport._ring.Record",
     .tp_basicsize = sizeof(RecordObject),
     .tp_dealloc = (destructor)Record_dealloc,
     .tp_repr = (reprfunc)Record_repr,
@@ -891,7 +891,7 @@ static PyBufferProcs Reservation_as_buffer = {(getbufferproc)Reservation_getbuff
 static PySequenceMethods Reservation_as_sequence = {.sq_length = (lenfunc)Reservation_len};
 
 static PyTypeObject ReservationType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamload._ring.Reservation",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamload.transport._ring.Reservation",
     .tp_basicsize = sizeof(ReservationObject),
     .tp_dealloc = (destructor)Reservation_dealloc,
     .tp_as_sequence = &Reservation_as_sequence,
@@ -932,7 +932,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_ring",
-    .m_doc = "Native SPSC shared-memory ring (see streamload.ring).",
+    .m_doc = "Native SPSC shared-memory ring (see streamload.transport.ring).",
     .m_size = -1,
     .m_methods = module_methods,
 };

@@ -1,8 +1,7 @@
 """streamload: stream sharded Arrow/LMDB datasets into PyTorch, fast and in bounded memory."""
 
 from streamload import config
-from streamload.convert import convert
-from streamload.dataset import StreamingDataset
+from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import (
     CacheError,
     ConfigError,
@@ -13,9 +12,10 @@ from streamload.errors import (
     StreamloadError,
     WorkerError,
 )
-from streamload.exporter import StatsExporter
-from streamload.loader import StreamLoader
-from streamload.writer import ShardWriter
+from streamload.loader.exporter import StatsExporter
+from streamload.loader.loader import StreamLoader
+from streamload.write.convert import convert
+from streamload.write.writer import ShardWriter
 
 __version__ = "0.1.0"
 

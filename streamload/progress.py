@@ -3,8 +3,9 @@
 `progress()` returns a tqdm bar writing to stderr when bars are enabled, else a `NullProgress`
 with the same small surface (iteration, ``update``, ``set_postfix``, ``set_description``,
 ``close``, context manager), so callers never branch on whether a bar is shown. Whether bars
-are shown follows the ``progress`` setting: ``auto`` (only when stderr is a terminal, so logs and
-pipes stay clean), ``always`` or ``never``.
+are shown follows the ``progress`` setting, which the caller passes as ``mode`` (this module reads
+no configuration): ``auto`` (only when stderr is a terminal, so logs and pipes stay clean),
+``always`` or ``never``.
 """
 
 from __future__ import annotations
@@ -54,19 +55,9 @@ class NullProgress:
         self.close()
 
 
-def bars_enabled(setting: str | None = None) -> bool:
-    """Whether progress bars should be shown.
-
-    Args:
-        setting: ``"auto"``, ``"always"`` or ``"never"``; None reads the ``progress`` setting.
-
-    Raises:
-        ConfigError: the configuration is invalid.
-    """
-    if setting is None:
-        from streamload import config
-
-        setting = config.load().progress
+def bars_enabled(setting: str) -> bool:
+    """Whether progress bars should be shown under the ``progress`` setting ``setting``
+    (``"auto"``, ``"always"`` or ``"never"``)."""
     if setting == "always":
         return True
     if setting == "never":
@@ -81,6 +72,7 @@ def progress(
     total: float | None = None,
     desc: str | None = None,
     unit: str = "it",
+    mode: str = "auto",
     enabled: bool | None = None,
     unit_scale: bool = False,
     leave: bool = True,
@@ -92,7 +84,8 @@ def progress(
         total: the expected total (defaults to ``len(iterable)`` where available).
         desc: a short label shown before the bar.
         unit: the unit name (``"B"`` with ``unit_scale=True`` shows MB/s etc.).
-        enabled: force bars on or off; None follows the ``progress`` setting.
+        mode: the ``progress`` setting (resolved by the caller's entry point).
+        enabled: force bars on or off; None follows ``mode``.
         unit_scale: scale counts with SI prefixes (for bytes).
         leave: keep the finished bar on screen (False erases it, for many short bars).
 
@@ -101,7 +94,7 @@ def progress(
         ``update``, ``set_postfix``, ``set_description``, ``close`` and ``with``.
     """
     if enabled is None:
-        enabled = bars_enabled()
+        enabled = bars_enabled(mode)
     if not enabled:
         return NullProgress(iterable, total)
     from tqdm import tqdm

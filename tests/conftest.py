@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -18,3 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+# Shared test helpers (tests/conformance.py) import as plain modules from any test directory.
+sys.path.insert(0, os.path.dirname(__file__))

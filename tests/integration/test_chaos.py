@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 import streamload as sl
 from streamload.errors import WorkerError
-from streamload.loader import StreamLoader
+from streamload.loader.loader import StreamLoader
 
 pytestmark = [
     pytest.mark.timeout(90),

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, get_worker_info
 
 import streamload as sl
-from streamload.loader import StreamLoader
+from streamload.loader.loader import StreamLoader
 
 
 class _MapData(Dataset[Any]):

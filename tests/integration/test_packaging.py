@@ -1,4 +1,4 @@
-"""`pip install .` builds the native module: the wheel carries a compiled `streamload._ring`."""
+"""`pip install .` builds the native module: the wheel carries a compiled `streamload.transport._ring`."""
 
 from __future__ import annotations
 
@@ -38,11 +38,13 @@ def test_wheel_build_compiles_and_ships_native_ring(tmp_path: Path) -> None:
     )
     (wheel,) = wheels.glob("streamload-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("streamload/_ring") and n.endswith(".so") for n in names), names
+    assert any(n.startswith("streamload/transport/_ring") and n.endswith(".so") for n in names), (
+        names
+    )
 
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    probe = "import streamload._ring as r, streamload; print(r.__file__)"
+    probe = "import streamload.transport._ring as r, streamload; print(r.__file__)"
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conformance import check_resume
 from torch.utils.data import Dataset
 
 import streamload as sl
@@ -73,25 +74,45 @@ def _rest(url: str, state: dict[str, Any], num_workers: int = 0, **kwargs: Any) 
     return [_ids(b) for b in loader]
 
 
-@pytest.mark.parametrize(
-    ("num_workers", "shuffle_mode", "drop_last"),
-    [(0, "full", False), (0, "block", True), (2, "block", False)],
-)
-def test_restoring_after_every_step_continues_the_uninterrupted_run(
-    url: str, num_workers: int, shuffle_mode: str, drop_last: bool
+def _collate_ids(samples: list[Any]) -> list[int]:
+    return [int(s["id"]) for s in samples]
+
+
+ROUTES = {
+    # the columnar route: no transform, default collate
+    "columnar": {},
+    # the per-sample route: a transform and a custom collate_fn
+    "samples": {"transform": lambda s: {"id": s["id"]}, "collate_fn": _collate_ids},
+}
+WORKERS = {
+    "in-process": {},
+    "2 workers": {"num_workers": 2},
+    "2 persistent": {"num_workers": 2, "persistent_workers": True},
+}
+
+
+@pytest.mark.parametrize("workers", list(WORKERS))
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize(("shuffle_mode", "drop_last"), [("full", False), ("block", True)])
+def test_resume_conformance_after_every_step(
+    url: str, route: str, workers: str, shuffle_mode: str, drop_last: bool
 ) -> None:
-    """State after step k, restored into a fresh loader, yields exactly the rest of the
-    uninterrupted epoch, for every k (workers' prefetch never leaks into the state)."""
-    kwargs: dict[str, Any] = {"shuffle_mode": shuffle_mode, "shuffle_block": 2}
-    full = [_ids(b) for b in _loader(_dataset(url, **kwargs), num_workers, drop_last=drop_last)]
-    assert len(full) == (N // BATCH if drop_last else -(-N // BATCH))
-    for k in range(len(full)):
-        loader = _loader(_dataset(url, **kwargs), num_workers, drop_last=drop_last)
-        got, state = _take(loader, k)
-        assert state["epoch"] == 0 and state["position"] == k * BATCH
-        restored = _loader(_dataset(url, **kwargs), num_workers, drop_last=drop_last)
-        restored.load_state_dict(state)
-        assert got + [_ids(b) for b in restored] == full, f"restored after step {k}"
+    """Every route x worker setup: the state after any step of a two-epoch run (mid-epoch, an
+    epoch's end, into the next epoch), restored into a fresh loader, yields exactly the rest of
+    the uninterrupted run (workers' prefetch never leaks into the state)."""
+    route_kwargs = dict(ROUTES[route])
+    transform = route_kwargs.pop("transform", None)
+    worker_kwargs = dict(WORKERS[workers])
+    num_workers = worker_kwargs.pop("num_workers", 0)
+
+    def make() -> tuple[StreamLoader, StreamingDataset]:
+        ds = _dataset(url, shuffle_mode=shuffle_mode, shuffle_block=2, transform=transform)
+        loader = _loader(ds, num_workers, drop_last=drop_last, **route_kwargs, **worker_kwargs)
+        return loader, ds
+
+    run = check_resume(make, epochs=2)
+    steps = N // BATCH if drop_last else -(-N // BATCH)
+    assert len(run) == 2 * steps
 
 
 def test_state_after_the_last_batch_starts_the_next_epoch(url: str) -> None:

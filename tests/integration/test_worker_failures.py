@@ -15,7 +15,7 @@ import pytest
 from torch.utils.data import Dataset
 
 from streamload.errors import WorkerError
-from streamload.loader import StreamLoader
+from streamload.loader.loader import StreamLoader
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,7 +122,7 @@ _TRAINER = textwrap.dedent(
     """
     import sys, numpy as np
     from torch.utils.data import Dataset
-    from streamload.loader import StreamLoader
+    from streamload.loader.loader import StreamLoader
 
     class D(Dataset):
         def __len__(self): return 10**6

@@ -11,7 +11,7 @@ import random
 import threading
 from typing import Any
 
-from streamload.ring import Ring, RingHandle
+from streamload.transport.ring import Ring, RingHandle
 
 
 def payload(seq: int, size: int) -> bytes:

@@ -2,7 +2,7 @@
 
 usage: python ring_workload.py PATH_TO_RING_EXTENSION.so
 
-Loads the given build of `streamload._ring` in place of the installed one (so an ASan/UBSan build
+Loads the given build of `streamload.transport._ring` in place of the installed one (so an ASan/UBSan build
 can be exercised without reinstalling), then drives every binding path: create/attach, put and
 reserve/commit/abort across wraps, out-of-order release, export counting, zero-copy views, close,
 and corrupt headers. Exits 0 and prints "ok" when every check passed.
@@ -17,11 +17,11 @@ import sys
 
 
 def load_extension(path: str) -> None:
-    loader = importlib.machinery.ExtensionFileLoader("streamload._ring", path)
-    spec = importlib.util.spec_from_file_location("streamload._ring", path, loader=loader)
+    loader = importlib.machinery.ExtensionFileLoader("streamload.transport._ring", path)
+    spec = importlib.util.spec_from_file_location("streamload.transport._ring", path, loader=loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["streamload._ring"] = module
+    sys.modules["streamload.transport._ring"] = module
     loader.exec_module(module)
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     load_extension(sys.argv[1])
     import numpy as np
 
-    from streamload.ring import RecordType, Ring, RingCorrupted, RingTimeout
+    from streamload.transport.ring import RecordType, Ring, RingCorrupted, RingTimeout
 
     cons = Ring.create(1 << 12)
     prod = Ring.attach(cons.handle(), "producer")

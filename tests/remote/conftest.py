@@ -49,7 +49,7 @@ sys.path.append(str(Path(__file__).parent))  # the helper modules next to this f
 from proxy import FaultProxy  # noqa: E402
 from servers import FakeGCS, LoopThread, MotoS3, Remote, http_file_server  # noqa: E402
 
-from streamload.retry import RetryPolicy  # noqa: E402
+from streamload.store.retry import RetryPolicy  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

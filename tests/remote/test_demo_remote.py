@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamload import demo, store
+from streamload.cli import demo
+from streamload.store import filesystem as store
 
 
 def _listing(url: str, storage_options: dict[str, Any]) -> list[str]:
@@ -44,7 +45,7 @@ def test_demo_cli_remote_flag(s3_url: Any, tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "streamload.cli",
+            "streamload.cli.main",
             "demo",
             "--quick",
             "--json",

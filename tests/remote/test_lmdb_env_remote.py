@@ -8,7 +8,8 @@ from typing import Any
 
 import lmdb
 
-from streamload import StreamingDataset, store
+from streamload import StreamingDataset
+from streamload.store import filesystem as store
 
 
 def _env(path: Path, n: int) -> dict[bytes, bytes]:

@@ -18,7 +18,7 @@ import pytest
 from servers import Remote
 
 from streamload import ShardWriter, StreamingDataset, StreamLoader
-from streamload.cli import main
+from streamload.cli.main import main
 
 N = 600
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from servers import Remote
 
-from streamload import config, store
+from streamload import config
 from streamload.errors import ConfigError, StoreError
-from streamload.retry import RetryPolicy, TruncatedRead, classify
+from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy, TruncatedRead, classify
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 TRANSIENT = ("slowdown", "500", "502", "504", "429", "reset", "truncate")
@@ -118,7 +119,7 @@ def test_expired_credentials_are_retried_once_only(
 
 def test_failures_are_counted_per_cause(faulty_s3: Remote, fast_policy: RetryPolicy) -> None:
     """failure_counts() reports transient failures and their causes (for stats and logs)."""
-    from streamload.retry import failure_counts
+    from streamload.store.retry import failure_counts
 
     fs, path = _put(faulty_s3)
     assert faulty_s3.proxy is not None
@@ -321,7 +322,7 @@ def test_policy_comes_from_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMLOAD_RETRIES", "2")
     monkeypatch.setenv("STREAMLOAD_RETRY_BACKOFF", "0.25")
     monkeypatch.setenv("STREAMLOAD_REQUEST_TIMEOUT", "7.5")
-    policy = RetryPolicy.from_config()
+    policy = RetryPolicy.from_config(config.load())
     assert (policy.attempts, policy.backoff, policy.timeout) == (3, 0.25, 7.5)
 
 

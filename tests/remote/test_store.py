@@ -17,11 +17,11 @@ import pytest
 from servers import Remote
 
 import streamload as sl
-from streamload import store
-from streamload.dataset import verify_dataset
+from streamload.dataset.inspect import verify_dataset
 from streamload.errors import FormatError, StoreError
-from streamload.index import load_index
-from streamload.retry import RetryPolicy
+from streamload.format.index import load_index
+from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy
 
 
 def _samples(n: int) -> list[dict[str, Any]]:

@@ -8,12 +8,9 @@ from tqdm import tqdm
 from streamload.progress import NullProgress, bars_enabled, progress
 
 
-def test_never_gives_a_silent_bar_that_still_iterates(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_never_gives_a_silent_bar_that_still_iterates(capsys: pytest.CaptureFixture[str]) -> None:
     """progress=never yields the items, counts them and prints nothing."""
-    monkeypatch.setenv("STREAMLOAD_PROGRESS", "never")
-    bar = progress(range(5), desc="x")
+    bar = progress(range(5), desc="x", mode="never")
     assert isinstance(bar, NullProgress)
     assert list(bar) == [0, 1, 2, 3, 4]
     bar.update(3)
@@ -23,12 +20,9 @@ def test_never_gives_a_silent_bar_that_still_iterates(
     assert capsys.readouterr() == ("", "")
 
 
-def test_always_gives_a_tqdm_bar_on_stderr(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_always_gives_a_tqdm_bar_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     """progress=always shows a tqdm bar on stderr even without a terminal, never on stdout."""
-    monkeypatch.setenv("STREAMLOAD_PROGRESS", "always")
-    with progress(total=4, desc="work") as bar:
+    with progress(total=4, desc="work", mode="always") as bar:
         assert isinstance(bar, tqdm)
         bar.update(4)
     out, err = capsys.readouterr()
@@ -52,7 +46,6 @@ def test_auto_follows_whether_stderr_is_a_terminal(monkeypatch: pytest.MonkeyPat
     assert bars_enabled("auto") is False
 
 
-def test_explicit_enabled_overrides_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_enabled_overrides_the_setting() -> None:
     """enabled=False silences bars even when the setting says always."""
-    monkeypatch.setenv("STREAMLOAD_PROGRESS", "always")
-    assert isinstance(progress(range(2), enabled=False), NullProgress)
+    assert isinstance(progress(range(2), mode="always", enabled=False), NullProgress)

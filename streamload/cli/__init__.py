@@ -1,0 +1,1 @@
+"""The ``streamload`` command line: main, demo, bench and the PSS sampler."""

@@ -1,0 +1,455 @@
+"""StreamingDataset: a sharded dataset as a torch IterableDataset with random access.
+
+The dataset is its validated index.json, its resolved settings (`DatasetSettings`, from one
+`streamload.config.load` at construction) and this process's open shards (`OpenShards`: readers
+opened lazily per process, never carried across ``fork``, checksums verified once per file
+version, remote shards pinned in the node's disk cache).
+
+Order: ``sample_order(epoch)`` is `streamload.plan.order.global_order`, a pure function of
+(shard sizes, shuffle settings, seed, epoch) that no rank or worker count changes;
+``epoch_plan`` cuts it into per-rank steps (`streamload.plan.partition.EpochPlan`) for this
+process's `topology` from a start position (``load_state_dict`` sets one for the next pass).
+Iterating yields this rank's share (steps of one sample per rank); inside a DataLoader worker,
+``share[worker_id::num_workers]``, which is exactly the num_workers=0 order when the DataLoader
+takes one sample per worker turn (``batch_size=1``); with larger batches each sample is still
+yielded exactly once.
+
+Ids in ``get_batch`` are grouped by shard (searchsorted on cumulative counts), each shard does one
+columnar ``take``, and the parts are scattered back into the order of ``ids``; conventions per
+column kind are those of `streamload.shards.arrow.reader.ArrowShardReader.take`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+import xxhash
+
+from streamload import config
+from streamload.cache import index_copy
+from streamload.dataset.open_shards import OpenShards
+from streamload.dataset.settings import DatasetSettings
+from streamload.dataset.topology import Topology, topology
+from streamload.errors import ConfigError, FormatError
+from streamload.format.blobs import BlobColumn
+from streamload.format.index import INDEX_NAME, DatasetIndex, read_index
+from streamload.format.schema import Column, Schema
+from streamload.plan.order import ShuffleSettings, global_order
+from streamload.plan.partition import EpochPlan
+from streamload.plan.state import check_state, fingerprint, make_state
+from streamload.shards.lmdb import env as lmdb_env
+from streamload.shards.reader import ShardReader
+from streamload.store import filesystem as store
+
+_ITER_CHUNK = 256
+
+
+class StreamingDataset(torch.utils.data.IterableDataset):
+    """A sharded dataset: iterate it (torch IterableDataset) or index it (``ds[i]``, ``get_batch``)."""
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        columns: list[str] | tuple[str, ...] | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        verify: bool | None = None,
+        *,
+        shuffle_mode: str | None = None,
+        shuffle_block: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        """Open a dataset (reads and validates index.json; shards open on first use).
+
+        Args:
+            url: dataset root: local path, ``file://``, ``memory://``, ``s3://``, ``gs://`` or
+                ``http(s)://`` URL; or an LMDB environment streamload did not write
+                (``{"key", "value"}`` rows, see `streamload.shards.lmdb.env`).
+            cache_dir: shard cache directory for remote datasets (None: config ``cache_dir``);
+                local and ``memory://`` data is read in place, never copied.
+            cache_limit: byte limit of that cache (None: config ``cache_limit``).
+            shuffle: iterate in a seeded permutation instead of index order.
+            seed: shuffle seed (int >= 0).
+            columns: columns to return (None: all); results keep schema order.
+            transform: applied to each sample by ``ds[i]`` and iteration (not by ``get_batch``).
+            storage_options: passed to fsspec.
+            verify: check shard checksums on first open; None takes config ``verify_local``.
+            shuffle_mode: ``"full"`` (a uniform permutation) or ``"block"`` (shuffled shard
+                order, samples shuffled within windows of ``shuffle_block`` shards: bounded
+                read-ahead and cache); None takes config ``shuffle_mode``.
+            shuffle_block: shards per window in block mode; None takes config ``shuffle_block``.
+            rank, world_size: this process's place in a distributed job (both or neither);
+                None: from torch.distributed when initialized, else RANK/WORLD_SIZE, at each
+                pass (see `streamload.dataset.topology.topology`).
+
+        Raises:
+            FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
+            ConfigError: a bad setting (seed, shuffle_mode, shuffle_block, rank/world_size,
+                cache_limit, ...), whatever the URL.
+            CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
+        """
+        super().__init__()
+        cfg = config.load(
+            cache_dir=cache_dir,
+            cache_limit=cache_limit,
+            verify_local=verify,
+            shuffle_mode=shuffle_mode,
+            shuffle_block=shuffle_block,
+        )
+        self.settings = DatasetSettings.from_config(cfg)
+        shuffle_settings = ShuffleSettings(bool(shuffle), seed, cfg.shuffle_mode, cfg.shuffle_block)
+        self._shuffle_settings = shuffle_settings.validated()
+        if rank is not None or world_size is not None:
+            topology(rank, world_size)  # fail at construction, not at the first pass
+        self._rank_arg = rank
+        self._world_size_arg = world_size
+        self._resume: int | None = None
+        self._digest: str | None = None
+        self._url = os.fspath(url)
+        self._fs, self._root = store.resolve(url, storage_options, self.settings.retry)
+        verify = self.settings.verify
+        keep = None
+        if store.is_remote(self._fs):  # index.json once per node, kept in the shard cache
+            keep = functools.partial(index_copy.node_copy, self.settings.cache_dir, self._url)
+        try:
+            self._index = read_index(
+                self._fs, store.join(self._root, INDEX_NAME), f"{self._url}/{INDEX_NAME}", keep
+            )
+        except (FormatError, OSError):
+            # No index.json: maybe an LMDB environment streamload did not write.
+            env_cache = None
+            if store.is_remote(self._fs):
+                env_cache = (self.settings.cache_dir, self.settings.cache_limit)
+            env = lmdb_env.detect(self._fs, self._root, self._url, env_cache)
+            if env is None:
+                raise
+            self._root, self._index = env
+            verify = False  # nothing to verify against: the environment has no checksums
+        self._selected = self._index.schema.select(columns)
+        self.shuffle = shuffle_settings.shuffle
+        self.seed = seed
+        self.transform = transform
+        self._epoch = 0
+        self._shards = OpenShards(
+            self._url,
+            self._fs,
+            self._root,
+            self._index,
+            self._selected.names,
+            self.settings,
+            verify,
+        )
+        self._remote_shards()  # a remote dataset checks its cache settings now
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    @property
+    def index(self) -> DatasetIndex:
+        """The validated index.json."""
+        return self._index
+
+    @property
+    def schema(self) -> Schema:
+        """The schema of the returned columns (the projection of the dataset schema)."""
+        return self._selected
+
+    @property
+    def num_shards(self) -> int:
+        """Number of shards."""
+        return len(self._index.shards)
+
+    @property
+    def cache_dir(self) -> str:
+        """The shard cache directory remote shards go through (resolved at construction)."""
+        return self.settings.cache_dir
+
+    @property
+    def cache_limit(self) -> int:
+        """The byte limit of that cache (resolved at construction)."""
+        return self.settings.cache_limit
+
+    @property
+    def verify(self) -> bool:
+        """Whether shard checksums are checked on first open."""
+        return self._shards.verify
+
+    @property
+    def url(self) -> str:
+        """The dataset URL as given."""
+        return self._url
+
+    def __len__(self) -> int:
+        return self._index.num_samples
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamingDataset({self._url!r}, samples={len(self)}, shards={self.num_shards},"
+            f" columns={list(self._selected.names)}, shuffle={self.shuffle}, seed={self.seed})"
+        )
+
+    # -- order --------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order iteration uses."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (changes the shuffle permutation); a resume position loaded for
+        another epoch is dropped.
+
+        Raises:
+            ConfigError: not an int >= 0.
+        """
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ConfigError(
+                f"StreamingDataset.set_epoch: epoch must be an int >= 0, got {epoch!r}"
+            )
+        if epoch != self._epoch:
+            self._resume = None
+        self._epoch = epoch
+
+    @property
+    def shuffle_settings(self) -> ShuffleSettings:
+        """Shuffle, seed, mode and block size (part of the resume fingerprint); follows later
+        changes of the ``shuffle``/``seed`` attributes, as ``sample_order`` always has."""
+        current = self._shuffle_settings
+        if (current.shuffle, current.seed) != (bool(self.shuffle), self.seed):
+            current = ShuffleSettings(bool(self.shuffle), self.seed, current.mode, current.block)
+            self._shuffle_settings = current.validated()
+        return current
+
+    def sample_order(self, epoch: int | None = None) -> np.ndarray:
+        """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
+        the same for every rank and worker count."""
+        sizes = [info.num_samples for info in self._index.shards]
+        epoch = self._epoch if epoch is None else epoch
+        return global_order(sizes, self.shuffle_settings, epoch)
+
+    def topology(self) -> Topology:
+        """This process's rank and world size (explicit arguments, torch.distributed, or env).
+
+        Raises:
+            ConfigError: a bad RANK/WORLD_SIZE environment.
+        """
+        return topology(self._rank_arg, self._world_size_arg)
+
+    def epoch_plan(
+        self, batch_size: int, drop_last: bool = False, start: int | None = None
+    ) -> EpochPlan:
+        """The current epoch's steps for every rank of ``topology()``.
+
+        Args:
+            batch_size: ids per rank per step.
+            drop_last: drop the tail that does not fill a whole step.
+            start: global position to start from; None: the position ``load_state_dict`` set
+                (0 if none).
+        """
+        if start is None:
+            start = self._resume or 0
+        world_size = self.topology().world_size
+        return EpochPlan(self.sample_order(), world_size, batch_size, drop_last, start)
+
+    @property
+    def resume_pending(self) -> bool:
+        """Whether ``load_state_dict`` set a start position no pass has taken yet."""
+        return self._resume is not None
+
+    def take_resume_position(self) -> int:
+        """The start position of the next pass, which then forgets it (a later pass of the same
+        epoch starts at 0, as a fresh DataLoader iterator does)."""
+        position, self._resume = self._resume or 0, None
+        return position
+
+    # -- resume state ----------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resume state must agree on: index digest, sample count, shuffle settings."""
+        if self._digest is None:
+            shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
+            self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
+        return fingerprint(len(self), self._digest, self.shuffle_settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
+        (JSON-serialisable). A StreamLoader's ``state_dict`` has the same shape and counts the
+        batches its user received."""
+        return make_state(self.fingerprint(), self._epoch, self._resume or 0)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass continue ``state``: select its epoch and start at its position.
+
+        A position at the end of the epoch starts the next epoch.
+
+        Raises:
+            StateError: another dataset, other shuffle settings, an unknown version or a
+                malformed state (both sides shown).
+        """
+        epoch, position = check_state(state, self.fingerprint(), "StreamingDataset.load_state_dict")
+        if position >= len(self) and len(self) > 0:
+            epoch, position = epoch + 1, 0
+        self._epoch = epoch
+        self._resume = position
+
+    # -- access -------------------------------------------------------------------------------
+
+    def __getitem__(self, i: int) -> Any:
+        """Sample ``i`` (negative counts from the end), transformed if a transform is set.
+
+        Raises:
+            IndexError: out of range.
+            FormatError: the shard is missing, corrupt or fails its checksum.
+        """
+        i = operator.index(i)
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample index out of range for dataset of {n} samples")
+        offsets = self._index.sample_offsets
+        k = int(np.searchsorted(offsets, i, "right")) - 1
+        sample = self._reader(k).get(i - int(offsets[k]))
+        return self.transform(sample) if self.transform is not None else sample
+
+    def get_batch(self, ids: np.ndarray, strings: str = "list") -> dict[str, Any]:
+        """Columnar rows ``ids`` (any order, duplicates allowed), no transform.
+
+        Args:
+            ids: global sample ids.
+            strings: ``"list"`` (str/bytes columns as lists) or ``"blob"`` (as one
+                ``collate.BlobColumn`` each: what the loader's workers ship).
+
+        Returns:
+            ``{column: values}`` in schema order; conventions per kind as in ``ArrowShardReader.take``.
+
+        Raises:
+            IndexError: an id is outside ``[0, len(self))``.
+            FormatError: a shard is missing, corrupt or fails its checksum.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        n = len(ids)
+        if n and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"sample ids out of range [0, {len(self)})")
+        if strings not in ("list", "blob"):
+            raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
+        if n == 0:
+            return {col.name: _empty_column(col, strings) for col in self._selected.columns}
+        offsets = self._index.sample_offsets
+        shard_of = np.searchsorted(offsets, ids, "right") - 1
+        first = int(shard_of[0])
+        if (shard_of == first).all():
+            return self._reader(first).take(ids - offsets[first], strings)
+        order = np.argsort(shard_of, kind="stable")
+        parts = np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1)
+        taken = [
+            (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
+            for p in parts
+        ]
+        out: dict[str, Any] = {}
+        for col in self._selected.columns:
+            first_part = taken[0][1][col.name]
+            if isinstance(first_part, np.ndarray):
+                merged = np.empty((n, *first_part.shape[1:]), first_part.dtype)
+                for positions, columns in taken:
+                    merged[positions] = columns[col.name]
+                out[col.name] = merged
+            elif isinstance(first_part, BlobColumn):
+                blobs = [columns[col.name] for _, columns in taken]
+                out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
+            else:
+                objects = np.empty(n, dtype=object)
+                for positions, columns in taken:
+                    holder = np.empty(len(positions), dtype=object)
+                    holder[:] = columns[col.name]
+                    objects[positions] = holder
+                out[col.name] = objects.tolist()
+        return out
+
+    def __iter__(self) -> Iterator[Any]:
+        """This rank's samples of ``sample_order()`` (one per rank per step, from the position
+        ``load_state_dict`` set); inside a DataLoader worker, this worker's share of those.
+
+        Samples are read with ``get_batch`` in chunks of a few hundred ids; a sample's fixed-shape
+        arrays are rows of that chunk's array (writable, disjoint from every other sample's).
+        """
+        worker = torch.utils.data.get_worker_info()
+        start = self._resume if worker is not None else self.take_resume_position()
+        order = self.epoch_plan(1, start=start or 0).rank_ids(self.topology().rank)
+        if worker is not None:
+            order = order[worker.id :: worker.num_workers]
+        for first in range(0, len(order), _ITER_CHUNK):
+            yield from self.get_samples(order[first : first + _ITER_CHUNK])
+
+    def get_samples(self, ids: np.ndarray) -> list[Any]:
+        """Samples ``ids`` as iteration yields them: per-sample dicts (transformed if a
+        transform is set) built from one ``get_batch``.
+
+        Raises:
+            IndexError: an id is outside ``[0, len(self))``.
+            FormatError: a shard is missing, corrupt or fails its checksum.
+        """
+        batch = self.get_batch(ids)
+        rows = [_rows(col, batch[col.name]) for col in self._selected.columns]
+        samples = [
+            dict(zip(self._selected.names, values, strict=True))
+            for values in zip(*rows, strict=True)
+        ]
+        if self.transform is not None:
+            return [self.transform(sample) for sample in samples]
+        return samples
+
+    # -- shards -------------------------------------------------------------------------------
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # An unpickled filesystem (spawned worker) forgets its retry policy: give it back.
+        self.__dict__.update(state)
+        store.attach_policy(self._fs, self.settings.retry)
+
+    def _reader(self, k: int) -> ShardReader:
+        return self._shards.reader(k, self._epoch, _weak_order_of(self))
+
+    def _remote_shards(self) -> Any:
+        """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
+        return self._shards.remote(_weak_order_of(self))
+
+
+def _weak_order_of(dataset: StreamingDataset) -> Callable[[int], np.ndarray]:
+    """``dataset.sample_order`` without a reference to ``dataset``: the read-ahead thread holds
+    it, and must not keep the dataset alive."""
+    ref = weakref.ref(dataset)
+
+    def order_of(epoch: int) -> np.ndarray:
+        ds = ref()
+        return np.empty(0, np.int64) if ds is None else ds.sample_order(epoch)
+
+    return order_of
+
+
+def _empty_column(col: Column, strings: str = "list") -> Any:
+    if strings == "blob" and col.kind in ("str", "bytes"):
+        return BlobColumn(col.kind == "str", np.zeros(1, np.int64), np.zeros(0, np.uint8))
+    if col.kind in ("str", "bytes") or col.uses_var_layout:
+        return []
+    return np.empty((0, *col.row_shape), dtype=col.numpy_dtype)
+
+
+def _rows(col: Column, values: Any) -> list[Any]:
+    """A get_batch column as per-sample values, matching what ``ds[i]`` returns."""
+    if col.kind in ("int", "float", "bool"):
+        return values.tolist()
+    # Fixed arrays: rows of the chunk's own freshly copied array (writable, never the mapping);
+    # shape [] gives numpy scalars; str/bytes/variable arrays are already per-row objects.
+    return list(values)

@@ -1,0 +1,1 @@
+"""The on-disk format: schema, index.json, checksums, verification marks, columnar blobs."""

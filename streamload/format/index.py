@@ -1,0 +1,305 @@
+"""index.json: the manifest that makes a directory of shards a dataset.
+
+Format version 1::
+
+    {"format_version": 1, "format": "arrow" | "lmdb", "schema": {"columns": [...]},
+     "num_samples": N,
+     "shards": [{"name": "shard-00000.arrow", "num_samples": n, "bytes": b, "xxh3_64": "hex"}, ...]}
+
+An optional ``"metadata"`` object carries facts about the data that are not columns (``convert``
+stores an image folder's class names as ``{"classes": [...]}``); it is omitted when empty, so
+datasets without it are byte-for-byte what older readers expect.
+
+Each shard has exactly one checksum key, ``xxh3_64`` (written by ShardWriter) or ``sha256``.
+Invariants checked by ``parse_index`` before anything else is read: the version is one this
+streamload reads, counts are non-negative ints and the shard counts sum to ``num_samples``, shard
+names are plain, unique file names (no separators, ``..``, drive letters, NUL: a manifest must
+never make us touch a path outside the dataset root). ShardWriter writes index.json last, so a
+dataset without one is incomplete (an interrupted writer) and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from streamload.errors import FormatError
+from streamload.format.checksum import ALGORITHMS, DIGEST_HEX_LEN
+from streamload.format.schema import Schema, schema_from_json
+from streamload.store import filesystem as store
+from streamload.store.retry import RetryPolicy
+
+INDEX_NAME = "index.json"
+FORMAT_VERSIONS = (1,)
+FORMATS = ("arrow", "lmdb")
+MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
+# (remote object metadata, fetch) -> index.json bytes: a kept copy, or fetch() (see read_index).
+KeepCopy = Callable[[dict[str, Any], Callable[[], bytes]], bytes]
+_MAX_COUNT = 2**53  # JSON numbers past this are not exact
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as index.json describes it."""
+
+    name: str
+    num_samples: int
+    bytes: int
+    checksum_algorithm: str
+    checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form of this shard's entry."""
+        return {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "bytes": self.bytes,
+            self.checksum_algorithm: self.checksum,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """A parsed, validated index.json."""
+
+    format_version: int
+    format: str
+    schema: Schema
+    num_samples: int
+    shards: tuple[ShardInfo, ...]
+    metadata: dict[str, Any] | None = None
+
+    @cached_property
+    def sample_offsets(self) -> np.ndarray:
+        """int64 array of len(shards)+1: shard k holds global ids [offsets[k], offsets[k+1])."""
+        counts = np.fromiter((s.num_samples for s in self.shards), np.int64, len(self.shards))
+        return np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the shard sizes."""
+        return sum(s.bytes for s in self.shards)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form of the index."""
+        out = {
+            "format_version": self.format_version,
+            "format": self.format,
+            "schema": self.schema.to_json(),
+            "num_samples": self.num_samples,
+            "shards": [s.to_json() for s in self.shards],
+        }
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+    def to_bytes(self) -> bytes:
+        """index.json's bytes (UTF-8, indented for people, trailing newline)."""
+        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+
+
+def validate_shard_name(name: object, source: str) -> str:
+    """Check that a shard name is a plain file name safe to join to the dataset root.
+
+    Rejects (under both POSIX and Windows rules): empty, ``.``, ``..``, any ``/`` or ``\\``,
+    NUL or other control characters, drive letters and any ``:`` (``C:x``), absolute and UNC paths.
+
+    Args:
+        name: the name from index.json.
+        source: where it came from, for the message.
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        FormatError: the name is unsafe or not a string.
+    """
+    if not isinstance(name, str):
+        raise FormatError(f"{source}: shard name must be a string, got {name!r:.80}")
+    bad = (
+        name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or ":" in name
+        or any(ord(ch) < 32 for ch in name)
+        or os.path.isabs(name)
+        or name != name.strip()
+        or len(name) > 255
+    )
+    if bad:
+        raise FormatError(
+            f"{source}: unsafe shard name {name!r:.120}: shard names must be plain file names"
+            " (no path separators, '..', drive letters, control characters or leading/trailing spaces)"
+        )
+    return name
+
+
+def parse_index(data: bytes, source: str) -> DatasetIndex:
+    """Parse and validate index.json's bytes.
+
+    Args:
+        data: the file's contents.
+        source: its URL, for error messages.
+
+    Returns:
+        The validated index.
+
+    Raises:
+        FormatError: not JSON, unknown format_version or format, bad schema, bad counts or names.
+    """
+    if len(data) > MAX_INDEX_BYTES:
+        raise FormatError(
+            f"{source}: index is {len(data)} bytes, more than the {MAX_INDEX_BYTES} allowed"
+        )
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"{source}: index is not valid JSON: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise FormatError(f"{source}: index must be a JSON object")
+    version = raw.get("format_version")
+    if version not in FORMAT_VERSIONS or isinstance(version, bool):
+        raise FormatError(
+            f"{source}: format_version {version!r:.40} is not supported; this streamload reads"
+            f" format_version {', '.join(map(str, FORMAT_VERSIONS))} (upgrade streamload to read newer datasets)"
+        )
+    expected_keys = {"format_version", "format", "schema", "num_samples", "shards"}
+    metadata = raw.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise FormatError(f"{source}: 'metadata' must be a JSON object")
+    if set(raw) - {"metadata"} != expected_keys:
+        missing = sorted(expected_keys - set(raw))
+        extra = sorted(str(k) for k in set(raw) - expected_keys)
+        raise FormatError(
+            f"{source}: index keys do not match version 1 (missing {missing}, extra {extra})"
+        )
+    fmt = raw["format"]
+    if fmt not in FORMATS:
+        raise FormatError(f"{source}: unknown format {fmt!r:.40}; known: {', '.join(FORMATS)}")
+    schema = schema_from_json(raw["schema"], source)
+    num_samples = _count(raw["num_samples"], f"{source}: num_samples")
+    raw_shards = raw["shards"]
+    if not isinstance(raw_shards, list):
+        raise FormatError(f"{source}: 'shards' must be a list")
+    shards = tuple(_parse_shard(s, f"{source}: shard {i}") for i, s in enumerate(raw_shards))
+    names = [s.name for s in shards]
+    if len(set(names)) != len(names):
+        raise FormatError(f"{source}: duplicate shard names")
+    total = sum(s.num_samples for s in shards)
+    if total != num_samples:
+        raise FormatError(
+            f"{source}: shards hold {total} samples but num_samples says {num_samples}"
+        )
+    return DatasetIndex(version, fmt, schema, num_samples, shards, dict(metadata or {}) or None)
+
+
+def _parse_shard(raw: object, where: str) -> ShardInfo:
+    if not isinstance(raw, Mapping):
+        raise FormatError(f"{where}: expected an object")
+    name = validate_shard_name(raw.get("name"), where)
+    algorithms = [a for a in ALGORITHMS if a in raw]
+    extra = sorted(str(k) for k in raw if k not in {"name", "num_samples", "bytes", *ALGORITHMS})
+    if len(algorithms) != 1 or extra:
+        raise FormatError(
+            f"{where} ({name}): needs exactly one checksum key of {', '.join(ALGORITHMS)}"
+            f" and no other keys (found checksums {algorithms}, unexpected keys {extra})"
+        )
+    algorithm = algorithms[0]
+    digest = raw[algorithm]
+    if (
+        not isinstance(digest, str)
+        or len(digest) != DIGEST_HEX_LEN[algorithm]
+        or any(c not in "0123456789abcdef" for c in digest)
+    ):
+        raise FormatError(
+            f"{where} ({name}): {algorithm} must be {DIGEST_HEX_LEN[algorithm]} lowercase hex digits"
+        )
+    return ShardInfo(
+        name=name,
+        num_samples=_count(raw.get("num_samples"), f"{where} ({name}): num_samples"),
+        bytes=_count(raw.get("bytes"), f"{where} ({name}): bytes"),
+        checksum_algorithm=algorithm,
+        checksum=digest,
+    )
+
+
+def _count(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_COUNT:
+        raise FormatError(f"{where} must be an integer in [0, 2**53], got {value!r:.40}")
+    return value
+
+
+def load_index(
+    url: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    policy: RetryPolicy | None = None,
+) -> DatasetIndex:
+    """Read and validate ``<url>/index.json`` (remote requests retried under ``policy``).
+
+    Raises:
+        FormatError: index.json is missing (the dataset is missing or incomplete: an interrupted
+            ShardWriter never writes it) or invalid.
+        StoreError: the URL cannot be opened.
+    """
+    fs, root = store.resolve(url, storage_options, policy)
+    path = store.join(root, INDEX_NAME)
+    return read_index(fs, path, f"{os.fspath(url)}/{INDEX_NAME}")
+
+
+def read_index(fs: Any, path: str, source: str, keep: KeepCopy | None = None) -> DatasetIndex:
+    """Read and validate the index at ``path`` of filesystem ``fs`` (see ``load_index``).
+
+    Args:
+        keep: for a remote index, ``keep(metadata, fetch) -> bytes`` may serve a kept copy
+            that still matches the object's fresh ``metadata`` instead of calling ``fetch()``
+            (the dataset passes the node's shard cache: `streamload.cache.index_copy.node_copy`).
+    """
+    if store.is_remote(fs):
+        return parse_index(_read_remote_index(fs, path, source, keep), source)
+    try:
+        size = fs.size(path)
+        if size is not None and size > MAX_INDEX_BYTES:
+            raise FormatError(
+                f"{source}: index is {size} bytes, more than the {MAX_INDEX_BYTES} allowed"
+            )
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise FormatError(
+            f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
+            " index.json last, so an interrupted write leaves none)"
+        ) from None
+    return parse_index(data, source)
+
+
+def _read_remote_index(fs: Any, path: str, source: str, keep: KeepCopy | None) -> bytes:
+    """index.json of a remote dataset, through the retrying store (a stat, then one GET unless
+    the node's cached copy still matches)."""
+    import errno
+
+    from streamload.errors import StoreError
+
+    try:
+        meta = store.info(fs, path)
+        size = meta.get("size")
+        if isinstance(size, int) and size > MAX_INDEX_BYTES:
+            raise FormatError(
+                f"{source}: index is {size} bytes, more than the {MAX_INDEX_BYTES} allowed"
+            )
+
+        def fetch() -> bytes:
+            return store.read_bytes(fs, path, expected_size=size if isinstance(size, int) else None)
+
+        return fetch() if keep is None else keep(meta, fetch)
+    except StoreError as exc:
+        if exc.errno == errno.ENOENT:
+            raise FormatError(
+                f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
+                " index.json last, so an interrupted write leaves none)"
+            ) from exc
+        raise

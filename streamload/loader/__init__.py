@@ -1,0 +1,1 @@
+"""StreamLoader and what runs behind it: options, passes, worker processes, statistics."""

@@ -1,0 +1,77 @@
+"""One pass over the data, as a value: what an iterator needs, and nothing that points back.
+
+`StreamLoader.__iter__` builds a `Pass` (the work items in order, how to fetch them, where the
+pass stands) and hands it to an iterator: `streamload.loader.single.SingleProcessIter` at
+num_workers=0, `streamload.loader.pool.MultiProcessIter` with workers. No iterator ever sees the
+loader, so the loader's attributes can change between passes without an iterator reading a
+half-updated loader, and a persistent worker pool holds no reference cycle back to its loader.
+
+A planned pass (a StreamingDataset read in its own order) carries a `PassCursor`: the epoch's
+plan, this rank, and how many batches the user has received. ``StreamLoader.state_dict`` reads
+the cursor, so a checkpoint describes the last batch the user received, never what workers
+prefetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from streamload.loader.stats import LoaderStats
+from streamload.pipeline.fetch import FetchSpec
+from streamload.plan.partition import EpochPlan
+
+
+@dataclass
+class PassCursor:
+    """One planned pass: its plan, this rank, and how many batches the user has received."""
+
+    plan: EpochPlan
+    rank: int
+    epoch: int
+    steps: int = 0
+
+    def worker_message(self) -> dict[str, Any]:
+        """What a worker needs to rebuild this pass's plan (`streamload.loader.protocol`)."""
+        return {
+            "epoch": self.epoch,
+            "start": self.plan.start,
+            "rank": self.rank,
+            "world_size": self.plan.world_size,
+            "batch_size": self.plan.batch_size,
+            "drop_last": self.plan.drop_last,
+        }
+
+
+@dataclass
+class Pass:
+    """One pass over the data (see the module docstring).
+
+    Attributes:
+        dataset: the loader's dataset.
+        spec: how each work item becomes a batch (`streamload.pipeline.fetch.FetchSpec`).
+        items: the pass's work items, in order (plan batches, sampler index lists, or tickets).
+        cursor: a planned pass's cursor (None when a sampler decides the order).
+        length: batches a whole pass yields (``len()`` of the iterator).
+        map_style: the dataset is read by index (a sampler decides the order).
+        batch_size, drop_last: the loader's batching.
+        stats: the loader's statistics, fed by the iterator.
+        len_called: ``len(loader)`` of an iterable dataset, if asked (DataLoader's warning).
+        pin_memory, pin_memory_device: whether (and, deprecated, where) to pin batches.
+        timeout: seconds to wait for a worker's batch (0: forever, with liveness checks).
+    """
+
+    dataset: Any
+    spec: FetchSpec
+    items: Iterator[Any]
+    cursor: PassCursor | None
+    length: Callable[[], int]
+    map_style: bool
+    batch_size: int | None
+    drop_last: bool
+    stats: LoaderStats
+    len_called: int | None = None
+    pin_memory: bool = False
+    pin_memory_device: str = ""
+    timeout: float = 0.0

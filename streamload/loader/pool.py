@@ -1,0 +1,473 @@
+"""The multi-process loader pass: worker processes feeding the trainer through native rings.
+
+Each worker k has its own ring (worker -> trainer: whole encoded batches) and a Pipe (trainer ->
+worker: int64 index lists, see `streamload.loader.protocol`). Delivery order is DataLoader's ``in_order``
+order: the trainer dispatches plan items round-robin over the workers that still have work,
+keeps ``prefetch_factor`` items in flight per worker, and yields results in dispatch order. Each
+worker writes its records in the order it received items, so "the next batch" is always the
+next record of one known ring. An iterable worker that runs dry reports it (StopIteration) and
+gets no further items, as in DataLoader.
+
+Over a StreamingDataset read in its own order (a planned pass: COLUMNAR or SAMPLES route), the
+trainer sends nothing per batch: it sends the pass's plan parameters (epoch, start position,
+rank, world size, batch size, drop_last) once, and each worker k rebuilds the same pure plan and
+builds steps k, k + n, ... of this rank's batches straight into its ring (its ring's capacity is
+the prefetch bound). The trainer counts batches as it hands them to the user (the pass cursor
+``state_dict`` reads), never as workers produce them.
+
+Seeding: the base seed is drawn in ``__init__`` as DataLoader draws it; workers seed themselves
+from it (``workers._seed``). With ``persistent_workers`` one pool (and one base seed) serves every
+epoch, like DataLoader's reused iterator.
+
+Failures: an exception in a worker is raised here as `WorkerError` (with the worker's traceback)
+at that batch's position; a dead worker raises `WorkerError` naming its pid and signal; with
+``timeout > 0`` a batch that takes longer raises `WorkerError` ("timed out"). Shutdown (end of
+pass, error, ``break``/garbage collection, interpreter exit) is idempotent: close rings and pipes,
+join with a timeout, then terminate, then kill.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamload.errors import WorkerError
+from streamload.loader import heap, protocol
+from streamload.loader.options import LoaderSettings, WorkerOptions
+from streamload.loader.passes import Pass
+from streamload.loader.pin_memory import pin, pin_memory_device
+from streamload.loader.stats import timed_step
+from streamload.loader.worker import worker_main
+from streamload.pipeline.collate import columns_to_torch
+from streamload.pipeline.fetch import Route
+from streamload.transport.codec import decode
+from streamload.transport.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
+
+_JOIN_TIMEOUT_S = 1.0
+_LIVENESS_POLL_S = 0.25
+
+
+_FALLBACK_RING_BYTES = 64 << 20
+_MIN_AUTO_RING_BYTES = 4 << 20
+_MAX_AUTO_RING_BYTES = 1 << 30
+
+
+def auto_ring_capacity(dataset: Any, batch_size: int | None, spec: Any) -> int:
+    """Ring capacity for ``ring_size = auto``: sized from the data where the data says enough.
+
+    Over a StreamingDataset on the columnar route (no transform, default collate) a batch's
+    size follows from index.json: batch_size x the largest per-shard average sample size. The
+    ring gets room for a record of 1.5x that estimate (the record limit is half the ring, so
+    two such batches are in flight) plus 64 KiB of framing, as a power of two between 4 MiB and
+    1 GiB: 8 MiB for 256 x 8 KiB token rows instead of a fixed 64 MiB. Anything else (map-style
+    datasets, transforms, custom collate) can make batches of any size: 64 MiB. A batch beyond
+    the estimate fails with RecordTooLarge naming ring_size, never silently.
+    """
+    if spec.route is not Route.COLUMNAR or batch_size is None:
+        return _FALLBACK_RING_BYTES
+    shards = dataset.index.shards
+    per_sample = max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
+    record = int(per_sample * batch_size * 1.5) + (64 << 10)
+    need = min(max(2 * record, _MIN_AUTO_RING_BYTES), _MAX_AUTO_RING_BYTES)
+    return 1 << (need - 1).bit_length()
+
+
+def _ring_capacity(ring_size: int) -> int:
+    """The largest power of two <= ring_size (at least 4 KiB), the data area of one ring."""
+    size = max(int(ring_size), 4096)
+    return 1 << (size.bit_length() - 1)
+
+
+# Imported once by the fork server, so each forkserver worker starts without re-importing them
+# (torch alone costs ~1 s per worker on this class of machine).
+FORKSERVER_PRELOAD = ("__main__", "torch", "numpy", "pyarrow", "streamload.loader.worker")
+
+
+def default_context(method: str) -> Any:
+    """The multiprocessing context for config ``start_method`` (see the module docstring).
+
+    ``auto`` forks while the calling process runs no Python thread but the main one (the usual
+    training script: fast start, nothing to pickle, DataLoader's Linux behaviour) and otherwise
+    uses forkserver, because forking while another thread may hold a lock (logging, a client
+    library's pool) can deadlock the child. A forkserver context preloads torch and streamload.
+    """
+    if method == "auto":
+        forkable = "fork" in multiprocessing.get_all_start_methods()
+        method = "fork" if forkable and threading.active_count() == 1 else "forkserver"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    return context
+
+
+@dataclass
+class WorkerSetup:
+    """How a loader's workers run: what `WorkerPool` and `MultiProcessIter` need besides a pass.
+
+    Attributes:
+        num_workers, prefetch, persistent, timeout, worker_init_fn: from `WorkerOptions`
+            (``prefetch`` = items in flight per worker, at least 1).
+        context: the multiprocessing context workers start in.
+        capacity: data bytes of each worker's ring.
+        zero_copy: hand out tensors viewing ring records instead of copies.
+        heap_retain: freed heap each process keeps (`streamload.loader.heap`).
+        spare_rings: the loader's rings kept between non-persistent passes (shared, mutable).
+    """
+
+    num_workers: int
+    prefetch: int
+    persistent: bool
+    timeout: float
+    worker_init_fn: Any
+    context: Any
+    capacity: int
+    zero_copy: bool
+    heap_retain: int
+    spare_rings: list[Ring] = field(default_factory=list)
+
+    @classmethod
+    def for_pass(
+        cls,
+        pass_: Pass,
+        options: WorkerOptions,
+        settings: LoaderSettings,
+        spare_rings: list[Ring],
+        zero_copy: bool,
+    ) -> WorkerSetup:
+        """The setup of a loader's workers (the ring sized for ``pass_``'s batches)."""
+        if settings.ring_size:
+            capacity = _ring_capacity(settings.ring_size)
+        else:
+            capacity = auto_ring_capacity(pass_.dataset, pass_.batch_size, pass_.spec)
+        return cls(
+            num_workers=options.num_workers,
+            prefetch=max(options.prefetch_factor or 0, 1),
+            persistent=options.persistent_workers,
+            timeout=float(options.timeout),
+            worker_init_fn=options.worker_init_fn,
+            context=options.multiprocessing_context or default_context(settings.start_method),
+            capacity=capacity,
+            zero_copy=zero_copy,
+            heap_retain=settings.heap_retain,
+            spare_rings=spare_rings,
+        )
+
+
+class WorkerPool:
+    """The worker processes of one loader, their rings and pipes; owns their shutdown."""
+
+    def __init__(self, pass_: Pass, setup: WorkerSetup, base_seed: int) -> None:
+        self.num_workers = setup.num_workers
+        heap.retain_freed(setup.heap_retain)  # the trainer copies every batch out, too
+        # Rings kept by the loader from its previous pass (see `shutdown(keep_rings=True)`).
+        self._spare: list[Ring] = setup.spare_rings
+        self.rings: list[Ring] = []
+        # Receives workers' stats records (pid, body); `receive` never returns them.
+        self.stats_sink: Any = None
+        self.conns: list[Any] = []
+        self.procs: list[Any] = []
+        self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.rings, self.conns)
+        context = setup.context
+        for worker_id in range(self.num_workers):
+            ring = self._spare_ring(setup.capacity) or Ring.create(setup.capacity)
+            reader, writer = context.Pipe(duplex=False)
+            proc = context.Process(
+                target=worker_main,
+                args=(
+                    worker_id,
+                    self.num_workers,
+                    pass_.dataset,
+                    pass_.spec,
+                    pass_.batch_size,
+                    ring.handle(),
+                    reader,
+                    base_seed,
+                    setup.worker_init_fn,
+                    os.getpid(),
+                    setup.heap_retain,
+                ),
+                daemon=True,
+            )
+            self.rings.append(ring)
+            self.conns.append(writer)
+            self.procs.append(proc)
+            proc.start()
+            reader.close()
+            ring.set_producer_pid(proc.pid)
+
+    def send(self, worker_id: int, message: bytes) -> None:
+        """Send one control message; a dead worker is reported by the next read instead."""
+        with contextlib.suppress(OSError):
+            self.conns[worker_id].send_bytes(message)
+
+    def receive(self, worker_id: int, timeout: float) -> tuple[int, Any]:
+        """The next record of worker `worker_id` as (type, record).
+
+        Raises:
+            WorkerError: the worker died (pid + signal) or, with timeout > 0, took too long.
+        """
+        ring = self.rings[worker_id]
+        waited = 0.0
+        while True:
+            step = _LIVENESS_POLL_S if timeout <= 0 else min(_LIVENESS_POLL_S, timeout - waited)
+            try:
+                record = ring.get(timeout=max(step, 0.0))
+                if record.type == RecordType.ERROR and protocol.is_stats_record(record.view()):
+                    self._absorb_stats(worker_id, record)
+                    continue
+                return record.type, record
+            except RingTimeout:
+                waited += step
+                self._check_alive(worker_id)
+                if timeout > 0 and waited >= timeout:
+                    pid = self.procs[worker_id].pid
+                    raise WorkerError(
+                        f"DataLoader timed out after {timeout} seconds"
+                        f" (StreamLoader worker {worker_id}, pid {pid})"
+                    ) from None
+            except PeerDied:
+                self.procs[worker_id].join(_JOIN_TIMEOUT_S)
+                self._check_alive(worker_id, dead=True)
+
+    def _absorb_stats(self, worker_id: int, record: Any) -> None:
+        body = bytes(record.view())
+        record.release()
+        if self.stats_sink is not None:
+            self.stats_sink(self.procs[worker_id].pid, body)
+
+    def _check_alive(self, worker_id: int, dead: bool = False) -> None:
+        proc = self.procs[worker_id]
+        if not dead and proc.is_alive():
+            return
+        code = proc.exitcode
+        if code is not None and code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited unexpectedly with exit code {code}"
+        message = f"StreamLoader worker {worker_id} (pid {proc.pid}) {how}"
+        self.shutdown()
+        raise WorkerError(message)
+
+    def _spare_ring(self, capacity: int) -> Ring | None:
+        while self._spare:
+            ring = self._spare.pop()
+            if ring.capacity == capacity and not ring.closed:
+                return ring
+            ring.close()
+        return None
+
+    def shutdown(self, keep_rings: bool = False) -> None:
+        """Stop every worker and free rings and pipes. Idempotent.
+
+        Args:
+            keep_rings: at a clean end of pass (every worker idle), hand the rings of workers
+                that exited normally back to the loader for its next pass instead of freeing
+                them: creating a ring costs zeroing and mapping all of it (~40 ms per 64 MiB),
+                every epoch without persistent_workers. A ring is kept only if it can be
+                reopened (its producer gone, no record still held).
+        """
+        if keep_rings and self.procs:
+            for conn in self.conns:
+                with contextlib.suppress(OSError, ValueError):
+                    conn.send_bytes(protocol.EXIT)
+            kept: list[Ring] = []
+            for proc, ring in zip(self.procs, self.rings, strict=True):
+                proc.join(_JOIN_TIMEOUT_S)
+                if proc.exitcode == 0:
+                    with contextlib.suppress(RingError):
+                        ring.reopen()
+                        kept.append(ring)
+            # The finalizer frees what is left; the kept rings now belong to the loader.
+            self.rings[:] = [r for r in self.rings if all(r is not k for k in kept)]
+            self._spare.extend(kept)
+        self._finalizer()
+
+
+def _shutdown(procs: list[Any], rings: list[Ring], conns: list[Any]) -> None:
+    for conn in conns:
+        with contextlib.suppress(OSError, ValueError):
+            conn.send_bytes(protocol.EXIT)
+    for ring in rings:
+        ring.close()
+    for proc in procs:
+        if proc.pid is None:
+            continue
+        proc.join(_JOIN_TIMEOUT_S)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(_JOIN_TIMEOUT_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(_JOIN_TIMEOUT_S)
+        proc.close()
+    for conn in conns:
+        conn.close()
+    procs.clear()
+    rings.clear()
+    conns.clear()
+
+
+class MultiProcessIter:
+    """One pass over the data through a `WorkerPool` (reused across epochs if persistent)."""
+
+    def __init__(self, pass_: Pass, base_seed: int, setup: WorkerSetup) -> None:
+        self._pin_device = pin_memory_device(pass_.pin_memory, pass_.pin_memory_device)
+        # The pass and setup only, never the loader: a persistent loader holds this iterator,
+        # and a reference back would make a cycle that keeps the workers alive until a gc pass.
+        self._setup = setup
+        self.base_seed = base_seed
+        self._pool = WorkerPool(pass_, setup, base_seed)
+        self._begin(pass_)
+
+    def reset(self, pass_: Pass) -> MultiProcessIter:
+        """Start the next epoch on the same workers (persistent_workers)."""
+        self._drain()
+        self._begin(pass_)
+        return self
+
+    def _begin(self, pass_: Pass) -> None:
+        self._pass = pass_
+        self._items = pass_.items
+        self._cursor = pass_.cursor
+        self._stats = pass_.stats
+        self._pool.stats_sink = self._stats.worker_report
+        n = self._pool.num_workers
+        self._own_plan = self._cursor is not None
+        self._pending: collections.deque[int] = collections.deque()  # worker of each task
+        self._active = [True] * n
+        self._next_worker = 0
+        self._in_flight = [0] * n
+        self._ended = False
+        self._stats.begin_pass(self._pool.rings, n)
+        if self._cursor is not None:
+            # The whole plan rides along (epoch included): a persistent worker's dataset copy
+            # would otherwise miss set_epoch/load_state_dict calls made after it started.
+            message = protocol.plan_message(self._cursor.worker_message())
+            for worker_id in range(n):
+                self._pool.send(worker_id, message)
+            return
+        for worker_id in range(n):
+            self._pool.send(worker_id, protocol.START_DISPATCHED)
+        for _ in range(self._setup.prefetch * n):
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send the next plan item to the next active worker (DataLoader's _try_put_index)."""
+        n = self._pool.num_workers
+        prefetch = self._setup.prefetch
+        for _ in range(n):
+            worker_id = self._next_worker
+            self._next_worker = (self._next_worker + 1) % n
+            if self._active[worker_id] and self._in_flight[worker_id] < prefetch:
+                break
+        else:
+            return
+        try:
+            item = next(self._items)
+        except StopIteration:
+            return
+        ticket = self._pass.spec.route is Route.ITERABLE
+        self._pool.send(worker_id, protocol.encode_item(item, ticket))
+        self._pending.append(worker_id)
+        self._in_flight[worker_id] += 1
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __len__(self) -> int:
+        return self._pass.length()
+
+    def __next__(self) -> Any:
+        return timed_step(self._stats, self._next_batch)
+
+    def _next_batch(self) -> Any:
+        while True:
+            batch = self._next_own() if self._own_plan else self._next_dispatched()
+            if batch is not _SKIP:
+                break
+        if self._cursor is not None:
+            self._cursor.steps += 1
+        if self._pin_device is not None:
+            batch = pin(batch, self._pin_device)
+        return batch
+
+    def _next_dispatched(self) -> Any:
+        if not self._pending:
+            self._finish_epoch()
+            raise StopIteration
+        worker_id = self._pending.popleft()
+        kind, record = self._pool.receive(worker_id, self._setup.timeout)
+        self._in_flight[worker_id] -= 1
+        if kind == RecordType.ERROR:
+            body = bytes(record.view())
+            record.release()
+            if body == protocol.END_OF_SHARE:
+                self._active[worker_id] = False
+                self._dispatch()
+                return _SKIP
+            self._dispatch()
+            raise WorkerError(protocol.exception_text(worker_id, body))
+        self._dispatch()
+        return self._spec_finish(record)
+
+    def _next_own(self) -> Any:
+        if self._ended:
+            raise StopIteration
+        worker_id = self._next_worker
+        kind, record = self._pool.receive(worker_id, self._setup.timeout)
+        if kind == RecordType.ERROR:
+            body = bytes(record.view())
+            record.release()
+            if body == protocol.END_OF_SHARE:
+                self._ended = True
+                self._active[worker_id] = False
+                self._finish_epoch()
+                raise StopIteration
+            self._next_worker = (worker_id + 1) % self._pool.num_workers
+            raise WorkerError(protocol.exception_text(worker_id, body))
+        self._next_worker = (worker_id + 1) % self._pool.num_workers
+        return self._spec_finish(record)
+
+    def _spec_finish(self, record: Any) -> Any:
+        # zero_copy: tensors view the record, which is released when the last of them dies.
+        payload = decode(record, copy=not self._setup.zero_copy)
+        if self._pass.spec.route is Route.COLUMNAR:
+            return columns_to_torch(payload)
+        return payload
+
+    def _drain(self) -> None:
+        """Read what is left of this epoch so the next one starts on empty rings."""
+        if self._own_plan:
+            for worker_id in range(self._pool.num_workers):
+                while self._active[worker_id]:
+                    kind, record = self._pool.receive(worker_id, self._setup.timeout)
+                    body = bytes(record.view()) if kind == RecordType.ERROR else b""
+                    record.release()
+                    if body == protocol.END_OF_SHARE:
+                        self._active[worker_id] = False
+            return
+        while self._pending:
+            worker_id = self._pending.popleft()
+            _kind, record = self._pool.receive(worker_id, self._setup.timeout)
+            record.release()
+
+    def _finish_epoch(self) -> None:
+        if not self._setup.persistent:
+            self._pool.shutdown(keep_rings=True)
+        elif self._own_plan:
+            self._drain()
+
+    def shutdown(self) -> None:
+        """Stop the workers now (also what garbage collection and interpreter exit do)."""
+        self._pool.shutdown()
+
+
+_SKIP = object()

@@ -1,0 +1,63 @@
+"""The single-process iterator: one pass fetched in the trainer (num_workers=0).
+
+It mirrors torch's ``_SingleProcessDataLoaderIter`` step for step: each ``next()`` takes the
+pass's next work item, fetches and collates it here, pins it if asked, and counts it on the
+pass cursor (so ``state_dict`` describes it). An IterableDataset that yields more batches than
+``len(loader)`` said triggers DataLoader's warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from streamload.errors import ConfigError
+from streamload.loader.passes import Pass
+from streamload.loader.pin_memory import pin, pin_memory_device
+from streamload.loader.stats import timed_step
+
+
+class SingleProcessIter:
+    """One pass in this process (see the module docstring)."""
+
+    def __init__(self, pass_: Pass) -> None:
+        self._pin_device = pin_memory_device(pass_.pin_memory, pass_.pin_memory_device)
+        if pass_.timeout != 0:
+            raise ConfigError(
+                f"StreamLoader timeout: only used with num_workers > 0, got timeout={pass_.timeout}"
+            )
+        self._pass = pass_
+        self._items = pass_.items
+        self._cursor = pass_.cursor
+        self._stats = pass_.stats
+        self._fetcher = pass_.spec.build(pass_.dataset, self._stats.local)
+        self._stats.begin_pass()
+        self._num_yielded = 0
+
+    def __iter__(self) -> SingleProcessIter:
+        return self
+
+    def __len__(self) -> int:
+        return self._pass.length()
+
+    def __next__(self) -> Any:
+        return timed_step(self._stats, self._next_batch)
+
+    def _next_batch(self) -> Any:
+        item = next(self._items)
+        batch = self._fetcher.finish(self._fetcher.fetch(item))
+        self._stats.local.batches += 1
+        if self._cursor is not None:
+            self._cursor.steps += 1
+        if self._pin_device is not None:
+            batch = pin(batch, self._pin_device)
+        self._num_yielded += 1
+        len_called = self._pass.len_called
+        if not self._pass.map_style and len_called is not None and self._num_yielded > len_called:
+            warnings.warn(
+                f"Length of IterableDataset {self._pass.dataset} was reported to be"
+                f" {len_called} (when accessing len(loader)), but {self._num_yielded}"
+                " batches have been fetched.",
+                stacklevel=4,  # the user's loop: _next_batch <- timed_step <- __next__
+            )
+        return batch

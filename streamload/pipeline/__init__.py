@@ -1,0 +1,1 @@
+"""Turning plan items into batches: fetchers and collation (stack columns, then tensors)."""

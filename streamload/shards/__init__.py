@@ -1,0 +1,1 @@
+"""Shard readers and writers: the reader protocol, Arrow IPC and LMDB."""

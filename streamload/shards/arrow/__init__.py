@@ -1,0 +1,1 @@
+"""Arrow IPC shards: memory-mapped reader and writer."""

@@ -1,0 +1,1 @@
+"""Moving batches between processes: the native shared-memory ring and the batch codec."""

@@ -1,0 +1,1 @@
+"""Writing datasets: ShardWriter, conversion sources and convert."""

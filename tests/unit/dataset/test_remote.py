@@ -1,0 +1,338 @@
+"""StreamingDataset over the disk cache: local data in place, remote shards cached, read ahead.
+
+"Remote" here is a fake fsspec filesystem (protocol ``slfake://``) serving a local directory;
+``fetch_log`` logs every shard download to a file (loader workers are other processes). Real
+servers are exercised in tests/remote.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+from fsspec.spec import AbstractFileSystem
+
+from streamload import ShardWriter, StreamingDataset, StreamLoader
+from streamload.cache.readahead import OPEN_SHARDS
+from streamload.errors import CacheError
+from streamload.store import filesystem as store
+
+
+class FakeRemote(AbstractFileSystem):
+    """A non-local filesystem over local files (so datasets at ``slfake://`` use the cache)."""
+
+    protocol = "slfake"
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        return open(path, mode)
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        st = os.stat(path)
+        return {"name": path, "size": st.st_size, "type": "file"}
+
+
+fsspec.register_implementation("slfake", FakeRemote, clobber=True)
+
+
+N = 600
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A local dataset of N samples (id, 64 int64s) in about a dozen shards of ~25 KB."""
+    root = tmp_path_factory.mktemp("corpus")
+    with ShardWriter(str(root), shard_size="24KiB") as w:
+        for i in range(N):
+            w.write({"id": i, "x": np.full(64, i, np.int64)})
+    return str(root)
+
+
+def _remote(corpus: str, cache: Path, shards_in_cache: int, **kwargs: Any) -> StreamingDataset:
+    """The corpus as a remote dataset with room for ``shards_in_cache`` of its largest shards."""
+    local = StreamingDataset(corpus)
+    biggest = max(s.bytes for s in local.index.shards)
+    return StreamingDataset(
+        "slfake://" + corpus, cache_dir=cache, cache_limit=shards_in_cache * biggest, **kwargs
+    )
+
+
+@pytest.fixture
+def fetch_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file listing every shard download (``store.download`` call, retries inside it count
+    once), from this process and from forked loader workers."""
+    log = tmp_path / "fetches.log"
+    real = store.download
+
+    def download(fs: Any, path: str, fileobj: Any, **kwargs: Any) -> int:
+        # Only into this test's caches: a read-ahead thread of an earlier test's dataset may
+        # still be finishing its last download.
+        if str(tmp_path) in str(getattr(fileobj, "name", "")):
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, (os.path.basename(path) + "\n").encode())
+            os.close(fd)
+        return real(fs, path, fileobj, **kwargs)
+
+    monkeypatch.setattr(store, "download", download)
+    return log
+
+
+def _fetched(log: Path) -> collections.Counter[str]:
+    return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
+
+
+def _disk_bytes(cache_dir: Path) -> int:
+    """Shard bytes on disk, walked under the cache's admission lock (files come and go only
+    under it, and a read-ahead thread may be evicting right now)."""
+    fd = os.open(cache_dir / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return sum(
+            os.path.getsize(os.path.join(r, f))
+            for r, _, files in os.walk(cache_dir)
+            for f in files
+            if not (f == "SOURCE" or f.endswith(".lock") or f.startswith("."))
+        )
+    finally:
+        os.close(fd)
+
+
+def test_a_local_dataset_is_read_in_place_never_copied(corpus: str, tmp_path: Path) -> None:
+    """Local shards are mapped where they are: nothing is copied into the cache dir, whatever its
+    limit (it only gets the empty checksum marks of verified.py)."""
+    ds = StreamingDataset(corpus, cache_dir=tmp_path / "cache", cache_limit=1)
+    assert [s["id"] for s in ds] == list(range(N))
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert all(p.parent.name == "verified" and p.stat().st_size == 0 for p in cached)
+    assert sorted(os.listdir(corpus)) == sorted(["index.json", *(s.name for s in ds.index.shards)])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_remote_epochs_yield_every_sample_once_with_a_cache_smaller_than_the_corpus(
+    corpus: str, tmp_path: Path, fetch_log: Path, shuffle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two epochs through a cache holding half the shards: every sample exactly once, in order,
+    the cache within its limit; in plan order no shard is fetched more than once per epoch (a
+    per-sample shuffle touches every shard in every chunk, so there it may thrash, correctly)."""
+    monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "2")
+    ds = _remote(corpus, tmp_path / "cache", 6, shuffle=shuffle)
+    limit = int(ds.cache_limit)  # type: ignore[arg-type]
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        ids = [s["id"] for s in ds]
+        assert ids == ds.sample_order(epoch).tolist()
+        assert sorted(ids) == list(range(N))
+        assert _disk_bytes(tmp_path / "cache") <= limit
+    fetched = _fetched(fetch_log)
+    assert set(fetched) == {s.name for s in ds.index.shards}
+    if not shuffle:
+        # Once per epoch; read-ahead (2 shards) may already have fetched epoch 2's first shards.
+        names = [s.name for s in ds.index.shards]
+        assert all(fetched[n] <= (3 if n in names[:2] else 2) for n in names), fetched
+
+
+def test_a_cache_that_holds_the_corpus_serves_the_next_epoch_without_downloads(
+    corpus: str, tmp_path: Path, fetch_log: Path
+) -> None:
+    """Epoch 2 of a shuffled dataset whose shards all fit: zero fetches (the cache serves it)."""
+    ds = _remote(corpus, tmp_path / "cache", 20, shuffle=True)
+    assert sorted(s["id"] for s in ds) == list(range(N))
+    first = _fetched(fetch_log)
+    assert first == collections.Counter(s.name for s in ds.index.shards)
+    ds.set_epoch(1)
+    assert sorted(s["id"] for s in ds) == list(range(N))
+    assert _fetched(fetch_log) == first
+
+
+def test_a_reader_pins_at_most_its_open_shards_plus_readahead(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mid-epoch, what clear() cannot evict is the open readers' shards and the read-ahead."""
+    monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "2")
+    ds = _remote(corpus, tmp_path / "cache", 12)
+    it = iter(ds)
+    for _ in range(300):  # well into the epoch
+        next(it)
+    remote = ds._remote_shards()
+    assert remote is not None
+    plan, cursor = remote.plan
+    ahead = [int(k) for k in plan[cursor + 1 : cursor + 3]]
+    assert remote.readahead.wait_reserved(ahead, timeout=30)
+    remote.cache.clear()
+    left = _disk_bytes(tmp_path / "cache")
+    biggest = max(s.bytes for s in ds.index.shards)
+    assert 0 < left <= (OPEN_SHARDS + 2) * biggest
+    rest = [s["id"] for s in it]
+    assert rest == list(range(300, N))
+
+
+def test_readahead_fetches_the_next_shards_of_the_plan_before_they_are_opened(
+    corpus: str, tmp_path: Path, fetch_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening shard k starts downloads of the next readahead_shards shards of this plan."""
+    monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "3")
+    ds = _remote(corpus, tmp_path / "cache", 12)
+    first = ds.sample_order()[0]
+    ds[int(first)]  # opens shard 0 only
+    remote = ds._remote_shards()
+    assert remote is not None
+    assert remote.readahead.wait_reserved([1, 2, 3], timeout=30)
+    names = [s.name for s in ds.index.shards]
+    assert _fetched(fetch_log) == collections.Counter(names[:4])
+
+
+def test_readahead_runs_across_the_epoch_boundary(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the last shard of epoch e, the first shards of epoch e+1 are already being reserved."""
+    monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "2")
+    ds = _remote(corpus, tmp_path / "cache", 12, shuffle=True)
+    order = ds.sample_order(0)
+    offsets = ds.index.sample_offsets
+    shard_of = lambda i: int(np.searchsorted(offsets, i, "right") - 1)  # noqa: E731
+    next_epoch = []
+    for i in ds.sample_order(1):
+        if shard_of(i) not in next_epoch and shard_of(i) != shard_of(order[-1]):
+            next_epoch.append(shard_of(i))
+    for i in order:
+        ds.get_batch(np.array([i]))
+    remote = ds._remote_shards()
+    assert remote is not None
+    assert remote.readahead.wait_reserved(next_epoch[:1], timeout=30)
+
+
+def test_cache_limit_below_the_working_set_is_refused_at_construction(
+    corpus: str, tmp_path: Path
+) -> None:
+    """A cache that cannot hold open shards plus read-ahead is a CacheError naming cache_limit."""
+    with pytest.raises(CacheError, match=r"cache_limit = .* cannot hold the working set"):
+        _remote(corpus, tmp_path / "cache", 2)
+
+
+def test_an_unwritable_cache_dir_is_refused_at_construction(corpus: str, tmp_path: Path) -> None:
+    """cache_dir under a regular file: CacheError naming the directory, before any download."""
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(CacheError, match=r"cache_dir .*file/cache"):
+        _remote(corpus, tmp_path / "file" / "cache", 12)
+
+
+def test_loader_workers_share_one_cache_one_download_per_shard(
+    corpus: str, tmp_path: Path, fetch_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two forked workers over a cache smaller than the corpus: all samples once, each shard
+    downloaded once for both workers. (A small ring keeps the workers within a few batches of
+    each other, as real batch sizes do; the cross-process eviction order does the rest. The
+    cache leaves room for the workers to drift two shards apart: a loaded CI machine stalls
+    one worker now and then.)"""
+    monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "2")
+    ds = _remote(corpus, tmp_path / "cache", 10)
+    assert ds.num_shards > 10
+    loader = StreamLoader(
+        ds, batch_size=16, num_workers=2, multiprocessing_context="fork", ring_size=64 * 1024
+    )
+    ids = np.concatenate([b["id"].numpy() for b in loader])
+    assert sorted(ids.tolist()) == list(range(N))
+    fetched = _fetched(fetch_log)
+    names = [s.name for s in ds.index.shards]
+    # Read-ahead crosses into the next epoch (readahead_shards = 2): its first two shards may
+    # already have been fetched again for that pass.
+    next_pass = set(names[:2])
+    assert {n: fetched[n] for n in names if n not in next_pass} == dict.fromkeys(
+        set(names) - next_pass, 1
+    )
+    assert all(fetched[n] in (1, 2) for n in next_pass)
+
+
+def test_copies_in_workers_use_the_cache_settled_when_the_dataset_was_made(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose environment differs (spawn, fork server) still shares the trainer's cache."""
+    monkeypatch.setenv("STREAMLOAD_CACHE_DIR", str(tmp_path / "trainer"))
+    ds = StreamingDataset("slfake://" + corpus, cache_limit="10MB")
+    monkeypatch.setenv("STREAMLOAD_CACHE_DIR", str(tmp_path / "elsewhere"))
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy[0]["id"] == 0
+    assert (tmp_path / "trainer").is_dir()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_forked_child_of_a_reading_process_reads_and_exits_cleanly(
+    corpus: str, tmp_path: Path
+) -> None:
+    """fork while read-ahead runs: the child reads through its own cache state and exits
+    normally (finalizers included)."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        import fsspec
+        from fsspec.spec import AbstractFileSystem
+        from streamload import StreamingDataset
+
+        class FakeRemote(AbstractFileSystem):
+            protocol = "slfake"
+            def _open(self, path, mode="rb", **kwargs):
+                return open(path, mode)
+            def info(self, path, **kwargs):
+                return {{"name": path, "size": os.stat(path).st_size, "type": "file"}}
+
+        fsspec.register_implementation("slfake", FakeRemote, clobber=True)
+        ds = StreamingDataset("slfake://{corpus}", cache_dir={str(tmp_path / "cache")!r},
+                              cache_limit="10MB")
+        assert ds[0]["id"] == 0  # read-ahead starts
+        pid = os.fork()
+        if pid == 0:
+            ok = ds[{N - 1}]["id"] == {N - 1}
+            sys.exit(0 if ok else 3)  # a normal exit: finalizers run
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
+
+
+def test_loader_stats_count_the_cache_downloads(
+    corpus: str, tmp_path: Path, fetch_log: Path
+) -> None:
+    """loader.stats()['cache']: the first epoch misses and downloads every shard once (the bytes
+    the store wrapper saw), the second epoch is served from the cache (hits, no new bytes); the
+    time blocked on downloads is the 'fetch' stage (0 for local data)."""
+    from streamload import StreamLoader, telemetry
+
+    telemetry.CACHE.reset()
+    ds = _remote(corpus, tmp_path / "cache", 100)
+    loader = StreamLoader(ds, batch_size=64)
+    assert sorted(int(i) for b in loader for i in b["id"]) == list(range(N))
+    first = loader.stats()["cache"]
+    shards = ds.index.shards
+    assert first["enabled"] is True
+    assert sum(_fetched(fetch_log).values()) == len(shards)
+    assert first["bytes_downloaded"] == sum(s.bytes for s in shards)
+    assert first["misses"] >= len(shards) and first["evictions"] == 0
+    assert loader.stats()["stages"]["busy_s"]["fetch"] > 0  # time blocked on downloads
+    list(loader)
+    second = loader.stats()["cache"]
+    assert second["bytes_downloaded"] == first["bytes_downloaded"]
+    assert second["hits"] > first["hits"]
+    assert sum(_fetched(fetch_log).values()) == len(shards)
+
+
+def test_local_data_spends_no_time_in_the_fetch_stage(corpus: str) -> None:
+    """Local shards are read in place: the 'fetch' stage stays at zero."""
+    from streamload import StreamLoader
+
+    loader = StreamLoader(StreamingDataset(corpus), batch_size=64)
+    assert sum(len(b["id"]) for b in loader) == N
+    assert loader.stats()["stages"]["busy_s"]["fetch"] == 0

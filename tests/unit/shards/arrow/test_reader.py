@@ -1,0 +1,247 @@
+"""Arrow shard files: the writer's hashing and layout, the reader's checks and take conventions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from streamload.errors import FormatError
+from streamload.format.checksum import xxh3_64_file
+from streamload.format.schema import Schema, schema_from_json
+from streamload.shards.arrow.reader import ArrowShardReader
+from streamload.shards.arrow.writer import ArrowShardFileWriter
+
+SCHEMA = schema_from_json(
+    {
+        "columns": [
+            {"name": "id", "kind": "int"},
+            {"name": "score", "kind": "float"},
+            {"name": "ok", "kind": "bool"},
+            {"name": "text", "kind": "str"},
+            {"name": "blob", "kind": "bytes"},
+            {"name": "tokens", "kind": "ndarray", "dtype": "int32", "shape": [2, 3]},
+            {"name": "mask", "kind": "ndarray", "dtype": "bool", "shape": [4]},
+            {"name": "half", "kind": "ndarray", "dtype": "float16", "shape": []},
+            {"name": "var", "kind": "ndarray", "dtype": "float32", "shape": [None, 2]},
+        ]
+    },
+    "test",
+)
+
+
+def _sample(i: int) -> dict[str, Any]:
+    return {
+        "id": i * 7 - 3,
+        "score": i / 4,
+        "ok": i % 3 == 0,
+        "text": "é" * (i % 5) + str(i) * (i % 17),
+        "blob": bytes([i % 256]) * (i % 9),
+        "tokens": np.arange(6, dtype=np.int32).reshape(2, 3) + i,
+        "mask": np.array([i % 2, 1, 0, i % 3 == 1], dtype=bool),
+        "half": np.float16(i / 8),
+        "var": np.full((i % 4, 2), i, np.float32),
+    }
+
+
+def _write(
+    path: Path, n: int, schema: Schema = SCHEMA, compression: str | None = None, **kw: int
+) -> tuple[int, str]:
+    fs = fsspec.filesystem("file")
+    writer = ArrowShardFileWriter(fs, str(path), schema, compression, **kw)
+    for i in range(n):
+        writer.add(_sample(i))
+    return writer.close()
+
+
+@pytest.fixture()
+def shard(tmp_path: Path) -> tuple[Path, int]:
+    path = tmp_path / "s.arrow"
+    nbytes, _ = _write(path, 300, batch_rows=32)
+    return path, nbytes
+
+
+def _assert_sample_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, np.ndarray | np.generic):
+            assert got[key].dtype == value.dtype and np.shape(got[key]) == np.shape(value), key
+            np.testing.assert_array_equal(got[key], value)
+        else:
+            assert type(got[key]) is type(value) and got[key] == value, key
+
+
+def test_writer_reports_the_size_and_checksum_of_the_file_it_wrote(tmp_path: Path) -> None:
+    """Hashing while writing gives the same digest as hashing the finished file."""
+    path = tmp_path / "s.arrow"
+    for compression in (None, "zstd", "lz4"):
+        nbytes, digest = _write(path, 50, compression=compression, batch_rows=8)
+        assert nbytes == path.stat().st_size
+        assert digest == xxh3_64_file(fsspec.filesystem("file"), str(path))
+
+
+def test_record_batches_respect_row_and_byte_targets(tmp_path: Path) -> None:
+    """Batches hold at most batch_rows rows and flush once batch_bytes of payload is buffered."""
+    path = tmp_path / "s.arrow"
+    _write(path, 100, batch_rows=16)
+    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    sizes = [reader.get_batch(b).num_rows for b in range(reader.num_record_batches)]
+    assert sizes == [16] * 6 + [4]
+    _write(path, 100, batch_bytes=200, batch_rows=1000)
+    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    assert reader.num_record_batches > 10
+
+
+def test_get_returns_python_scalars_and_owned_arrays(shard: tuple[Path, int]) -> None:
+    """get(i) round-trips every kind; arrays are writable and not views of the mapping."""
+    path, nbytes = shard
+    reader = ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes, num_samples=300)
+    assert len(reader) == 300
+    for i in (0, 1, 31, 32, 33, 150, 299):
+        got = reader.get(i)
+        _assert_sample_equal(got, _sample(i))
+        assert got["tokens"].flags.writeable and got["var"].flags.writeable
+        got["tokens"][0, 0] = -1  # must not fault on a read-only mapping
+        got["var"][...] = 0
+    with pytest.raises(IndexError):
+        reader.get(300)
+    with pytest.raises(IndexError):
+        reader.get(-1)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.arange(0, 20),  # contiguous in one batch
+        np.arange(20, 90),  # contiguous across batches
+        np.array([299, 0, 150, 150, 31, 32, 1]),  # scattered, duplicates
+        np.random.default_rng(0).permutation(300),
+        np.array([], np.int64),
+    ],
+    ids=["run", "cross", "scatter", "perm", "empty"],
+)
+def test_take_matches_get_row_by_row_in_every_kind(
+    shard: tuple[Path, int], rows: np.ndarray
+) -> None:
+    """take(rows) equals stacking get(r) for each r, with the documented container per kind."""
+    path, nbytes = shard
+    reader = ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes)
+    batch = reader.take(rows)
+    n = len(rows)
+    assert list(batch) == list(SCHEMA.names)
+    assert batch["id"].dtype == np.int64 and batch["id"].shape == (n,)
+    assert batch["score"].dtype == np.float64 and batch["ok"].dtype == np.bool_
+    assert batch["tokens"].shape == (n, 2, 3) and batch["tokens"].dtype == np.int32
+    assert (
+        batch["mask"].shape == (n, 4)
+        and batch["half"].shape == (n,)
+        and batch["half"].dtype == np.float16
+    )
+    assert (
+        isinstance(batch["text"], list)
+        and isinstance(batch["blob"], list)
+        and isinstance(batch["var"], list)
+    )
+    for key in ("id", "score", "ok", "tokens", "mask", "half"):
+        assert batch[key].flags.writeable and batch[key].flags.c_contiguous
+    for k, r in enumerate(rows.tolist()):
+        want = _sample(r)
+        row = {name: batch[name][k] for name in SCHEMA.names}
+        for key in ("id", "score", "ok"):
+            assert row[key] == want[key]
+        assert row["text"] == want["text"] and row["blob"] == want["blob"]
+        for key in ("tokens", "mask", "var"):
+            np.testing.assert_array_equal(row[key], want[key])
+            assert row[key].shape == want[key].shape
+        assert row["half"] == want["half"]
+
+
+def test_take_results_do_not_alias_each_other_or_the_file(shard: tuple[Path, int]) -> None:
+    """Mutating a take result changes neither later reads nor other results."""
+    path, nbytes = shard
+    reader = ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes)
+    for rows in (np.arange(5), np.array([200, 3, 100])):
+        first = reader.take(rows)
+        first["tokens"][...] = -9
+        first["id"][...] = -9
+        second = reader.take(rows)
+        np.testing.assert_array_equal(second["id"], [_sample(r)["id"] for r in rows])
+        assert (second["tokens"] != -9).all()
+
+
+def test_column_projection_returns_only_selected_columns_in_schema_order(
+    shard: tuple[Path, int],
+) -> None:
+    """columns= limits what take/get return and keeps schema order."""
+    path, nbytes = shard
+    reader = ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes, columns=["var", "id"])
+    assert reader.columns == ("id", "var")
+    assert list(reader.take(np.array([5, 2]))) == ["id", "var"]
+    assert list(reader.get(3)) == ["id", "var"]
+    with pytest.raises(FormatError, match="unknown column"):
+        ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes, columns=["nope"])
+
+
+def test_file_objects_are_read_without_mapping(shard: tuple[Path, int]) -> None:
+    """A binary file object (non-local store) gives the same rows as the mapped path."""
+    path, nbytes = shard
+    with open(path, "rb") as f:
+        reader = ArrowShardReader(f, SCHEMA, "s.arrow", nbytes, num_samples=300)
+        rows = np.array([7, 250, 7, 0])
+        got = reader.take(rows)
+        np.testing.assert_array_equal(got["tokens"], np.stack([_sample(r)["tokens"] for r in rows]))
+        assert got["text"] == [_sample(r)["text"] for r in rows]
+        for i in range(0, 300, 37):  # walks more batches than the small batch cache keeps
+            _assert_sample_equal(reader.get(i), _sample(i))
+
+
+def test_size_mismatch_is_refused_before_mapping(shard: tuple[Path, int]) -> None:
+    """A file whose size differs from index.json is a FormatError naming the shard and sizes."""
+    path, nbytes = shard
+    with pytest.raises(
+        FormatError, match=rf"shard s.arrow: size is {nbytes} bytes, index.json says {nbytes + 1}"
+    ):
+        ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes + 1)
+
+
+def test_record_count_mismatch_is_refused(shard: tuple[Path, int]) -> None:
+    """An index claiming more samples than the file holds is a FormatError."""
+    path, nbytes = shard
+    with pytest.raises(FormatError, match=r"holds 300 samples, index\.json says 301"):
+        ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes, num_samples=301)
+
+
+def test_schema_mismatch_is_refused(shard: tuple[Path, int]) -> None:
+    """A file whose Arrow schema is not the index schema's layout is a FormatError."""
+    path, nbytes = shard
+    other = schema_from_json({"columns": [{"name": "id", "kind": "int"}]}, "t")
+    with pytest.raises(FormatError, match=r"Arrow schema does not match index\.json"):
+        ArrowShardReader(str(path), other, "s.arrow", nbytes)
+
+
+def test_non_arrow_file_is_a_format_error(tmp_path: Path) -> None:
+    """Garbage of the right size is a FormatError, not an ArrowInvalid."""
+    path = tmp_path / "junk.arrow"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(FormatError, match="not a readable Arrow IPC file"):
+        ArrowShardReader(str(path), SCHEMA, "junk.arrow", 4096)
+
+
+def test_zero_size_fixed_arrays_round_trip(tmp_path: Path) -> None:
+    """Fixed shapes with a zero dim (which Arrow's fixed_size_list cannot hold) still round-trip."""
+    schema = schema_from_json(
+        {"columns": [{"name": "z", "kind": "ndarray", "dtype": "int8", "shape": [3, 0]}]}, "t"
+    )
+    path = tmp_path / "z.arrow"
+    writer = ArrowShardFileWriter(fsspec.filesystem("file"), str(path), schema, None)
+    for _ in range(3):
+        writer.add({"z": np.zeros((3, 0), np.int8)})
+    nbytes, _ = writer.close()
+    reader = ArrowShardReader(str(path), schema, "z.arrow", nbytes, num_samples=3)
+    assert reader.get(1)["z"].shape == (3, 0)
+    assert [a.shape for a in reader.take(np.array([2, 0]))["z"]] == [(3, 0), (3, 0)]

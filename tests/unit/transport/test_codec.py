@@ -1,0 +1,295 @@
+"""The batch codec (streamload.transport): exact round trips, no pickle for arrays, lifetimes."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from streamload.transport.codec import BatchPlan, decode, encode, encoded_size, plan_batch, send
+from streamload.transport.ring import (
+    RecordTooLarge,
+    Ring,
+    RingArgumentError,
+    RingCorrupted,
+    RingTimeout,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def make_pair(capacity: int = 1 << 20) -> tuple[Ring, Ring]:
+    cons = Ring.create(capacity)
+    return cons, Ring.attach(cons.handle(), "producer")
+
+
+def assert_same(a: object, b: object) -> None:
+    """Structural equality that also compares leaf types, dtypes and shapes."""
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        assert list(a) == list(b)
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+    elif isinstance(a, float) and a != a:
+        assert b != b  # NaN
+    else:
+        assert a == b
+
+
+def columnar_batch() -> dict[str, object]:
+    return {
+        "image": np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),
+        "label": np.array([3, 7], dtype=np.int64),
+        "tokens": torch.arange(10, dtype=torch.int32).reshape(2, 5),
+        "text": ["hello", "wörld ✓"],
+        "blobs": [b"\x00\x01", b""],
+        "id": 7,
+        "scale": 0.5,
+        "flag": True,
+        "name": "batch",
+        "nothing": None,
+    }
+
+
+def test_columnar_batch_round_trips_without_pickle() -> None:
+    """Arrays, tensors, string/bytes lists and scalars decode to equal values with no pickle."""
+    batch = columnar_batch()
+    plan = plan_batch(batch)
+    assert not plan.has_pickle
+    blob = encode(batch)
+    assert len(blob) == plan.nbytes == encoded_size(batch)
+    assert b"pickle" not in blob and b"\x80\x05" not in blob  # no pickle stream anywhere
+    assert_same(decode(blob), batch)
+
+
+def test_metadata_is_json_and_buffers_are_64_byte_aligned() -> None:
+    """The structure is plain JSON; every array starts at a 64-byte aligned offset."""
+    blob = encode({"a": np.zeros(3, np.float64), "b": np.ones(5, np.int8)})
+    magic, version, flags, meta_len, _ = struct.unpack_from("<4sHHII", blob)
+    assert (magic, version, flags) == (b"SLB1", 1, 0)
+    tree = json.loads(blob[16 : 16 + meta_len])
+    data_start = (16 + meta_len + 63) // 64 * 64
+    offsets = [node[1] for node in tree[2]]
+    assert all((data_start + off) % 64 == 0 for off in offsets)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.float32,
+        torch.float64,
+        torch.bfloat16,
+        torch.complex64,
+    ],
+)
+def test_every_torch_dtype_keeps_its_dtype(dtype: torch.dtype) -> None:
+    """Tensors come back with the same dtype, bool and bfloat16 (no numpy twin) included."""
+    tensor = (torch.arange(12) % 3).to(dtype).reshape(3, 4)
+    out = decode(encode({"t": tensor, "scalar": tensor[0, 0]}))
+    assert_same(out, {"t": tensor, "scalar": tensor[0, 0]})
+
+
+def test_non_contiguous_and_byte_swapped_arrays_are_copied_once_into_native_layout() -> None:
+    """Strided views and big-endian arrays decode to equal, native, contiguous arrays."""
+    base = np.arange(40, dtype=np.float32).reshape(5, 8)
+    swapped = np.arange(6, dtype=">i4")
+    out = decode(
+        encode(
+            {"strided": base[::2, 1::3], "swapped": swapped, "t": torch.arange(9).reshape(3, 3).T}
+        )
+    )
+    np.testing.assert_array_equal(out["strided"], base[::2, 1::3])
+    assert out["strided"].flags.c_contiguous
+    assert out["swapped"].dtype == np.dtype("int32") and out["swapped"].dtype.isnative
+    np.testing.assert_array_equal(out["swapped"], swapped)
+    assert torch.equal(out["t"], torch.arange(9).reshape(3, 3).T)
+
+
+def test_other_objects_fall_back_to_flagged_pickle() -> None:
+    """A set (no native encoding) is pickled, flagged in the header, and refusable."""
+    batch = {"tags": {1, 2}, "x": np.ones(2)}
+    plan = plan_batch(batch)
+    assert plan.has_pickle
+    blob = encode(batch)
+    assert struct.unpack_from("<4sHH", blob)[2] & 1
+    assert_same(decode(blob), batch)
+    with pytest.raises(RingArgumentError, match="allow_pickle=False"):
+        decode(blob, allow_pickle=False)
+
+
+def test_as_torch_turns_numeric_numpy_arrays_into_tensors() -> None:
+    """as_torch=True converts numeric numpy arrays; unicode arrays stay numpy."""
+    out = decode(encode({"x": np.arange(3), "u": np.array(["a", "bc"])}), as_torch=True)
+    assert isinstance(out["x"], torch.Tensor) and out["x"].dtype == torch.int64
+    assert isinstance(out["u"], np.ndarray) and out["u"].tolist() == ["a", "bc"]
+
+
+leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+    st.binary(max_size=50),
+    hnp.arrays(
+        dtype=st.sampled_from(
+            [np.int8, np.uint16, np.int64, np.float32, np.float64, np.bool_, np.complex128]
+        ),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+    ),
+    st.lists(st.text(max_size=10), min_size=1, max_size=5),
+    st.lists(st.binary(max_size=10), min_size=1, max_size=5),
+)
+batches = st.recursive(
+    leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children, children),
+        st.dictionaries(st.text(max_size=5), children, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=batches)
+def test_any_supported_batch_round_trips_exactly(batch: object) -> None:
+    """Any nesting of supported leaves decodes to an equal structure with equal leaf types."""
+    plan = plan_batch(batch)
+    assert not plan.has_pickle
+    assert_same(decode(encode(batch)), batch)
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbage=st.binary(max_size=300), cut=st.integers(0, 400))
+def test_garbage_payloads_raise_ring_corrupted_not_crash(garbage: bytes, cut: int) -> None:
+    """Scribbled payloads decode or raise RingCorrupted; nothing else escapes, nothing crashes."""
+    blob = bytearray(encode(columnar_batch()))
+    blob[cut : cut + len(garbage)] = garbage
+    # RingArgumentError: the scribble produced a pickle node, which allow_pickle=False refuses.
+    with contextlib.suppress(RingCorrupted, RingArgumentError):
+        decode(bytes(blob), allow_pickle=False)
+
+
+def test_send_writes_straight_into_the_ring_and_decode_copy_releases_at_once() -> None:
+    """send() reserves exactly encoded_size; decode(copy=True) releases the record immediately."""
+    cons, prod = make_pair()
+    batch = columnar_batch()
+    seq = send(prod, batch)
+    rec = cons.get(timeout=0)
+    assert rec.seq == seq and rec.nbytes == encoded_size(batch)
+    out = decode(rec)
+    assert rec.released and cons.stats()["bytes_in_use"] == 0
+    assert_same(out, batch)
+
+
+def test_zero_copy_decode_keeps_the_record_until_the_last_tensor_dies() -> None:
+    """decode(copy=False) tensors view ring memory; the space returns when the last one is gone."""
+    cons, prod = make_pair()
+    send(
+        prod,
+        {"a": torch.arange(1000), "b": np.arange(10.0), "c": torch.ones(4, dtype=torch.bfloat16)},
+    )
+    rec = cons.get(timeout=0)
+    out = decode(rec, copy=False)
+    del rec
+    gc.collect()
+    a, b, c = out["a"], out["b"], out["c"]
+    del out
+    assert cons.stats()["bytes_held"] > 0
+    assert int(a.sum()) == sum(range(1000))
+    del a, b
+    assert cons.stats()["bytes_held"] > 0  # c still views the record
+    assert c.float().sum().item() == 4.0
+    del c
+    assert cons.stats()["bytes_in_use"] == 0
+
+
+def test_zero_copy_tensors_view_ring_memory_not_a_copy() -> None:
+    """copy=False really is zero-copy: the tensor's data pointer lies inside the record."""
+    cons, prod = make_pair()
+    send(prod, {"a": torch.arange(64, dtype=torch.int64)})
+    rec = cons.get(timeout=0)
+    start = np.frombuffer(rec, dtype=np.uint8).ctypes.data
+    out = decode(rec, copy=False)
+    assert start <= out["a"].data_ptr() < start + rec.nbytes
+    assert out["a"].data_ptr() % 64 == 0
+
+
+def test_batch_too_large_for_the_ring_names_ring_size() -> None:
+    """A batch that cannot fit raises RecordTooLarge and publishes nothing."""
+    cons, prod = make_pair(1 << 12)
+    with pytest.raises(RecordTooLarge, match="raise ring_size"):
+        send(prod, {"x": np.zeros(10_000, np.uint8)})
+    send(prod, {"x": np.zeros(10, np.uint8)})
+    out = decode(cons.get(timeout=0))
+    assert out["x"].shape == (10,)
+
+
+def test_failure_while_writing_aborts_the_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If writing the batch fails half-way, nothing is published and the producer continues."""
+    cons, prod = make_pair()
+    original = BatchPlan.write_into
+
+    def write_then_fail(self: BatchPlan, buf: object) -> int:
+        original(self, buf)
+        raise RuntimeError("decoder blew up")
+
+    monkeypatch.setattr(BatchPlan, "write_into", write_then_fail)
+    with pytest.raises(RuntimeError, match="decoder blew up"):
+        send(prod, {"x": np.ones(100)})
+    monkeypatch.undo()
+    with pytest.raises(RingTimeout):
+        cons.get(timeout=0)
+    send(prod, {"ok": 1})
+    rec = cons.get(timeout=0)
+    assert rec.seq == 0 and decode(rec) == {"ok": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_transport_benchmark_quick_mode_runs(tmp_path: Path) -> None:
+    """benchmarks/transport.py --quick completes and reports every transport (keeps it from rotting)."""
+    out = tmp_path / "transport.json"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--quick", "--json", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    results = json.loads(out.read_text())["results"]
+    names = {r["name"] for r in results}
+    assert names == {"ring copy-out", "ring zero-copy", "ring raw", "mp.Queue", "DataLoader"}
+    assert all(r["items_per_s"] > 0 and len(r["seconds"]) == 1 for r in results)

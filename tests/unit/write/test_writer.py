@@ -1,0 +1,210 @@
+"""ShardWriter: rotation, atomic publication, failure policy, URLs and settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+
+from streamload import ShardWriter, StreamingDataset
+from streamload.errors import ConfigError, FormatError, StoreError
+from streamload.format.checksum import xxh3_64_file
+from streamload.format.index import load_index
+
+
+def _sample(i: int) -> dict[str, Any]:
+    return {"id": i, "tokens": np.full(256, i, np.int32), "text": f"row {i}"}
+
+
+def _write(url: str, n: int, **kw: Any) -> None:
+    with ShardWriter(url, **kw) as w:
+        for i in range(n):
+            w.write(_sample(i))
+
+
+def test_shards_rotate_at_shard_size_without_splitting_samples(tmp_path: Path) -> None:
+    """Every shard but the last reaches shard_size and overshoots by less than one batch-sized sample."""
+    shard_size = 16 * 1024
+    _write(str(tmp_path), 500, shard_size=shard_size)
+    index = load_index(str(tmp_path))
+    assert len(index.shards) > 5
+    assert index.num_samples == 500
+    sample_bytes = 256 * 4 + 16 + 8
+    for shard in index.shards[:-1]:
+        assert shard_size <= shard.bytes <= shard_size + 4 * sample_bytes + 4096
+    assert index.shards[-1].bytes <= shard_size + 4 * sample_bytes + 4096
+    fs = fsspec.filesystem("file")
+    for shard in index.shards:
+        path = tmp_path / shard.name
+        assert path.stat().st_size == shard.bytes
+        assert xxh3_64_file(fs, str(path)) == shard.checksum
+    assert sorted(os.listdir(tmp_path)) == sorted(["index.json", *(s.name for s in index.shards)])
+
+
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+def test_compressed_shards_round_trip_and_still_rotate(
+    tmp_path: Path, compression: str | None
+) -> None:
+    """zstd and lz4 shards read back identically; rotation follows compressed bytes."""
+    _write(str(tmp_path), 300, shard_size="8KiB", compression=compression)
+    ds = StreamingDataset(str(tmp_path), verify=True)
+    assert ds.num_shards > 1
+    for i in (0, 150, 299):
+        assert ds[i]["id"] == i and ds[i]["text"] == f"row {i}"
+        np.testing.assert_array_equal(ds[i]["tokens"], np.full(256, i, np.int32))
+
+
+def test_compression_shrinks_compressible_shards(tmp_path: Path) -> None:
+    """zstd shards of repetitive data are smaller than uncompressed ones."""
+    _write(str(tmp_path / "raw"), 200, shard_size="1GB")
+    _write(str(tmp_path / "zstd"), 200, shard_size="1GB", compression="zstd")
+    assert (
+        load_index(str(tmp_path / "zstd")).total_bytes
+        < load_index(str(tmp_path / "raw")).total_bytes / 4
+    )
+
+
+def test_index_appears_only_after_close(tmp_path: Path) -> None:
+    """While writing there is no index.json (so readers see an incomplete dataset)."""
+    w = ShardWriter(str(tmp_path), shard_size="4KiB")
+    for i in range(100):
+        w.write(_sample(i))
+    assert not (tmp_path / "index.json").exists()
+    assert any(name.startswith("shard-") for name in os.listdir(tmp_path))
+    with pytest.raises(FormatError, match="incomplete"):
+        StreamingDataset(str(tmp_path), verify=True)
+    w.close()
+    assert (tmp_path / "index.json").exists()
+    assert len(StreamingDataset(str(tmp_path), verify=True)) == 100
+    w.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        w.write(_sample(0))
+
+
+def test_exception_inside_with_leaves_no_index_and_no_temp_files(tmp_path: Path) -> None:
+    """An exception in the with block: no index.json, no temp file; finished shards stay."""
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        ShardWriter(str(tmp_path), shard_size="4KiB") as w,
+    ):
+        for i in range(50):
+            w.write(_sample(i))
+        raise RuntimeError("boom")
+    names = os.listdir(tmp_path)
+    assert "index.json" not in names
+    assert names and all(n.startswith("shard-") and n.endswith(".arrow") for n in names)
+
+
+def test_schema_mismatch_mid_write_aborts_the_dataset(tmp_path: Path) -> None:
+    """A bad sample raises FormatError naming it, and the dataset is left without index.json."""
+    with (
+        pytest.raises(
+            FormatError, match=r"sample 3: field 'tokens' has dtype int64, schema says int32"
+        ),
+        ShardWriter(str(tmp_path), shard_size="1MB") as w,
+    ):
+        for i in range(3):
+            w.write(_sample(i))
+        w.write({**_sample(3), "tokens": np.zeros(256, np.int64)})
+    assert not (tmp_path / "index.json").exists()
+
+
+def test_existing_dataset_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    """index.json present -> StoreError; overwrite=True replaces it and drops stale shards."""
+    _write(str(tmp_path), 300, shard_size="4KiB")
+    old_shards = len(load_index(str(tmp_path)).shards)
+    with pytest.raises(StoreError, match="already holds a dataset"):
+        ShardWriter(str(tmp_path))
+    _write(str(tmp_path), 10, shard_size="4KiB", overwrite=True)
+    index = load_index(str(tmp_path))
+    assert index.num_samples == 10 and len(index.shards) < old_shards
+    assert sorted(os.listdir(tmp_path)) == sorted(["index.json", *(s.name for s in index.shards)])
+
+
+def test_memory_and_file_urls_write_readable_datasets(tmp_path: Path) -> None:
+    """memory:// and file:// URLs work end to end."""
+    mem = f"memory://writer-{uuid.uuid4().hex}"
+    _write(mem, 120, shard_size="4KiB")
+    ds = StreamingDataset(mem, verify=True)
+    assert ds.num_shards > 1 and ds[119]["id"] == 119
+    fs = fsspec.filesystem("memory")
+    names = [p.rsplit("/", 1)[-1] for p in fs.ls(mem.removeprefix("memory:/"), detail=False)]
+    assert not [n for n in names if ".tmp-" in n]
+    _write(f"file://{tmp_path}", 30, shard_size="4KiB")
+    assert StreamingDataset(f"file://{tmp_path}", verify=True)[29]["id"] == 29
+
+
+def test_explicit_schema_allows_variable_shapes_and_empty_datasets(tmp_path: Path) -> None:
+    """A given schema with a null dim accepts any length; zero samples still write an index."""
+    schema = {"columns": [{"name": "v", "kind": "ndarray", "dtype": "int16", "shape": [None]}]}
+    with ShardWriter(str(tmp_path / "a"), schema=schema, shard_size="1MB") as w:
+        for n in (0, 5, 2):
+            w.write({"v": np.arange(n, dtype=np.int16)})
+    ds = StreamingDataset(str(tmp_path / "a"), verify=True)
+    assert [ds[i]["v"].tolist() for i in range(3)] == [[], [0, 1, 2, 3, 4], [0, 1]]
+    with ShardWriter(str(tmp_path / "b"), schema=schema, shard_size="1MB"):
+        pass
+    empty = StreamingDataset(str(tmp_path / "b"), verify=True)
+    assert len(empty) == 0 and empty.num_shards == 0 and list(empty) == []
+    assert empty.get_batch(np.array([], np.int64))["v"] == []
+
+
+def test_no_samples_and_no_schema_cannot_write_an_index(tmp_path: Path) -> None:
+    """close() without samples or schema raises rather than inventing a schema."""
+    with pytest.raises(FormatError, match="no samples written and no schema given"):
+        ShardWriter(str(tmp_path), shard_size="1MB").close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"shard_size": "lots"}, ConfigError, "shard_size"),
+        ({"shard_size": 0}, ConfigError, "shard_size"),
+        ({"compression": "gzip"}, ConfigError, "compression"),
+        ({"format": "parquet"}, ConfigError, "format"),
+        (
+            {"format": "lmdb", "compression": "zstd"},
+            ConfigError,
+            "LMDB shards are stored uncompressed",
+        ),
+        ({"schema": {"columns": [{"name": "x", "kind": "blob"}]}}, FormatError, "unknown kind"),
+    ],
+)
+def test_bad_settings_fail_at_construction(
+    tmp_path: Path, kwargs: dict[str, Any], error: type, message: str
+) -> None:
+    """Bad format, shard_size, compression or schema fail before anything is written."""
+    with pytest.raises(error, match=message):
+        ShardWriter(str(tmp_path / "ds"), **{"shard_size": "1MB", **kwargs})
+
+
+def test_default_shard_size_comes_from_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """shard_size=None uses the configured default (here from the environment)."""
+    monkeypatch.setenv("STREAMLOAD_SHARD_SIZE", "4KiB")
+    monkeypatch.delenv("STREAMLOAD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./streamload.toml; the environment outranks any user file
+    _write(str(tmp_path / "ds"), 100)
+    assert len(load_index(str(tmp_path / "ds")).shards) > 3
+
+
+def test_index_json_is_the_documented_format(tmp_path: Path) -> None:
+    """index.json carries version 1, the format, the schema and per-shard name/count/bytes/xxh3."""
+    _write(str(tmp_path), 3, shard_size="1MB")
+    data = json.loads((tmp_path / "index.json").read_text())
+    assert data["format_version"] == 1 and data["format"] == "arrow" and data["num_samples"] == 3
+    assert data["schema"]["columns"][1] == {
+        "name": "tokens",
+        "kind": "ndarray",
+        "dtype": "int32",
+        "shape": [256],
+    }
+    assert set(data["shards"][0]) == {"name", "num_samples", "bytes", "xxh3_64"}
+    assert data["shards"][0]["name"] == "shard-00000.arrow"
