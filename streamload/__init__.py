@@ -1,6 +1,7 @@
 """streamload: stream sharded Arrow/LMDB datasets into PyTorch, fast and in bounded memory."""
 
 from streamload import config
+from streamload.dataset.mixed import MixedDataset
 from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import (
     CacheError,
@@ -23,6 +24,7 @@ __all__ = [
     "CacheError",
     "ConfigError",
     "FormatError",
+    "MixedDataset",
     "RingError",
     "ShardWriter",
     "StateError",

@@ -5,14 +5,23 @@ The dataset is its validated index.json, its resolved settings (`DatasetSettings
 opened lazily per process, never carried across ``fork``, checksums verified once per file
 version, remote shards pinned in the node's disk cache).
 
-Order: ``sample_order(epoch)`` is `streamload.plan.order.global_order`, a pure function of
-(shard sizes, shuffle settings, seed, epoch) that no rank or worker count changes;
-``epoch_plan`` cuts it into per-rank steps (`streamload.plan.partition.EpochPlan`) for this
-process's `topology` from a start position (``load_state_dict`` sets one for the next pass).
-Iterating yields this rank's share (steps of one sample per rank); inside a DataLoader worker,
-``share[worker_id::num_workers]``, which is exactly the num_workers=0 order when the DataLoader
-takes one sample per worker turn (``batch_size=1``); with larger batches each sample is still
-yielded exactly once.
+Order: ``sample_order(epoch)`` is an `streamload.plan.order.EpochOrder`, a pure function of
+(items per shard, shuffle settings, seed, epoch) that no rank or worker count changes, evaluated
+lazily: no process ever holds an array of the epoch. ``epoch_plan`` cuts it into per-rank steps
+(`streamload.plan.partition.EpochPlan`) for this process's `topology` from a start position
+(``load_state_dict`` sets one for the next pass). Iterating yields this rank's share (steps of
+one sample per rank, read a chunk at a time); inside a DataLoader worker, every
+``num_workers``-th sample of it from ``worker_id``, which is exactly the num_workers=0 order when
+the DataLoader takes one sample per worker turn (``batch_size=1``); with larger batches each
+sample is still yielded exactly once.
+
+Subsets: ``subset=`` (a count, a fraction or id ranges; `streamload.plan.subset`) makes the
+dataset that part of itself: ``len``, ids, ``ds[i]``, ``get_batch`` and the plan all number the
+subset's items (virtual shards inside the real ones), mapped to real rows only when read.
+
+Read-ahead of remote shards follows what this process will read (`follow_plan`: the pass's
+batches, then the next epoch's), registered by whoever starts the pass: a loader at
+num_workers=0, each loader worker, or iteration.
 
 Ids in ``get_batch`` are grouped by shard (searchsorted on cumulative counts), each shard does one
 columnar ``take``, and the parts are scattered back into the order of ``ids``; conventions per
@@ -26,7 +35,8 @@ import json
 import operator
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,15 +46,17 @@ import xxhash
 from streamload import config
 from streamload.cache import index_copy
 from streamload.dataset.open_shards import OpenShards
+from streamload.dataset.remote import ReadSource
 from streamload.dataset.settings import DatasetSettings
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
 from streamload.format.blobs import BlobColumn
 from streamload.format.index import INDEX_NAME, DatasetIndex, read_index
 from streamload.format.schema import Column, Schema
-from streamload.plan.order import ShuffleSettings, global_order
+from streamload.plan.order import EpochOrder, ShuffleSettings
 from streamload.plan.partition import EpochPlan
 from streamload.plan.state import check_state, fingerprint, make_state
+from streamload.plan.subset import Subset, make_subset
 from streamload.shards.lmdb import env as lmdb_env
 from streamload.shards.reader import ShardReader
 from streamload.store import filesystem as store
@@ -71,6 +83,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         shuffle_block: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        subset: int | float | list[tuple[int, int]] | None = None,
     ) -> None:
         """Open a dataset (reads and validates index.json; shards open on first use).
 
@@ -94,11 +107,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             rank, world_size: this process's place in a distributed job (both or neither);
                 None: from torch.distributed when initialized, else RANK/WORLD_SIZE, at each
                 pass (see `streamload.dataset.topology.topology`).
+            subset: read only part of the dataset: a count ``N`` or a fraction (a fixed subset
+                chosen with ``seed``, spread over the shards in proportion to their sizes) or
+                a list of ``(start, stop)`` id ranges; ``len`` and ids then number the subset.
 
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
             ConfigError: a bad setting (seed, shuffle_mode, shuffle_block, rank/world_size,
-                cache_limit, ...), whatever the URL.
+                cache_limit, subset, ...), whatever the URL.
             CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
@@ -139,6 +155,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             self._root, self._index = env
             verify = False  # nothing to verify against: the environment has no checksums
         self._selected = self._index.schema.select(columns)
+        self._subset: Subset | None = None
+        if subset is not None:
+            sizes = [info.num_samples for info in self._index.shards]
+            self._subset = make_subset(sizes, subset, seed, "StreamingDataset subset")
+        self._orders: OrderedDict[tuple[int, ShuffleSettings], EpochOrder] = OrderedDict()
+        self._following: Callable[[int], Iterable[np.ndarray]] | None = None
+        self._generation = 0
         self.shuffle = shuffle_settings.shuffle
         self.seed = seed
         self.transform = transform
@@ -192,7 +215,19 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return self._url
 
     def __len__(self) -> int:
-        return self._index.num_samples
+        return len(self._subset) if self._subset is not None else self._index.num_samples
+
+    @property
+    def subset(self) -> Subset | None:
+        """The subset this dataset reads (None: all of it)."""
+        return self._subset
+
+    def item_sizes(self) -> np.ndarray:
+        """Items per shard as the plan sees them: the index's shard sizes, or the subset's
+        virtual shards (parts of real ones)."""
+        if self._subset is not None:
+            return self._subset.sizes
+        return np.asarray([info.num_samples for info in self._index.shards], dtype=np.int64)
 
     def __repr__(self) -> str:
         return (
@@ -232,12 +267,18 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             self._shuffle_settings = current.validated()
         return current
 
-    def sample_order(self, epoch: int | None = None) -> np.ndarray:
-        """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
-        the same for every rank and worker count."""
-        sizes = [info.num_samples for info in self._index.shards]
+    def sample_order(self, epoch: int | None = None) -> EpochOrder:
+        """The global order of ``epoch`` (default: the current one), the same for every rank and
+        worker count: a lazy sequence of ids (``order[a:b]``, ``order.at(positions)``); see
+        `streamload.plan.order.EpochOrder`."""
         epoch = self._epoch if epoch is None else epoch
-        return global_order(sizes, self.shuffle_settings, epoch)
+        key = (epoch, self.shuffle_settings)
+        order = self._orders.get(key)
+        if order is None:
+            order = self._orders[key] = EpochOrder(self.item_sizes(), key[1], epoch)
+            while len(self._orders) > 2:  # this epoch and the next (read-ahead): chunk caches
+                self._orders.popitem(last=False)
+        return order
 
     def topology(self) -> Topology:
         """This process's rank and world size (explicit arguments, torch.distributed, or env).
@@ -248,20 +289,62 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return topology(self._rank_arg, self._world_size_arg)
 
     def epoch_plan(
-        self, batch_size: int, drop_last: bool = False, start: int | None = None
+        self,
+        batch_size: int,
+        drop_last: bool = False,
+        start: int | None = None,
+        world_size: int | None = None,
+        epoch: int | None = None,
     ) -> EpochPlan:
-        """The current epoch's steps for every rank of ``topology()``.
+        """An epoch's steps for every rank.
 
         Args:
             batch_size: ids per rank per step.
             drop_last: drop the tail that does not fill a whole step.
             start: global position to start from; None: the position ``load_state_dict`` set
                 (0 if none).
+            world_size: ranks (None: ``topology()``).
+            epoch: the epoch (None: the current one).
         """
         if start is None:
             start = self._resume or 0
-        world_size = self.topology().world_size
-        return EpochPlan(self.sample_order(), world_size, batch_size, drop_last, start)
+        world_size = world_size or self.topology().world_size
+        order = self.sample_order(epoch)
+        return EpochPlan(order, world_size, batch_size, drop_last, start)
+
+    def plan_start(self, plan: EpochPlan) -> int:
+        """What a worker needs, besides the plan's shape, to rebuild ``plan``: its start."""
+        return plan.start
+
+    def plan_state(self, epoch: int, plan: EpochPlan, steps: int) -> dict[str, Any]:
+        """The resume state after ``steps`` steps of ``plan`` (epoch ``epoch``); after its last
+        step, the next epoch at position 0."""
+        position = plan.position_after(steps)
+        if steps >= plan.num_steps:
+            epoch, position = epoch + 1, 0
+        return make_state(self.fingerprint(), epoch, position)
+
+    def follow_plan(self, plan: EpochPlan, rank: int, first: int = 0, stride: int = 1) -> None:
+        """Make this process's read-ahead follow ``rank``'s batches of ``plan`` at steps
+        ``first, first + stride, ...`` (a loader worker's share), then the next epoch's from its
+        start. Each call starts a new read plan (the next shard opened re-synchronises)."""
+        epoch, start = self._epoch, plan.start
+        shape = (plan.batch_size, plan.drop_last, plan.world_size)
+
+        def reads(e: int) -> Iterator[np.ndarray]:
+            if e not in (epoch, epoch + 1):
+                return
+            # A plan of its own: the read-ahead thread walks it while the reader reads.
+            mine = self.epoch_plan(*shape[:2], start if e == epoch else 0, shape[2], epoch=e)
+            yield from mine.batches(rank, first, stride)
+
+        self.follow(reads)
+
+    def follow(self, reads: Callable[[int], Iterable[np.ndarray]]) -> None:
+        """Make this process's read-ahead follow ``reads``: epoch -> the ids this process will
+        read that epoch, in order, as a lazy iterable of chunks (this dataset's ids)."""
+        self._following = reads
+        self._generation += 1
 
     @property
     def resume_pending(self) -> bool:
@@ -281,7 +364,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         if self._digest is None:
             shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
             self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
-        return fingerprint(len(self), self._digest, self.shuffle_settings)
+        spec = self._subset.spec if self._subset is not None else None
+        return fingerprint(len(self), self._digest, self.shuffle_settings, spec)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
@@ -319,6 +403,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"sample index out of range for dataset of {n} samples")
+        if self._subset is not None:
+            i = int(self._subset.to_real(np.array([i]))[0])
         offsets = self._index.sample_offsets
         k = int(np.searchsorted(offsets, i, "right")) - 1
         sample = self._reader(k).get(i - int(offsets[k]))
@@ -328,7 +414,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """Columnar rows ``ids`` (any order, duplicates allowed), no transform.
 
         Args:
-            ids: global sample ids.
+            ids: sample ids of this dataset (of its subset, if it has one).
             strings: ``"list"`` (str/bytes columns as lists) or ``"blob"`` (as one
                 ``collate.BlobColumn`` each: what the loader's workers ship).
 
@@ -347,6 +433,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
+        if self._subset is not None:
+            ids = self._subset.to_real(ids)
         offsets = self._index.sample_offsets
         shard_of = np.searchsorted(offsets, ids, "right") - 1
         first = int(shard_of[0])
@@ -358,25 +446,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
             for p in parts
         ]
-        out: dict[str, Any] = {}
-        for col in self._selected.columns:
-            first_part = taken[0][1][col.name]
-            if isinstance(first_part, np.ndarray):
-                merged = np.empty((n, *first_part.shape[1:]), first_part.dtype)
-                for positions, columns in taken:
-                    merged[positions] = columns[col.name]
-                out[col.name] = merged
-            elif isinstance(first_part, BlobColumn):
-                blobs = [columns[col.name] for _, columns in taken]
-                out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
-            else:
-                objects = np.empty(n, dtype=object)
-                for positions, columns in taken:
-                    holder = np.empty(len(positions), dtype=object)
-                    holder[:] = columns[col.name]
-                    objects[positions] = holder
-                out[col.name] = objects.tolist()
-        return out
+        return merge_parts(self._selected, taken, n)
 
     def __iter__(self) -> Iterator[Any]:
         """This rank's samples of ``sample_order()`` (one per rank per step, from the position
@@ -387,11 +457,24 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """
         worker = torch.utils.data.get_worker_info()
         start = self._resume if worker is not None else self.take_resume_position()
-        order = self.epoch_plan(1, start=start or 0).rank_ids(self.topology().rank)
-        if worker is not None:
-            order = order[worker.id :: worker.num_workers]
-        for first in range(0, len(order), _ITER_CHUNK):
-            yield from self.get_samples(order[first : first + _ITER_CHUNK])
+        plan = self.epoch_plan(1, start=start or 0)
+        rank = self.topology().rank
+        first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        self.follow(self._iteration_reads(plan, rank, first, stride))
+        for ids in _iteration_chunks(plan, rank, first, stride):
+            yield from self.get_samples(ids)
+
+    def _iteration_reads(
+        self, plan: EpochPlan, rank: int, first: int, stride: int
+    ) -> Callable[[int], Iterator[np.ndarray]]:
+        epoch, start, world = self._epoch, plan.start, plan.world_size
+
+        def reads(e: int) -> Iterator[np.ndarray]:
+            if e in (epoch, epoch + 1):
+                mine = self.epoch_plan(1, False, start if e == epoch else 0, world, epoch=e)
+                yield from _iteration_chunks(mine, rank, first, stride)
+
+        return reads
 
     def get_samples(self, ids: np.ndarray) -> list[Any]:
         """Samples ``ids`` as iteration yields them: per-sample dicts (transformed if a
@@ -418,24 +501,86 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         self.__dict__.update(state)
         store.attach_policy(self._fs, self.settings.retry)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned worker registers what it reads itself; evaluated orders are per process.
+        state = self.__dict__.copy()
+        state["_following"] = None
+        state["_orders"] = OrderedDict()
+        return state
+
     def _reader(self, k: int) -> ShardReader:
-        return self._shards.reader(k, self._epoch, _weak_order_of(self))
+        return self._shards.reader(k, self._epoch, _weak_reads_of(self))
 
     def _remote_shards(self) -> Any:
         """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
-        return self._shards.remote(_weak_order_of(self))
+        return self._shards.remote(_weak_reads_of(self))
+
+    def _reads(self, epoch: int) -> Iterable[np.ndarray]:
+        """The real ids this process will read in ``epoch``, chunk by chunk, in order: what the
+        registered pass reads (`follow`), else this process's share of iteration."""
+        reads = self._following
+        if reads is None:
+            worker = torch.utils.data.get_worker_info()
+            first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+            plan = self.epoch_plan(1, start=0, epoch=epoch)
+            reads = self._iteration_reads(plan, self.topology().rank, first, stride)
+        subset = self._subset
+        for chunk in reads(epoch):
+            yield subset.to_real(chunk) if subset is not None else chunk
 
 
-def _weak_order_of(dataset: StreamingDataset) -> Callable[[int], np.ndarray]:
-    """``dataset.sample_order`` without a reference to ``dataset``: the read-ahead thread holds
-    it, and must not keep the dataset alive."""
+def _iteration_chunks(plan: EpochPlan, rank: int, first: int, stride: int) -> Iterator[np.ndarray]:
+    """``rank``'s ids of a one-sample-per-rank plan at steps ``first, first + stride, ...``, a few
+    hundred at a time."""
+    span = _ITER_CHUNK * stride
+    for begin in range(first, plan.num_steps, span):
+        positions = plan.rank_positions(rank, begin, begin + span, stride)
+        if len(positions):
+            yield plan.order[positions]
+
+
+def _weak_reads_of(dataset: StreamingDataset) -> ReadSource:
+    """What ``dataset`` reads in this process, without a reference to it: the read-ahead thread
+    holds this, and must not keep the dataset alive."""
     ref = weakref.ref(dataset)
 
-    def order_of(epoch: int) -> np.ndarray:
+    def reads(epoch: int) -> Iterable[np.ndarray]:
         ds = ref()
-        return np.empty(0, np.int64) if ds is None else ds.sample_order(epoch)
+        return () if ds is None else ds._reads(epoch)
 
-    return order_of
+    def generation() -> int:
+        ds = ref()
+        return -1 if ds is None else ds._generation
+
+    return ReadSource(reads, generation)
+
+
+def merge_parts(
+    schema: Schema, taken: list[tuple[np.ndarray, dict[str, Any]]], n: int
+) -> dict[str, Any]:
+    """Columns of ``n`` rows from parts (one per shard, or per source of a mixture): row ``j``
+    of part ``p`` goes to row ``taken[p][0][j]``; conventions per kind as ``get_batch``'s."""
+    if len(taken) == 1 and np.array_equal(taken[0][0], np.arange(n)):
+        return dict(taken[0][1])
+    out: dict[str, Any] = {}
+    for col in schema.columns:
+        first_part = taken[0][1][col.name]
+        if isinstance(first_part, np.ndarray):
+            merged = np.empty((n, *first_part.shape[1:]), first_part.dtype)
+            for positions, columns in taken:
+                merged[positions] = columns[col.name]
+            out[col.name] = merged
+        elif isinstance(first_part, BlobColumn):
+            blobs = [columns[col.name] for _, columns in taken]
+            out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
+        else:
+            objects = np.empty(n, dtype=object)
+            for positions, columns in taken:
+                holder = np.empty(len(positions), dtype=object)
+                holder[:] = columns[col.name]
+                objects[positions] = holder
+            out[col.name] = objects.tolist()
+    return out
 
 
 def _empty_column(col: Column, strings: str = "list") -> Any:

@@ -71,14 +71,15 @@ from torch.utils.data import (
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from streamload import config
+from streamload.dataset.mixed import MixedDataset
 from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import ConfigError, StateError
 from streamload.loader.options import LoaderSettings, WorkerOptions, warn_if_too_many_workers
 from streamload.loader.passes import Pass, PassCursor
 from streamload.loader.stats import LoaderStats
 from streamload.pipeline.fetch import FetchSpec, Route
+from streamload.plan.mixture import MixturePlan
 from streamload.plan.partition import EpochPlan, count_steps
-from streamload.plan.state import make_state
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
@@ -331,9 +332,9 @@ class StreamLoader:
 
     def _route(self) -> Route:
         dataset = self.dataset
+        sources = dataset.sources.values() if isinstance(dataset, MixedDataset) else [dataset]
         if (
-            isinstance(dataset, StreamingDataset)
-            and dataset.transform is None
+            all(isinstance(d, StreamingDataset) and d.transform is None for d in sources)
             and self._auto_collation
             and self.collate_fn is default_collate
         ):
@@ -343,9 +344,10 @@ class StreamLoader:
         return Route.MAP if self._map_style else Route.ITERABLE
 
     def _planned(self) -> bool:
-        """Whether passes follow the StreamingDataset's own plan (and so can resume)."""
+        """Whether passes follow the dataset's own plan (a StreamingDataset or MixedDataset:
+        and so can resume)."""
         return (
-            isinstance(self.dataset, StreamingDataset)
+            isinstance(self.dataset, (StreamingDataset, MixedDataset))
             and not self._map_style
             and self.batch_size is not None
         )
@@ -373,14 +375,24 @@ class StreamLoader:
         return iter(self._index_sampler)
 
     def _begin_pass(self) -> PassCursor:
-        dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
+        dataset: Any = self.dataset
         start = dataset.take_resume_position()
         plan = dataset.epoch_plan(int(self.batch_size or 1), self.drop_last, start)
         rank = dataset.topology().rank
-        self._cursor = PassCursor(plan, rank, dataset.epoch)
+        mixed = isinstance(dataset, MixedDataset)
+        self._cursor = PassCursor(
+            plan,
+            rank,
+            dataset.epoch,
+            start=dataset.plan_start(plan),
+            sources=dataset.names if mixed else None,
+            stats=self._stats if mixed else None,
+        )
         workers = self.worker_options.num_workers
+        if workers == 0:  # workers follow their own shares (`streamload.loader.worker`)
+            dataset.follow_plan(plan, rank)
         # Only for whole epochs: a resumed pass near its end is short by nature, not misconfigured.
-        if start == 0 and 0 < plan.num_steps < workers:
+        if not start and 0 < plan.num_steps < workers:
             warnings.warn(
                 f"StreamLoader: rank {rank} has {plan.num_steps} batches this epoch for"
                 f" {workers} workers; {workers - plan.num_steps} workers stay idle (use fewer"
@@ -400,7 +412,7 @@ class StreamLoader:
 
     # -- plan and resume ------------------------------------------------------------------------
 
-    def epoch_plan(self) -> EpochPlan:
+    def epoch_plan(self) -> EpochPlan | MixturePlan:
         """The plan of the current pass (or of the next one, before any): steps, ``padding``.
 
         Raises:
@@ -436,10 +448,7 @@ class StreamLoader:
         cursor = self._cursor
         if cursor is None or dataset.resume_pending or dataset.epoch != cursor.epoch:
             return dataset.state_dict()
-        epoch, position = cursor.epoch, cursor.plan.position_after(cursor.steps)
-        if cursor.steps >= cursor.plan.num_steps:
-            epoch, position = epoch + 1, 0
-        return make_state(dataset.fingerprint(), epoch, position)
+        return dataset.plan_state(cursor.epoch, cursor.plan, cursor.steps)  # type: ignore[arg-type]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` at the next ``iter()``: its epoch (``dataset.epoch``), from
@@ -453,10 +462,10 @@ class StreamLoader:
         dataset.load_state_dict(state)
         self._cursor = None
 
-    def _require_plan(self, what: str) -> StreamingDataset:
+    def _require_plan(self, what: str) -> StreamingDataset | MixedDataset:
         if self._planned():
             return self.dataset  # type: ignore[return-value]
-        if not isinstance(self.dataset, StreamingDataset):
+        if not isinstance(self.dataset, (StreamingDataset, MixedDataset)):
             reason = f"a {type(self.dataset).__name__} has no resumable plan"
         elif self.batch_size is None:
             reason = "batch_size=None reads samples without a plan"

@@ -73,7 +73,8 @@ def auto_ring_capacity(dataset: Any, batch_size: int | None, spec: Any) -> int:
     """
     if spec.route is not Route.COLUMNAR or batch_size is None:
         return _FALLBACK_RING_BYTES
-    shards = dataset.index.shards
+    sources = getattr(dataset, "sources", {"": dataset})  # a MixedDataset: every source's
+    shards = [s for source in sources.values() for s in source.index.shards]
     per_sample = max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
     record = int(per_sample * batch_size * 1.5) + (64 << 10)
     need = min(max(2 * record, _MIN_AUTO_RING_BYTES), _MAX_AUTO_RING_BYTES)
@@ -394,7 +395,7 @@ class MultiProcessIter:
             if batch is not _SKIP:
                 break
         if self._cursor is not None:
-            self._cursor.steps += 1
+            self._cursor.delivered(batch)
         if self._pin_device is not None:
             batch = pin(batch, self._pin_device)
         return batch

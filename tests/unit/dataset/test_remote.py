@@ -165,7 +165,7 @@ def test_a_reader_pins_at_most_its_open_shards_plus_readahead(
     remote = ds._remote_shards()
     assert remote is not None
     plan, cursor = remote.plan
-    ahead = [int(k) for k in plan[cursor + 1 : cursor + 3]]
+    ahead = plan.window(cursor + 1, 2)
     assert remote.readahead.wait_reserved(ahead, timeout=30)
     remote.cache.clear()
     left = _disk_bytes(tmp_path / "cache")

@@ -34,20 +34,18 @@ and the difference. ``source_column="source"`` adds a str column naming each row
 
 from __future__ import annotations
 
-import copy
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch.utils.data
 
-from streamload import plan
-from streamload.collate import BlobColumn
-from streamload.dataset import StreamingDataset
-from streamload.errors import ConfigError, FormatError, StateError
-from streamload.lazy_order import ORDER_VERSION
-from streamload.mixture import (
+from streamload.dataset.streaming import StreamingDataset, merge_parts
+from streamload.dataset.topology import Topology, topology
+from streamload.errors import ConfigError, FormatError
+from streamload.format.blobs import BlobColumn
+from streamload.format.schema import Column, Schema
+from streamload.plan.mixture import (
     MixedBatch,
     MixturePlan,
     Segment,
@@ -56,13 +54,10 @@ from streamload.mixture import (
     check_weights,
     shares,
 )
-from streamload.permutation import derive_key
-from streamload.schema import Column, Schema
+from streamload.plan.order import ORDER_VERSION, ShuffleSettings
+from streamload.plan.permutation import derive_key
+from streamload.plan.state import check_mixture_state, make_mixture_state
 
-STATE_VERSION = 1
-_STATE_KEYS = frozenset(
-    ("version", "kind", "fingerprint", "epoch", "position", "cursors", "segments")
-)
 _ITER_BATCH = 256  # positions per rank per step when the mixture is iterated directly
 
 
@@ -136,7 +131,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
         if source_column is not None:
             self._schema = Schema((*self._schema.columns, Column(source_column, "str")))
         if rank is not None or world_size is not None:
-            plan.topology(rank, world_size)
+            topology(rank, world_size)
         self._rank_arg, self._world_size_arg = rank, world_size
         self._orders = [
             SourceOrder(s.item_sizes(), self._source_settings(n)) for n, s in sources.items()
@@ -207,9 +202,9 @@ class MixedDataset(torch.utils.data.IterableDataset):
             self._resume = None
         self._epoch = epoch
 
-    def topology(self) -> plan.Topology:
+    def topology(self) -> Topology:
         """This process's rank and world size."""
-        return plan.topology(self._rank_arg, self._world_size_arg)
+        return topology(self._rank_arg, self._world_size_arg)
 
     def epoch_start(
         self, epoch: int, batch_size: int, drop_last: bool, world_size: int | None = None
@@ -256,8 +251,9 @@ class MixedDataset(torch.utils.data.IterableDataset):
         drop_last: bool = False,
         start: int | Mapping[str, Any] | None = None,
         world_size: int | None = None,
+        epoch: int | None = None,
     ) -> MixturePlan:
-        """The current epoch's steps for every rank.
+        """An epoch's steps for every rank.
 
         Args:
             batch_size: positions per rank per step.
@@ -267,15 +263,17 @@ class MixedDataset(torch.utils.data.IterableDataset):
                 (and optionally ``"shares"``, ``"segment"``: the weights in force) as
                 `plan_start` gives it.
             world_size: ranks (None: ``topology()``).
+            epoch: the epoch (None: the current one); where its cursors start, for an int start.
         """
+        epoch = self._epoch if epoch is None else epoch
         world = world_size or self.topology().world_size
         self._last_steps = (world * batch_size, bool(drop_last))
         if start is None:
             start = self._resume
         if start is None or isinstance(start, int):
             position = int(start or 0)
-            segment = self._segment_at(self._epoch, position)[1][2]
-            cursors = self.epoch_start(self._epoch, batch_size, drop_last, world)
+            segment = self._segment_at(epoch, position)[1][2]
+            cursors = self.epoch_start(epoch, batch_size, drop_last, world)
             step = world * batch_size
             if position % step and position != self.samples:
                 raise ConfigError(
@@ -288,20 +286,42 @@ class MixedDataset(torch.utils.data.IterableDataset):
             if "shares" in start:
                 segment = Segment(tuple(start["shares"]), tuple(start["segment"]))
             else:
-                segment = self._segment_at(self._epoch, position)[1][2]
+                segment = self._segment_at(epoch, position)[1][2]
         return MixturePlan(
             self.samples, world, batch_size, drop_last, position, cursors, segment, self._orders
         )
 
-    @staticmethod
-    def plan_start(mixture_plan: MixturePlan) -> dict[str, Any]:
-        """What a worker needs to rebuild ``mixture_plan`` (JSON): position, cursors, weights."""
+    def plan_start(self, mixture_plan: MixturePlan, steps: int = 0) -> dict[str, Any]:
+        """What a worker needs to rebuild ``mixture_plan`` from ``steps`` steps in (JSON):
+        position, cursors, and the weights in force (a persistent worker's copy of this
+        mixture may predate a weight change)."""
         return {
-            "position": mixture_plan.start,
-            "cursors": list(mixture_plan.start_cursors),
+            "position": mixture_plan.position_after(steps),
+            "cursors": list(mixture_plan.cursors_at(steps)),
             "shares": list(mixture_plan.segment.shares),
             "segment": list(mixture_plan.segment.cursors),
         }
+
+    def follow_plan(self, plan: MixturePlan, rank: int, first: int = 0, stride: int = 1) -> None:
+        """Make each source's read-ahead follow its items in ``rank``'s batches of ``plan`` at
+        steps ``first, first + stride, ...`` (a loader worker's share), then in the next
+        epoch's, from where this plan leaves the cursors."""
+        shape = (plan.batch_size, plan.drop_last)
+        world, start = plan.world_size, self.plan_start(plan)
+
+        def source_reads(s: int) -> Iterator[np.ndarray]:
+            # Plans of its own: each source's read-ahead walks them at its own pace.
+            mine = self.epoch_plan(*shape, start, world)
+            for step in range(first, mine.num_steps, stride):
+                yield mine.source_ids(rank, step, s)
+            after = self.plan_start(mine, mine.num_steps)
+            after["position"] = 0
+            following = self.epoch_plan(*shape, after, world)
+            for step in range(first, following.num_steps, stride):
+                yield following.source_ids(rank, step, s)
+
+        for s, name in enumerate(self.names):
+            self.sources[name].follow(_SourceReads(source_reads, s, self.sources[name].epoch))
 
     @property
     def resume_pending(self) -> bool:
@@ -352,23 +372,10 @@ class MixedDataset(torch.utils.data.IterableDataset):
 
     def make_state(self, epoch: int, position: int, cursors: tuple[int, ...]) -> dict[str, Any]:
         """A JSON-serialisable state of this mixture at (epoch, position) with these cursors."""
-        return {
-            "version": STATE_VERSION,
-            "kind": "mixture",
-            "fingerprint": self.fingerprint(),
-            "epoch": epoch,
-            "position": position,
-            "cursors": dict(zip(self.names, cursors, strict=True)),
-            "segments": [
-                {
-                    "epoch": e,
-                    "position": p,
-                    "weights": dict(zip(self.names, seg.shares, strict=True)),
-                    "cursors": dict(zip(self.names, seg.cursors, strict=True)),
-                }
-                for e, p, seg in self.segments
-            ],
-        }
+        segments = [(e, p, seg.shares, seg.cursors) for e, p, seg in self.segments]
+        return make_mixture_state(
+            self.fingerprint(), self.names, epoch, position, cursors, segments
+        )
 
     def load_state_dict(self, state: Mapping[str, Any], what: str = "MixedDataset") -> None:
         """Continue ``state`` at the next pass: its epoch, position and cursors; its weight
@@ -378,99 +385,18 @@ class MixedDataset(torch.utils.data.IterableDataset):
             StateError: not a mixture state, another version, sources that differ (named), other
                 seed/shuffle/samples (both sides shown), or malformed values.
         """
-        what = f"{what}.load_state_dict"
-        if not isinstance(state, Mapping):
-            raise StateError(f"{what}: expected a state dict, got {type(state).__name__}")
-        if state.get("kind") != "mixture":
-            raise StateError(f"{what}: not a mixture state (kind={state.get('kind')!r})")
-        if state.get("version") != STATE_VERSION:
-            raise StateError(
-                f"{what}: mixture state version {state.get('version')!r} is not supported"
-                f" (this streamload reads version {STATE_VERSION})"
-            )
-        if set(state) != _STATE_KEYS:
-            raise StateError(
-                f"{what}: state keys {sorted(state)} differ from the expected {sorted(_STATE_KEYS)}"
-            )
-        self._check_fingerprint(state["fingerprint"], what)
-        epoch, position = state["epoch"], state["position"]
-        for name, value in (("epoch", epoch), ("position", position)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise StateError(f"{what}: state {name} must be an int >= 0, got {value!r}")
-        if position > self.samples:
-            raise StateError(
-                f"{what}: state position {position} is past the end of the epoch"
-                f" ({self.samples} positions)"
-            )
-        cursors = self._cursors(state["cursors"], what, "cursors")
-        segments = state["segments"]
-        if not isinstance(segments, list) or not segments:
-            raise StateError(f"{what}: state segments must be a non-empty list")
-        loaded = []
-        for i, seg in enumerate(segments):
-            where = f"segments[{i}]"
-            if not isinstance(seg, Mapping) or set(seg) != {
-                "epoch",
-                "position",
-                "weights",
-                "cursors",
-            }:
-                raise StateError(
-                    f"{what}: state {where} must have epoch, position, weights, cursors"
-                )
-            seg_shares = self._cursors(seg["weights"], what, f"{where}.weights")
-            if min(seg_shares) <= 0:
-                raise StateError(f"{what}: state {where}.weights must be positive integers")
-            seg_cursors = self._cursors(seg["cursors"], what, f"{where}.cursors")
-            loaded.append(
-                (int(seg["epoch"]), int(seg["position"]), Segment(seg_shares, seg_cursors))
-            )
+        epoch, position, cursors, loaded = check_mixture_state(
+            state, self.fingerprint(), self.names, f"{what}.load_state_dict"
+        )
         current = self.segments[-1][2].shares
         if position >= self.samples:
             epoch, position = epoch + 1, 0
-        self.segments = loaded
+        self.segments = [(e, p, Segment(w, c)) for e, p, w, c in loaded]
         self._epoch_starts = {}
-        if current != loaded[-1][2].shares:
+        if current != self.segments[-1][2].shares:
             self._add_segment(epoch, position, Segment(current, cursors))
         self._epoch = epoch
         self._resume = {"position": position, "cursors": list(cursors)}
-
-    def _check_fingerprint(self, saved: Any, what: str) -> None:
-        mine = self.fingerprint()
-        if not isinstance(saved, Mapping):
-            raise StateError(f"{what}: state fingerprint must be a mapping, got {saved!r}")
-        theirs = saved.get("sources")
-        if not isinstance(theirs, Mapping):
-            raise StateError(f"{what}: state fingerprint has no sources")
-        changed = [f"{n!r} (only in the state)" for n in theirs if n not in mine["sources"]] + [
-            f"{n!r} (not in the state)" for n in mine["sources"] if n not in theirs
-        ]
-        changed += [
-            f"{n!r} (another dataset, subset or shuffle: {_diff(theirs[n], fp)})"
-            for n, fp in mine["sources"].items()
-            if n in theirs and theirs[n] != fp
-        ]
-        if changed:
-            raise StateError(f"{what}: the mixture's sources changed: " + "; ".join(changed))
-        if list(theirs) != list(mine["sources"]):
-            raise StateError(
-                f"{what}: sources in another order: state has {list(theirs)}, this mixture"
-                f" has {list(mine['sources'])}"
-            )
-        others = {k: v for k, v in saved.items() if k != "sources"}
-        expected = {k: v for k, v in mine.items() if k != "sources"}
-        if others != expected:
-            raise StateError(
-                f"{what}: the state belongs to other mixture settings: {_diff(others, expected)}"
-            )
-
-    def _cursors(self, values: Any, what: str, name: str) -> tuple[int, ...]:
-        if not isinstance(values, Mapping) or list(values) != list(self.names):
-            raise StateError(f"{what}: state {name} must map each of {list(self.names)} to an int")
-        out = tuple(values[n] for n in self.names)
-        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in out):
-            raise StateError(f"{what}: state {name} must be ints >= 0, got {dict(values)}")
-        return out
 
     def _add_segment(self, epoch: int, position: int, segment: Segment) -> None:
         self.segments = [s for s in self.segments if (s[0], s[1]) < (epoch, position)]
@@ -490,7 +416,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
             (where, self.sources[self.names[s]].get_batch(ids, strings))
             for s, where, ids in batch.parts()
         ]
-        out = _merge(self.sources[self.names[0]].schema, taken, n)
+        out = merge_parts(self.sources[self.names[0]].schema, taken, n)
         if self.source_column is not None:
             out[self.source_column] = self._source_names(batch.source, strings)
         return out
@@ -529,19 +455,30 @@ class MixedDataset(torch.utils.data.IterableDataset):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _source_settings(self, name: str) -> plan.ShuffleSettings:
+    def _source_settings(self, name: str) -> ShuffleSettings:
         source = self.sources[name]
         settings = source.shuffle_settings
         tag = int.from_bytes(name.encode(), "little")
         seed = derive_key(self.seed, tag, settings.seed) >> 1
-        return plan.ShuffleSettings(
+        return ShuffleSettings(
             self.shuffle or settings.shuffle, seed, settings.mode, settings.block
         )
 
     def __getstate__(self) -> dict[str, Any]:
+        # Evaluated source orders are per process: a spawned worker builds its own.
         state = self.__dict__.copy()
-        state["_orders"] = [copy.copy(o) for o in self._orders]
+        state["_orders"] = [SourceOrder(o.sizes, o.settings) for o in self._orders]
         return state
+
+
+class _SourceReads:
+    """A source's reads in a mixed pass: ``reads(s)`` for the source's own (fixed) epoch."""
+
+    def __init__(self, reads: Callable[[int], Iterator[np.ndarray]], s: int, epoch: int) -> None:
+        self._reads, self._s, self._epoch = reads, s, epoch
+
+    def __call__(self, epoch: int) -> Iterator[np.ndarray]:
+        return self._reads(self._s) if epoch == self._epoch else iter(())
 
 
 def _step_sizes(positions: int, step: int, drop_last: bool) -> list[int]:
@@ -586,42 +523,3 @@ def _describe(col: Column) -> str:
         return col.kind
     shape = ["?" if d is None else d for d in (col.shape or ())]
     return f"ndarray {col.dtype} {shape}"
-
-
-def _diff(theirs: Any, mine: Any) -> str:
-    if isinstance(theirs, Mapping) and isinstance(mine, Mapping):
-        keys = sorted(set(theirs) | set(mine))
-        parts = [
-            f"{k}: state has {theirs.get(k, '<missing>')!r}, now {mine.get(k, '<missing>')!r}"
-            for k in keys
-            if theirs.get(k, "<missing>") != mine.get(k, "<missing>")
-        ]
-        return "; ".join(parts)
-    return f"state has {json.dumps(theirs, default=str)}, now {json.dumps(mine, default=str)}"
-
-
-def _merge(
-    schema: Schema, taken: list[tuple[np.ndarray, dict[str, Any]]], n: int
-) -> dict[str, Any]:
-    """Columns of ``n`` rows from parts: part ``p``'s row ``j`` goes to row ``taken[p][0][j]``."""
-    if len(taken) == 1:
-        return dict(taken[0][1])
-    out: dict[str, Any] = {}
-    for col in schema.columns:
-        first_part = taken[0][1][col.name]
-        if isinstance(first_part, np.ndarray):
-            merged = np.empty((n, *first_part.shape[1:]), first_part.dtype)
-            for positions, columns in taken:
-                merged[positions] = columns[col.name]
-            out[col.name] = merged
-        elif isinstance(first_part, BlobColumn):
-            blobs = [columns[col.name] for _, columns in taken]
-            out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
-        else:
-            objects = np.empty(n, dtype=object)
-            for positions, columns in taken:
-                holder = np.empty(len(positions), dtype=object)
-                holder[:] = columns[col.name]
-                objects[positions] = holder
-            out[col.name] = objects.tolist()
-    return out

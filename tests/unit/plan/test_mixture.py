@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamload.errors import ConfigError
-from streamload.mixture import (
+from streamload.plan.mixture import (
     MixturePlan,
     Segment,
     SourceOrder,
@@ -24,7 +24,7 @@ from streamload.mixture import (
     shares,
     split_step,
 )
-from streamload.plan import ShuffleSettings
+from streamload.plan.order import ShuffleSettings
 
 weights = st.lists(
     st.floats(0.001, 1000, allow_nan=False, allow_infinity=False), min_size=1, max_size=7

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from streamload.errors import ConfigError
-from streamload.permutation import derive_key, key_array, permute
+from streamload.plan.permutation import derive_key, key_array, permute
 
 _SUBSET_TAG = 3
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamload.read_plan import ShardSequence, shard_sequence
+from streamload.cache.read_plan import ShardSequence, shard_sequence
 
 
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=8), st.data())

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamload.errors import ConfigError
-from streamload.subset import make_subset
+from streamload.plan.subset import make_subset
 
 shard_sizes = st.lists(st.integers(0, 40), min_size=1, max_size=10).filter(lambda s: sum(s) > 0)
 

@@ -39,6 +39,7 @@ no data touched) and the rank split, interleave and item ids only of the steps i
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,8 +48,8 @@ from fractions import Fraction
 import numpy as np
 
 from streamload.errors import ConfigError
-from streamload.lazy_order import EpochOrder
-from streamload.plan import EpochPlan, ShuffleSettings
+from streamload.plan.order import EpochOrder, ShuffleSettings
+from streamload.plan.partition import EpochPlan
 
 _NEVER = 1 << 62
 
@@ -195,17 +196,19 @@ class SourceOrder:
         self.settings = settings
         self.n = int(self.sizes.sum())
         self._orders: OrderedDict[int, EpochOrder] = OrderedDict()
+        self._lock = threading.Lock()  # the reader and a read-ahead thread share it
 
     def epoch(self, e: int) -> EpochOrder:
         """The order of this source's epoch ``e``."""
-        order = self._orders.get(e)
-        if order is None:
-            order = self._orders[e] = EpochOrder(self.sizes, self.settings, e)
-            while len(self._orders) > 3:
-                self._orders.popitem(last=False)
-        else:
-            self._orders.move_to_end(e)
-        return order
+        with self._lock:
+            order = self._orders.get(e)
+            if order is None:
+                order = self._orders[e] = EpochOrder(self.sizes, self.settings, e)
+                while len(self._orders) > 3:
+                    self._orders.popitem(last=False)
+            else:
+                self._orders.move_to_end(e)
+            return order
 
     def ids(self, first: int, count: int) -> np.ndarray:
         """Item ids of draws ``[first, first + count)`` (crossing source epochs as needed)."""
@@ -378,6 +381,17 @@ class MixturePlan:
         if not split[rank].sum():  # a padded rank repeats the tail item of rank `rank % tail`
             row = rank % self.steps.tail
         return interleave(split[row].tolist())
+
+    def source_ids(self, rank: int, step: int, source: int) -> np.ndarray:
+        """The item ids of ``source`` in ``rank``'s batch at ``step``, in batch order (only
+        that source's ids are evaluated: what its read-ahead walks)."""
+        split, cursors = self.rank_split(step)
+        row = rank if split[rank].sum() else rank % self.steps.tail
+        count = int(split[row, source])
+        if not count or self.sources is None:
+            return np.empty(0, np.int64)
+        first = cursors[source] + int(split[:row, source].sum())
+        return self.sources[source].ids(first, count)
 
     def batch(self, rank: int, step: int) -> MixedBatch:
         """``rank``'s batch at ``step``: the source and item id of each position.

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamload.permutation import Permutation, derive_key, key_array, permute
+from streamload.plan.permutation import Permutation, derive_key, key_array, permute
 
 
 @given(st.integers(0, 600), st.integers(0, 2**64))
