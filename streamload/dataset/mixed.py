@@ -34,7 +34,9 @@ and the difference. ``source_column="source"`` adds a str column naming each row
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -306,22 +308,12 @@ class MixedDataset(torch.utils.data.IterableDataset):
         """Make each source's read-ahead follow its items in ``rank``'s batches of ``plan`` at
         steps ``first, first + stride, ...`` (a loader worker's share), then in the next
         epoch's, from where this plan leaves the cursors."""
-        shape = (plan.batch_size, plan.drop_last)
-        world, start = plan.world_size, self.plan_start(plan)
-
-        def source_reads(s: int) -> Iterator[np.ndarray]:
-            # Plans of its own: each source's read-ahead walks them at its own pace.
-            mine = self.epoch_plan(*shape, start, world)
-            for step in range(first, mine.num_steps, stride):
-                yield mine.source_ids(rank, step, s)
-            after = self.plan_start(mine, mine.num_steps)
-            after["position"] = 0
-            following = self.epoch_plan(*shape, after, world)
-            for step in range(first, following.num_steps, stride):
-                yield following.source_ids(rank, step, s)
-
+        ref = weakref.ref(self)  # kept by the sources: must not keep the mixture alive
+        start = self.plan_start(plan)
         for s, name in enumerate(self.names):
-            self.sources[name].follow(_SourceReads(source_reads, s, self.sources[name].epoch))
+            source = self.sources[name]
+            share = _SourceShare(ref, plan.batch_size, plan.drop_last, plan.world_size, start)
+            source.follow(_SourceReads(share, rank, first, stride, s, source.epoch))
 
     @property
     def resume_pending(self) -> bool:
@@ -450,7 +442,9 @@ class MixedDataset(torch.utils.data.IterableDataset):
         start = self._resume if worker is not None else self.take_resume_position()
         mixture_plan = self.epoch_plan(_ITER_BATCH, start=start)
         first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        for batch in mixture_plan.batches(self.topology().rank, first, stride):
+        rank = self.topology().rank
+        self.follow_plan(mixture_plan, rank, first, stride)
+        for batch in mixture_plan.batches(rank, first, stride):
             yield from self.get_samples(batch)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -471,14 +465,54 @@ class MixedDataset(torch.utils.data.IterableDataset):
         return state
 
 
-class _SourceReads:
-    """A source's reads in a mixed pass: ``reads(s)`` for the source's own (fixed) epoch."""
+@dataclass(frozen=True)
+class _SourceShare:
+    """The shape and start of a mixed pass, with the mixture held weakly."""
 
-    def __init__(self, reads: Callable[[int], Iterator[np.ndarray]], s: int, epoch: int) -> None:
-        self._reads, self._s, self._epoch = reads, s, epoch
+    mixture: weakref.ReferenceType[MixedDataset]
+    batch_size: int
+    drop_last: bool
+    world_size: int
+    start: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _SourceReads:
+    """A source's reads in a mixed pass (for its read-ahead): its items in ``rank``'s batches
+    at steps ``first, first + stride, ...`` of this epoch, then of the next; only for the
+    source's own epoch (a source in a mixture never changes it)."""
+
+    share: _SourceShare
+    rank: int
+    first: int
+    stride: int
+    source: int
+    epoch: int
 
     def __call__(self, epoch: int) -> Iterator[np.ndarray]:
-        return self._reads(self._s) if epoch == self._epoch else iter(())
+        mixture = self.share.mixture()
+        if mixture is None or epoch != self.epoch:
+            return iter(())
+        shape = (self.share.batch_size, self.share.drop_last)
+        # Plans of their own: each source's read-ahead walks them at its own pace.
+        mine = mixture.epoch_plan(*shape, self.share.start, self.share.world_size)
+        return self._walk(mine)
+
+    def _walk(self, mine: MixturePlan) -> Iterator[np.ndarray]:
+        for step in range(self.first, mine.num_steps, self.stride):
+            yield mine.source_ids(self.rank, step, self.source)
+        following = MixturePlan(
+            mine.samples,
+            mine.world_size,
+            mine.batch_size,
+            mine.drop_last,
+            0,
+            mine.cursors_at(mine.num_steps),
+            mine.segment,
+            mine.sources,
+        )
+        for step in range(self.first, following.num_steps, self.stride):
+            yield following.source_ids(self.rank, step, self.source)
 
 
 def _step_sizes(positions: int, step: int, drop_last: bool) -> list[int]:

@@ -37,6 +37,7 @@ import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -160,7 +161,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             sizes = [info.num_samples for info in self._index.shards]
             self._subset = make_subset(sizes, subset, seed, "StreamingDataset subset")
         self._orders: OrderedDict[tuple[int, ShuffleSettings], EpochOrder] = OrderedDict()
-        self._following: Callable[[int], Iterable[np.ndarray]] | None = None
+        self._following: _Share | Callable[[int], Iterable[np.ndarray]] | None = None
         self._generation = 0
         self.shuffle = shuffle_settings.shuffle
         self.seed = seed
@@ -328,21 +329,23 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """Make this process's read-ahead follow ``rank``'s batches of ``plan`` at steps
         ``first, first + stride, ...`` (a loader worker's share), then the next epoch's from its
         start. Each call starts a new read plan (the next shard opened re-synchronises)."""
-        epoch, start = self._epoch, plan.start
-        shape = (plan.batch_size, plan.drop_last, plan.world_size)
+        self.follow(
+            _Share(
+                self._epoch,
+                plan.start,
+                plan.batch_size,
+                plan.drop_last,
+                plan.world_size,
+                rank,
+                first,
+                stride,
+            )
+        )
 
-        def reads(e: int) -> Iterator[np.ndarray]:
-            if e not in (epoch, epoch + 1):
-                return
-            # A plan of its own: the read-ahead thread walks it while the reader reads.
-            mine = self.epoch_plan(*shape[:2], start if e == epoch else 0, shape[2], epoch=e)
-            yield from mine.batches(rank, first, stride)
-
-        self.follow(reads)
-
-    def follow(self, reads: Callable[[int], Iterable[np.ndarray]]) -> None:
-        """Make this process's read-ahead follow ``reads``: epoch -> the ids this process will
-        read that epoch, in order, as a lazy iterable of chunks (this dataset's ids)."""
+    def follow(self, reads: _Share | Callable[[int], Iterable[np.ndarray]]) -> None:
+        """Make this process's read-ahead follow ``reads``: a share of this dataset's plan, or
+        epoch -> the ids this process will read that epoch, in order, as a lazy iterable of
+        chunks (this dataset's ids; a callable must not hold the dataset: it is kept with it)."""
         self._following = reads
         self._generation += 1
 
@@ -460,21 +463,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         plan = self.epoch_plan(1, start=start or 0)
         rank = self.topology().rank
         first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        self.follow(self._iteration_reads(plan, rank, first, stride))
+        world = plan.world_size
+        self.follow(_Share(self._epoch, plan.start, 1, False, world, rank, first, stride, True))
         for ids in _iteration_chunks(plan, rank, first, stride):
             yield from self.get_samples(ids)
-
-    def _iteration_reads(
-        self, plan: EpochPlan, rank: int, first: int, stride: int
-    ) -> Callable[[int], Iterator[np.ndarray]]:
-        epoch, start, world = self._epoch, plan.start, plan.world_size
-
-        def reads(e: int) -> Iterator[np.ndarray]:
-            if e in (epoch, epoch + 1):
-                mine = self.epoch_plan(1, False, start if e == epoch else 0, world, epoch=e)
-                yield from _iteration_chunks(mine, rank, first, stride)
-
-        return reads
 
     def get_samples(self, ids: np.ndarray) -> list[Any]:
         """Samples ``ids`` as iteration yields them: per-sample dicts (transformed if a
@@ -515,18 +507,55 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
         return self._shards.remote(_weak_reads_of(self))
 
-    def _reads(self, epoch: int) -> Iterable[np.ndarray]:
+    def _reads(self, epoch: int) -> Iterator[np.ndarray]:
         """The real ids this process will read in ``epoch``, chunk by chunk, in order: what the
-        registered pass reads (`follow`), else this process's share of iteration."""
-        reads = self._following
-        if reads is None:
+        registered pass reads (`follow`), else this process's share of iteration. The chunks
+        come from plans made here: the generator never refers back to this dataset."""
+        following = self._following
+        if following is None:
             worker = torch.utils.data.get_worker_info()
             first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-            plan = self.epoch_plan(1, start=0, epoch=epoch)
-            reads = self._iteration_reads(plan, self.topology().rank, first, stride)
-        subset = self._subset
-        for chunk in reads(epoch):
-            yield subset.to_real(chunk) if subset is not None else chunk
+            world, rank = self.topology().world_size, self.topology().rank
+            following = _Share(epoch, 0, 1, False, world, rank, first, stride, True)
+        if isinstance(following, _Share):
+            chunks = following.chunks(self, epoch)
+        else:
+            chunks = iter(following(epoch))
+        return _real_ids(chunks, self._subset)
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one process reads of a plan: ``rank``'s steps ``first, first + stride, ...`` of
+    ``epoch`` from ``start`` (then of the next epoch from 0); ``iteration``: one sample per rank
+    per step, read a chunk of steps at a time."""
+
+    epoch: int
+    start: int
+    batch_size: int
+    drop_last: bool
+    world_size: int
+    rank: int
+    first: int
+    stride: int
+    iteration: bool = False
+
+    def chunks(self, dataset: StreamingDataset, epoch: int) -> Iterator[np.ndarray]:
+        if epoch not in (self.epoch, self.epoch + 1):
+            return iter(())
+        start = self.start if epoch == self.epoch else 0
+        # A plan of its own: the read-ahead thread walks it while the reader reads.
+        plan = dataset.epoch_plan(
+            self.batch_size, self.drop_last, start, self.world_size, epoch=epoch
+        )
+        if self.iteration:
+            return _iteration_chunks(plan, self.rank, self.first, self.stride)
+        return plan.batches(self.rank, self.first, self.stride)
+
+
+def _real_ids(chunks: Iterator[np.ndarray], subset: Subset | None) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        yield subset.to_real(chunk) if subset is not None else chunk
 
 
 def _iteration_chunks(plan: EpochPlan, rank: int, first: int, stride: int) -> Iterator[np.ndarray]:

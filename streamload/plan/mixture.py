@@ -280,6 +280,7 @@ class MixturePlan:
         segment: Segment,
         sources: Sequence[SourceOrder] | None = None,
     ) -> None:
+        self.samples = samples
         self.steps = EpochPlan(_Positions(samples), world_size, batch_size, drop_last, start)  # type: ignore[arg-type]
         if len(cursors) != len(segment.shares) or (
             sources is not None and len(sources) != len(cursors)
