@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-# A hang guard, not a speed limit: benchmarks run their quick mode on a loaded 2-core machine.
-BENCH_HANG_GUARD_S = 1500
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_smoke import hang_guard, run_quick
 
 
+@hang_guard
 @pytest.mark.parametrize("script", ["transport.py", "loader.py", "shuffle.py"])
-@pytest.mark.timeout(BENCH_HANG_GUARD_S + 60)
 def test_benchmark_quick_mode_completes(script: str, tmp_path: Path) -> None:
     """`benchmarks/<script> --quick` exits 0 and prints a table."""
-    args = [sys.executable, str(BENCH / script), "--quick"]
-    if script in ("loader.py", "shuffle.py"):
-        args += ["--dir", str(tmp_path)]
-    proc = subprocess.run(
-        args, capture_output=True, text=True, timeout=BENCH_HANG_GUARD_S, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| benchmark |" in proc.stdout
+    args = ["--dir", str(tmp_path)] if script in ("loader.py", "shuffle.py") else []
+    assert "| benchmark |" in run_quick(script, *args, cwd=tmp_path)
+
+
+@hang_guard
+def test_stats_overhead_quick_mode_prints_on_off_ratios(tmp_path: Path) -> None:
+    """`benchmarks/stats_overhead.py --quick` exits 0 with an on/off row pair per setting."""
+    out = run_quick("stats_overhead.py", "--dir", str(tmp_path), cwd=tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith("| stats ")]
+    assert len(rows) == 8
+    assert sum(1 for row in rows if row.startswith("| stats on ")) == 4
+
+
+@hang_guard
+def test_formats_benchmark_quick_mode_completes(tmp_path: Path) -> None:
+    """`benchmarks/formats.py --quick` runs to completion and prints its table."""
+    out = run_quick("formats.py", "--samples", "600", "--dir", str(tmp_path), cwd=tmp_path)
+    assert "| batch rand lmdb |" in out and "| convert parquet->lmdb |" in out
+
+
+@hang_guard
+def test_remote_benchmark_quick_mode_completes(tmp_path: Path) -> None:
+    """`benchmarks/remote.py --quick` (servers, shaping proxy, epochs) exits 0 with its table."""
+    out = run_quick("remote.py", "--dir", str(tmp_path), cwd=tmp_path)
+    assert "| s3 cold step 0 ms |" in out
+    assert "x limit" in out
