@@ -2,9 +2,11 @@
 
 A process that reads a remote dataset knows the item ids it will read, in order, batch by
 batch (its share of the epoch plan). `ShardSequence` turns that stream of id chunks into the
-sequence of shards it opens (consecutive repeats collapsed, across chunk boundaries too), for
-this epoch and then the next one, generating entries only as far as someone looks: read-ahead
-a few shards ahead, eviction's next-use distances a bounded horizon ahead. Entries behind the
+sequence of shards it opens — within a chunk the distinct shards in ascending order, as a
+dataset's ``get_batch`` groups a batch's ids by shard; consecutive repeats collapsed, across
+chunk boundaries too — for this epoch and then the next one, generating entries only as far as
+someone looks: read-ahead a few shards ahead, eviction's next-use distances a bounded horizon
+ahead. Entries behind the
 reader are forgotten, so memory is bounded by that horizon plus one chunk, never by the epoch.
 
 Positions index the whole sequence from its start (they keep counting when entries before
@@ -21,22 +23,19 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 
-def shard_sequence(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The shards that reading ``ids`` in order opens, consecutive repeats collapsed (pure).
+def chunk_shards(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The shards reading one chunk of ``ids`` opens, in the order it opens them (pure): each
+    distinct shard once, ascending (a batch's ids are read grouped by shard, in shard order).
 
     Args:
-        ids: item ids in reading order.
+        ids: item ids of one chunk (a batch).
         offsets: shard k holds ids ``[offsets[k], offsets[k + 1])``.
 
     Returns:
         int64 shard indices.
     """
     shards = np.searchsorted(offsets, np.asarray(ids, np.int64), "right") - 1
-    if len(shards) == 0:
-        return shards.astype(np.int64)
-    keep = np.ones(len(shards), bool)
-    keep[1:] = shards[1:] != shards[:-1]
-    return shards[keep].astype(np.int64)
+    return np.unique(shards).astype(np.int64)
 
 
 class ShardSequence:
@@ -115,7 +114,7 @@ class ShardSequence:
             if chunk is None:
                 self._chunks = None
                 continue
-            shards = shard_sequence(chunk, self._offsets).tolist()
+            shards = chunk_shards(chunk, self._offsets).tolist()
             if shards and shards[0] == self._last:  # still open from the previous chunk
                 shards = shards[1:]
             if shards:

@@ -38,3 +38,19 @@ def test_readme_starts_with_demo_and_test_commands() -> None:
     assert "python3 -m venv .venv" in blocks[0] and "streamload demo" in blocks[0]
     assert "python3 -m venv .venv" in blocks[1] and "pytest" in blocks[1]
     assert blocks[1].strip() == _block_after("test-command", "bash").strip()
+
+
+def test_readme_mixture_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's mixture example (exact batches, a source's second epoch, a checkpoint
+    resumed with other weights) runs unchanged in a fresh interpreter and prints 'ok'."""
+    script = tmp_path / "mixture.py"
+    script.write_text(_block_after("mixture", "python"))
+    out = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

@@ -1,4 +1,4 @@
-"""Lazy shard sequences (streamload.read_plan): what read-ahead walks, generated on demand."""
+"""Lazy shard sequences (streamload.cache.read_plan): what read-ahead walks, generated on demand."""
 
 from __future__ import annotations
 
@@ -9,23 +9,31 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamload.cache.read_plan import ShardSequence, shard_sequence
+from streamload.cache.read_plan import ShardSequence, chunk_shards
+
+
+def _expected(chunks: list[np.ndarray], offsets: np.ndarray) -> list[int]:
+    """Per chunk its distinct shards ascending; consecutive repeats across chunks collapsed."""
+    out: list[int] = []
+    for chunk in chunks:
+        for i in sorted({int(np.searchsorted(offsets, i, "right") - 1) for i in chunk.tolist()}):
+            if not out or out[-1] != i:
+                out.append(i)
+    return out
 
 
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=8), st.data())
-def test_shard_sequence_is_the_shards_of_the_ids_with_repeats_collapsed(
+def test_a_chunk_opens_each_of_its_shards_once_in_shard_order(
     counts: list[int], data: st.DataObject
 ) -> None:
-    """Each id maps to its shard; consecutive repeats collapse; nothing else is dropped."""
+    """A chunk's ids map to their shards; each shard once, ascending: the order get_batch
+    opens them in."""
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     ids = data.draw(st.lists(st.integers(0, int(offsets[-1]) - 1), max_size=40))
-    seq = shard_sequence(np.array(ids, np.int64), offsets).tolist()
-    expected: list[int] = []
-    for i in ids:
-        k = next(k for k in range(len(counts)) if offsets[k] <= i < offsets[k + 1])
-        if not expected or expected[-1] != k:
-            expected.append(k)
-    assert seq == expected
+    expected = sorted(
+        {next(k for k in range(len(counts)) if offsets[k] <= i < offsets[k + 1]) for i in ids}
+    )
+    assert chunk_shards(np.array(ids, np.int64), offsets).tolist() == expected
 
 
 @given(
@@ -33,26 +41,24 @@ def test_shard_sequence_is_the_shards_of_the_ids_with_repeats_collapsed(
     st.lists(st.lists(st.integers(0, 10**6), max_size=6), max_size=6),
     st.lists(st.lists(st.integers(0, 10**6), max_size=6), max_size=6),
 )
-def test_lazy_sequence_equals_the_sequence_of_all_reads(
+def test_lazy_sequence_equals_the_shards_of_all_reads(
     counts: list[int], first: list[list[int]], second: list[list[int]]
 ) -> None:
-    """Generated chunk by chunk, the sequence is shard_sequence of both epochs' ids joined;
-    boundary is where the second epoch's shards begin."""
+    """Generated chunk by chunk, the sequence is both epochs' chunks' shards joined (repeats
+    across chunk boundaries collapsed); boundary is where the second epoch's shards begin."""
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n = int(offsets[-1])
     a = [np.array([i % n for i in c], np.int64) for c in first]
     b = [np.array([i % n for i in c], np.int64) for c in second]
     seq = ShardSequence([a, b], offsets)
-    joined = np.concatenate([*a, *b, np.empty(0, np.int64)])
-    expected = shard_sequence(joined, offsets).tolist()
     got = []
     position = 0
     while (k := seq.get(position)) is not None:
         got.append(k)
         position += 1
-    assert got == expected
-    head = shard_sequence(np.concatenate([*a, np.empty(0, np.int64)]), offsets).tolist()
-    if b and any(len(c) for c in b):
+    assert got == _expected(a + b, offsets)
+    head = _expected(a, offsets)
+    if any(len(c) for c in b):
         assert seq.boundary is not None and seq.boundary in (len(head), len(head) - 1)
 
 
