@@ -265,7 +265,9 @@ def test_sources_with_other_columns_are_a_format_error_unless_common_ones_are_se
     selecting the common columns on every source mixes them."""
     bare = _write(tmp_path, "bare", 30, 3000, text=False)
     with pytest.raises(sl.FormatError, match=r"only 'web' has \['text'\]"):
-        sl.MixedDataset({"web": sl.StreamingDataset(urls["web"]), "bare": sl.StreamingDataset(bare)})
+        sl.MixedDataset(
+            {"web": sl.StreamingDataset(urls["web"]), "bare": sl.StreamingDataset(bare)}
+        )
     mix = sl.MixedDataset(
         {
             "web": sl.StreamingDataset(urls["web"], columns=["id", "tok"]),
