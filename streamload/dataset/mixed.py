@@ -398,17 +398,21 @@ class MixedDataset(torch.utils.data.IterableDataset):
     # -- access ---------------------------------------------------------------------------------
 
     def get_batch(self, batch: MixedBatch, strings: str = "list") -> dict[str, Any]:
-        """Columnar rows of a mixed batch, in its order (each source's ``get_batch``).
+        """Columnar rows of a mixed batch, in its order: every source's shards taken as in its
+        ``get_batch`` (`StreamingDataset.take_parts`), the rows put in place by one merge.
 
         Raises:
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         n = len(batch)
-        taken = [
-            (where, self.sources[self.names[s]].get_batch(ids, strings))
-            for s, where, ids in batch.parts()
-        ]
-        out = merge_parts(self.sources[self.names[0]].schema, taken, n)
+        taken = []
+        for s, where, ids in batch.parts():
+            for positions, columns in self.sources[self.names[s]].take_parts(ids, strings):
+                taken.append((where[positions], columns))  # rows of the batch, one merge
+        if len(taken) == 1 and np.array_equal(taken[0][0], np.arange(n)):
+            out = dict(taken[0][1])  # one shard of one source holds the batch, in order
+        else:
+            out = merge_parts(self.sources[self.names[0]].schema, taken, n)
         if self.source_column is not None:
             out[self.source_column] = self._source_names(batch.source, strings)
         return out

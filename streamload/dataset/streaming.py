@@ -436,20 +436,36 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
+        parts = self.take_parts(ids, strings)
+        if len(parts) == 1:
+            return parts[0][1]
+        return merge_parts(self._selected, parts, n)
+
+    def take_parts(
+        self, ids: np.ndarray, strings: str = "list"
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        """``get_batch`` before its rows are put back in order: one ``(positions, columns)``
+        per shard, in shard order, where row ``j`` of ``columns`` is ``ids[positions[j]]``
+        (positions is ``slice(None)`` when one shard holds them all). A mixture merges every
+        source's parts at once.
+
+        Raises:
+            FormatError: a shard is missing, corrupt or fails its checksum.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if self._subset is not None:
             ids = self._subset.to_real(ids)
         offsets = self._index.sample_offsets
         shard_of = np.searchsorted(offsets, ids, "right") - 1
         first = int(shard_of[0])
         if (shard_of == first).all():
-            return self._reader(first).take(ids - offsets[first], strings)
+            return [(slice(None), self._reader(first).take(ids - offsets[first], strings))]
         order = np.argsort(shard_of, kind="stable")
         parts = np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1)
-        taken = [
+        return [
             (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
             for p in parts
         ]
-        return merge_parts(self._selected, taken, n)
 
     def __iter__(self) -> Iterator[Any]:
         """This rank's samples of ``sample_order()`` (one per rank per step, from the position
@@ -498,14 +514,21 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         state = self.__dict__.copy()
         state["_following"] = None
         state["_orders"] = OrderedDict()
+        state.pop("_source", None)  # closures of this process's dataset
         return state
 
     def _reader(self, k: int) -> ShardReader:
-        return self._shards.reader(k, self._epoch, _weak_reads_of(self))
+        return self._shards.reader(k, self._epoch, self._read_source())
 
     def _remote_shards(self) -> Any:
         """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
-        return self._shards.remote(_weak_reads_of(self))
+        return self._shards.remote(self._read_source())
+
+    def _read_source(self) -> ReadSource:
+        source = self.__dict__.get("_source")
+        if source is None:
+            source = self._source = _weak_reads_of(self)
+        return source
 
     def _reads(self, epoch: int) -> Iterator[np.ndarray]:
         """The real ids this process will read in ``epoch``, chunk by chunk, in order: what the

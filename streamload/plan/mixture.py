@@ -52,6 +52,7 @@ from streamload.plan.order import EpochOrder, ShuffleSettings
 from streamload.plan.partition import EpochPlan
 
 _NEVER = 1 << 62
+_WALK_MEMORY = 16  # steps whose cursors a plan remembers (a worker's stride, a prefetch window)
 
 
 def shares(weights: Sequence[float], what: str = "MixedDataset weights") -> tuple[int, ...]:
@@ -148,12 +149,15 @@ def interleave(counts: Sequence[int]) -> np.ndarray:
     """Which source each position of a slice holds: source ``s``'s ``c_s`` items spread evenly
     (its ``t``-th item at relative time ``(t + 1/2) / c_s``, merged; ties by source index), so
     any prefix of the slice — a micro-batch — is itself close to the slice's proportions."""
-    parts = [(np.arange(c) + 0.5) / c for c in counts if c]
-    if not parts:
+    sizes = np.asarray(counts, dtype=np.int64)
+    total = int(sizes.sum())
+    if total == 0:
         return np.empty(0, np.int64)
-    times = np.concatenate(parts)
-    sources = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    return sources[np.lexsort((sources, times))]
+    sources = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    starts = np.cumsum(sizes) - sizes
+    t = np.arange(total, dtype=np.float64) - starts[sources]  # index within its source
+    times = (t + 0.5) / sizes[sources]
+    return sources[np.argsort(times, kind="stable")]  # ties: source order (stable)
 
 
 @dataclass(frozen=True)
@@ -289,10 +293,12 @@ class MixturePlan:
         self.segment = segment
         self.sources = sources
         self.start_cursors = tuple(int(k) for k in cursors)
-        # The counts walk: cursors at the start of step `_step` (steps are read mostly in order).
-        self._step = 0
-        self._cursors = self.start_cursors
-        self._lags = segment.lags(self.start_cursors)
+        # The counts walk: cursors (and lags) at the start of recently walked steps; steps are
+        # read mostly in order (a worker's, the trainer's cursor), each a few times.
+        self._walked: OrderedDict[int, tuple[tuple[int, ...], list[int]]] = OrderedDict()
+        self._walked[0] = (self.start_cursors, segment.lags(self.start_cursors))
+        self._splits: OrderedDict[int, tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
+        self._orders: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     # -- the EpochPlan interface ----------------------------------------------------------------
 
@@ -344,16 +350,25 @@ class MixturePlan:
     def cursors_at(self, step: int) -> tuple[int, ...]:
         """Every source's cursor at the start of ``step`` (``num_steps``: after the last)."""
         step = min(max(step, 0), self.num_steps)
-        if step < self._step:  # walked past it: start over from the plan's start
-            self._step, self._cursors = 0, self.start_cursors
-            self._lags = self.segment.lags(self._cursors)
-        while self._step < step:
-            counts, self._lags = apportion(
-                self.segment.shares, self.segment.total, self._lags, self.step_size(self._step)
+        known = self._walked.get(step)
+        if known is not None:
+            return known[0]
+        base = max(k for k in self._walked if k <= step)  # step 0 is always known
+        cursors, lags = self._walked[base]
+        for at in range(base, step):
+            counts, lags = apportion(
+                self.segment.shares, self.segment.total, lags, self.step_size(at)
             )
-            self._cursors = tuple(k + c for k, c in zip(self._cursors, counts, strict=True))
-            self._step += 1
-        return self._cursors
+            cursors = tuple(k + c for k, c in zip(cursors, counts, strict=True))
+            if step - at <= _WALK_MEMORY:
+                self._remember(at + 1, cursors, lags)
+        return cursors
+
+    def _remember(self, step: int, cursors: tuple[int, ...], lags: list[int]) -> None:
+        self._walked[step] = (cursors, lags)
+        while len(self._walked) > _WALK_MEMORY + 1:  # keep step 0 and the last few
+            oldest = next(k for k in self._walked if k != 0)
+            del self._walked[oldest]
 
     def step_counts(self, step: int) -> list[int]:
         """Per source, the positions step ``step`` gives it (all ranks)."""
@@ -361,11 +376,31 @@ class MixturePlan:
         return [a - b for a, b in zip(self.cursors_at(step + 1), before, strict=True)]
 
     def rank_split(self, step: int) -> tuple[np.ndarray, tuple[int, ...]]:
-        """``([ranks, sources] counts, cursors at the step's start)`` of step ``step``."""
-        cursors = self.cursors_at(step)
-        counts = self.step_counts(step)
-        slices = self._slices(step)
-        return split_step(counts, slices, first=step % len(slices)), cursors
+        """``([ranks, sources] counts, cursors at the step's start)`` of step ``step``
+        (remembered for a few steps: a step's batch, its stats and its read-ahead ask again)."""
+        known = self._splits.get(step)
+        if known is None:
+            cursors = self.cursors_at(step)
+            counts = self.step_counts(step)
+            slices = self._slices(step)
+            known = (split_step(counts, slices, first=step % len(slices)), cursors)
+            self._splits[step] = known
+            while len(self._splits) > 4:
+                self._splits.popitem(last=False)
+        return known
+
+    def _row(self, rank: int, step: int) -> tuple[int, np.ndarray, tuple[int, ...], np.ndarray]:
+        """``rank``'s row of the split (a padded rank repeats the tail item of rank
+        ``rank % tail``), the split, the cursors, and the row's source per position."""
+        split, cursors = self.rank_split(step)
+        row = rank if split[rank].sum() else rank % self.steps.tail
+        key = (step, row)
+        order = self._orders.get(key)
+        if order is None:
+            order = self._orders[key] = interleave(split[row].tolist())
+            while len(self._orders) > 8:
+                self._orders.popitem(last=False)
+        return row, split, cursors, order
 
     def _slices(self, step: int) -> list[int]:
         """Real positions of each rank at ``step`` (the tail splits unevenly; padded ranks: 0)."""
@@ -377,17 +412,12 @@ class MixturePlan:
 
     def sources_of(self, rank: int, step: int) -> np.ndarray:
         """The source of each position of ``rank``'s batch at ``step`` (no ids evaluated)."""
-        split, _ = self.rank_split(step)
-        row = rank
-        if not split[rank].sum():  # a padded rank repeats the tail item of rank `rank % tail`
-            row = rank % self.steps.tail
-        return interleave(split[row].tolist())
+        return self._row(rank, step)[3]
 
     def source_ids(self, rank: int, step: int, source: int) -> np.ndarray:
         """The item ids of ``source`` in ``rank``'s batch at ``step``, in batch order (only
         that source's ids are evaluated: what its read-ahead walks)."""
-        split, cursors = self.rank_split(step)
-        row = rank if split[rank].sum() else rank % self.steps.tail
+        row, split, cursors, _ = self._row(rank, step)
         count = int(split[row, source])
         if not count or self.sources is None:
             return np.empty(0, np.int64)
@@ -407,9 +437,7 @@ class MixturePlan:
             raise IndexError(f"step {step} outside [0, {self.num_steps})")
         if self.sources is None:
             raise ConfigError("mixture plan: made without source orders (counts only)")
-        split, cursors = self.rank_split(step)
-        row = rank if split[rank].sum() else rank % self.steps.tail
-        order = interleave(split[row].tolist())
+        row, split, cursors, order = self._row(rank, step)
         ids = np.empty(len(order), np.int64)
         before = split[:row].sum(axis=0)  # items of each source taken by earlier ranks
         for s in np.flatnonzero(split[row]).tolist():

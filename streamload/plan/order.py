@@ -165,6 +165,11 @@ class EpochOrder:
         start, stop = max(int(start), 0), min(int(stop), self.n)
         if stop <= start:
             return np.empty(0, np.int64)
+        if self._mode == "plain":
+            return np.arange(start, stop, dtype=np.int64)
+        c = start // CHUNK
+        if (stop - 1) // CHUNK == c:  # one cached chunk: a slice of it
+            return self._chunk(c)[start - c * CHUNK : stop - c * CHUNK].copy()
         return self.at(np.arange(start, stop, dtype=np.int64))
 
     def at(self, positions: np.ndarray | Sequence[int]) -> np.ndarray:
