@@ -23,13 +23,16 @@ Routes (chosen at each ``iter()``, see ``StreamLoader._route``):
 - SAMPLES: a StreamingDataset without random access whose transform or custom collate_fn needs
   samples: the plan's id batches -> ``dataset.get_samples`` (the samples iteration yields) ->
   collate_fn.
+- A MixedDataset takes COLUMNAR when none of its sources has a transform (with the default
+  collate), else SAMPLES; its plan items are `streamload.plan.mixture.MixedBatch` (a source and
+  an id per row).
 - MAP: map-style datasets, and a StreamingDataset with random access whose transform or custom
   collate_fn (or batch_size=None) needs samples one by one: ``dataset[i]`` -> collate_fn.
 - ITERABLE: other IterableDatasets, and a StreamingDataset with batch_size=None: the dataset's
   iterator -> collate_fn.
 
-Plan and resume: a StreamingDataset read in its own order with batches (COLUMNAR or SAMPLES
-without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
+Plan and resume: a StreamingDataset (or a MixedDataset) read in its own order with batches
+(COLUMNAR or SAMPLES without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
 order (`streamload.plan.partition.EpochPlan`), from the position ``load_state_dict`` set. Each
 pass records its plan and the batches handed to the user in a `PassCursor`, so ``state_dict()``
 describes the last
