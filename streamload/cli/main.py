@@ -165,6 +165,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         compression=args.compression,
         source_format=args.source_format,
         overwrite=args.overwrite,
+        mode="append" if args.append else "create",
+        engine=args.engine,
     )
     print(
         f"wrote {index.num_samples:,} samples in {len(index.shards):,} {index.format} shards"
@@ -336,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="source kind (default: recognised from the name or contents)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a complete dataset at DST")
+    p.add_argument(
+        "--append", action="store_true", help="add to the dataset at DST (a new index version)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: read and write in parallel Ray Data tasks (needs streamload[ray])",
+    )
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(

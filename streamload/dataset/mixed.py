@@ -158,6 +158,11 @@ class MixedDataset(torch.utils.data.IterableDataset):
         """The columns every batch has (the sources' common ones, plus ``source_column``)."""
         return self._schema
 
+    def item_nbytes(self) -> float:
+        """Bytes of one item as the loader receives it, at most (the largest source's): what
+        ring sizing plans for."""
+        return max(source.item_nbytes() for source in self.sources.values())
+
     @property
     def weights(self) -> dict[str, float]:
         """The weights in force, normalised."""

@@ -27,7 +27,8 @@ from streamload.format.index import DatasetIndex
 @dataclass(frozen=True)
 class ReadSource:
     """What one process will read: ``reads(epoch)`` -> its item ids of that epoch in order, as a
-    lazy iterable of int64 chunks (real ids, numbered shard by shard in index order);
+    lazy iterable of int64 chunks (real sample ids, numbered shard by shard in index order; a
+    token stream hands over the first sample of the shard that starts each block or row);
     ``generation()`` changes when the process starts another pass."""
 
     reads: Callable[[int], Iterable[np.ndarray]]

@@ -23,6 +23,11 @@ Read-ahead of remote shards follows what this process will read (`follow_plan`: 
 batches, then the next epoch's), registered by whoever starts the pass: a loader at
 num_workers=0, each loader worker, or iteration.
 
+Token streams (``tokens=`` with ``block_size=``, or ``seq_len=`` and ``pack=True``): the items
+are fixed-length blocks of the concatenated token stream or packed rows
+(`streamload.dataset.tokens`) instead of samples; ``len``, ``ds[i]``, ``get_batch``, the order
+and the resume state then count items, so everything above the dataset treats them as samples.
+
 Ids in ``get_batch`` are grouped by shard (searchsorted on cumulative counts), each shard does one
 columnar ``take``, and the parts are scattered back into the order of ``ids``; conventions per
 column kind are those of `streamload.shards.arrow.reader.ArrowShardReader.take`.
@@ -49,20 +54,31 @@ from streamload.cache import index_copy
 from streamload.dataset.open_shards import OpenShards
 from streamload.dataset.remote import ReadSource
 from streamload.dataset.settings import DatasetSettings
+from streamload.dataset.tokens import TokenItems, TokenSettings, flat_tokens
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
 from streamload.format.blobs import BlobColumn
-from streamload.format.index import INDEX_NAME, DatasetIndex, read_index
+from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.format.schema import Column, Schema
 from streamload.plan.order import EpochOrder, ShuffleSettings
 from streamload.plan.partition import EpochPlan
 from streamload.plan.state import check_state, fingerprint, make_state
 from streamload.plan.subset import Subset, make_subset
+from streamload.shards.arrow.reader import FlatArray
 from streamload.shards.lmdb import env as lmdb_env
 from streamload.shards.reader import ShardReader
 from streamload.store import filesystem as store
 
 _ITER_CHUNK = 256
+
+
+def _shards_digest(shards: tuple[ShardInfo, ...], items: Any = None) -> str:
+    """The resume fingerprint's identity of an index: a hash of its shard list (and, for token
+    datasets, of what an item is: blocks and packed rows of other sizes are other items)."""
+    listed: list[Any] = [(s.name, s.num_samples, s.bytes, s.checksum) for s in shards]
+    if items is not None:
+        listed.append(items)
+    return xxhash.xxh3_64_hexdigest(json.dumps(listed).encode())
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
@@ -85,6 +101,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         subset: int | float | list[tuple[int, int]] | None = None,
+        tokens: str | None = None,
+        block_size: int | None = None,
+        seq_len: int | None = None,
+        pack: bool = False,
     ) -> None:
         """Open a dataset (reads and validates index.json; shards open on first use).
 
@@ -111,11 +131,20 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             subset: read only part of the dataset: a count ``N`` or a fraction (a fixed subset
                 chosen with ``seed``, spread over the shards in proportion to their sizes) or
                 a list of ``(start, stop)`` id ranges; ``len`` and ids then number the subset.
+            tokens: read this 1-d integer array column as a token stream: items become
+                ``block_size`` blocks of the concatenated documents (``{tokens: [block_size]}``),
+                or, with ``seq_len`` and ``pack=True``, rows of packed documents
+                (``{tokens, "segment_ids", "positions"}``, each ``[seq_len]``); see
+                `streamload.dataset.tokens`.
+            block_size: tokens per block (with ``tokens``).
+            seq_len: tokens per packed row (with ``tokens`` and ``pack=True``).
+            pack: pack whole documents into rows of ``seq_len`` (long documents are split).
 
         Raises:
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
             ConfigError: a bad setting (seed, shuffle_mode, shuffle_block, rank/world_size,
-                cache_limit, subset, ...), whatever the URL.
+                cache_limit, subset, ...), whatever the URL; bad token settings (``tokens`` not
+                a 1-d integer array column, sizes, ``columns`` or ``subset`` given).
             CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
@@ -155,8 +184,29 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 raise
             self._root, self._index = env
             verify = False  # nothing to verify against: the environment has no checksums
+        self._tokens: TokenItems | None = None
+        if tokens is not None:
+            token_settings = TokenSettings(tokens, block_size, seq_len, bool(pack))
+            token_settings.validated(self._index.schema)
+            if columns is not None:
+                raise ConfigError(
+                    "StreamingDataset(tokens=...): columns= does not apply; a token dataset"
+                    " reads only its token column"
+                )
+            columns = [tokens]
+            self._tokens = TokenItems(token_settings, self._index, self._flat_tokens)
+        elif block_size is not None or seq_len is not None or pack:
+            raise ConfigError(
+                "StreamingDataset: block_size=, seq_len= and pack= read a token column; name it"
+                " with tokens='tokens'"
+            )
         self._selected = self._index.schema.select(columns)
         self._subset: Subset | None = None
+        if subset is not None and tokens is not None:
+            raise ConfigError(
+                "StreamingDataset(tokens=...): subset= does not apply to a token stream (it"
+                " selects samples, not blocks or packed rows)"
+            )
         if subset is not None:
             sizes = [info.num_samples for info in self._index.shards]
             self._subset = make_subset(sizes, subset, seed, "StreamingDataset subset")
@@ -187,8 +237,51 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     @property
     def schema(self) -> Schema:
-        """The schema of the returned columns (the projection of the dataset schema)."""
+        """The schema of the returned columns (the projection of the dataset schema; for a
+        token stream, the schema of one block or packed row)."""
+        if self._tokens is not None:
+            return self._tokens.schema()
         return self._selected
+
+    @property
+    def tokens(self) -> TokenItems | None:
+        """The token stream's items (blocks or packed rows), or None for a sample dataset."""
+        return self._tokens
+
+    def item_sizes(self) -> np.ndarray:
+        """Items per shard, in index order: what the plan orders (samples; the subset's virtual
+        shards, parts of real ones; for a token stream, the blocks or packed rows each shard
+        starts)."""
+        if self._tokens is not None:
+            return self._tokens.items_per_shard()
+        if self._subset is not None:
+            return self._subset.sizes
+        return np.fromiter(
+            (info.num_samples for info in self._index.shards), np.int64, len(self._index.shards)
+        )
+
+    @property
+    def item_offsets(self) -> np.ndarray:
+        """``[0, cumsum(items per shard)]``: shard k holds item ids ``[o[k], o[k + 1])``
+        (samples; for a token stream, the blocks or rows the shard starts)."""
+        if self._tokens is not None:
+            return self._tokens.item_offsets()
+        return self._index.sample_offsets
+
+    def known_item_offsets(self) -> np.ndarray | None:
+        """``item_offsets`` if known without reading shards (None while a packed token stream
+        has not counted its rows yet: counting reads every shard's document lengths)."""
+        if self._tokens is not None and not self._tokens.counted:
+            return None
+        return self.item_offsets
+
+    def item_nbytes(self) -> float:
+        """Average bytes of one item as the loader receives it (the largest per-shard average
+        for samples; exact for token streams): what ring sizing plans for."""
+        if self._tokens is not None:
+            return float(self._tokens.item_nbytes())
+        shards = self._index.shards
+        return max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
 
     @property
     def num_shards(self) -> int:
@@ -216,19 +309,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return self._url
 
     def __len__(self) -> int:
+        if self._tokens is not None:
+            return len(self._tokens)
         return len(self._subset) if self._subset is not None else self._index.num_samples
 
     @property
     def subset(self) -> Subset | None:
         """The subset this dataset reads (None: all of it)."""
         return self._subset
-
-    def item_sizes(self) -> np.ndarray:
-        """Items per shard as the plan sees them: the index's shard sizes, or the subset's
-        virtual shards (parts of real ones)."""
-        if self._subset is not None:
-            return self._subset.sizes
-        return np.asarray([info.num_samples for info in self._index.shards], dtype=np.int64)
 
     def __repr__(self) -> str:
         return (
@@ -365,10 +453,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def fingerprint(self) -> dict[str, Any]:
         """What a resume state must agree on: index digest, sample count, shuffle settings."""
         if self._digest is None:
-            shards = [(s.name, s.num_samples, s.bytes, s.checksum) for s in self._index.shards]
-            self._digest = xxhash.xxh3_64_hexdigest(json.dumps(shards).encode())
+            self._digest = _shards_digest(self._index.shards, self._items_description())
         spec = self._subset.spec if self._subset is not None else None
         return fingerprint(len(self), self._digest, self.shuffle_settings, spec)
+
+    def _items_description(self) -> Any:
+        """What one plan item is, when it is not one sample (token blocks, packed rows)."""
+        return self._tokens.settings.describe() if self._tokens is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         """Where the next pass starts: ``{"version", "fingerprint", "epoch", "position"}``
@@ -376,20 +467,52 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         batches its user received."""
         return make_state(self.fingerprint(), self._epoch, self._resume or 0)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Make the next pass continue ``state``: select its epoch and start at its position.
 
         A position at the end of the epoch starts the next epoch.
+
+        Args:
+            state: what ``state_dict`` returned.
+            allow_append: also accept a state saved on an earlier version of this dataset that
+                shards were appended to since (its shards a prefix of this index's): the pass
+                continues the same epoch at the same position of this version's order. Without
+                shuffling that is exactly once (appended samples come last); with shuffling the
+                order of the interrupted epoch is recomputed over the larger dataset, so in that
+                epoch up to ``position`` samples may repeat and as many be skipped; from the next
+                epoch on every sample is seen exactly once again.
 
         Raises:
             StateError: another dataset, other shuffle settings, an unknown version or a
                 malformed state (both sides shown).
         """
+        if allow_append:
+            state = self._rebased(state)
         epoch, position = check_state(state, self.fingerprint(), "StreamingDataset.load_state_dict")
         if position >= len(self) and len(self) > 0:
             epoch, position = epoch + 1, 0
         self._epoch = epoch
         self._resume = position
+
+    def _rebased(self, state: Any) -> Any:
+        """``state`` with this version's fingerprint when it was saved on an earlier version of
+        this dataset (same settings, its shards a prefix of ours); else ``state`` unchanged."""
+        fp = self.fingerprint()
+        saved = state.get("fingerprint") if isinstance(state, dict) else None
+        if not isinstance(saved, dict) or saved == fp:
+            return state
+        if {k: v for k, v in saved.items() if k not in ("num_samples", "index")} != {
+            k: v for k, v in fp.items() if k not in ("num_samples", "index")
+        }:
+            return state
+        offsets = self._index.sample_offsets
+        count = saved.get("num_samples")
+        k = int(np.searchsorted(offsets, count)) if isinstance(count, int) else -1
+        if not 0 <= k < len(offsets) or offsets[k] != count:
+            return state
+        if _shards_digest(self._index.shards[:k], self._items_description()) != saved.get("index"):
+            return state
+        return {**state, "fingerprint": fp}
 
     # -- access -------------------------------------------------------------------------------
 
@@ -406,6 +529,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"sample index out of range for dataset of {n} samples")
+        if self._tokens is not None:
+            batch = self._tokens.get_batch(np.array([i], np.int64))
+            item = {name: values[0] for name, values in batch.items()}
+            return self.transform(item) if self.transform is not None else item
         if self._subset is not None:
             i = int(self._subset.to_real(np.array([i]))[0])
         offsets = self._index.sample_offsets
@@ -434,6 +561,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             raise IndexError(f"sample ids out of range [0, {len(self)})")
         if strings not in ("list", "blob"):
             raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
+        if self._tokens is not None:
+            return self._tokens.get_batch(ids)
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
         parts = self.take_parts(ids, strings)
@@ -453,6 +582,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._tokens is not None:  # blocks and packed rows span shards: assembled whole
+            return [(slice(None), self._tokens.get_batch(ids))]
         if self._subset is not None:
             ids = self._subset.to_real(ids)
         offsets = self._index.sample_offsets
@@ -493,10 +624,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         batch = self.get_batch(ids)
-        rows = [_rows(col, batch[col.name]) for col in self._selected.columns]
+        schema = self.schema
+        rows = [_rows(col, batch[col.name]) for col in schema.columns]
         samples = [
-            dict(zip(self._selected.names, values, strict=True))
-            for values in zip(*rows, strict=True)
+            dict(zip(schema.names, values, strict=True)) for values in zip(*rows, strict=True)
         ]
         if self.transform is not None:
             return [self.transform(sample) for sample in samples]
@@ -534,6 +665,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """The real ids this process will read in ``epoch``, chunk by chunk, in order: what the
         registered pass reads (`follow`), else this process's share of iteration. The chunks
         come from plans made here: the generator never refers back to this dataset."""
+        starts = self._index.sample_offsets[:-1]
+        offsets = self.known_item_offsets()
+        if offsets is None:  # packed rows not counted yet (that reads every shard): index order
+            return iter((starts,))
         following = self._following
         if following is None:
             worker = torch.utils.data.get_worker_info()
@@ -544,7 +679,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             chunks = following.chunks(self, epoch)
         else:
             chunks = iter(following(epoch))
+        if self._tokens is not None:  # items (blocks, packed rows) -> their shard's first sample
+            return _first_samples(chunks, offsets, starts)
         return _real_ids(chunks, self._subset)
+
+    def _flat_tokens(self, k: int) -> FlatArray:
+        """Shard ``k``'s token column as one flat stream (views of the mapped shard)."""
+        assert self._tokens is not None  # only token datasets read flat token columns
+        return flat_tokens(self._reader(k), self._tokens.settings.column)
 
 
 @dataclass(frozen=True)
@@ -579,6 +721,16 @@ class _Share:
 def _real_ids(chunks: Iterator[np.ndarray], subset: Subset | None) -> Iterator[np.ndarray]:
     for chunk in chunks:
         yield subset.to_real(chunk) if subset is not None else chunk
+
+
+def _first_samples(
+    chunks: Iterator[np.ndarray], item_offsets: np.ndarray, sample_starts: np.ndarray
+) -> Iterator[np.ndarray]:
+    """Item ids (token blocks or packed rows) as sample ids the read-ahead maps to shards: the
+    first sample of the shard that starts each item (a block that runs into the next shard opens
+    it unpredicted; the read-ahead re-synchronises on the shard after)."""
+    for chunk in chunks:
+        yield sample_starts[np.searchsorted(item_offsets, chunk, "right") - 1]
 
 
 def _iteration_chunks(plan: EpochPlan, rank: int, first: int, stride: int) -> Iterator[np.ndarray]:

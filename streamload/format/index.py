@@ -6,9 +6,21 @@ Format version 1::
      "num_samples": N,
      "shards": [{"name": "shard-00000.arrow", "num_samples": n, "bytes": b, "xxh3_64": "hex"}, ...]}
 
+Format version 2 adds two optional keys, and a writer uses it only when it needs one of them
+(otherwise it writes version 1, byte for byte what older readers expect; they refuse version 2
+with a message to upgrade, never misread it):
+
+- per shard, ``"elements"``: ``{"tokens": 123456}``, the total number of array elements of each
+  variable-shape array column in that shard (the tokens of a token corpus), so a reader can lay
+  out the concatenated stream (``N // block_size`` blocks, which shard holds token t) from
+  index.json alone, never opening every shard up front; a version 1 index, or a shard without
+  the key, has its totals counted from the shard itself when a token reader first needs them;
+- at the top, ``"version"`` (an int >= 2): the number of this index of an appended dataset (see
+  `streamload.write.commit`); the first version carries none, and each earlier version stays
+  readable as ``index.v<N>.json`` (`version_name`).
+
 An optional ``"metadata"`` object carries facts about the data that are not columns (``convert``
-stores an image folder's class names as ``{"classes": [...]}``); it is omitted when empty, so
-datasets without it are byte-for-byte what older readers expect.
+stores an image folder's class names as ``{"classes": [...]}``); it is omitted when empty.
 
 Each shard has exactly one checksum key, ``xxh3_64`` (written by ShardWriter) or ``sha256``.
 Invariants checked by ``parse_index`` before anything else is read: the version is one this
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,12 +49,15 @@ from streamload.store import filesystem as store
 from streamload.store.retry import RetryPolicy
 
 INDEX_NAME = "index.json"
-FORMAT_VERSIONS = (1,)
+_VERSION_NAME = "index.v{}.json"
+FORMAT_VERSIONS = (1, 2)
 FORMATS = ("arrow", "lmdb")
 MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
 # (remote object metadata, fetch) -> index.json bytes: a kept copy, or fetch() (see read_index).
 KeepCopy = Callable[[dict[str, Any], Callable[[], bytes]], bytes]
 _MAX_COUNT = 2**53  # JSON numbers past this are not exact
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
 
 
 @dataclass(frozen=True)
@@ -53,15 +69,20 @@ class ShardInfo:
     bytes: int
     checksum_algorithm: str
     checksum: str
+    #: Elements per variable-shape array column (format version 2), or None if not recorded.
+    elements: Mapping[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form of this shard's entry."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "num_samples": self.num_samples,
             "bytes": self.bytes,
             self.checksum_algorithm: self.checksum,
         }
+        if self.elements is not None:
+            out["elements"] = dict(self.elements)
+        return out
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,7 @@ class DatasetIndex:
     num_samples: int
     shards: tuple[ShardInfo, ...]
     metadata: dict[str, Any] | None = None
+    version: int = 1
 
     @cached_property
     def sample_offsets(self) -> np.ndarray:
@@ -97,11 +119,24 @@ class DatasetIndex:
         }
         if self.metadata:
             out["metadata"] = self.metadata
+        if self.version != 1:
+            out["version"] = self.version
         return out
 
     def to_bytes(self) -> bytes:
-        """index.json's bytes (UTF-8, indented for people, trailing newline)."""
-        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+        """index.json's bytes (UTF-8, trailing newline): indented for people, one line per shard
+        (each line encoded by json's C encoder, so a million shards serialise in seconds)."""
+        out = self.to_json()
+        shards = out.pop("shards")
+        head = json.dumps(out, indent=1)[:-2]  # without the closing "\n}"
+        lines = ",\n  ".join(json.dumps(s, separators=(", ", ": ")) for s in shards)
+        body = f"[\n  {lines}\n ]" if shards else "[]"
+        return f'{head},\n "shards": {body}\n}}\n'.encode()
+
+
+def version_name(version: int) -> str:
+    """The file name that keeps version ``version`` of a dataset's index once a later one exists."""
+    return _VERSION_NAME.format(int(version))
 
 
 def validate_shard_name(name: object, source: str) -> str:
@@ -127,7 +162,7 @@ def validate_shard_name(name: object, source: str) -> str:
         or "/" in name
         or "\\" in name
         or ":" in name
-        or any(ord(ch) < 32 for ch in name)
+        or _CONTROL.search(name) is not None
         or os.path.isabs(name)
         or name != name.strip()
         or len(name) > 255
@@ -173,11 +208,15 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
     metadata = raw.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise FormatError(f"{source}: 'metadata' must be a JSON object")
-    if set(raw) - {"metadata"} != expected_keys:
+    index_version = raw.get("version", 1)
+    if not isinstance(index_version, int) or isinstance(index_version, bool) or index_version < 1:
+        raise FormatError(f"{source}: 'version' must be an integer >= 1, got {index_version!r:.40}")
+    optional = {"metadata", "version"} if version >= 2 else {"metadata"}
+    if set(raw) - optional != expected_keys:
         missing = sorted(expected_keys - set(raw))
         extra = sorted(str(k) for k in set(raw) - expected_keys)
         raise FormatError(
-            f"{source}: index keys do not match version 1 (missing {missing}, extra {extra})"
+            f"{source}: index keys do not match version {version} (missing {missing}, extra {extra})"
         )
     fmt = raw["format"]
     if fmt not in FORMATS:
@@ -187,7 +226,9 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
     raw_shards = raw["shards"]
     if not isinstance(raw_shards, list):
         raise FormatError(f"{source}: 'shards' must be a list")
-    shards = tuple(_parse_shard(s, f"{source}: shard {i}") for i, s in enumerate(raw_shards))
+    shards = tuple(
+        _parse_shard(s, f"{source}: shard {i}", version, schema) for i, s in enumerate(raw_shards)
+    )
     names = [s.name for s in shards]
     if len(set(names)) != len(names):
         raise FormatError(f"{source}: duplicate shard names")
@@ -196,15 +237,18 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         raise FormatError(
             f"{source}: shards hold {total} samples but num_samples says {num_samples}"
         )
-    return DatasetIndex(version, fmt, schema, num_samples, shards, dict(metadata or {}) or None)
+    return DatasetIndex(
+        version, fmt, schema, num_samples, shards, dict(metadata or {}) or None, index_version
+    )
 
 
-def _parse_shard(raw: object, where: str) -> ShardInfo:
+def _parse_shard(raw: object, where: str, version: int, schema: Schema) -> ShardInfo:
     if not isinstance(raw, Mapping):
         raise FormatError(f"{where}: expected an object")
     name = validate_shard_name(raw.get("name"), where)
     algorithms = [a for a in ALGORITHMS if a in raw]
-    extra = sorted(str(k) for k in raw if k not in {"name", "num_samples", "bytes", *ALGORITHMS})
+    known = {"name", "num_samples", "bytes", *ALGORITHMS, *(("elements",) if version >= 2 else ())}
+    extra = sorted(str(k) for k in raw if k not in known)
     if len(algorithms) != 1 or extra:
         raise FormatError(
             f"{where} ({name}): needs exactly one checksum key of {', '.join(ALGORITHMS)}"
@@ -215,7 +259,7 @@ def _parse_shard(raw: object, where: str) -> ShardInfo:
     if (
         not isinstance(digest, str)
         or len(digest) != DIGEST_HEX_LEN[algorithm]
-        or any(c not in "0123456789abcdef" for c in digest)
+        or _LOWER_HEX.fullmatch(digest) is None
     ):
         raise FormatError(
             f"{where} ({name}): {algorithm} must be {DIGEST_HEX_LEN[algorithm]} lowercase hex digits"
@@ -226,7 +270,23 @@ def _parse_shard(raw: object, where: str) -> ShardInfo:
         bytes=_count(raw.get("bytes"), f"{where} ({name}): bytes"),
         checksum_algorithm=algorithm,
         checksum=digest,
+        elements=_elements(raw.get("elements"), f"{where} ({name}): elements", schema),
     )
+
+
+def _elements(raw: object, where: str, schema: Schema) -> dict[str, int] | None:
+    """A shard's ``elements`` object: counts of variable-shape array columns of the schema."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise FormatError(f"{where} must be an object of column name -> element count")
+    variable = {c.name for c in schema.columns if c.kind == "ndarray" and c.uses_var_layout}
+    unknown = sorted(str(k) for k in raw if k not in variable)
+    if unknown:
+        raise FormatError(
+            f"{where} names {unknown}, which are not variable-shape array columns of the schema"
+        )
+    return {str(k): _count(v, f"{where}[{k!r}]") for k, v in raw.items()}
 
 
 def _count(value: object, where: str) -> int:
@@ -239,17 +299,33 @@ def load_index(
     url: str | os.PathLike[str],
     storage_options: dict[str, Any] | None = None,
     policy: RetryPolicy | None = None,
+    version: int | None = None,
 ) -> DatasetIndex:
-    """Read and validate ``<url>/index.json`` (remote requests retried under ``policy``).
+    """Read and validate ``<url>/index.json``, or an earlier version of it (remote requests
+    retried under ``policy``).
+
+    Args:
+        version: None for the current version; else that version (``index.v<N>.json`` once a
+            later version exists).
 
     Raises:
         FormatError: index.json is missing (the dataset is missing or incomplete: an interrupted
-            ShardWriter never writes it) or invalid.
+            ShardWriter never writes it) or invalid; no such version.
         StoreError: the URL cannot be opened.
     """
     fs, root = store.resolve(url, storage_options, policy)
-    path = store.join(root, INDEX_NAME)
-    return read_index(fs, path, f"{os.fspath(url)}/{INDEX_NAME}")
+    current = read_index(fs, store.join(root, INDEX_NAME), f"{os.fspath(url)}/{INDEX_NAME}")
+    if version is None or version == current.version:
+        return current
+    name = version_name(version)
+    if not 1 <= version < current.version:
+        raise FormatError(
+            f"{os.fspath(url)}: no version {version}; the dataset is at version {current.version}"
+        )
+    index = read_index(fs, store.join(root, name), f"{os.fspath(url)}/{name}")
+    if index.version != version:
+        raise FormatError(f"{os.fspath(url)}/{name} holds version {index.version}, not {version}")
+    return index
 
 
 def read_index(fs: Any, path: str, source: str, keep: KeepCopy | None = None) -> DatasetIndex:

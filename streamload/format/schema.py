@@ -18,8 +18,11 @@ the key order of samples and batches read back is the schema order. JSON form (s
 ``dtype`` is a numpy dtype name: ``bool``, ``int8..int64``, ``uint8..uint64``, ``float16..float64``
 (no object, string, complex or structured dtypes: nothing in a dataset is ever unpickled).
 ``shape`` lists dimensions; ``null`` marks a variable one. Inference from a first sample records
-array shapes as FIXED: to write arrays whose shape varies, pass the schema with ``null`` dims
-(we do not silently widen, so a stray wrong-shaped sample is caught, not absorbed).
+array shapes as fixed, except where ``shapes`` (``infer_schema(sample, shapes={"tokens": [None]})``)
+declares dims variable. ``widen_1d`` is the one relaxation a writer may apply later: a 1-d array
+column inferred as ``[n]`` becomes ``[None]`` when a sample of the same dtype has another length
+(token documents); any other shape or dtype change is still an error, so a stray wrong-shaped
+sample of a multi-dimensional column is caught, not absorbed.
 
 Accepted python values per kind (validated per sample, ``FormatError`` naming sample and field):
 ``int``: int (not bool) or numpy integer within int64; ``float``: float, int (not bool), numpy
@@ -37,7 +40,7 @@ fixed_size_list cannot hold) -> struct<data: large_list<primitive>, shape: fixed
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,20 +205,79 @@ def arrow_type(col: Column) -> pa.DataType:
     return pa.list_(prim, math.prod(shape))  # type: ignore[arg-type]
 
 
-def infer_schema(sample: object) -> Schema:
-    """Infer a schema from the first sample (array shapes are recorded as fixed).
+def infer_schema(
+    sample: object, shapes: Mapping[str, Sequence[int | None]] | None = None
+) -> Schema:
+    """Infer a schema from the first sample.
+
+    Args:
+        sample: the first sample dict.
+        shapes: declared shapes of array columns, ``None`` marking a variable dim (e.g.
+            ``{"tokens": [None]}``); other arrays record the sample's shape as fixed.
 
     Raises:
-        FormatError: not a non-empty dict with string keys, or a value of an unsupported type.
+        FormatError: not a non-empty dict with string keys, a value of an unsupported type, or a
+            declared shape that names no array column or disagrees with the sample.
     """
     if not isinstance(sample, Mapping) or not sample:
         raise FormatError(f"sample 0: expected a non-empty dict, got {sample!r:.80}")
+    shapes = dict(shapes or {})
+    unknown = sorted(str(n) for n in shapes if n not in sample)
+    if unknown:
+        raise FormatError(
+            f"shapes={{...}} names {unknown}, which the first sample does not have"
+            f" (its fields: {list(sample)})"
+        )
     columns = []
     for name, value in sample.items():
         if not isinstance(name, str) or not name:
             raise FormatError(f"sample 0: field names must be non-empty strings, got {name!r}")
-        columns.append(_infer_column(name, value))
+        column = _infer_column(name, value)
+        if name in shapes:
+            column = _declared_shape(column, shapes[name])
+            _check_value(column, value, 0)
+        columns.append(column)
     return Schema(tuple(columns))
+
+
+def _declared_shape(column: Column, shape: object) -> Column:
+    """``column`` with the shape ``shapes=`` declares for it (checked like a JSON schema's)."""
+    if column.kind != "ndarray":
+        raise FormatError(
+            f"shapes={{{column.name!r}: ...}}: field {column.name!r} is a {column.kind},"
+            " only numpy array fields have a shape"
+        )
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence):
+        raise FormatError(
+            f"shapes={{{column.name!r}: {shape!r:.40}}}: a shape is a list of dims, e.g. [None]"
+        )
+    raw = {"name": column.name, "kind": "ndarray", "dtype": column.dtype, "shape": list(shape)}
+    return _column_from_json(raw, f"shapes={{{column.name!r}: ...}}")
+
+
+def widen_1d(schema: Schema, sample: Mapping[str, Any], names: Collection[str]) -> Schema | None:
+    """``schema`` with the fixed 1-d array columns among ``names`` whose value in ``sample`` has
+    the same dtype but another length made variable (``[n]`` -> ``[None]``); None when no column
+    of ``names`` can absorb the sample that way (the caller then reports the validation error).
+    """
+    columns, changed = [], False
+    for col in schema.columns:
+        value = sample.get(col.name) if isinstance(sample, Mapping) else None
+        if (
+            col.name in names
+            and col.kind == "ndarray"
+            and col.shape is not None
+            and len(col.shape) == 1
+            and col.shape[0] is not None
+            and isinstance(value, np.ndarray)
+            and value.ndim == 1
+            and value.dtype.name == col.dtype
+            and value.shape[0] != col.shape[0]
+        ):
+            col = Column(col.name, "ndarray", col.dtype, (None,))
+            changed = True
+        columns.append(col)
+    return Schema(tuple(columns)) if changed else None
 
 
 def _infer_column(name: str, value: object) -> Column:
@@ -236,9 +298,14 @@ def _infer_column(name: str, value: object) -> Column:
                 f"sample 0: field {name!r} has dtype {value.dtype}, not one of {', '.join(DTYPES)}"
             )
         return Column(name, "ndarray", dtype, tuple(int(d) for d in np.shape(value)))
+    hint = (
+        "; store a list of numbers as a numpy array, e.g. np.asarray(ids, dtype=np.int32)"
+        if isinstance(value, list | tuple)
+        else ""
+    )
     raise FormatError(
         f"sample 0: field {name!r} has unsupported type {type(value).__name__}"
-        " (supported: int, float, bool, str, bytes, numpy arrays and scalars)"
+        f" (supported: int, float, bool, str, bytes, numpy arrays and scalars){hint}"
     )
 
 
@@ -256,7 +323,17 @@ def _check_value(col: Column, value: object, number: int) -> None:
             w is not None and w != s for s, w in zip(shape, want, strict=True)
         ):
             want_text = "(" + ", ".join("None" if w is None else str(w) for w in want) + ")"
-            raise FormatError(f"{where} has shape {tuple(shape)}, schema says {want_text}")
+            dims = (
+                [w if w == d else None for d, w in zip(shape, want, strict=True)]
+                if len(shape) == len(want)
+                else [None] * len(shape)
+            )
+            hint = ", ".join("None" if d is None else str(d) for d in dims)
+            raise FormatError(
+                f"{where} has shape {tuple(shape)}, schema says {want_text}; if its shape varies"
+                f" from sample to sample, declare the varying dims None:"
+                f" ShardWriter(url, shapes={{{col.name!r}: [{hint}]}}) (or null in schema=)"
+            )
         return
     ok: bool
     if kind == "int":

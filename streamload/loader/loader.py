@@ -453,16 +453,29 @@ class StreamLoader:
             return dataset.state_dict()
         return dataset.plan_state(cursor.epoch, cursor.plan, cursor.steps)  # type: ignore[arg-type]
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Continue from ``state`` at the next ``iter()``: its epoch (``dataset.epoch``), from
         its position, on this loader's world size, workers and batch size.
+
+        Args:
+            state: what ``state_dict`` returned.
+            allow_append: accept a state saved before shards were appended to the dataset
+                (``StreamingDataset.load_state_dict`` says what that means for exactly-once).
 
         Raises:
             StateError: another dataset or other shuffle settings (both sides shown), an
                 unknown version, a malformed state, or a loader without a resumable plan.
         """
         dataset = self._require_plan("load_state_dict")
-        dataset.load_state_dict(state)
+        if isinstance(dataset, MixedDataset):
+            if allow_append:
+                raise StateError(
+                    "StreamLoader.load_state_dict: allow_append=True is not supported for a"
+                    " MixedDataset (a mixture's sources must match the state's fingerprints)"
+                )
+            dataset.load_state_dict(state)
+        else:
+            dataset.load_state_dict(state, allow_append=allow_append)
         self._cursor = None
 
     def _require_plan(self, what: str) -> StreamingDataset | MixedDataset:

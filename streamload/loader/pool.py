@@ -73,9 +73,7 @@ def auto_ring_capacity(dataset: Any, batch_size: int | None, spec: Any) -> int:
     """
     if spec.route is not Route.COLUMNAR or batch_size is None:
         return _FALLBACK_RING_BYTES
-    sources = getattr(dataset, "sources", {"": dataset})  # a MixedDataset: every source's
-    shards = [s for source in sources.values() for s in source.index.shards]
-    per_sample = max((s.bytes / max(s.num_samples, 1) for s in shards), default=0.0)
+    per_sample = dataset.item_nbytes()
     record = int(per_sample * batch_size * 1.5) + (64 << 10)
     need = min(max(2 * record, _MIN_AUTO_RING_BYTES), _MAX_AUTO_RING_BYTES)
     return 1 << (need - 1).bit_length()
@@ -88,8 +86,17 @@ def _ring_capacity(ring_size: int) -> int:
 
 
 # Imported once by the fork server, so each forkserver worker starts without re-importing them
-# (torch alone costs ~1 s per worker on this class of machine).
-FORKSERVER_PRELOAD = ("__main__", "torch", "numpy", "pyarrow", "streamload.loader.worker")
+# (torch alone costs ~1 s per worker on this class of machine). pandas when installed (the fork
+# server skips what does not import): pyarrow imports it on a worker's first Arrow -> numpy or
+# Python conversion, which cost ~1.3 s of each worker's first read here.
+FORKSERVER_PRELOAD = (
+    "__main__",
+    "torch",
+    "numpy",
+    "pyarrow",
+    "pandas",
+    "streamload.loader.worker",
+)
 
 
 def default_context(method: str) -> Any:

@@ -404,6 +404,27 @@ def listdir(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> list[st
     return list(_call(fs, path, "ls", (path,), {"detail": False}, policy, "list"))
 
 
+def list_sizes(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> dict[str, int]:
+    """``{file name: size}`` of the files directly under ``path``, fresh from the server (one
+    paginated LIST on an object store, never a cached listing; retried).
+
+    Raises:
+        StoreError: a permanent failure, or retries exhausted.
+    """
+    if isinstance(fs, LocalFileSystem):  # one scandir: no per-entry fsspec info dicts
+        with os.scandir(path) as entries:
+            return {e.name: e.stat().st_size for e in entries if e.is_file()}
+    kwargs: dict[str, Any] = {"detail": True}
+    if is_remote(fs):
+        kwargs["refresh"] = True
+    entries = _call(fs, path, "ls", (path,), kwargs, policy, "list")
+    return {
+        str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+        for e in entries
+        if e.get("type") == "file"
+    }
+
+
 # -- machinery ----------------------------------------------------------------------------------
 
 

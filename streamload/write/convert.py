@@ -2,23 +2,24 @@
 environments into a streamload dataset (Arrow or LMDB shards) at any fsspec URL; a streamload
 dataset (a directory with index.json) converts too, keeping its schema (re-shard, or Arrow <-> LMDB).
 
-Flow: ``sources.open_source`` yields bounded Arrow record batches; ``column_plan`` maps the
-source's Arrow schema to streamload column kinds before any row is read; each batch's columns
-become per-row values and go through ``ShardWriter``. Memory is bounded by one batch whatever the
-source's size.
+Flow: `open_source` yields bounded Arrow record batches; a `BatchEncoder` maps the source's
+Arrow schema to streamload columns before any row is read (type mapping in
+`streamload.write.columns`) and turns each batch into the shard layout with Arrow casts, which
+feeds the ``ShardWriter``'s shard stream (LMDB shards: per-row samples). Memory is bounded by one
+batch whatever the source's size. ``engine="ray"`` runs the same encoder in Ray Data write tasks
+(`streamload.write.ray_engine`).
 
-Arrow type -> schema kind: integers -> ``int`` (uint64 values above int64 are an error), floats
-(16/32/64) -> ``float``, bool -> ``bool``, (large_/view) string -> ``str``, (large_/fixed_size_/
-view) binary -> ``bytes``, dictionary -> its value type, (large_/fixed_size_) lists nested over a
-numeric or bool type -> ``ndarray`` of that dtype, one dimension per list level (fixed_size_list
-gives a fixed dim, list a variable one; inner variable levels must be rectangular per row).
-Anything else (timestamps, decimals, structs, maps, nulls...) is a ``FormatError`` naming the
-column and its type; so are null values (streamload columns are not nullable).
+``transform=fn`` maps each source row (a dict of the values above) to the sample to write, or to
+None to drop it (e.g. a tokenizer turning ``{"text": ...}`` into ``{"tokens": np.ndarray}``); rows
+go through it chunk by chunk (``batch_rows``), so memory stays bounded by one chunk. The written
+schema is then inferred from the first sample the transform returns (``shapes=`` declares
+variable dims; a 1-d array whose length changes becomes variable by itself, see ``ShardWriter``).
 
-Atomicity: the ShardWriter writes index.json last, so an interrupted conversion leaves no dataset
-that looks complete. Re-running the same conversion finishes the job: a destination without
-index.json is overwritten (its leftover shards and temp files are cleaned up); a destination
-holding a complete dataset is refused unless ``overwrite=True``.
+Atomicity: the ShardWriter commits index.json last (``commit``), so an interrupted conversion
+leaves no dataset that looks complete. Re-running the same conversion finishes the job: a
+destination without index.json is overwritten (its leftover shards and temp files are cleaned
+up); a destination holding a complete dataset is refused unless ``overwrite=True``, or appended
+to with ``mode="append"`` (a new index version, the old one kept; ``commit`` module docstring).
 """
 
 from __future__ import annotations
@@ -28,19 +29,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from streamload import config
 from streamload.errors import ConfigError, FormatError
-from streamload.format.index import INDEX_NAME, DatasetIndex, load_index
+from streamload.format.index import INDEX_NAME, DatasetIndex
 from streamload.store import filesystem as store
 from streamload.store.retry import RetryPolicy
+from streamload.write.columns import BatchEncoder, column_plan
 from streamload.write.sources import BATCH_ROWS, open_source
 from streamload.write.writer import ShardWriter
 
-_INT64_MAX = 2**63 - 1
-ToRows = Callable[[pa.Array], list[Any]]
+__all__ = ["BatchEncoder", "column_plan", "convert"]
 
 
 def convert(
@@ -55,6 +54,11 @@ def convert(
     dst_storage_options: dict[str, Any] | None = None,
     batch_rows: int = BATCH_ROWS,
     progress: bool | None = None,
+    mode: str = "create",
+    engine: str = "local",
+    ray_options: dict[str, Any] | None = None,
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    shapes: dict[str, list[int | None]] | None = None,
 ) -> DatasetIndex:
     """Convert a source dataset into streamload shards.
 
@@ -73,6 +77,17 @@ def convert(
         dst_storage_options: fsspec options of the destination.
         batch_rows: most rows read from the source at once (bounds memory).
         progress: show a progress bar; None follows the ``progress`` setting.
+        mode: ``"create"`` a dataset, or ``"append"`` the source's rows to the one at ``dst``
+            (same schema; a new index version, ``ShardWriter`` docstring).
+        engine: ``"local"`` (this process) or ``"ray"``: Ray Data reads the source and
+            writes shards in parallel tasks, one commit at the end (``streamload.ray.convert``;
+            file-based sources; needs the ``ray`` extra).
+        ray_options: with ``engine="ray"``: keyword arguments of ``streamload.ray.convert``
+            (e.g. ``{"concurrency": 8}``).
+        transform: ``fn(row) -> sample | None``, applied to every source row before it is
+            written (None drops the row); the schema is then inferred from its output.
+        shapes: variable dims of the transform's array outputs, e.g. ``{"tokens": [None]}``
+            (only with ``transform``; without one the source's schema is kept).
 
     Returns:
         The index of the written dataset.
@@ -81,9 +96,42 @@ def convert(
         FormatError: an unrecognised source, a column type or null value streamload cannot
             store (names the column), or unreadable input.
         StoreError: ``dst`` holds a complete dataset and ``overwrite`` is False.
-        ConfigError: bad format, shard_size or compression; ``src`` is ``dst``.
+        ConfigError: bad format, shard_size, compression, mode or engine; ``src`` is ``dst``;
+            ``shapes`` without ``transform``; ``transform`` with ``engine="ray"``.
+        FormatError: also: the transform returned something other than a sample dict or None,
+            or dropped every row.
     """
     from streamload.progress import progress as progress_bar
+
+    if shapes is not None and transform is None:
+        raise ConfigError(
+            "convert: shapes= applies to the samples a transform= returns; without a transform"
+            " the source's own schema is kept"
+        )
+    if transform is not None and engine == "ray":
+        raise ConfigError(
+            "convert: transform= runs in this process (engine='local'); on Ray, transform the"
+            " rows with ray.data's map_batches and write them with"
+            " streamload.ray.ShardDatasink"
+        )
+    if engine == "ray":
+        from streamload.write.ray_engine import convert as ray_convert
+
+        return ray_convert(
+            src,
+            dst,
+            format=format,
+            shard_size=shard_size,
+            compression=compression,
+            source_format=source_format,
+            overwrite=overwrite,
+            storage_options=storage_options,
+            dst_storage_options=dst_storage_options,
+            mode=mode,
+            **(ray_options or {}),
+        )
+    if engine != "local":
+        raise ConfigError(f"convert engine: unknown engine {engine!r}; use 'local' or 'ray'")
 
     cfg = config.load()  # an entry point: settings resolved once, here
     policy = RetryPolicy.from_config(cfg)
@@ -93,14 +141,17 @@ def convert(
     src_fs, src_root = store.resolve(src, storage_options, policy)
     if type(src_fs) is type(fs) and src_root == root:
         raise ConfigError(f"convert: source and destination are the same place ({os.fspath(dst)})")
+    encoder: BatchEncoder | None = None
     if source_format == "streamload" or (
         source_format is None and src_fs.exists(store.join(src_root, INDEX_NAME))
     ):
         schema, metadata, num_rows, chunks = _dataset_chunks(src, storage_options, batch_rows)
     else:
-        schema, metadata, num_rows, chunks = _source_chunks(
-            src, source_format, storage_options, batch_rows, policy
+        source = open_source(
+            os.fspath(src), source_format, storage_options, batch_rows, policy=policy
         )
+        encoder = BatchEncoder(source.schema)
+        schema, metadata, num_rows = encoder.schema.to_json(), source.metadata, source.num_rows
     # Nothing complete to protect without index.json: overwrite cleans up an interrupted run.
     replace = overwrite or not fs.exists(store.join(root, INDEX_NAME))
     bar = progress_bar(
@@ -113,43 +164,75 @@ def convert(
             format=format,
             shard_size=shard_size,
             compression=compression,
-            schema=schema,
+            # With a transform, the schema is what the transform returns: inferred.
+            schema=schema if transform is None else None,
             storage_options=dst_storage_options,
             overwrite=replace,
             metadata=metadata,
+            mode=mode,
+            shapes=shapes,
         ) as writer,
     ):
-        names = [column["name"] for column in schema["columns"]]
-        for columns in chunks:
-            count = 0
-            for values in zip(*columns, strict=True):
-                writer.write(dict(zip(names, values, strict=True)))
-                count += 1
-            bar.update(count)
-    return load_index(dst, dst_storage_options)
+        if encoder is not None and transform is None:
+            for batch in source.batches:
+                encoder.write(writer.stream, batch)
+                bar.update(batch.num_rows)
+        else:
+            rows = (
+                _rows(encoder, source.batches)
+                if encoder is not None
+                else _chunk_rows(schema, chunks)
+            )
+            _write_rows(writer, rows, transform, bar, os.fspath(src))
+    return writer.index
+
+
+def _chunk_rows(
+    schema: dict[str, Any], chunks: Iterator[list[list[Any]]]
+) -> Iterator[list[dict[str, Any]]]:
+    """Per-row samples of each chunk of column value lists."""
+    names = [column["name"] for column in schema["columns"]]
+    for columns in chunks:
+        yield [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def _rows(encoder: BatchEncoder, batches: Iterator[Any]) -> Iterator[list[dict[str, Any]]]:
+    """Per-row samples of each source record batch."""
+    for batch in batches:
+        yield list(encoder.rows(batch))
+
+
+def _write_rows(
+    writer: ShardWriter,
+    chunks: Iterator[list[dict[str, Any]]],
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None,
+    bar: Any,
+    src: str,
+) -> None:
+    """Write each chunk's rows (through ``transform``, which may drop a row) one chunk at a time."""
+    row = 0
+    for samples in chunks:
+        for sample in samples:
+            out: Any = sample
+            if transform is not None:
+                out = transform(sample)
+                if out is not None and not isinstance(out, dict):
+                    raise FormatError(
+                        f"convert: transform returned a {type(out).__name__} for source row"
+                        f" {row}; it must return a sample dict, or None to drop the row"
+                    )
+            row += 1
+            if out is not None:
+                writer.write(out)
+        bar.update(len(samples))
+    if transform is not None and writer.schema is None:
+        raise FormatError(
+            f"convert: the transform dropped all {row} rows of {src}; nothing to write"
+        )
 
 
 # (schema JSON, index metadata, total rows if known, per-chunk column value lists)
 _Chunks = tuple[dict[str, Any], dict[str, Any] | None, int | None, Iterator[list[list[Any]]]]
-
-
-def _source_chunks(
-    src: str | os.PathLike[str],
-    source_format: str | None,
-    storage_options: dict[str, Any] | None,
-    batch_rows: int,
-    policy: RetryPolicy,
-) -> _Chunks:
-    """A foreign source (`open_source`), its Arrow types mapped by `column_plan`."""
-    source = open_source(os.fspath(src), source_format, storage_options, batch_rows, policy=policy)
-    plan = column_plan(source.schema)
-
-    def chunks() -> Iterator[list[list[Any]]]:
-        for batch in source.batches:
-            yield [to_rows(batch.column(i)) for i, (_, to_rows) in enumerate(plan)]
-
-    schema = {"columns": [column for column, _ in plan]}
-    return schema, source.metadata, source.num_rows, chunks()
 
 
 def _dataset_chunks(
@@ -172,107 +255,3 @@ def _dataset_chunks(
             ]
 
     return ds.schema.to_json(), ds.index.metadata, len(ds), chunks()
-
-
-def column_plan(schema: pa.Schema) -> list[tuple[dict[str, Any], ToRows]]:
-    """The streamload column (JSON form) and row converter of every field of an Arrow schema.
-
-    Raises:
-        FormatError: a field's type has no streamload kind (names the column and type).
-    """
-    return [_column(field.name, field.type) for field in schema]
-
-
-def _column(name: str, arrow_type: pa.DataType) -> tuple[dict[str, Any], ToRows]:
-    t = arrow_type
-    if pa.types.is_dictionary(t):
-        column, inner = _column(name, t.value_type)
-        return column, lambda arr: inner(_checked(name, arr).dictionary_decode())
-    if pa.types.is_boolean(t):
-        return {"name": name, "kind": "bool"}, lambda arr: _checked(name, arr).to_pylist()
-    if pa.types.is_integer(t):
-        return {"name": name, "kind": "int"}, lambda arr: _ints(name, arr)
-    if pa.types.is_floating(t):
-        return {"name": name, "kind": "float"}, lambda arr: _floats(name, arr)
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return {"name": name, "kind": "str"}, lambda arr: _checked(name, arr).to_pylist()
-    if (
-        pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-        or pa.types.is_binary_view(t)
-    ):
-        return {"name": name, "kind": "bytes"}, lambda arr: _checked(name, arr).to_pylist()
-    if _is_list(t):
-        dims: list[int | None] = []
-        leaf = t
-        while _is_list(leaf):
-            dims.append(leaf.list_size if pa.types.is_fixed_size_list(leaf) else None)
-            leaf = leaf.value_type
-        if not (
-            pa.types.is_integer(leaf) or pa.types.is_floating(leaf) or pa.types.is_boolean(leaf)
-        ):
-            raise FormatError(
-                f"convert: column {name!r} has type {arrow_type}: lists must hold numbers or bools"
-            )
-        dtype = np.dtype(leaf.to_pandas_dtype()).name
-        column = {"name": name, "kind": "ndarray", "dtype": dtype, "shape": dims}
-        return column, lambda arr: _arrays(name, arr, dims, np.dtype(dtype))
-    raise FormatError(
-        f"convert: column {name!r} has type {arrow_type}, which streamload cannot store"
-        " (supported: integers, floats, bool, strings, binary, lists of numbers)"
-    )
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def _checked(name: str, arr: pa.Array) -> pa.Array:
-    if arr.null_count:
-        raise FormatError(
-            f"convert: column {name!r} holds {arr.null_count} null value(s); streamload columns"
-            " are not nullable (fill or drop them before converting)"
-        )
-    return arr
-
-
-def _ints(name: str, arr: pa.Array) -> list[int]:
-    arr = _checked(name, arr)
-    if pa.types.is_uint64(arr.type) and len(arr) and pc.max(arr).as_py() > _INT64_MAX:
-        raise FormatError(f"convert: column {name!r} holds uint64 values above int64's range")
-    return arr.to_numpy(zero_copy_only=False).tolist()
-
-
-def _floats(name: str, arr: pa.Array) -> list[float]:
-    values = _checked(name, arr).to_numpy(zero_copy_only=False)
-    return values.astype(np.float64, copy=False).tolist()
-
-
-def _arrays(name: str, arr: pa.Array, dims: list[int | None], dtype: np.dtype[Any]) -> list[Any]:
-    """Per-row numpy arrays of a list column (one numpy pass when only the first dim varies)."""
-    _checked(name, arr)
-    n = len(arr)
-    if all(d is not None for d in dims) or (dims[0] is None and None not in dims[1:]):
-        lengths = (
-            np.full(n, dims[0], np.int64)
-            if dims[0] is not None
-            else pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-        )
-        values = arr
-        for _ in dims:
-            values = _checked(name, values.flatten())
-        inner = tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]
-        flat = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-        flat = flat.reshape((-1, *inner))
-        bounds = np.cumsum(lengths)[:-1]
-        return list(np.split(flat, bounds)) if n else []
-    rows = []
-    for i, row in enumerate(arr.to_pylist()):
-        try:
-            rows.append(np.asarray(row, dtype=dtype))
-        except ValueError as exc:
-            raise FormatError(f"convert: column {name!r} row {i} is ragged: {exc}") from None
-        if rows[-1].ndim != len(dims):
-            raise FormatError(f"convert: column {name!r} row {i} is ragged (not {len(dims)}-D)")
-    return rows

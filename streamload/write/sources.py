@@ -161,6 +161,103 @@ def detect_kind(fs: Any, root: str, src: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Part:
+    """One independently readable piece of a file-based source (for engines that read pieces
+    in parallel): a whole file, or a run of a Parquet file's row groups."""
+
+    kind: str
+    path: str
+    row_groups: tuple[int, ...] | None = None
+
+
+def split_source(
+    src: str,
+    kind: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    part_bytes: int = 64 * 2**20,
+    policy: RetryPolicy | None = None,
+) -> tuple[str, pa.Schema, list[Part]]:
+    """Cut a file-based source into parts of about ``part_bytes`` (Parquet: whole row groups,
+    by their uncompressed size; other kinds: whole files), in source order.
+
+    Returns:
+        ``(kind, schema of the first file, parts)``.
+
+    Raises:
+        FormatError: unrecognised, unreadable, or not file-based (image folders, LMDB).
+    """
+    fs, root = store.resolve(src, storage_options, policy)
+    if kind is None:
+        kind = detect_kind(fs, root, src)
+    if kind not in ("parquet", "jsonl", "csv", "arrow", "hf"):
+        raise FormatError(f"convert: a {kind} source cannot be read in parts")
+    if kind == "hf":
+        files, kind = _hf_files(fs, root, src), "arrow"
+    else:
+        files = _files(fs, root, src, kind)
+    opener = {"parquet": _parquet, "jsonl": _jsonl, "csv": _csv, "arrow": _arrow}[kind]
+    schema, batches, _ = opener(fs, files[0], 1, BLOCK_BYTES)
+    for _ in batches:  # start the generator so that closing it closes the file
+        break
+    batches.close()  # type: ignore[attr-defined]
+    if kind != "parquet":
+        return kind, schema, [Part(kind, path) for path in files]
+    parts: list[Part] = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        run: list[int] = []
+        size = 0
+        for i in range(meta.num_row_groups):
+            run.append(i)
+            size += meta.row_group(i).total_byte_size
+            if size >= part_bytes:
+                parts.append(Part(kind, path, tuple(run)))
+                run, size = [], 0
+        if run or not meta.num_row_groups:
+            parts.append(Part(kind, path, tuple(run)))
+    return kind, schema, parts
+
+
+def read_part(
+    src: str,
+    part: Part,
+    schema: pa.Schema,
+    storage_options: dict[str, Any] | None = None,
+    batch_rows: int = BATCH_ROWS,
+    policy: RetryPolicy | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The record batches of one part of the source ``src`` (at most ``batch_rows`` rows each).
+
+    Raises:
+        FormatError: the part's file has another schema than ``schema``, or cannot be read.
+    """
+    fs, _ = store.resolve(src, storage_options, policy)
+    if part.kind == "parquet" and part.row_groups is not None:
+        file = fs.open(part.path, "rb")
+        try:
+            pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+        except (pa.ArrowException, OSError) as exc:
+            file.close()
+            raise FormatError(f"convert: cannot read Parquet file {part.path}: {exc}") from exc
+        found = pf.schema_arrow
+        batches: Iterator[pa.RecordBatch] = _reading(
+            part.path,
+            _closing(
+                file, pf.iter_batches(batch_size=batch_rows, row_groups=list(part.row_groups))
+            ),
+        )
+    else:
+        opener = {"parquet": _parquet, "jsonl": _jsonl, "csv": _csv, "arrow": _arrow}[part.kind]
+        found, batches, _ = opener(fs, part.path, batch_rows, BLOCK_BYTES)
+    if not found.equals(schema):
+        raise FormatError(
+            f"convert: {part.path} has schema {found}, unlike the source's first file: {schema}"
+        )
+    yield from batches
+
+
 def _files(fs: Any, root: str, src: str, kind: str) -> list[str]:
     if fs.isfile(root):
         return [root]

@@ -1,78 +1,50 @@
 """ShardWriter: write samples into a dataset of size-bounded shards plus index.json.
 
 Protocol: every sample is validated against the schema (given, or inferred from the first
-sample), appended to the current shard, and the shard is closed once its bytes reach
-``shard_size`` (a sample is never split, so a shard may exceed it by one sample plus Arrow
-framing). A shard is written under a temp name in the dataset directory and renamed to
-``shard-NNNNN.<ext>`` only when complete (local files are fsynced first). ``index.json`` is
-written LAST and atomically (temp + rename locally; one put on object stores), so "index.json
-exists" means "the dataset is complete". Object stores (s3, gs) have no rename: a shard is built
-in a local temp file and uploaded to its final key in one retried upload (the object appears
-only once complete), and every request goes through ``streamload.store``'s retry policy.
+sample) and goes to a ``staging.ShardStream``, which closes a shard once its bytes reach
+``shard_size`` (a sample is never split) and stages it as ``shard-NNNNN.<ext>``: a complete file,
+in no index yet. ``close`` hands the staged shards to ``commit.commit``, which validates them and
+writes ``index.json`` LAST and atomically (temp + fsync + rename locally; one put on object
+stores), so "index.json exists" means "the dataset is complete". Object stores (s3, gs) have no
+rename: a shard is built in a local temp file and uploaded to its name in one retried upload.
+
+Modes: ``"create"`` (default) writes a new dataset; writing where an index.json already exists
+is refused unless ``overwrite=True``, which deletes the old index.json first (the old dataset is
+visibly gone while the new one is written) and, at commit, the old shards the new index does not
+list. ``"append"`` adds shards to the dataset there (creating it if there is none): samples must
+match its schema, new shards continue its numbering (tagged with the writer's token, so no name
+is reused), and the commit writes a new index.json
+version while the old one stays readable (``commit`` module docstring).
+
+Schema: given (``schema=``), or inferred from the first sample with ``shapes=`` declaring variable
+dims (``shapes={"tokens": [None]}``). An inferred 1-d array column also becomes variable by itself
+the first time a sample of the same dtype has another length (``schema.widen_1d``): a token corpus
+needs no declaration. The shard stream takes the widened schema (`ShardStream.widen`): rows the
+open shard has only buffered are laid out anew; a shard that already wrote record batches in the
+fixed layout is finished early (readers accept a fixed-layout shard under a widened 1-d column).
+Per shard, the total elements of each variable-shape array column go to index.json (format
+version 2), which is what token streams read to lay out blocks without opening every shard.
 
 Failure policy: if the ``with`` block raises, the current shard's temp file is deleted, no
-index.json is written, and already completed shards are left in place (without index.json they
-are not a dataset, and writing the dataset again overwrites them by name). Writing where an
-index.json already exists is refused unless ``overwrite=True``, which deletes the old index.json
-first (the old dataset is visibly gone while the new one is written) and, after the new index is
-written, deletes leftover ``shard-NNNNN.*`` files that the new index does not list (and the
-temp files of interrupted writers).
-
-Shard formats plug in through the small ``ShardFileWriter`` protocol (`ArrowShardFileWriter`,
-`LmdbShardFileWriter`): ``add(sample)``, ``estimated_bytes``, ``close() -> (bytes, xxh3_64)``, ``abort()``.
+index.json is written (an append leaves the previous version current), and already staged
+shards are left in place: no index references them, and the next commit at this URL deletes them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import secrets
-import tempfile
 from types import TracebackType
-from typing import Any, Protocol
-
-from fsspec.implementations.local import LocalFileSystem
+from typing import Any
 
 from streamload import config
-from streamload.errors import ConfigError, FormatError, StoreError
-from streamload.format.index import FORMAT_VERSIONS, INDEX_NAME, DatasetIndex, ShardInfo, read_index
-from streamload.format.schema import Schema, infer_schema, schema_from_json
-from streamload.sizes import parse_size
+from streamload.errors import ConfigError, FormatError
+from streamload.format.index import DatasetIndex
+from streamload.format.schema import Schema, infer_schema, schema_from_json, widen_1d
 from streamload.store import filesystem as store
 from streamload.store.retry import RetryPolicy
-
-# Shard files, and the temp files of interrupted writers (removed by overwrite=True).
-_SHARD_FILE_RE = re.compile(
-    r"^(shard-\d{5,}\.(arrow|lmdb)|\.shard-\d{5,}\.(arrow|lmdb)\.tmp-\d+-[0-9a-f]+)$"
-)
-
-
-class ShardFileWriter(Protocol):
-    """Writes one shard file of one format (see the module docstring)."""
-
-    num_samples: int
-
-    @property
-    def estimated_bytes(self) -> int: ...
-
-    def add(self, sample: dict[str, Any]) -> None: ...
-
-    def close(self) -> tuple[int, str]: ...
-
-    def abort(self) -> None: ...
-
-
-def _open_shard_file(
-    fmt: str, fs: Any, path: str, schema: Schema, compression: str | None
-) -> ShardFileWriter:
-    if fmt == "arrow":
-        from streamload.shards.arrow.writer import ArrowShardFileWriter
-
-        return ArrowShardFileWriter(fs, path, schema, compression)
-    from streamload.shards.lmdb.writer import LmdbShardFileWriter
-
-    return LmdbShardFileWriter(fs, path, schema)
+from streamload.write import commit
+from streamload.write.staging import ShardStream, shard_settings
 
 
 class ShardWriter:
@@ -95,6 +67,8 @@ class ShardWriter:
         storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
         metadata: dict[str, Any] | None = None,
+        mode: str = "create",
+        shapes: dict[str, list[int | None]] | None = None,
     ) -> None:
         """Open a dataset for writing.
 
@@ -106,82 +80,73 @@ class ShardWriter:
             shard_size: target shard size, int bytes or a string such as ``"256MB"``; None takes
                 the configured default (setting ``shard_size``).
             compression: None (uncompressed), ``"zstd"`` or ``"lz4"``.
-            schema: the schema's JSON form (see ``streamload.schema``); None infers it from the
-                first sample, with array shapes fixed.
+            schema: the schema's JSON form (see `streamload.format.schema`); None infers it from
+                the first sample (array shapes fixed, except ``shapes`` and 1-d arrays whose
+                length changes, see the module docstring).
             storage_options: passed to fsspec.
             overwrite: replace an existing dataset at ``url`` (see the module docstring).
             metadata: a JSON-serialisable object stored as index.json's ``"metadata"`` (e.g.
-                ``{"classes": [...]}``); None or empty stores nothing.
+                ``{"classes": [...]}``); None or empty stores nothing (an append keeps the
+                dataset's).
+            mode: ``"create"`` a dataset, or ``"append"`` to the one at ``url`` (module docstring).
+            shapes: array shapes to infer with, ``None`` for a variable dim, e.g.
+                ``{"tokens": [None]}``; the other columns are still inferred.
 
         Raises:
-            ConfigError: bad format, shard_size or compression.
-            FormatError: bad schema.
-            StoreError: ``url`` already holds a dataset and ``overwrite`` is False.
+            ConfigError: bad format, shard_size, compression or mode; both schema and shapes.
+            FormatError: bad schema; appending another format, schema or metadata than the
+                dataset's (names the difference).
+            StoreError: ``url`` already holds a dataset, mode is create and ``overwrite`` False.
         """
-        if format not in ("arrow", "lmdb"):
-            raise ConfigError(
-                f"ShardWriter format: unknown format {format!r}; use 'arrow' or 'lmdb'"
-            )
-        if format == "lmdb" and compression not in (None, "none", "uncompressed"):
-            raise ConfigError(
-                "ShardWriter compression: LMDB shards are stored uncompressed; use compression=None"
-            )
         cfg = config.load()  # an entry point: settings resolved once, here
-        if shard_size is None:
-            shard_size = cfg.shard_size
-        try:
-            self._shard_size = parse_size(shard_size, what="shard_size")
-        except ValueError as exc:
-            raise ConfigError(f"ShardWriter {exc}") from None
-        if self._shard_size < 1:
-            raise ConfigError("ShardWriter shard_size: must be at least 1 byte")
-        if compression in ("none", "uncompressed"):
-            compression = None
-        if compression not in (None, "zstd", "lz4", "lz4_frame"):
-            raise ConfigError(
-                f"ShardWriter compression: unknown codec {compression!r}; use None, 'zstd' or 'lz4'"
-            )
-        self._compression = compression
-        self._format = format
+        self._format, self._shard_size, self._compression = shard_settings(
+            format, cfg.shard_size if shard_size is None else shard_size, compression, "ShardWriter"
+        )
         self._url = os.fspath(url)
         self._fs, self._root = store.resolve(url, storage_options, RetryPolicy.from_config(cfg))
-        # Remote (s3, gs): shards are built in a local temp file and uploaded whole, so the
-        # object appears only when complete (object stores have no rename) and a failed upload
-        # is retried by the store's one retry policy.
-        self._remote = store.is_remote(self._fs)
+        if schema is not None and shapes is not None:
+            raise ConfigError(
+                "ShardWriter: give schema= or shapes=, not both (shapes= is for inferring the"
+                " rest of the schema; in schema=, write null for a variable dim)"
+            )
         self._schema: Schema | None = (
             None if schema is None else schema_from_json(schema, "ShardWriter(schema=...)")
         )
+        self._shapes = dict(shapes) if shapes is not None else None
+        # Inferred fixed 1-d array columns: they become variable when a length changes.
+        self._widenable: frozenset[str] = frozenset()
         self._overwrite = overwrite
         self._metadata = dict(metadata) if metadata else None
-        self._shards: list[ShardInfo] = []
-        self._current: ShardFileWriter | None = None
-        self._current_tmp = ""
-        self._num_samples = 0
+        self._mode = commit.check_mode(mode, "ShardWriter")
+        self._base = commit.prepare(self._fs, self._root, self._url, self._mode, overwrite)
+        if self._base is not None:
+            self._join_base(self._base)
+        self._stream: ShardStream | None = None
         self._closed = False
-        self._prepare_directory()
 
-    def _prepare_directory(self) -> None:
-        index_path = store.join(self._root, INDEX_NAME)
-        if self._remote:  # object stores have no directories (and s3fs would create a bucket)
-            exists = store.exists(self._fs, index_path)
-        else:
-            self._fs.makedirs(self._root, exist_ok=True)
-            exists = self._fs.exists(index_path)
-        if exists:
-            if not self._overwrite:
-                raise StoreError(
-                    f"{self._url} already holds a dataset ({INDEX_NAME} exists); pass overwrite=True to replace it"
-                )
-            if self._remote:
-                store.remove(self._fs, index_path)
-            else:
-                self._fs.rm_file(index_path)
+    def _join_base(self, base: DatasetIndex) -> None:
+        """Appending: the dataset's format, schema and metadata are the ones to match."""
+        if base.format != self._format:
+            raise FormatError(
+                f"ShardWriter({self._url!r}): cannot append {self._format} shards to a dataset"
+                f" of {base.format} shards"
+            )
+        if self._schema is not None and self._schema != base.schema:
+            difference = commit.schema_difference(
+                base.schema, self._schema, "the dataset", "schema="
+            )
+            raise FormatError(f"ShardWriter({self._url!r}): cannot append: {difference}")
+        if self._metadata and self._metadata != (base.metadata or {}):
+            raise FormatError(
+                f"ShardWriter({self._url!r}): cannot append: metadata {self._metadata!r:.200}"
+                f" differs from the dataset's {base.metadata!r:.200}"
+            )
+        self._schema = base.schema
 
     @property
     def num_samples(self) -> int:
         """Samples written so far."""
-        return self._num_samples
+        return self._stream.num_samples if self._stream is not None else 0
 
     @property
     def schema(self) -> Schema | None:
@@ -198,57 +163,82 @@ class ShardWriter:
         if self._closed:
             raise ValueError(f"ShardWriter({self._url!r}) is closed")
         if self._schema is None:
-            self._schema = infer_schema(sample)
-        self._schema.validate(sample, self._num_samples)
-        if self._current is None:
-            self._open_next_shard()
-        current = self._current
-        assert current is not None  # set by _open_next_shard; narrows the type for mypy
-        current.add(sample)
-        self._num_samples += 1
-        if current.estimated_bytes >= self._shard_size:
-            self._finish_shard()
+            self._schema = infer_schema(sample, self._shapes)
+            self._widenable = frozenset(
+                c.name
+                for c in self._schema.columns
+                if c.is_fixed_array
+                and len(c.shape or ()) == 1
+                and c.name not in (self._shapes or {})
+            )
+        try:
+            self._schema.validate(sample, self.num_samples)
+        except FormatError:
+            widened = widen_1d(self._schema, sample, self._widenable) if self._widenable else None
+            if widened is None:
+                raise
+            widened.validate(sample, self.num_samples)
+            self._schema = widened
+            self._widenable = frozenset(
+                n for n in self._widenable if widened.column(n).is_fixed_array
+            )
+            if self._stream is not None:
+                self._stream.widen(widened)
+        (self._stream or self._open_stream()).add(sample)
+
+    @property
+    def stream(self) -> ShardStream:
+        """The shard stream behind this writer (``convert`` feeds it record batches)."""
+        return self._stream or self._open_stream()
 
     def close(self) -> None:
-        """Finish the last shard and write index.json (idempotent).
+        """Finish the last shard and commit index.json (idempotent).
 
         Raises:
             FormatError: nothing was written and no schema was given (index.json needs a schema).
+            StoreError: appending, and another writer committed a version meanwhile.
         """
         if self._closed:
             return
-        if self._current is not None:
-            self._finish_shard()
-        if self._schema is None:
-            self._closed = True
-            raise FormatError(
-                f"ShardWriter({self._url!r}): no samples written and no schema given, so no index.json"
-            )
-        index = DatasetIndex(
-            format_version=FORMAT_VERSIONS[-1],
-            format=self._format,
-            schema=self._schema,
-            num_samples=self._num_samples,
-            shards=tuple(self._shards),
-            metadata=self._metadata,
-        )
-        self._publish_index(index.to_bytes())
         self._closed = True
-        if self._overwrite:
-            self._remove_stale_shards(index)
+        try:
+            if self._base is not None:  # fail before staging the last shard if another append won
+                commit.check_base(self._fs, self._root, self._url, self._base)
+            staged = self._stream.finish() if self._stream is not None else []
+        except BaseException:
+            if self._stream is not None:
+                self._stream.abort()
+            raise
+        self._index = commit.commit(
+            self._fs,
+            self._root,
+            self._url,
+            format=self._format,
+            shards=staged,
+            schema=self._schema,
+            metadata=self._metadata,
+            base=self._base,
+            overwrite=self._overwrite,
+        )
+
+    @property
+    def index(self) -> DatasetIndex:
+        """The committed index (after ``close``).
+
+        Raises:
+            ValueError: not committed yet.
+        """
+        if not hasattr(self, "_index"):
+            raise ValueError(f"ShardWriter({self._url!r}) has not committed yet")
+        return self._index
 
     def abort(self) -> None:
-        """Stop without writing index.json; delete the unfinished shard (completed ones stay)."""
+        """Stop without writing index.json; delete the unfinished shard (staged ones stay)."""
         if self._closed:
             return
         self._closed = True
-        if self._current is not None:
-            self._current.abort()
-            self._current = None
-            if self._remote:
-                _remove_local(self._current_tmp)
-            elif self._fs.exists(self._current_tmp):
-                self._fs.rm_file(self._current_tmp)
+        if self._stream is not None:
+            self._stream.abort()
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -264,91 +254,25 @@ class ShardWriter:
         else:
             self.abort()
 
-    def _open_next_shard(self) -> None:
-        assert self._schema is not None  # write() sets it before opening a shard
-        name = f"shard-{len(self._shards):05d}.{self._format}"
-        fs = self._fs
-        if self._remote:
-            fd, self._current_tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            fs = LocalFileSystem()
-        else:
-            self._current_tmp = store.join(
-                self._root, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            )
-        self._current = _open_shard_file(
-            self._format, fs, self._current_tmp, self._schema, self._compression
+    def _open_stream(self) -> ShardStream:
+        if self._schema is None:
+            raise ValueError(f"ShardWriter({self._url!r}): no schema yet (write a sample first)")
+        first = len(self._base.shards) if self._base is not None else 0
+        # Appended shards carry this writer's token: a staged name never replaces a shard that
+        # an index (this one, or a concurrent append's) references.
+        tag = f"-{secrets.token_hex(4)}" if self._mode == "append" else ""
+        ext = self._format
+
+        def name(k: int) -> str:
+            return f"shard-{first + k:05d}{tag}.{ext}"
+
+        self._stream = ShardStream(
+            self._fs,
+            self._root,
+            self._format,
+            self._schema,
+            self._shard_size,
+            self._compression,
+            name,
         )
-
-    def _finish_shard(self) -> None:
-        current = self._current
-        assert current is not None  # only called with a shard open
-        self._current = None
-        nbytes, digest = current.close()
-        name = f"shard-{len(self._shards):05d}.{self._format}"
-        final = store.join(self._root, name)
-        local = store.local_path(self._fs, final)
-        if self._remote:
-            try:
-                store.upload(self._fs, self._current_tmp, final)
-            finally:
-                _remove_local(self._current_tmp)
-        elif local:
-            os.replace(self._current_tmp, local)
-        else:
-            self._fs.mv(self._current_tmp, final)
-        self._shards.append(ShardInfo(name, current.num_samples, nbytes, "xxh3_64", digest))
-
-    def _publish_index(self, data: bytes) -> None:
-        final = store.join(self._root, INDEX_NAME)
-        local = store.local_path(self._fs, final)
-        if self._remote:
-            store.write_bytes(self._fs, final, data)  # one put: published whole, atomically
-        elif not local:
-            self._fs.pipe_file(
-                final, data
-            )  # one put: object stores publish whole objects atomically
-        else:
-            tmp = f"{local}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, local)
-            _fsync_dir(os.path.dirname(local))
-        # Read it back through the public parser so a writer bug can never publish an unreadable index.
-        read_index(self._fs, final, f"{self._url}/{INDEX_NAME}")
-
-    def _remove_stale_shards(self, index: DatasetIndex) -> None:
-        keep = {s.name for s in index.shards}
-        paths = (
-            store.listdir(self._fs, self._root)
-            if self._remote
-            else self._fs.ls(self._root, detail=False)
-        )
-        for path in paths:
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if _SHARD_FILE_RE.match(name) and name not in keep:
-                if self._remote:
-                    store.remove(self._fs, path)
-                else:
-                    self._fs.rm_file(path)
-
-
-def _remove_local(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a rename in ``path`` durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return self._stream

@@ -9,10 +9,12 @@ from bench_smoke import hang_guard, run_quick
 
 
 @hang_guard
-@pytest.mark.parametrize("script", ["transport.py", "loader.py", "shuffle.py"])
+@pytest.mark.parametrize("script", ["transport.py", "loader.py", "shuffle.py", "tokens.py"])
 def test_benchmark_quick_mode_completes(script: str, tmp_path: Path) -> None:
     """`benchmarks/<script> --quick` exits 0 and prints a table."""
-    args = ["--dir", str(tmp_path)] if script in ("loader.py", "shuffle.py") else []
+    args = ["--dir", str(tmp_path)] if script in ("loader.py", "shuffle.py", "tokens.py") else []
+    if script == "tokens.py":  # one dtype, no separate memory runs: the smoke test stays short
+        args += ["--dtypes", "uint16", "--no-pss"]
     assert "| benchmark |" in run_quick(script, *args, cwd=tmp_path)
 
 

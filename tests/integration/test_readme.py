@@ -40,6 +40,18 @@ def test_readme_starts_with_demo_and_test_commands() -> None:
     assert blocks[1].strip() == _block_after("test-command", "bash").strip()
 
 
+def test_readme_token_training_loop_runs_as_written(tmp_path: Path) -> None:
+    """The token-stream training loop (convert with a tokenizer, blocks, checkpoint, resume)
+    executes unchanged and prints 'ok'."""
+    script = tmp_path / "tokens.py"
+    script.write_text(_block_after("tokens", "python"))
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
+
+
 def test_readme_mixture_example_runs_as_written(tmp_path: Path) -> None:
     """The README's mixture example (exact batches, a source's second epoch, a checkpoint
     resumed with other weights) runs unchanged in a fresh interpreter and prints 'ok'."""

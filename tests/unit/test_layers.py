@@ -82,3 +82,17 @@ def test_the_cycle_finder_finds_a_circle() -> None:
     """The walker is not vacuous: a two-module circle is reported."""
     assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_importing_streamload_never_imports_ray() -> None:
+    """Ray is an optional extra: a fresh `import streamload` (and its writers) loads no ray module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, streamload, streamload.write.convert, streamload.write.writer;"
+        " print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -101,10 +101,24 @@ class ArrowShardReader:
             raise FormatError(f"shard {shard_name}: not a readable Arrow IPC file: {exc}") from exc
         expected_schema = schema.arrow_schema()
         if not self._file.schema.equals(expected_schema):
-            raise FormatError(
-                f"shard {shard_name}: Arrow schema does not match index.json\n"
-                f"  file:  {self._file.schema}\n  index: {expected_schema}"
+            physical = _written_before_widening(schema, self._file.schema)
+            if physical is None:
+                raise FormatError(
+                    f"shard {shard_name}: Arrow schema does not match index.json\n"
+                    f"  file:  {self._file.schema}\n  index: {expected_schema}"
+                )
+            # Read with the layout the file has; take() hands the widened columns back as
+            # per-row arrays, as every variable-shape column is returned.
+            self._widened = tuple(
+                c.name
+                for c, p in zip(schema.columns, physical.columns, strict=True)
+                if c != p and c.name in self._selected.names
             )
+            schema = physical
+            self._schema = schema
+            self._selected = schema.select(columns)
+        else:
+            self._widened = ()
         counts = np.zeros(self._file.num_record_batches, np.int64)
         # A mapped file's record batches are views of the mapping: decode each IPC message once
         # per process (a worker opens every shard it touches, every epoch).
@@ -183,7 +197,51 @@ class ArrowShardReader:
             if groups is None:
                 groups = self._group(rows, which)
             out[col.name] = self._take_column(col, ci, groups, n, strings)
+        for name in self._widened:  # variable-shape columns come back as per-row arrays
+            out[name] = list(out[name])
         return out
+
+    def flat_array(self, name: str) -> FlatArray:
+        """The values of 1-d array column ``name``, all rows concatenated, without a copy: one
+        numpy view of the mapped file per record batch (a token stream, see ``FlatArray``).
+
+        Every record batch is fully validated first, and a variable-shape row's stored shape
+        must equal its value count.
+
+        Raises:
+            FormatError: a corrupt record batch or row shape.
+            ValueError: ``name`` is not a 1-d array column.
+        """
+        ci = self._schema.names.index(name)
+        col = self._schema.columns[ci]
+        if col.kind != "ndarray" or len(col.shape or ()) != 1:
+            raise ValueError(f"column {name!r} is not a 1-d array column")
+        chunks: list[np.ndarray] = []
+        row_offsets: list[np.ndarray] = []
+        for b in range(len(self._batch_offsets) - 1):
+            arr = self._batch(b).column(ci)
+            if col.uses_var_layout:
+                data, shape = arr.flatten()
+                offsets = data.offsets.to_numpy()
+                stored = shape.flatten().to_numpy(zero_copy_only=False)
+                if len(offsets) and not np.array_equal(stored, np.diff(offsets)):
+                    raise FormatError(
+                        f"shard {self.name}: column {name!r}: a row's shape differs from its"
+                        f" value count in record batch {b}"
+                    )
+                first = int(offsets[0]) if len(offsets) else 0
+                values = data.values.to_numpy(zero_copy_only=False)
+                chunk = values[first : int(offsets[-1]) if len(offsets) else 0]
+                row_offsets.append(offsets[1:] - first)
+            else:
+                chunk = arr.flatten().to_numpy(zero_copy_only=False)
+                width = col.row_shape[0]
+                row_offsets.append(np.arange(1, len(arr) + 1, dtype=np.int64) * width)
+            chunks.append(chunk)
+        flat = FlatArray.from_chunks(chunks, row_offsets)
+        if self._gather is not None and chunks:
+            flat.locate_in(self._gather.whole_values(chunks[0].dtype))
+        return flat
 
     def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
         """``[(batch, all output positions, slice of the batch)]`` when ``rows`` is an ascending
@@ -288,6 +346,64 @@ class ArrowShardReader:
         return _var_arrays(col, arr)
 
 
+class FlatArray:
+    """A 1-d array column's values with every row concatenated, held as per-record-batch
+    chunks (views of the mapped shard): ``chunks[c]`` holds values ``[bounds[c], bounds[c+1])``
+    of the concatenation; row ``r`` is values ``[row_offsets[r], row_offsets[r + 1])``.
+
+    For vectorised gathers, ``source()`` gives one 1-d array holding every chunk and each
+    chunk's start in it: the whole mapped file viewed as the column's dtype when the shard is
+    mapped (no copy), else the chunks concatenated once."""
+
+    def __init__(self, chunks: list[np.ndarray], bounds: np.ndarray, row_offsets: np.ndarray):
+        self.chunks = chunks
+        self.bounds = bounds
+        self.bounds_list: list[int] = bounds.tolist()  # for per-range bisect without numpy
+        self.row_offsets = row_offsets
+        self._source: tuple[np.ndarray, np.ndarray] | None = None
+
+    def locate_in(self, whole: np.ndarray) -> None:
+        """Use ``whole`` (a 1-d array the chunks are views of) as ``source()`` if every chunk
+        lies inside it at a whole element offset."""
+        base, itemsize = whole.ctypes.data, whole.itemsize
+        starts = np.array([c.ctypes.data - base for c in self.chunks], np.int64)
+        sizes = np.fromiter((len(c) for c in self.chunks), np.int64, len(self.chunks))
+        if (
+            all(c.dtype == whole.dtype and c.strides == (itemsize,) for c in self.chunks)
+            and (starts % itemsize == 0).all()
+            and (starts >= 0).all()
+            and (starts // itemsize + sizes <= len(whole)).all()
+        ):
+            self._source = (whole, starts // itemsize)
+
+    def source(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, chunk_starts)``: chunk ``c`` is ``values[chunk_starts[c]:][:len(c)]``."""
+        if self._source is None:
+            values = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int64)
+            self._source = (values, self.bounds[:-1].copy())
+        return self._source
+
+    @classmethod
+    def from_chunks(cls, chunks: list[np.ndarray], row_ends: list[np.ndarray]) -> FlatArray:
+        """Chunks and, per chunk, the end offsets of its rows relative to the chunk start."""
+        sizes = np.fromiter((len(c) for c in chunks), np.int64, len(chunks))
+        bounds = np.zeros(len(chunks) + 1, np.int64)
+        np.cumsum(sizes, out=bounds[1:])
+        ends = [e + bounds[c] for c, e in enumerate(row_ends)]
+        row_offsets = np.concatenate([np.zeros(1, np.int64), *ends]).astype(np.int64)
+        return cls(chunks, bounds, row_offsets)
+
+    @property
+    def total(self) -> int:
+        """Values over all rows."""
+        return int(self.bounds[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Values per row (int64)."""
+        return np.diff(self.row_offsets)
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [
@@ -351,6 +467,10 @@ class _MappedGather:
         self._u8 = np.frombuffer(whole, np.uint8)
         self._batches = batches
         self._layouts: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def whole_values(self, dtype: np.dtype[Any]) -> np.ndarray:
+        """The whole mapped file as a read-only 1-d array of ``dtype`` (no copy)."""
+        return np.frombuffer(self._whole, dtype, count=self._size // dtype.itemsize)
 
     def layout(self, ci: int, col: Column) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-batch file positions for column ``ci``: (values or offsets index, data byte pos)."""
@@ -435,6 +555,26 @@ class _MappedGather:
                 return BlobColumn.from_arrow(array.cast(_large_type(col)))
             return BlobColumn.gather(col.kind == "str", self._u8, starts, lengths)
         return array.to_pylist()
+
+
+def _written_before_widening(schema: Schema, file_schema: pa.Schema) -> Schema | None:
+    """The schema a shard was written with, if it differs from ``schema`` only in 1-d array
+    columns the writer made variable after this shard (``[None]`` in ``schema``, a fixed
+    ``[n]`` in the file); None if the file does not match that way."""
+    if len(file_schema) != len(schema.columns):
+        return None
+    columns = []
+    for col, field in zip(schema.columns, file_schema, strict=True):
+        if (
+            col.kind == "ndarray"
+            and col.shape == (None,)
+            and pa.types.is_fixed_size_list(field.type)
+            and field.type.list_size > 0
+        ):
+            col = Column(col.name, "ndarray", col.dtype, (field.type.list_size,))
+        columns.append(col)
+    physical = Schema(tuple(columns))
+    return physical if physical.arrow_schema().equals(file_schema) else None
 
 
 def _large_type(col: Column) -> pa.DataType:

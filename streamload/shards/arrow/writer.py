@@ -91,8 +91,9 @@ class ArrowShardFileWriter:
         # Local files use a plain file so close() can fsync before the rename publishes the shard.
         self._file = open(self._local, "wb") if self._local else fs.open(path, "wb")  # noqa: SIM115
         self._sink = _HashingSink(self._file, "xxh3_64")
-        options = pa.ipc.IpcWriteOptions(compression=COMPRESSIONS[compression])
-        self._writer = pa.ipc.new_file(self._sink, self._arrow_schema, options=options)
+        self._options = pa.ipc.IpcWriteOptions(compression=COMPRESSIONS[compression])
+        # Made at the first flush, so a schema widened before then (``widen``) is the file's.
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._pending: list[list[Any]] = [[] for _ in schema.columns]
         self._pending_raw = 0
         self._flushed_raw = 0
@@ -126,17 +127,48 @@ class ArrowShardFileWriter:
         if self._pending_raw >= self._batch_bytes or len(self._pending[0]) >= self._batch_rows:
             self.flush()
 
+    def widen(self, schema: Schema) -> bool:
+        """Take ``schema`` (same columns, some made variable) for this shard: True while no
+        record batch is written (buffered rows are laid out at flush), else False."""
+        if self._writer is not None:
+            return False
+        self._schema = schema
+        self._arrow_schema = schema.arrow_schema()
+        return True
+
+    def _file_writer(self) -> pa.ipc.RecordBatchFileWriter:
+        if self._writer is None:
+            self._writer = pa.ipc.new_file(self._sink, self._arrow_schema, options=self._options)
+        return self._writer
+
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Write a record batch already in the shard layout, in pieces of at most ``batch_rows``
+        rows and about ``batch_bytes`` bytes (buffered samples are flushed first, keeping order)."""
+        self.flush()
+        if not batch.schema.equals(self._arrow_schema):
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=self._arrow_schema)
+        rows = batch.num_rows
+        if not rows:
+            return
+        raw = batch.nbytes
+        step = max(1, min(self._batch_rows, rows * self._batch_bytes // max(raw, 1)))
+        for start in range(0, rows, step):
+            self._file_writer().write_batch(batch.slice(start, step))
+        self._flushed_raw += raw
+        self.num_samples += rows
+
     def flush(self) -> None:
         """Write the buffered rows as one record batch (no-op when nothing is buffered)."""
         if not self._pending[0]:
             return
         arrays = [
-            _to_arrow(col, values, field.type)
+            to_arrow(col, values, field.type)
             for col, values, field in zip(
                 self._schema.columns, self._pending, self._arrow_schema, strict=True
             )
         ]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self._arrow_schema))
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self._arrow_schema)
+        self._file_writer().write_batch(batch)
         self._flushed_raw += self._pending_raw
         self._pending = [[] for _ in self._schema.columns]
         self._pending_raw = 0
@@ -144,7 +176,7 @@ class ArrowShardFileWriter:
     def close(self) -> tuple[int, str]:
         """Finish the file (footer, fsync when local) and return ``(bytes, xxh3_64 hex)``."""
         self.flush()
-        self._writer.close()
+        self._file_writer().close()
         self._file.flush()
         if self._local:
             os.fsync(self._file.fileno())
@@ -155,12 +187,14 @@ class ArrowShardFileWriter:
         """Stop writing without finishing the file (the caller deletes it)."""
         # The writer may be mid-failure already; the temp file is deleted either way.
         with contextlib.suppress(pa.ArrowException, OSError, ValueError):
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
         self._file.close()
 
 
-def _to_arrow(col: Column, values: list[Any], arrow_type: pa.DataType) -> pa.Array:
-    """One column of buffered python values as an Arrow array of the column's layout."""
+def to_arrow(col: Column, values: list[Any], arrow_type: pa.DataType) -> pa.Array:
+    """One column of python values (validated samples' values) as an Arrow array of the column's
+    layout (``arrow_type``)."""
     kind = col.kind
     if kind != "ndarray":
         return pa.array(values, type=arrow_type)

@@ -83,7 +83,7 @@ def detect(
         nbytes = file.size
         entries = file.entries()
     shard = ShardInfo(name, entries, nbytes, "size" if version else "xxh3_64", version)
-    index = DatasetIndex(FORMAT_VERSIONS[-1], ENV_FORMAT, ENV_SCHEMA, entries, (shard,))
+    index = DatasetIndex(FORMAT_VERSIONS[0], ENV_FORMAT, ENV_SCHEMA, entries, (shard,))
     return directory, index
 
 

@@ -129,6 +129,12 @@ class LmdbShardFileWriter:
         if len(self._pending) >= self._txn_rows or self._pending_bytes >= self._txn_bytes:
             self._commit()
 
+    def widen(self, schema: Schema) -> bool:
+        """Take ``schema`` (some columns made variable) for the rest of the shard: always
+        possible, a value records its own shape."""
+        self._schema = schema
+        return True
+
     def _commit(self) -> None:
         """Put the pending rows in one transaction, growing the map until they fit."""
         if not self._pending:

@@ -42,14 +42,47 @@ def test_valid_index_parses_with_offsets_and_both_checksum_kinds() -> None:
 
 
 def test_unknown_format_version_names_the_versions_this_streamload_reads() -> None:
-    """format_version 2 is refused with the list of readable versions."""
+    """format_version 3 is refused with the list of readable versions."""
     data = _index()
-    data["format_version"] = 2
+    data["format_version"] = 3
     with pytest.raises(
         FormatError,
-        match=r"format_version 2 is not supported; this streamload reads format_version 1",
+        match=r"format_version 3 is not supported; this streamload reads format_version 1, 2",
     ):
         _parse(data)
+
+
+def _token_index(version: int, elements: object) -> dict[str, object]:
+    data = _index()
+    data["format_version"] = version
+    data["schema"] = {
+        "columns": [{"name": "tokens", "kind": "ndarray", "dtype": "uint16", "shape": [None]}]
+    }
+    for shard in data["shards"]:  # type: ignore[attr-defined]
+        shard["elements"] = elements
+    return data
+
+
+def test_version_2_reads_per_shard_element_totals() -> None:
+    """A v2 shard entry may carry elements of variable-shape columns; they round-trip."""
+    index = _parse(_token_index(2, {"tokens": 12}))
+    assert [s.elements for s in index.shards] == [{"tokens": 12}] * len(index.shards)
+    assert json.loads(index.to_bytes()) == _token_index(2, {"tokens": 12})
+
+
+@pytest.mark.parametrize(
+    ("version", "elements", "message"),
+    [
+        (1, {"tokens": 12}, r"unexpected keys \['elements'\]"),
+        (2, {"id": 3}, r"names \['id'\], which are not variable-shape array columns"),
+        (2, {"tokens": -1}, "must be an integer"),
+        (2, [12], "must be an object"),
+    ],
+)
+def test_bad_element_totals_are_refused(version: int, elements: object, message: str) -> None:
+    """elements only in v2, only for variable-shape columns, only non-negative counts."""
+    with pytest.raises(FormatError, match=message):
+        _parse(_token_index(version, elements))
 
 
 @pytest.mark.parametrize(

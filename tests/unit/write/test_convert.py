@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streamload as sl
 from streamload.cli.main import main
@@ -292,3 +295,130 @@ def test_streamload_datasets_convert_between_formats_keeping_schema(tmp_path: Pa
     assert _read_rows(tmp_path / "c") == _read_rows(tmp_path / "a") == _read_rows(tmp_path / "b")
     with pytest.raises(sl.ConfigError, match="same place"):
         sl.convert(tmp_path / "a", tmp_path / "a", overwrite=True)
+
+
+# -- transform= (tokenizing while converting) -------------------------------------------------
+
+
+def _tokenize(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A toy tokenizer: one token per character; rows with an id divisible by 4 dropped."""
+    if row["id"] % 4 == 0:
+        return None
+    return {
+        "id": row["id"],
+        "tokens": np.frombuffer(row["text"].encode(), np.uint8).astype(np.uint16),
+    }
+
+
+def test_transform_tokenizes_rows_drops_nones_and_infers_a_variable_column(
+    tmp_path: Path,
+) -> None:
+    """convert(transform=fn) writes fn's samples, skips None, and infers tokens as [None]."""
+    src = tmp_path / "src.parquet"
+    texts = [f"doc {i} " + "x" * (i % 7) for i in range(100)]
+    pq.write_table(pa.table({"id": pa.array(range(100)), "text": texts}), src, row_group_size=16)
+    index = sl.convert(str(src), str(tmp_path / "out"), transform=_tokenize, batch_rows=10)
+    assert index.schema.column("tokens").shape == (None,)
+    assert index.schema.names == ("id", "tokens")
+    ds = sl.StreamingDataset(str(tmp_path / "out"))
+    kept = [i for i in range(100) if i % 4]
+    assert [ds[j]["id"] for j in range(len(ds))] == kept
+    assert [bytes(ds[j]["tokens"].astype(np.uint8)).decode() for j in range(len(ds))] == [
+        texts[i] for i in kept
+    ]
+    assert sum(s.elements["tokens"] for s in index.shards) == sum(len(texts[i]) for i in kept)  # type: ignore[index]
+
+
+def test_transform_sees_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows reach the transform while the source is still being read (one chunk at a time)."""
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": "ab"}) + "\n" for i in range(50)))
+    seen: list[int] = []
+    module = sys.modules["streamload.write.convert"]
+    original = module.open_source
+
+    def counting_source(*args: Any, **kwargs: Any) -> Any:
+        source = original(*args, **kwargs)
+        inner = source.batches
+
+        def batches() -> Any:
+            for batch in inner:
+                seen.append(-len(batch))  # a chunk read...
+                yield batch
+
+        source.batches = batches()
+        return source
+
+    def transform(row: dict[str, Any]) -> dict[str, Any]:
+        seen.append(row["id"])  # ...then its rows transformed before the next chunk is read
+        return {"id": row["id"], "tokens": np.zeros(row["id"] % 3 + 1, np.int32)}
+
+    monkeypatch.setattr(module, "open_source", counting_source)
+    sl.convert(str(src), str(tmp_path / "out"), transform=transform, batch_rows=8)
+    chunks = [i for i, v in enumerate(seen) if v < 0]
+    assert len(chunks) >= 2
+    assert seen[chunks[1] - 1] == 7  # the first chunk's 8 rows are done before the second read
+
+
+@pytest.mark.parametrize(
+    ("transform", "message"),
+    [
+        (lambda row: None, "the transform dropped all 10 rows"),
+        (lambda row: [1, 2], "transform returned a list for source row 0"),
+        (lambda row: {"t": [1, 2]}, r"np.asarray\(ids, dtype=np.int32\)"),
+    ],
+)
+def test_transform_mistakes_are_named(tmp_path: Path, transform: Any, message: str) -> None:
+    """A transform returning nothing, a non-dict, or python lists gets a FormatError that says why."""
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(10)))
+    with pytest.raises(FormatError, match=message):
+        sl.convert(str(src), str(tmp_path / "out"), transform=transform)
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(-(2**63), 2**63 - 1),
+            st.floats(allow_nan=False, width=32),
+            st.text(max_size=6),
+            st.binary(max_size=6),
+            st.lists(st.integers(-1000, 1000), min_size=2, max_size=2),
+            st.lists(st.lists(st.integers(0, 9), min_size=3, max_size=3), max_size=3),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    cut=st.integers(0, 29),
+)
+def test_batch_layout_equals_the_per_row_layout(rows: list[tuple[Any, ...]], cut: int) -> None:
+    """BatchEncoder.layout (Arrow casts) builds exactly the batch the per-row writer path builds,
+    also for a sliced batch (offsets into the parent buffers)."""
+    from streamload.shards.arrow.writer import to_arrow
+    from streamload.write.columns import BatchEncoder
+
+    table = pa.table(
+        {
+            "i": pa.array([r[0] for r in rows], pa.int64()),
+            "f": pa.array([r[1] for r in rows], pa.float32()),
+            "s": pa.array([r[2] for r in rows], pa.string()),
+            "b": pa.array([r[3] for r in rows], pa.binary()),
+            "v": pa.array([r[4] for r in rows], pa.list_(pa.int16(), 2)),
+            "g": pa.array([r[5] for r in rows], pa.list_(pa.list_(pa.int8(), 3))),
+        }
+    )
+    batch = table.to_batches()[0].slice(min(cut, len(rows) - 1))
+    encoder = BatchEncoder(batch.schema)
+    got = encoder.layout(batch)
+    arrow_schema = encoder.schema.arrow_schema()
+    samples = list(encoder.rows(batch))
+    want = pa.RecordBatch.from_arrays(
+        [
+            to_arrow(col, [s[col.name] for s in samples], field.type)
+            for col, field in zip(encoder.schema.columns, arrow_schema, strict=True)
+        ],
+        schema=arrow_schema,
+    )
+    assert got.equals(want)

@@ -208,3 +208,110 @@ def test_index_json_is_the_documented_format(tmp_path: Path) -> None:
     }
     assert set(data["shards"][0]) == {"name", "num_samples", "bytes", "xxh3_64"}
     assert data["shards"][0]["name"] == "shard-00000.arrow"
+
+
+# -- variable-length 1-d arrays (token corpora) -------------------------------------------------
+
+
+def _docs(lengths: list[int], dtype: Any = np.uint16) -> list[dict[str, Any]]:
+    return [{"id": i, "tokens": np.arange(n, dtype=dtype) + i} for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "lmdb"])
+def test_inferred_1d_array_becomes_variable_when_its_length_changes(
+    tmp_path: Path, fmt: str
+) -> None:
+    """Documents of varying length need no schema: the column is inferred as [None] and read back."""
+    docs = _docs([5, 3, 0, 9, 1])
+    with ShardWriter(str(tmp_path), format=fmt, shard_size="1MB") as w:
+        for doc in docs:
+            w.write(doc)
+    index = load_index(str(tmp_path))
+    assert index.schema.column("tokens").shape == (None,)
+    assert index.format_version == 2
+    assert [s.elements for s in index.shards] == [{"tokens": 18}]
+    ds = StreamingDataset(str(tmp_path))
+    assert [ds[i]["tokens"].tolist() for i in range(5)] == [d["tokens"].tolist() for d in docs]
+
+
+def test_length_change_after_a_written_batch_finishes_the_shard_and_reads_back(
+    tmp_path: Path,
+) -> None:
+    """Rows already written in the fixed layout stay readable under the widened schema."""
+    docs = _docs([4] * 50 + [7, 2, 4])
+    with ShardWriter(str(tmp_path), shard_size="1MB") as w:
+        for doc in docs[:50]:
+            w.write(doc)
+        current = w.stream._current  # the shard stream's open shard file
+        assert current is not None
+        current.flush()  # type: ignore[attr-defined]  # force a fixed-layout record batch
+        for doc in docs[50:]:
+            w.write(doc)
+    index = load_index(str(tmp_path))
+    assert [s.num_samples for s in index.shards] == [50, 3]
+    assert [s.elements for s in index.shards] == [{"tokens": 200}, {"tokens": 13}]
+    ds = StreamingDataset(str(tmp_path), verify=True)
+    assert [ds[i]["tokens"].tolist() for i in range(53)] == [d["tokens"].tolist() for d in docs]
+    batch = ds.get_batch(np.array([52, 0, 50]))
+    assert [t.tolist() for t in batch["tokens"]] == [
+        docs[52]["tokens"].tolist(),
+        docs[0]["tokens"].tolist(),
+        docs[50]["tokens"].tolist(),
+    ]
+
+
+def test_shapes_declares_variable_dims_without_a_schema(tmp_path: Path) -> None:
+    """shapes={"tokens": [None]} makes the column variable from the first sample on."""
+    with ShardWriter(str(tmp_path), shapes={"tokens": [None]}) as w:
+        for doc in _docs([3, 3]):
+            w.write(doc)
+    index = load_index(str(tmp_path))
+    assert index.schema.column("tokens").shape == (None,)
+    assert index.schema.column("id").kind == "int"
+    assert index.shards[0].elements == {"tokens": 6}
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ({"nope": [None]}, r"shapes=\{...\} names \['nope'\]"),
+        ({"id": [None]}, r"field 'id' is a int, only numpy array fields have a shape"),
+        ({"tokens": [None, None]}, r"field 'tokens' has shape \(3,\), schema says \(None, None\)"),
+        ({"tokens": "x"}, "a shape is a list of dims"),
+    ],
+)
+def test_bad_shapes_name_the_field(tmp_path: Path, shapes: dict[str, Any], message: str) -> None:
+    """A shapes= entry that fits no array field fails on the first sample, naming it."""
+    with pytest.raises(FormatError, match=message), ShardWriter(str(tmp_path), shapes=shapes) as w:
+        w.write(_docs([3])[0])
+
+
+def test_schema_and_shapes_together_are_refused(tmp_path: Path) -> None:
+    """shapes= only completes inference; with a whole schema it is a ConfigError."""
+    schema = {"columns": [{"name": "v", "kind": "int"}]}
+    with pytest.raises(ConfigError, match="schema= or shapes="):
+        ShardWriter(str(tmp_path), schema=schema, shapes={"v": [None]})
+
+
+def test_fixed_only_datasets_stay_format_version_1(tmp_path: Path) -> None:
+    """Without variable-shape columns index.json is version 1, readable by older streamload."""
+    _write(str(tmp_path), 3)
+    raw = json.loads((tmp_path / "index.json").read_text())
+    assert raw["format_version"] == 1
+    assert all("elements" not in s for s in raw["shards"])
+
+
+def test_other_shape_changes_still_fail_with_a_hint(tmp_path: Path) -> None:
+    """A 2-d array or a declared shape is never widened; the error says how to declare it."""
+    with (
+        pytest.raises(FormatError, match=r"shapes=\{'m': \[None, 2\]\}"),
+        ShardWriter(str(tmp_path)) as w,
+    ):
+        w.write({"m": np.zeros((3, 2), np.float32)})
+        w.write({"m": np.zeros((4, 2), np.float32)})
+    with (
+        pytest.raises(FormatError, match="has dtype int32, schema says uint16"),
+        ShardWriter(str(tmp_path / "b")) as w,
+    ):
+        w.write({"t": np.zeros(3, np.uint16)})
+        w.write({"t": np.zeros(4, np.int32)})

@@ -1,0 +1,420 @@
+"""Token streams: a token corpus read as fixed-length blocks or as packed rows.
+
+A token corpus is a dataset with a 1-d integer array column (``tokens``), one document per row.
+``StreamingDataset(url, tokens="tokens", block_size=L)`` or ``(..., seq_len=L, pack=True)``
+replaces the dataset's items (its samples) with the items made here; everything above the
+dataset (the plan's order, rank partition, resume positions, the loader's workers) sees only item
+ids and item counts per shard, so blocks and packed rows are shuffled, partitioned, resumed and
+mixed exactly like samples.
+
+- **blocks** (``TokenItems`` in blocks mode): the concatenated stream of every document of every
+  shard in index order, cut into ``N // L`` blocks (`streamload.dataset.token_blocks`). Item ``b`` is block ``b``;
+  it belongs to the shard of its first token. Tokens per shard come from index.json (format
+  version 2 records them), counted from the shard itself where missing; nothing else is read up
+  front. A batch ``[B, L]`` is copied straight from the mapped record batches: one memcpy per
+  (block, record batch) piece, none per document.
+- **packed** (pack mode): each shard's documents packed into rows of ``L`` tokens by
+  `streamload.dataset.packing.pack`, a pure function of the shard's document lengths; item ids number the rows
+  shard by shard. Rows per shard need each shard's document lengths (its offsets, 8 bytes per
+  document; no token is read), so the first ``len()`` opens every shard once per process and
+  keeps only the per-shard counts. Rows carry ``tokens``, ``segment_ids`` (1.. per document
+  piece in the row, 0 = padding) and ``positions`` (restarting at 0 per piece).
+
+Shards of any format serve tokens: Arrow shards through ``ArrowShardReader.flat_array`` (views
+of the mapping); other readers through one columnar ``take`` of the shard (a copy).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamload.dataset.packing import Packing, check_seq_len, pack
+from streamload.dataset.token_blocks import blocks_per_shard, check_block_size, offsets
+from streamload.errors import ConfigError, FormatError
+from streamload.format.index import DatasetIndex
+from streamload.format.schema import Column, Schema
+from streamload.shards.arrow.reader import FlatArray
+
+_PACKINGS_KEPT = 32  # packed shards whose rows a process keeps (LRU; two shuffle windows)
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """How a token column is read: ``block_size`` blocks, or rows of ``seq_len`` with ``pack``."""
+
+    column: str
+    block_size: int | None = None
+    seq_len: int | None = None
+    pack: bool = False
+
+    def validated(self, schema: Schema) -> TokenSettings:
+        """Self, after checking the settings against the dataset schema.
+
+        Raises:
+            ConfigError: not exactly one of block_size / seq_len (+ pack=True), a bad size, or
+                a column that is not a 1-d integer array column (its kind named).
+        """
+        if (self.block_size is None) == (self.seq_len is None):
+            raise ConfigError(
+                "StreamingDataset(tokens=...): give block_size= (contiguous blocks across"
+                " documents) or seq_len= with pack=True (documents packed into rows), not both"
+                " or neither"
+            )
+        if self.block_size is not None:
+            check_block_size(self.block_size)
+            if self.pack:
+                raise ConfigError(
+                    "StreamingDataset: pack=True packs documents into rows of seq_len=; with"
+                    " block_size= blocks are cut across documents, there is nothing to pack"
+                )
+        else:
+            check_seq_len(self.seq_len)
+            if not self.pack:
+                raise ConfigError(
+                    "StreamingDataset(seq_len=...): pass pack=True to pack documents into rows"
+                    " of seq_len, or block_size= for contiguous blocks across documents"
+                )
+        try:
+            col = schema.column(self.column)
+        except KeyError:
+            raise ConfigError(
+                f"StreamingDataset tokens={self.column!r}: no such column; the dataset has"
+                f" {list(schema.names)}"
+            ) from None
+        if (
+            col.kind != "ndarray"
+            or len(col.shape or ()) != 1
+            or not np.issubdtype(col.numpy_dtype, np.integer)
+        ):
+            kind = f"{col.dtype} array of shape {list(col.shape or ())}" if col.dtype else col.kind
+            raise ConfigError(
+                f"StreamingDataset tokens={self.column!r}: the column is a {kind}; a token"
+                " column is a 1-d integer array (one document per row)"
+            )
+        return self
+
+    @property
+    def length(self) -> int:
+        """Tokens per item (block_size or seq_len)."""
+        return int(self.block_size if self.block_size is not None else self.seq_len)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """A stable text of these settings, part of the dataset fingerprint."""
+        if self.block_size is not None:
+            return f"tokens={self.column};block_size={self.block_size}"
+        return f"tokens={self.column};seq_len={self.seq_len};pack=1"
+
+
+def flat_tokens(reader: Any, column: str) -> FlatArray:
+    """Shard ``reader``'s column as a ``FlatArray``, made once per reader."""
+    cached = getattr(reader, "_streamload_flat", None)
+    if cached is not None and cached[0] == column:
+        return cached[1]
+    if hasattr(reader, "flat_array"):
+        flat = reader.flat_array(column)
+    else:  # any other reader: one columnar take (a copy of the shard's tokens)
+        values = reader.take(np.arange(len(reader), dtype=np.int64))[column]
+        arrays = list(values)
+        lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+        chunk = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        flat = FlatArray.from_chunks([chunk], [np.cumsum(lengths)])
+    reader._streamload_flat = (column, flat)
+    return flat
+
+
+class TokenItems:
+    """The items of a token dataset: counts per shard, and batches of items by id.
+
+    Args:
+        settings: validated token settings.
+        index: the dataset index.
+        open_flat: ``k -> FlatArray`` of shard ``k``'s token column (opens the shard).
+    """
+
+    def __init__(
+        self,
+        settings: TokenSettings,
+        index: DatasetIndex,
+        open_flat: Callable[[int], FlatArray],
+    ) -> None:
+        self.settings = settings
+        self._index = index
+        self._open_flat = open_flat
+        self._dtype = index.schema.column(settings.column).numpy_dtype
+        self._totals: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
+        self._total: int | None = None
+        self._bounds: list[int] | None = None
+        self._item_bounds_list: list[int] | None = None
+        self._arange: np.ndarray | None = None
+        self._last_flat: tuple[int, int, FlatArray] | None = None
+        self._rows: OrderedDict[int, _ShardRows] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_rows"] = OrderedDict()  # rebuilt where needed, not shipped to workers
+        state["_last_flat"] = None
+        return state
+
+    # -- counts ---------------------------------------------------------------------------------
+
+    @property
+    def packed(self) -> bool:
+        """Packed rows (else fixed-length blocks)."""
+        return self.settings.block_size is None
+
+    def shard_tokens(self) -> np.ndarray:
+        """Tokens per shard: index.json's element totals, counted from a shard where missing."""
+        if self._totals is None:
+            column = self.settings.column
+            totals = np.zeros(len(self._index.shards), np.int64)
+            for k, info in enumerate(self._index.shards):
+                if info.elements is not None and column in info.elements:
+                    totals[k] = info.elements[column]
+                else:
+                    totals[k] = self._open_flat(k).total
+            self._totals = totals
+        return self._totals
+
+    def items_per_shard(self) -> np.ndarray:
+        """Items (blocks, or packed rows) per shard, in index order."""
+        if self._counts is None:
+            if self.packed:
+                # The last shards counted stay packed (LRU) for the first reads.
+                self._counts = np.fromiter(
+                    (len(self._shard_rows(k).row_ptr) - 1 for k in range(len(self._index.shards))),
+                    np.int64,
+                    len(self._index.shards),
+                )
+            else:
+                self._counts = blocks_per_shard(self.shard_tokens(), self.settings.length)
+        return self._counts
+
+    @property
+    def counted(self) -> bool:
+        """Whether items per shard are known (blocks: from index.json; packed: once counted)."""
+        if self._counts is not None:
+            return True
+        if self.packed:
+            return False
+        column = self.settings.column
+        return all(s.elements is not None and column in s.elements for s in self._index.shards)
+
+    def item_offsets(self) -> np.ndarray:
+        """``[0, cumsum(items_per_shard)]``: shard k holds items ``[o[k], o[k + 1])``."""
+        return offsets(self.items_per_shard())
+
+    def __len__(self) -> int:
+        if self._total is None:
+            self._total = int(self.items_per_shard().sum())
+        return self._total
+
+    def schema(self) -> Schema:
+        """The schema of one item."""
+        n = self.settings.length
+        tokens = Column(self.settings.column, "ndarray", self._dtype.name, (n,))
+        if not self.packed:
+            return Schema((tokens,))
+        return Schema(
+            (
+                tokens,
+                Column("segment_ids", "ndarray", "int32", (n,)),
+                Column("positions", "ndarray", "int32", (n,)),
+            )
+        )
+
+    def item_nbytes(self) -> int:
+        """Bytes of one item's arrays."""
+        n = self.settings.length
+        return n * self._dtype.itemsize + (8 * n if self.packed else 0)
+
+    def padding_fraction(self) -> float:
+        """Padding tokens over all token slots of the epoch (0 for blocks); opens every shard."""
+        if not self.packed:
+            return 0.0
+        slots = len(self) * self.settings.length
+        return 1.0 - float(self.shard_tokens().sum()) / slots if slots else 0.0
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get_batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Items ``ids`` as ``[len(ids), L]`` arrays (fresh, writable, owned by the caller).
+
+        Raises:
+            IndexError: an id is outside ``[0, len(self))``.
+            FormatError: a shard is corrupt or disagrees with index.json's token count.
+        """
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        total = len(self)
+        if len(ids) and (ids.min() < 0 or ids.max() >= total):
+            raise IndexError(f"item ids out of range [0, {total})")
+        if self.packed:
+            return self._packed_batch(ids)
+        return self._blocks(ids)
+
+    def _blocks(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        size = self.settings.length
+        out = np.empty((len(ids), size), self._dtype)
+        bounds = self._shard_bounds()
+        for row, block in zip(out, ids.tolist(), strict=True):
+            first = block * size
+            k = bisect.bisect_right(bounds, first) - 1  # the shard holding the first token
+            at = 0
+            while at < size:  # a block may run on into the next shards
+                lo = first + at - bounds[k]
+                n = min(size - at, bounds[k + 1] - bounds[k] - lo)
+                if n > 0:
+                    _copy_tokens(self._flat(k), lo, n, row, at)
+                    at += n
+                k += 1
+        return {self.settings.column: out}
+
+    def _packed_batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Packed rows: the views of every piece (and of each row's padding) are listed, then
+        one ``np.concatenate`` writes the whole batch; segment ids and positions follow from
+        the piece lengths with two ``np.repeat`` calls."""
+        size = self.settings.length
+        n = len(ids)
+        tokens = np.empty((n, size), self._dtype)
+        if not n:
+            empty = np.zeros((0, size), np.int32)
+            return {self.settings.column: tokens, "segment_ids": empty, "positions": empty}
+        pad = np.zeros(size, self._dtype)
+        item_bounds = self.item_offsets()
+        shard_of = np.searchsorted(item_bounds, ids, "right") - 1
+        views: list[np.ndarray] = []
+        lengths: list[int] = []
+        segments: list[int] = []
+        padded: list[tuple[int, int]] = []  # (row, first padding column)
+        row = 0
+        for k, count in _runs(shard_of):
+            rows = self._shard_rows(k)
+            values, _ = self._flat(k).source()
+            local = ids[row : row + count] - item_bounds[k]
+            lo, hi = rows.row_ptr[local], rows.row_ptr[local + 1]
+            per_row = (hi - lo).tolist()
+            piece = np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo) + np.arange(
+                int((hi - lo).sum())
+            )
+            src, length = rows.src[piece].tolist(), rows.length[piece].tolist()
+            j = 0
+            for m in per_row:
+                used = 0
+                for src_j, length_j in zip(src[j : j + m], length[j : j + m], strict=True):
+                    views.append(values[src_j : src_j + length_j])
+                    used += length_j
+                lengths += length[j : j + m]
+                segments += range(1, m + 1)
+                if used < size:
+                    views.append(pad[: size - used])
+                    lengths.append(size - used)
+                    segments.append(0)
+                    padded.append((row, used))
+                j += m
+                row += 1
+        np.concatenate(views, out=tokens.reshape(-1))
+        length_array = np.array(lengths, np.int32)
+        segment_ids = np.repeat(np.array(segments, np.int32), length_array).reshape(n, size)
+        start = np.cumsum(length_array, dtype=np.int32) - length_array
+        positions = self._ramp(n * size) - np.repeat(start, length_array)
+        positions = positions.reshape(n, size)
+        for r, used in padded:
+            positions[r, used:] = 0
+        return {self.settings.column: tokens, "segment_ids": segment_ids, "positions": positions}
+
+    def _ramp(self, n: int) -> np.ndarray:
+        """``arange(n)`` as int32, kept for the next batch of the same size."""
+        if self._arange is None or len(self._arange) != n:
+            self._arange = np.arange(n, dtype=np.int32)
+        return self._arange
+
+    def _shard_bounds(self) -> list[int]:
+        if self._bounds is None:
+            self._bounds = offsets(self.shard_tokens()).tolist()
+        return self._bounds
+
+    def _item_bounds(self) -> list[int]:
+        if self._item_bounds_list is None:
+            self._item_bounds_list = self.item_offsets().tolist()
+        return self._item_bounds_list
+
+    def _flat(self, k: int) -> FlatArray:
+        last = self._last_flat
+        if last is not None and last[0] == k and last[1] == os.getpid():
+            return last[2]
+        flat = self._open_flat(k)
+        expected = self.shard_tokens()[k]
+        if flat.total != expected:
+            name = self._index.shards[k].name
+            raise FormatError(
+                f"shard {name}: column {self.settings.column!r} holds {flat.total} tokens,"
+                f" index.json says {expected}"
+            )
+        # Only the newest: the dataset's reader LRU decides what stays mapped.
+        self._last_flat = (k, os.getpid(), flat)
+        return flat
+
+    def _shard_rows(self, k: int) -> _ShardRows:
+        rows = self._rows.get(k)
+        if rows is not None:
+            self._rows.move_to_end(k)
+            return rows
+        packing = self._packing(k)
+        flat = self._flat(k)
+        token_start = flat.row_offsets[packing.doc] + packing.start
+        chunk = np.searchsorted(flat.bounds, token_start, "right") - 1
+        _, chunk_starts = flat.source()
+        src = chunk_starts[chunk] + (token_start - flat.bounds[chunk])
+        rows = _ShardRows(packing.row_ptr, src.astype(np.int64), packing.length.astype(np.int32))
+        self._rows[k] = rows
+        if len(self._rows) > _PACKINGS_KEPT:
+            self._rows.popitem(last=False)
+        return rows
+
+    def _packing(self, k: int) -> Packing:
+        return pack(self._open_flat(k).lengths, self.settings.length)
+
+
+def _copy_tokens(flat: FlatArray, lo: int, n: int, out: np.ndarray, at: int) -> None:
+    """Copy values ``[lo, lo + n)`` of ``flat`` to ``out[at:]``: one slice assignment per record
+    batch the range crosses (usually one)."""
+    bounds = flat.bounds_list
+    c = bisect.bisect_right(bounds, lo) - 1
+    while n > 0:
+        take = min(n, bounds[c + 1] - lo)
+        if take > 0:
+            begin = lo - bounds[c]
+            out[at : at + take] = flat.chunks[c][begin : begin + take]
+            at += take
+            lo += take
+            n -= take
+        c += 1
+
+
+@dataclass(frozen=True)
+class _ShardRows:
+    """One packed shard's rows: row ``r`` is pieces ``row_ptr[r]:row_ptr[r + 1]``; piece ``j``
+    is ``length[j]`` tokens from element ``src[j]`` of the shard's ``FlatArray.source()`` (a
+    piece lies inside one document, so inside one record batch). ~20 bytes per piece, so a
+    process can keep a window of shards."""
+
+    row_ptr: np.ndarray
+    src: np.ndarray
+    length: np.ndarray
+
+
+def _runs(values: np.ndarray) -> list[tuple[int, int]]:
+    """``[(value, run length)]`` of consecutive equal values (items of one shard)."""
+    if len(values) == 1 or (values == values[0]).all():
+        return [(int(values[0]), len(values))]
+    cut = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate(([0], cut))
+    counts = np.diff(np.concatenate((starts, [len(values)])))
+    return list(zip(values[starts].tolist(), counts.tolist(), strict=True))
