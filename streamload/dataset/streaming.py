@@ -54,6 +54,7 @@ from streamload.cache import index_copy
 from streamload.dataset.open_shards import OpenShards
 from streamload.dataset.remote import ReadSource
 from streamload.dataset.settings import DatasetSettings
+from streamload.dataset.token_blocks import offsets as offsets_of
 from streamload.dataset.tokens import TokenItems, TokenSettings, flat_tokens
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
@@ -679,8 +680,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             chunks = following.chunks(self, epoch)
         else:
             chunks = iter(following(epoch))
-        if self._tokens is not None:  # items (blocks, packed rows) -> their shard's first sample
-            return _first_samples(chunks, offsets, starts)
+        if self._tokens is not None:  # items (blocks, packed rows) -> their shards' first samples
+            tokens = self._tokens
+            spans = (
+                None
+                if tokens.packed
+                else (offsets_of(tokens.shard_tokens()), tokens.settings.length)
+            )
+            return _item_shard_samples(chunks, offsets, starts, spans)
         return _real_ids(chunks, self._subset)
 
     def _flat_tokens(self, k: int) -> FlatArray:
@@ -723,14 +730,26 @@ def _real_ids(chunks: Iterator[np.ndarray], subset: Subset | None) -> Iterator[n
         yield subset.to_real(chunk) if subset is not None else chunk
 
 
-def _first_samples(
-    chunks: Iterator[np.ndarray], item_offsets: np.ndarray, sample_starts: np.ndarray
+def _item_shard_samples(
+    chunks: Iterator[np.ndarray],
+    item_offsets: np.ndarray,
+    sample_starts: np.ndarray,
+    spans: tuple[np.ndarray, int] | None,
 ) -> Iterator[np.ndarray]:
     """Item ids (token blocks or packed rows) as sample ids the read-ahead maps to shards: the
-    first sample of the shard that starts each item (a block that runs into the next shard opens
-    it unpredicted; the read-ahead re-synchronises on the shard after)."""
+    first sample of every shard an item reads. A packed row lies in the shard that starts it;
+    a block of ``spans = (token offsets, block size)`` tokens reads every shard from the one
+    holding its first token to the one holding its last."""
     for chunk in chunks:
-        yield sample_starts[np.searchsorted(item_offsets, chunk, "right") - 1]
+        if spans is None:
+            yield sample_starts[np.searchsorted(item_offsets, chunk, "right") - 1]
+            continue
+        token_offsets, size = spans
+        first = np.searchsorted(token_offsets, chunk * size, "right") - 1
+        last = np.searchsorted(token_offsets, (chunk + 1) * size - 1, "right") - 1
+        counts = last - first + 1
+        steps = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        yield sample_starts[np.repeat(first, counts) + steps]
 
 
 def _iteration_chunks(plan: EpochPlan, rank: int, first: int, stride: int) -> Iterator[np.ndarray]:

@@ -319,3 +319,77 @@ def test_drop_last_drops_the_partial_step_and_the_next_epoch_continues_the_curso
     assert len(epochs[0]) == len(epochs[1]) == 56
     web = [i for e in epochs for i in e if _source(i) == "web"]
     assert web == list(range(len(web)))
+
+
+def _write_tokens(root: Path, name: str, docs: int, offset: int) -> tuple[str, int]:
+    """Documents of 1..11 tokens whose values count up from ``offset`` across the stream, so
+    a block's first token names its source and its block id. Returns (url, blocks of 8)."""
+    count = 0
+    with sl.ShardWriter(str(root / name), shard_size="512B") as w:
+        for i in range(docs):
+            n = 1 + i % 11
+            w.write({"tokens": np.arange(offset + count, offset + count + n, dtype=np.int32)})
+            count += n
+    return str(root / name), count // 8
+
+
+def test_token_block_sources_mix_exactly_and_each_block_once_per_source_epoch(
+    tmp_path: Path,
+) -> None:
+    """Token streams mix like any source: every batch takes its exact share of blocks from each,
+    and within a source epoch each of that source's blocks comes once (workers or not)."""
+    made = {n: _write_tokens(tmp_path, n, 60, o) for n, o in (("a", 0), ("b", 100_000))}
+    for workers in (0, 2):
+        sources = {
+            n: sl.StreamingDataset(u, tokens="tokens", block_size=8) for n, (u, _) in made.items()
+        }
+        assert sum(s.num_shards for s in sources.values()) > 4  # blocks span shards
+        mix = sl.MixedDataset(sources, weights={"a": 0.75, "b": 0.25}, samples=64, seed=3)
+        drawn: dict[str, list[int]] = {"a": [], "b": []}
+        for batch in _loader(mix, workers):
+            tokens = batch["tokens"].numpy()
+            assert tokens.shape == (BATCH, 8)
+            assert (np.diff(tokens, axis=1) == 1).all()  # whole blocks of one stream
+            names = ["a" if t < 100_000 else "b" for t in tokens[:, 0]]
+            assert Counter(names) == {"a": 6, "b": 2}
+            for name, first in zip(names, tokens[:, 0].tolist(), strict=True):
+                drawn[name].append((first - (0 if name == "a" else 100_000)) // 8)
+        for name, (_, blocks) in made.items():
+            ids = drawn[name]
+            for start in range(0, len(ids), blocks):  # each source epoch: distinct blocks
+                epoch = ids[start : start + blocks]
+                assert len(set(epoch)) == len(epoch) and set(epoch) <= set(range(blocks))
+            assert len(ids) < blocks or sorted(ids[:blocks]) == list(range(blocks))
+
+
+def test_refusals_around_token_streams_and_appends(urls: dict[str, str], tmp_path: Path) -> None:
+    """subset= on a token stream is a ConfigError (it selects samples, not blocks); a loader over
+    a mixture refuses allow_append=True with a StateError instead of guessing."""
+    url, _ = _write_tokens(tmp_path, "t", 20, 0)
+    with pytest.raises(sl.ConfigError, match="subset="):
+        sl.StreamingDataset(url, tokens="tokens", block_size=8, subset=5)
+    loader = _loader(_mix(urls, samples=40))
+    state = loader.state_dict()
+    with pytest.raises(sl.StateError, match="allow_append"):
+        loader.load_state_dict(state, allow_append=True)
+    loader.load_state_dict(state)  # without it, the same state loads
+
+
+def test_set_weights_between_epochs_continues_every_source_under_the_new_weights(
+    urls: dict[str, str],
+) -> None:
+    """Mid-run weight change (set_epoch(1), then set_weights): epoch 1's batches take the new
+    shares exactly, and every source continues from its cursor (unshuffled: each source's ids
+    run on in index order, into its own next epoch)."""
+    mix = _mix(urls, samples=40, shuffle=False)
+    loader = _loader(mix)
+    ids = [i for b in loader for i in _ids(b)]
+    mix.set_epoch(1)
+    mix.set_weights({"web": 0.25, "code": 0.25, "books": 0.5})
+    for batch in loader:
+        assert _counts(_ids(batch)) == {"web": 2, "code": 2, "books": 4}
+        ids += _ids(batch)
+    for name, size in SIZES.items():
+        drawn = [i - OFFSET[name] for i in ids if _source(i) == name]
+        assert drawn == [k % size for k in range(len(drawn))], name
+    assert len([i for i in ids if _source(i) == "books"]) == 8 + 20
