@@ -172,7 +172,9 @@ class MixedDataset(torch.utils.data.IterableDataset):
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """New weights from the next pass on (from a loaded state's position if one is
         pending, else from the start of the current epoch): every source continues from its
-        cursor there.
+        cursor there. Between epochs, call ``set_epoch(next)`` first: called while the
+        finished epoch is still current, the change starts at that epoch's position 0 and the
+        next epoch's cursors are recomputed as if it had run under the new weights.
 
         Raises:
             ConfigError: unknown or missing names, bad values.
