@@ -3,10 +3,23 @@
 Every error streamload raises on purpose is a `StreamloadError`. Each subclass also derives from
 the builtin a caller would already catch for that kind of failure (`ConfigError` is a
 `ValueError`, `StoreError` an `OSError`, ...), so existing `except` clauses keep working.
-Messages name the file, key, URL or setting at fault.
+Messages name the file, key, URL or setting at fault; `quote` shows a value read from a file
+in a bounded way.
 """
 
 from __future__ import annotations
+
+import reprlib
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 6
+
+
+def quote(value: object) -> str:
+    """A short repr of a value read from a file, for messages: bounded in depth and length (the
+    plain ``repr`` of hostile JSON can be megabytes long or nest too deep to print)."""
+    return _REPR.repr(value)
 
 
 class StreamloadError(Exception):

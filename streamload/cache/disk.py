@@ -18,9 +18,15 @@ process leaves nothing that blocks the others):
   re-checks after locking that the path still names its inode (the evictor may have unlinked it).
 - **Byte limit**: admission (scan, evict, create the temp file at its full size) happens under
   the cache-wide ``.lock``, and usage is always measured from the directory itself: published
-  files plus live temp files at their expected size. A temp file whose shard lock is free belongs
-  to a dead process and is deleted by the scan. So the cache never exceeds ``cache_limit``; a
-  SIGKILL mid-download costs nothing but the partial file, which the next scan removes.
+  files, live temp files at their expected size, and every small file the cache writes beside
+  them (plan files, index.json copies, ``SOURCE``; index copies are admitted like shards,
+  `keep_small`). What a dead process left (a temp file whose shard lock is free, a plan file
+  whose lock is free) is deleted by the scan, which also runs when a process opens the cache.
+  So the cache never exceeds ``cache_limit``; a SIGKILL mid-download costs nothing but the
+  partial file, gone when the next process starts.
+- **Working sets** (`join`): each reading process publishes how many bytes it may pin at once;
+  one whose working set does not fit beside the live processes' is refused at its first read
+  with the sizes, instead of all of them waiting for room the others hold.
 - **Eviction order** (`eviction_order`, pure): files nobody needs first, least recently used
   (mtime, set on every pin) first; then files whose next use is furthest away (Belady), using
   the plans every reading process publishes; a file another live process still needs is evicted
@@ -47,8 +53,8 @@ from streamload.cache.eviction import CacheEntry, PlanBoard, eviction_order
 from streamload.cache.layout import (
     SIZE_ONLY,
     ShardKey,
-    dataset_dir_name,
     dataset_dirs,
+    make_dataset_dir,
     scan,
     temps_of,
 )
@@ -70,6 +76,7 @@ OTHERS_WAIT_S = 5.0  # wait this long for other processes to pass a shard before
 STALL_TIMEOUT_S = 120.0  # a download whose temp file does not grow for this long is abandoned
 ROOM_TIMEOUT_S = 120.0  # how long to wait for pins to go when the limit cannot be met
 _LOCK_TIMEOUT_S = 60.0  # the admission lock and pin locks are held for milliseconds
+_WARN_AFTER_S = 10.0  # a wait for room this long is logged (processes may be starving)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _HASH_CHUNK = 4 * 2**20
 
@@ -128,6 +135,8 @@ class DiskCache:
             raise CacheError(
                 f"cache_dir {self.cache_dir!r} is not writable: {exc.strerror or exc}"
             ) from exc
+        with self._admission():  # what dead processes left goes now, not at the next download
+            scan(self.cache_dir)
 
     def __repr__(self) -> str:
         return f"DiskCache({self.cache_dir!r}, cache_limit={self.cache_limit})"
@@ -209,6 +218,98 @@ class DiskCache:
         """Remove this process's plan files (the process stops reading)."""
         self._board.withdraw()
 
+    def join(self, url: str, reserve: int, what: str, plan_bytes: int = 0) -> None:
+        """Start reading through the cache: publish that this process may pin up to
+        ``reserve`` bytes at once, after checking that it fits beside every live process already
+        reading through this cache directory (any dataset) and the small files the cache keeps.
+
+        Processes that do not know of each other (separate jobs, ranks without
+        ``LOCAL_WORLD_SIZE``) would otherwise each wait for room the others hold, then fail; so
+        the one that does not fit fails now, with the sizes, before downloading anything.
+
+        Args:
+            url: the dataset URL.
+            reserve: bytes this process may pin (open shards + read-ahead, plus its plan file).
+            what: how ``reserve`` was computed, for the message.
+            plan_bytes: the size of this process's plan file (part of ``reserve``; it is
+                written at that size now, so what it takes never grows past its admission).
+
+        Raises:
+            CacheError: the live processes' reserves plus this one exceed ``cache_limit``.
+        """
+        directory = self._dataset_dir(url)
+        with self._admission():
+            entries = scan(self.cache_dir)  # also deletes what dead processes left
+            small = sum(e.bytes for e in entries if e.fixed and "/.plan." not in e.path)
+            others = self._board.others_reserves(dataset_dirs(self.cache_dir))
+            total = reserve + sum(others.values()) + small
+            if others and total > self.cache_limit:
+                shown = ", ".join(
+                    f"pid {pid}: {format_size(n)}" for pid, n in sorted(others.items())[:8]
+                )
+                raise CacheError(
+                    f"cache_limit = {format_size(self.cache_limit)} in {self.cache_dir} cannot"
+                    f" hold the working sets of every process reading through it: this process"
+                    f" (pid {os.getpid()}) may pin {format_size(reserve)} ({what}), {len(others)}"
+                    f" other process(es) already reserved {format_size(sum(others.values()))}"
+                    f" ({shown}), index copies and plans take {format_size(small)}: together"
+                    f" {format_size(total)}. Raise cache_limit to at least {format_size(total)},"
+                    " read with fewer processes, or give each job its own cache_dir"
+                )
+            # The plan file is admitted like a shard: unpinned shards nobody needs make room
+            # (they can: what is pinned lies within the other processes' reserves).
+            if not self._make_room(entries, plan_bytes):
+                raise CacheError(
+                    f"cache_limit = {format_size(self.cache_limit)} in {self.cache_dir}: no room"
+                    f" for this process's {format_size(plan_bytes)} plan file; raise cache_limit"
+                )
+            self._board.announce(directory, [], 0, reserve=reserve, size=plan_bytes or None)
+
+    def keep_small(self, url: str, files: Mapping[str, bytes]) -> bool:
+        """Store small files (an index.json copy) in the dataset's directory within
+        ``cache_limit``: unpinned shards nobody needs are evicted first if they must be.
+
+        Returns:
+            False (nothing written) when even that leaves no room, or the disk refuses.
+        """
+        try:
+            directory = self._dataset_dir(url)
+        except CacheError:
+            return False
+        need = sum(len(data) for data in files.values())
+        with self._admission():
+            replaced = {os.path.join(directory, name) for name in files}
+            entries = [e for e in scan(self.cache_dir) if e.path not in replaced]
+            if not self._make_room(entries, need):
+                return False
+            try:
+                for name, data in files.items():
+                    path = os.path.join(directory, name)
+                    tmp = f"{path}.{os.getpid()}.tmp"
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, path)
+            except OSError:
+                for name in files:  # half a copy must not stay: the next reader trusts it
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
+                return False
+        return True
+
+    def _make_room(self, entries: list[CacheEntry], need: int) -> bool:
+        """Evict unpinned shards nobody needs soon until ``need`` more bytes fit (caller holds
+        the admission lock; ``entries`` is its scan). False if they still do not fit."""
+        used = sum(e.bytes for e in entries)
+        candidates = [e for e in entries if not (e.temp or e.fixed)]
+        plans = self._board.others_next_use(dataset_dirs(self.cache_dir))
+        now, later = eviction_order(candidates, {}, [needs for needs, _ in plans])
+        for entry in now + later:
+            if used + need <= self.cache_limit:
+                break
+            if self._evict(entry):
+                used -= entry.bytes
+        return used + need <= self.cache_limit
+
     # -- inspection (CLI) ----------------------------------------------------------------------
 
     def entries(self) -> list[CacheEntry]:
@@ -240,7 +341,7 @@ class DiskCache:
         removed = freed = 0
         with self._admission():
             for entry in scan(self.cache_dir):
-                if not entry.temp and self._evict(entry):
+                if not (entry.temp or entry.fixed) and self._evict(entry):
                     removed += 1
                     freed += entry.bytes
         return removed, freed
@@ -428,17 +529,26 @@ class DiskCache:
     ) -> None:
         start = time.monotonic()
         delay = 0.005
-        retried_full = False
+        retried_full = warned = False
         while True:
             waited = time.monotonic() - start
             own = dict(next_use()) if next_use is not None else {}
             with self._admission():
                 entries = scan(self.cache_dir)
                 used = sum(e.bytes for e in entries)
+                fixed = sum(e.bytes for e in entries if e.fixed)
+                if fixed + key.bytes > self.cache_limit:  # no eviction or wait can help
+                    raise CacheError(
+                        f"cache_limit = {format_size(self.cache_limit)} cannot hold shard"
+                        f" {key.name} of {key.url} ({format_size(key.bytes)}) beside the"
+                        f" {format_size(fixed)} of plan files and index copies in"
+                        f" {self.cache_dir}; raise cache_limit"
+                    )
                 candidates = [
                     e
                     for e in entries
-                    if not e.temp and (protect is None or own.get(e.path, protect + 1) > protect)
+                    if not (e.temp or e.fixed)
+                    and (protect is None or own.get(e.path, protect + 1) > protect)
                 ]
                 plans = self._board.others_next_use(dataset_dirs(self.cache_dir))
                 others = [needs for needs, _ in plans]
@@ -472,6 +582,18 @@ class DiskCache:
                         continue
                 if timeout > 0:  # others must not wait for us to move on: we are stuck too
                     self._board.set_waiting(True)
+                if not warned and waited >= _WARN_AFTER_S:  # a long wait is never silent
+                    warned = True
+                    log.warning(
+                        "waiting for room for shard %s of %s in %s (cache_limit %s): %s is"
+                        " pinned or being downloaded by running processes; giving up after %.0f s",
+                        key.name,
+                        key.url,
+                        self.cache_dir,
+                        format_size(self.cache_limit),
+                        format_size(used),
+                        timeout,
+                    )
             if waited >= timeout:
                 raise CacheError(
                     f"cache_limit = {format_size(self.cache_limit)}: cannot make room for shard"
@@ -531,18 +653,10 @@ class DiskCache:
             raise CacheError(f"cache_dir {self.cache_dir!r} is not writable: {exc}") from exc
 
     def _dataset_dir(self, url: str) -> str:
-        directory = os.path.join(self.cache_dir, dataset_dir_name(url))
-        source = os.path.join(directory, "SOURCE")
-        if not os.path.exists(source):
-            try:
-                os.makedirs(directory, exist_ok=True)
-                tmp = f"{source}.{os.getpid()}"
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write(url + "\n")
-                os.replace(tmp, source)
-            except OSError as exc:
-                raise CacheError(f"cache_dir {self.cache_dir!r} is not writable: {exc}") from exc
-        return directory
+        try:
+            return make_dataset_dir(self.cache_dir, url)
+        except OSError as exc:
+            raise CacheError(f"cache_dir {self.cache_dir!r} is not writable: {exc}") from exc
 
 
 def _create_full_size(path: str, size: int) -> None:

@@ -4,12 +4,17 @@ Every process reading through the cache knows the order in which it will open sh
 It publishes that plan in a small file in the dataset's cache directory (`PlanBoard`), so the
 evictor in any process can see what every live process still needs and how soon:
 
-    <dataset dir>/.plan.<pid>.<n>     "<generation> <position> <waiting>\\n", a file name a line
+    <dataset dir>/.plan.<pid>.<n>     "<generation> <position> <waiting> <reserve>\\n",
+                                      then a file name a line
 
 The file is held with ``flock(LOCK_EX)`` for the life of its process (liveness: a file whose lock
 can be taken belongs to a dead process and is deleted). Writers and readers hold the cache's
-admission lock, so nobody reads a half-written plan. Only the current epoch is published: a
-process done with its share must not hold the others back for an epoch that may never come.
+admission lock, so nobody reads a half-written plan. Only the current epoch is published, and of
+it at most ``PLAN_WINDOW`` names from the reader's position (republished as it moves on), so a
+plan file stays small whatever the number of shards: a process done with its share must not hold
+the others back for an epoch that may never come. ``reserve`` is the most bytes the process may
+pin at once (its working set): `DiskCache.join` adds up every live process's reserve before it
+lets one more in.
 
 `eviction_order` turns (cached files, this process's next uses, each other process's next uses,
 the shard being fetched) into the order to evict in: files nobody needs (least recently used
@@ -28,7 +33,9 @@ from collections.abc import Mapping, Sequence
 from streamload.cache.locks import close_fd, lock_is_free, open_fd, try_flock
 
 PLAN_HORIZON = 4096  # plan positions of other processes that eviction looks at
-_HEADER = 42  # bytes of "<generation:19> <position:19> <waiting:1>\n"
+PLAN_WINDOW = 1024  # shard names a process publishes ahead of its position
+_HEADER = 62  # bytes of "<generation:19> <position:19> <waiting:1> <reserve:19>\n"
+PLAN_HEADER_BYTES = _HEADER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +46,7 @@ class CacheEntry:
     bytes: int
     mtime: float  # last pin (LRU clock)
     temp: bool = False  # a download in progress (counted at its expected size)
+    fixed: bool = False  # not a shard: a plan file, an index copy (counted, never evicted)
 
 
 def eviction_order(
@@ -96,16 +104,32 @@ class PlanBoard:
         self._generation = 0  # of the plan last published (in the plan file's header)
         self._position = 0
         self._waiting = False
+        self._reserve: dict[str, int] = {}  # dataset dir -> bytes published as reserved there
+        self._size: dict[str, int] = {}  # dataset dir -> fixed size of the plan file there
         # Other processes' plan files as last parsed: path -> ((inode, generation), cache paths).
         self._parsed: dict[str, tuple[tuple[int, int], list[str]]] = {}
 
     def _name(self, directory: str) -> str:
         return os.path.join(directory, f".plan.{os.getpid()}.{id(self)}")
 
-    def announce(self, directory: str, upcoming: list[str] | None, position: int) -> None:
-        """Publish this process's plan for one dataset dir (``upcoming`` None: move only)."""
+    def announce(
+        self,
+        directory: str,
+        upcoming: list[str] | None,
+        position: int,
+        reserve: int | None = None,
+        size: int | None = None,
+    ) -> None:
+        """Publish this process's plan for one dataset dir (``upcoming`` None: move only;
+        ``reserve`` None: keep the bytes reserved before). ``size`` fixes the plan file's size
+        (padded with empty lines, names that do not fit are left out), so the bytes it takes
+        in the cache never change after they were admitted."""
         if self._pid != os.getpid():  # forked: the parent's plan files are not ours
-            self._plans, self._pid = {}, os.getpid()
+            self._plans, self._pid, self._reserve, self._size = {}, os.getpid(), {}, {}
+        if reserve is not None:
+            self._reserve[directory] = reserve
+        if size is not None:
+            self._size[directory] = max(size, _HEADER)
         fd = self._plans.get(directory)
         if fd is None:
             fd = open_fd(self._name(directory), os.O_RDWR | os.O_CREAT)
@@ -115,12 +139,18 @@ class PlanBoard:
         if upcoming is not None:
             self._generation += 1
         self._position = position
-        header = self._header()
+        header = self._header(directory)
         if upcoming is None:
             os.pwrite(fd, header, 0)
-        else:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, header + "\n".join(upcoming).encode(), 0)
+            return
+        data = header + "\n".join(upcoming).encode()
+        size = self._size.get(directory)
+        if size is not None:
+            if len(data) > size:  # keep whole names only
+                data = data[: data.rfind(b"\n", 0, size + 1) + 1]
+            data += b"\n" * (size - len(data))
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
 
     def set_waiting(self, waiting: bool) -> None:
         """Tell others whether this process is stuck waiting for room (then waiting for it to
@@ -128,16 +158,19 @@ class PlanBoard:
         if self._pid != os.getpid() or self._waiting == waiting:
             return
         self._waiting = waiting
-        for fd in self._plans.values():
-            os.pwrite(fd, self._header(), 0)
+        for directory, fd in self._plans.items():
+            os.pwrite(fd, self._header(directory), 0)
 
     @property
     def waiting(self) -> bool:
         """Whether this process currently says it is waiting for room."""
         return self._waiting and self._pid == os.getpid()
 
-    def _header(self) -> bytes:
-        header = f"{self._generation:019d} {self._position:019d} {int(self._waiting)}\n"
+    def _header(self, directory: str) -> bytes:
+        reserve = self._reserve.get(directory, 0)
+        header = (
+            f"{self._generation:019d} {self._position:019d} {int(self._waiting)} {reserve:019d}\n"
+        )
         return header.encode()
 
     def withdraw(self) -> None:
@@ -149,17 +182,33 @@ class PlanBoard:
                 os.unlink(self._name(directory))
             close_fd(fd)
         self._plans.clear()
+        self._reserve.clear()
+        self._size.clear()
 
-    def others_next_use(
-        self, dataset_dirs: list[os.DirEntry[str]]
-    ) -> list[tuple[dict[str, int], bool]]:
-        """For each other live process: (cache path -> how many opens until it needs it,
-        whether it is itself waiting for room). Plan files of dead processes are deleted."""
-        out: list[tuple[dict[str, int], bool]] = []
+    def others_reserves(self, dataset_dirs: list[os.DirEntry[str]]) -> dict[int, int]:
+        """pid -> bytes reserved by each other live process (over all its plan files). Plan
+        files of dead processes are deleted."""
+        out: dict[int, int] = {}
+        for plan, _ in self._other_plans(dataset_dirs):
+            try:
+                with open(plan, "rb") as f:
+                    reserve = int(f.read(_HEADER).split()[3])
+                pid = int(os.path.basename(plan).split(".")[2])
+            except (OSError, ValueError, IndexError):  # vanished, or killed mid-write
+                continue
+            out[pid] = out.get(pid, 0) + reserve
+        return out
+
+    def _other_plans(self, dataset_dirs: list[os.DirEntry[str]]) -> list[tuple[str, str]]:
+        """(plan file, its dataset dir) of every other live process; dead ones are deleted."""
+        out = []
         mine = {self._name(d) for d in self._plans} if self._pid == os.getpid() else set()
         for ds in dataset_dirs:
-            with os.scandir(ds.path) as it:
-                plans = [e.path for e in it if e.name.startswith(".plan.")]
+            try:
+                with os.scandir(ds.path) as it:
+                    plans = [e.path for e in it if e.name.startswith(".plan.")]
+            except FileNotFoundError:
+                continue
             for plan in plans:
                 if plan in mine:
                     continue
@@ -168,17 +217,27 @@ class PlanBoard:
                         os.unlink(plan)
                     self._parsed.pop(plan, None)
                     continue
-                position, waiting, paths = self._read(plan, ds.path)
-                needs: dict[str, int] = {}
-                for distance, path in enumerate(paths[position : position + PLAN_HORIZON]):
-                    needs.setdefault(path, distance)
-                out.append((needs, waiting))
+                out.append((plan, ds.path))
+        return out
+
+    def others_next_use(
+        self, dataset_dirs: list[os.DirEntry[str]]
+    ) -> list[tuple[dict[str, int], bool]]:
+        """For each other live process: (cache path -> how many opens until it needs it,
+        whether it is itself waiting for room). Plan files of dead processes are deleted."""
+        out: list[tuple[dict[str, int], bool]] = []
+        for plan, directory in self._other_plans(dataset_dirs):
+            position, waiting, paths = self._read(plan, directory)
+            needs: dict[str, int] = {}
+            for distance, path in enumerate(paths[position : position + PLAN_HORIZON]):
+                needs.setdefault(path, distance)
+            out.append((needs, waiting))
         return out
 
     def _read(self, plan_file: str, directory: str) -> tuple[int, bool, list[str]]:
         try:
             with open(plan_file, "rb") as f:
-                generation, position, waiting = (int(x) for x in f.read(_HEADER).split())
+                generation, position, waiting, _ = (int(x) for x in f.read(_HEADER).split())
                 sig = (os.fstat(f.fileno()).st_ino, generation)
                 cached = self._parsed.get(plan_file)
                 if cached is None or cached[0] != sig:

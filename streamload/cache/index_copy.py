@@ -23,6 +23,8 @@ from streamload.cache.layout import dataset_dir_name
 from streamload.cache.locks import close_fd, flock_wait, open_fd
 
 INDEX_COPY = "index.json"
+INDEX_TAG = "index.tag"
+_MAX_COPY_BYTES = 256 * 2**20  # as MAX_INDEX_BYTES: a bigger index is refused by its parser
 LOCK_TIMEOUT_S = 120.0
 _VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "LastModified", "updated", "mtime")
 
@@ -35,7 +37,13 @@ def version_tag(info: dict[str, Any]) -> str | None:
     return json.dumps({"size": info.get("size"), **versions}, sort_keys=True)
 
 
-def node_copy(cache_dir: str, url: str, info: dict[str, Any], fetch: Callable[[], bytes]) -> bytes:
+def node_copy(
+    cache_dir: str,
+    url: str,
+    info: dict[str, Any],
+    fetch: Callable[[], bytes],
+    cache_limit: int | None = None,
+) -> bytes:
     """index.json bytes: the node's copy when it matches ``info``, else ``fetch()`` (stored).
 
     Args:
@@ -43,18 +51,24 @@ def node_copy(cache_dir: str, url: str, info: dict[str, Any], fetch: Callable[[]
         url: the dataset URL (names the cache's dataset directory, as for its shards).
         info: the remote index.json's metadata, fresh from the store.
         fetch: downloads index.json (retried by the caller's store).
+        cache_limit: the cache's byte limit: the copy counts against it like a shard (None:
+            no copy is kept).
 
-    Falls back to ``fetch()`` without caching when the cache dir cannot be written.
+    Falls back to ``fetch()`` without keeping a copy when the cache dir cannot be written or
+    the copy does not fit within ``cache_limit``.
     """
     tag = version_tag(info)
-    if tag is None:
+    if tag is None or cache_limit is None:
         return fetch()
+    from streamload.cache.disk import DiskCache
+
     directory = os.path.join(cache_dir, dataset_dir_name(url))
-    copy, tag_file = os.path.join(directory, INDEX_COPY), os.path.join(directory, "index.tag")
+    copy, tag_file = os.path.join(directory, INDEX_COPY), os.path.join(directory, INDEX_TAG)
     try:
+        cache = DiskCache(cache_dir, cache_limit)
         os.makedirs(directory, exist_ok=True)
         lock = open_fd(copy + ".lock", os.O_RDWR | os.O_CREAT)
-    except OSError:
+    except OSError:  # CacheError too: an unwritable cache dir
         return fetch()
     try:
         flock_wait(lock, fcntl.LOCK_EX, LOCK_TIMEOUT_S, copy)
@@ -62,22 +76,12 @@ def node_copy(cache_dir: str, url: str, info: dict[str, Any], fetch: Callable[[]
             with open(tag_file, encoding="utf-8") as f:
                 if f.read() == tag:
                     with open(copy, "rb") as g:
-                        return g.read()
+                        return g.read(_MAX_COPY_BYTES + 1)
         except OSError:
             pass
         data = fetch()
-        try:
-            _replace(copy, data)
-            _replace(tag_file, tag.encode())
-        except OSError:
-            pass  # a full or read-only cache dir: the next process fetches again
+        if len(data) <= _MAX_COPY_BYTES:  # a full or read-only cache: the next process fetches
+            cache.keep_small(url, {INDEX_COPY: data, INDEX_TAG: tag.encode()})
         return data
     finally:
         close_fd(lock)
-
-
-def _replace(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

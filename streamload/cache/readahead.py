@@ -11,7 +11,8 @@ skips it) until the reader reaches it. A new pass (the dataset's ``generation`` 
 epoch starts a new sequence.
 
 What a process publishes for other processes' evictions (`DiskCache.announce`) is a window of
-``PUBLISHED`` upcoming shards of the current epoch, re-published as the reader moves on: bounded,
+upcoming shards of the current epoch (at most ``PLAN_WINDOW``, fewer for large shards so the plan
+file stays small next to one shard), re-published once the reader is halfway through it: bounded,
 like everything here, by a horizon, not by the epoch.
 
 Bounds: at most ``readahead_shards`` shards and ``readahead_bytes`` bytes reserved ahead per
@@ -42,18 +43,19 @@ import numpy as np
 
 from streamload import telemetry
 from streamload.cache.disk import DiskCache, ShardBusy
+from streamload.cache.eviction import PLAN_HEADER_BYTES, PLAN_WINDOW
 from streamload.cache.layout import ShardKey, dataset_dir_name
 from streamload.cache.locks import Pin
 from streamload.cache.read_plan import ShardSequence
 from streamload.errors import CacheError
 from streamload.format.index import DatasetIndex, ShardInfo
+from streamload.sizes import format_size
 from streamload.store import filesystem as store
 
 log = logging.getLogger(__name__)
 
 OPEN_SHARDS = 2  # shards a reader keeps open (pinned) at once: the current one and the last
 HORIZON = 4096  # plan positions looked at for Belady distances and re-synchronisation
-PUBLISHED = 4096  # upcoming shards published for other processes' evictions (re-published halfway)
 _BACKOFF_S = (0.02, 0.5)  # read-ahead retry delay bounds when the cache has no room
 
 
@@ -113,6 +115,20 @@ class RemoteShards:
             processes * (OPEN_SHARDS + ahead),
             f"{processes} process(es) x ({OPEN_SHARDS} open + {ahead} read-ahead)",
         )
+        # What this process may pin, published so processes that do not know of each other
+        # (other jobs, ranks without LOCAL_WORLD_SIZE) fail fast instead of starving each other.
+        # Plan files stay a small part of it: a window of names in at most ~1/64 of a shard.
+        line = max((len(key.file_name) for key in self._keys), default=0) + 1
+        self._window = min(PLAN_WINDOW, max(16, max(4096, biggest // 64) // line))
+        plan_bytes = PLAN_HEADER_BYTES + self._window * line
+        self._reserve = (
+            (OPEN_SHARDS + ahead) * biggest + plan_bytes,
+            f"{OPEN_SHARDS} open + {ahead} read-ahead x largest shard {format_size(biggest)},"
+            f" plus a {format_size(plan_bytes)} plan file",
+            plan_bytes,
+        )
+        self._joined = False  # published at the first open: a process that never reads
+        # (the trainer of a loader with workers) reserves nothing
         self._pid = os.getpid()
         self._pins: collections.OrderedDict[int, Pin] = collections.OrderedDict()
         self._epoch: int | None = None
@@ -127,9 +143,13 @@ class RemoteShards:
         """A local path of shard ``info``, verified and pinned until `release` (or `close`).
 
         Raises:
-            StoreError, FormatError, CacheError: see `DiskCache.pin`.
+            StoreError, FormatError, CacheError: see `DiskCache.pin`; at the first open also
+                `DiskCache.join` (the live processes' working sets do not fit together).
         """
         k = self._by_name[info.name]
+        if not self._joined:
+            self.cache.join(self._url, *self._reserve)
+            self._joined = True
         generation = self._generation_of()
         if epoch != self._epoch or generation != self._generation:
             self._replan(epoch, generation)
@@ -137,7 +157,7 @@ class RemoteShards:
             self.readahead.replan(self._plan, self._cursor)
         else:
             self._advance(k)
-        if self._cursor - self._published >= PUBLISHED // 2:
+        if self._cursor - self._published >= self._window // 2:
             self._publish()
         else:
             self.cache.announce(self._url, None, self._cursor - self._published)
@@ -213,11 +233,11 @@ class RemoteShards:
         self._publish()
 
     def _publish(self) -> None:
-        """Publish the next ``PUBLISHED`` shards of this epoch for other processes' evictions:
-        a worker done with its share must not hold the others back for an epoch that may never
+        """Publish the next ``_window`` shards of this epoch for other processes' evictions: a
+        worker done with its share must not hold the others back for an epoch that may never
         come, and nobody needs more than a horizon of anyone's plan."""
         self._published = self._cursor
-        upcoming = self._plan.window(self._cursor, PUBLISHED)
+        upcoming = self._plan.window(self._cursor, self._window)
         boundary = self._plan.boundary
         if boundary is not None:
             upcoming = upcoming[: max(boundary - self._cursor, 0)]

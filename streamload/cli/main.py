@@ -245,6 +245,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "du":
         per: dict[str, list[int]] = {}
         for e in entries:
+            if e.fixed:  # plan files, index copies: in the total, not shards of a dataset
+                continue
             n_bytes = per.setdefault(sources.get(os.path.dirname(e.path), "?"), [0, 0])
             n_bytes[0] += 1
             n_bytes[1] += e.bytes
@@ -269,6 +271,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows: list[dict[str, Any]] = []
     for e in sorted(entries, key=lambda e: e.path):
+        if e.fixed:
+            continue
         name = os.path.basename(e.path).split("-", 1)[-1]
         if e.temp:
             name = name.split(".tmp.", 1)[0] + " (downloading)"

@@ -4,8 +4,8 @@
 torch IterableDataset of ``N`` positions per epoch; a ``StreamLoader`` over it yields batches in
 which every global batch (``world_size x batch_size`` positions, a *step*) takes
 ``floor(w B)`` or ``ceil(w B)`` items of each source, every rank's slice ``floor``/``ceil`` of its
-share, and each source's total stays within one item of ``w x position`` at every step (the
-arithmetic is `mixture.apportion`). Each source keeps its own epochs: draw ``k`` of a source of
+share, and each source's total stays within one item of ``w x position`` at every step (two
+after a resume on another batch size; the arithmetic is `mixture.apportion`). Each source keeps its own epochs: draw ``k`` of a source of
 ``n`` items is position ``k mod n`` of its epoch ``k // n``, a permutation of its own (its
 ``shuffle_mode``/``shuffle_block``, its ``subset``); a source that runs out starts its next
 epoch, independently of the others, so no source's end ever ends or skews the run.

@@ -89,16 +89,18 @@ class OpenShards:
             self._readers.move_to_end(k)
             return reader
         remote = self.remote(source)
+        if remote is not None:
+            # Pinned cache copies count against cache_limit: the oldest reader goes *before* the
+            # next shard is pinned, so a reader never pins more than OPEN_SHARDS (what the
+            # working-set checks count), not one more while it opens the next.
+            while len(self._readers) >= OPEN_SHARDS:
+                dropped, _ = self._readers.popitem(last=False)
+                remote.release(self._index.shards[dropped])
         reader = self._open(self._index.shards[k], epoch, remote)
         self._readers[k] = reader
-        if remote is not None:  # pinned cache copies count against cache_limit
-            limit = OPEN_SHARDS
-        else:
-            limit = MAX_OPEN_SHARDS if self._index.format == "arrow" else MAX_OPEN_LMDB_SHARDS
-        if len(self._readers) > limit:
-            dropped, _ = self._readers.popitem(last=False)
-            if remote is not None:  # the reader is gone: its cached copy may be evicted
-                remote.release(self._index.shards[dropped])
+        limit = MAX_OPEN_SHARDS if self._index.format == "arrow" else MAX_OPEN_LMDB_SHARDS
+        if remote is None and len(self._readers) > limit:
+            self._readers.popitem(last=False)
         return reader
 
     def remote(self, source: ReadSource) -> RemoteShards | None:
@@ -132,6 +134,10 @@ class OpenShards:
             stat = fs.info(path)
         except FileNotFoundError:
             raise FormatError(f"shard {info.name} of {self._url} is missing") from None
+        if stat.get("type", "file") != "file":  # a FIFO would block, a device never end
+            raise FormatError(
+                f"shard {info.name} of {self._url} is not a regular file (type {stat.get('type')})"
+            )
         if stat.get("size") != info.bytes:
             raise FormatError(
                 f"shard {info.name} of {self._url}: size is {stat.get('size')} bytes, index.json"
@@ -149,6 +155,7 @@ class OpenShards:
             info.bytes,
             info.num_samples,
             self._columns,
+            self._settings.cache_dir,
         )
 
     def __getstate__(self) -> dict[str, Any]:

@@ -170,7 +170,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         verify = self.settings.verify
         keep = None
         if store.is_remote(self._fs):  # index.json once per node, kept in the shard cache
-            keep = functools.partial(index_copy.node_copy, self.settings.cache_dir, self._url)
+            keep = functools.partial(
+                index_copy.node_copy,
+                self.settings.cache_dir,
+                self._url,
+                cache_limit=self.settings.cache_limit,
+            )
         try:
             self._index = read_index(
                 self._fs, store.join(self._root, INDEX_NAME), f"{self._url}/{INDEX_NAME}", keep

@@ -26,8 +26,20 @@ Each shard has exactly one checksum key, ``xxh3_64`` (written by ShardWriter) or
 Invariants checked by ``parse_index`` before anything else is read: the version is one this
 streamload reads, counts are non-negative ints and the shard counts sum to ``num_samples``, shard
 names are plain, unique file names (no separators, ``..``, drive letters, NUL: a manifest must
-never make us touch a path outside the dataset root). ShardWriter writes index.json last, so a
+never make us touch a path outside the dataset root). A symlink placed at a shard's name IS
+followed wherever it points (shards kept on another disk): index.json alone can never reach
+outside the root, whoever can place a link in the dataset directory could as well place the file,
+and the target is held to the shard's size and checksum like any shard; a target that is not a
+regular file (FIFO, device, directory) is refused. ShardWriter writes index.json last, so a
 dataset without one is incomplete (an interrupted writer) and is refused.
+
+Hostile input: every malformed index is a `FormatError`, never another exception, a hang or an
+unbounded read. ``format_version`` must be a JSON integer (``1.0`` or ``true`` are refused); JSON
+nested deeper than the interpreter can parse, and ``metadata`` nested deeper than
+``MAX_METADATA_DEPTH``, are refused; values quoted in messages are cut to a few levels and
+characters. A local index.json must be a regular file (a symlink to one is fine): a directory,
+FIFO or device is refused without reading it (opened non-blocking, checked with ``fstat``), and
+at most ``MAX_INDEX_BYTES`` are read whatever the file's size claims.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from streamload.errors import FormatError
+from streamload.errors import FormatError, quote
 from streamload.format.checksum import ALGORITHMS, DIGEST_HEX_LEN
 from streamload.format.schema import Schema, schema_from_json
 from streamload.store import filesystem as store
@@ -53,6 +66,7 @@ _VERSION_NAME = "index.v{}.json"
 FORMAT_VERSIONS = (1, 2)
 FORMATS = ("arrow", "lmdb")
 MAX_INDEX_BYTES = 256 * 2**20  # a million shards fit in far less; bounds a hostile file
+MAX_METADATA_DEPTH = 64  # nesting of index.json's "metadata" object
 # (remote object metadata, fetch) -> index.json bytes: a kept copy, or fetch() (see read_index).
 KeepCopy = Callable[[dict[str, Any], Callable[[], bytes]], bytes]
 _MAX_COUNT = 2**53  # JSON numbers past this are not exact
@@ -156,7 +170,7 @@ def validate_shard_name(name: object, source: str) -> str:
         FormatError: the name is unsafe or not a string.
     """
     if not isinstance(name, str):
-        raise FormatError(f"{source}: shard name must be a string, got {name!r:.80}")
+        raise FormatError(f"{source}: shard name must be a string, got {quote(name)}")
     bad = (
         name in ("", ".", "..")
         or "/" in name
@@ -169,7 +183,7 @@ def validate_shard_name(name: object, source: str) -> str:
     )
     if bad:
         raise FormatError(
-            f"{source}: unsafe shard name {name!r:.120}: shard names must be plain file names"
+            f"{source}: unsafe shard name {quote(name)}: shard names must be plain file names"
             " (no path separators, '..', drive letters, control characters or leading/trailing spaces)"
         )
     return name
@@ -196,21 +210,29 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         raw = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{source}: index is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise FormatError(f"{source}: index is nested too deeply to be an index") from None
     if not isinstance(raw, Mapping):
         raise FormatError(f"{source}: index must be a JSON object")
     version = raw.get("format_version")
-    if version not in FORMAT_VERSIONS or isinstance(version, bool):
+    if type(version) is not int or version not in FORMAT_VERSIONS:  # not 1.0, not true
         raise FormatError(
-            f"{source}: format_version {version!r:.40} is not supported; this streamload reads"
+            f"{source}: format_version {quote(version)} is not supported; this streamload reads"
             f" format_version {', '.join(map(str, FORMAT_VERSIONS))} (upgrade streamload to read newer datasets)"
         )
     expected_keys = {"format_version", "format", "schema", "num_samples", "shards"}
     metadata = raw.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise FormatError(f"{source}: 'metadata' must be a JSON object")
+    if metadata is not None and _depth_exceeds(metadata, MAX_METADATA_DEPTH):
+        raise FormatError(
+            f"{source}: 'metadata' is nested more than {MAX_METADATA_DEPTH} levels deep"
+        )
     index_version = raw.get("version", 1)
-    if not isinstance(index_version, int) or isinstance(index_version, bool) or index_version < 1:
-        raise FormatError(f"{source}: 'version' must be an integer >= 1, got {index_version!r:.40}")
+    if type(index_version) is not int or not 1 <= index_version <= _MAX_COUNT:
+        raise FormatError(
+            f"{source}: 'version' must be an integer in [1, 2**53], got {quote(index_version)}"
+        )
     optional = {"metadata", "version"} if version >= 2 else {"metadata"}
     if set(raw) - optional != expected_keys:
         missing = sorted(expected_keys - set(raw))
@@ -220,7 +242,7 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
         )
     fmt = raw["format"]
     if fmt not in FORMATS:
-        raise FormatError(f"{source}: unknown format {fmt!r:.40}; known: {', '.join(FORMATS)}")
+        raise FormatError(f"{source}: unknown format {quote(fmt)}; known: {', '.join(FORMATS)}")
     schema = schema_from_json(raw["schema"], source)
     num_samples = _count(raw["num_samples"], f"{source}: num_samples")
     raw_shards = raw["shards"]
@@ -242,6 +264,23 @@ def parse_index(data: bytes, source: str) -> DatasetIndex:
     )
 
 
+def _depth_exceeds(value: object, limit: int) -> bool:
+    """Whether JSON ``value`` nests containers more than ``limit`` deep (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _parse_shard(raw: object, where: str, version: int, schema: Schema) -> ShardInfo:
     if not isinstance(raw, Mapping):
         raise FormatError(f"{where}: expected an object")
@@ -252,7 +291,7 @@ def _parse_shard(raw: object, where: str, version: int, schema: Schema) -> Shard
     if len(algorithms) != 1 or extra:
         raise FormatError(
             f"{where} ({name}): needs exactly one checksum key of {', '.join(ALGORITHMS)}"
-            f" and no other keys (found checksums {algorithms}, unexpected keys {extra})"
+            f" and no other keys (found checksums {algorithms}, unexpected keys {quote(extra)})"
         )
     algorithm = algorithms[0]
     digest = raw[algorithm]
@@ -284,14 +323,20 @@ def _elements(raw: object, where: str, schema: Schema) -> dict[str, int] | None:
     unknown = sorted(str(k) for k in raw if k not in variable)
     if unknown:
         raise FormatError(
-            f"{where} names {unknown}, which are not variable-shape array columns of the schema"
+            f"{where} names {quote(unknown)}, which are not variable-shape array columns of the"
+            " schema"
         )
-    return {str(k): _count(v, f"{where}[{k!r}]") for k, v in raw.items()}
+    out = {}
+    for k, v in raw.items():
+        if type(v) is not int or not 0 <= v <= _MAX_COUNT:  # the message only when it fails
+            _count(v, f"{where}[{quote(k)}]")
+        out[str(k)] = v
+    return out
 
 
 def _count(value: object, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_COUNT:
-        raise FormatError(f"{where} must be an integer in [0, 2**53], got {value!r:.40}")
+        raise FormatError(f"{where} must be an integer in [0, 2**53], got {quote(value)}")
     return value
 
 
@@ -338,19 +383,65 @@ def read_index(fs: Any, path: str, source: str, keep: KeepCopy | None = None) ->
     """
     if store.is_remote(fs):
         return parse_index(_read_remote_index(fs, path, source, keep), source)
+    local = store.local_path(fs, path)
+    if local is not None:
+        return parse_index(_read_local_index(local, source), source)
     try:
         size = fs.size(path)
         if size is not None and size > MAX_INDEX_BYTES:
             raise FormatError(
                 f"{source}: index is {size} bytes, more than the {MAX_INDEX_BYTES} allowed"
             )
-        data = fs.cat_file(path)
+        with fs.open(path, "rb") as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
-        raise FormatError(
-            f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
-            " index.json last, so an interrupted write leaves none)"
-        ) from None
+        raise FormatError(_not_found(source)) from None
+    except IsADirectoryError:
+        raise FormatError(f"{source} is a directory, not an index file") from None
     return parse_index(data, source)
+
+
+def _not_found(source: str) -> str:
+    return (
+        f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
+        " index.json last, so an interrupted write leaves none)"
+    )
+
+
+def _read_local_index(path: str, source: str) -> bytes:
+    """A local index.json's bytes: a regular file (symlinks followed), read without blocking
+    and at most ``MAX_INDEX_BYTES`` + 1 bytes whatever its size says.
+
+    Raises:
+        FormatError: missing, not a regular file, or too large.
+        StoreError: it exists but cannot be read (permissions, I/O error).
+    """
+    from streamload.errors import StoreError
+
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FormatError(_not_found(source)) from None
+    except OSError as exc:
+        raise StoreError(f"{source}: cannot open: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+            raise FormatError(f"{source} is {kind}, not a regular file")
+        chunks, total = [], 0
+        while total <= MAX_INDEX_BYTES:
+            chunk = os.read(fd, min(4 * 2**20, MAX_INDEX_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise StoreError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _read_remote_index(fs: Any, path: str, source: str, keep: KeepCopy | None) -> bytes:
@@ -374,8 +465,5 @@ def _read_remote_index(fs: Any, path: str, source: str, keep: KeepCopy | None) -
         return fetch() if keep is None else keep(meta, fetch)
     except StoreError as exc:
         if exc.errno == errno.ENOENT:
-            raise FormatError(
-                f"{source} not found: the dataset is missing or incomplete (a ShardWriter writes"
-                " index.json last, so an interrupted write leaves none)"
-            ) from exc
+            raise FormatError(_not_found(source)) from exc
         raise

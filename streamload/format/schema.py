@@ -26,7 +26,8 @@ sample of a multi-dimensional column is caught, not absorbed.
 
 Accepted python values per kind (validated per sample, ``FormatError`` naming sample and field):
 ``int``: int (not bool) or numpy integer within int64; ``float``: float, int (not bool), numpy
-float/integer; ``bool``: bool or ``numpy.bool_``; ``str``: str; ``bytes``: bytes, bytearray,
+float/integer; ``bool``: bool or ``numpy.bool_``; ``str``: str encodable as UTF-8 (no lone
+surrogates); ``bytes``: bytes, bytearray,
 memoryview; ``ndarray``: a numpy array or numpy scalar with exactly the column's dtype and ndim,
 and the fixed dims equal. No column is nullable.
 
@@ -39,6 +40,7 @@ fixed_size_list cannot hold) -> struct<data: large_list<primitive>, shape: fixed
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from streamload.errors import FormatError
+from streamload.errors import FormatError, quote
 
 KINDS = ("int", "float", "bool", "str", "bytes", "ndarray")
 DTYPES = (
@@ -232,6 +234,7 @@ def infer_schema(
     for name, value in sample.items():
         if not isinstance(name, str) or not name:
             raise FormatError(f"sample 0: field names must be non-empty strings, got {name!r}")
+        _check_utf8(name, f"sample 0: field name {name!r}")
         column = _infer_column(name, value)
         if name in shapes:
             column = _declared_shape(column, shapes[name])
@@ -350,10 +353,25 @@ def _check_value(col: Column, value: object, number: int) -> None:
         ok = isinstance(value, bool | np.bool_)
     elif kind == "str":
         ok = isinstance(value, str)
+        if isinstance(value, str) and not value.isascii():  # O(1): only non-ASCII is encoded
+            _check_utf8(value, where)
     else:
         ok = isinstance(value, bytes | bytearray | memoryview)
     if not ok:
         raise FormatError(f"{where} is a {type(value).__name__}, schema says {kind}")
+
+
+def _check_utf8(text: str, where: str) -> None:
+    """Text must be encodable as UTF-8: a lone surrogate (``"\\ud800"``, e.g. from
+    ``os.fsdecode`` of bad bytes) cannot be stored in Arrow or LMDB shards."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        raise FormatError(
+            f"{where} is not valid Unicode text: lone surrogate {bad!r} at character"
+            f" {exc.start} (text must be encodable as UTF-8)"
+        ) from None
 
 
 def schema_from_json(data: object, source: str) -> Schema:
@@ -374,42 +392,49 @@ def schema_from_json(data: object, source: str) -> Schema:
     columns: list[Column] = []
     for i, raw in enumerate(raw_columns):
         columns.append(_column_from_json(raw, f"{source}: schema column {i}"))
-    names = [c.name for c in columns]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    counts = collections.Counter(c.name for c in columns)
+    dupes = sorted(n for n, k in counts.items() if k > 1)
     if dupes:
-        raise FormatError(f"{source}: duplicate column name(s) {dupes}")
+        raise FormatError(f"{source}: duplicate column name(s) {quote(dupes)}")
     return Schema(tuple(columns))
 
 
 def _column_from_json(raw: object, where: str) -> Column:
     if not isinstance(raw, Mapping):
-        raise FormatError(f"{where}: expected an object, got {raw!r:.80}")
+        raise FormatError(f"{where}: expected an object, got {quote(raw)}")
     name, kind = raw.get("name"), raw.get("kind")
     if not isinstance(name, str) or not name:
-        raise FormatError(f"{where}: 'name' must be a non-empty string, got {name!r:.80}")
+        raise FormatError(f"{where}: 'name' must be a non-empty string, got {quote(name)}")
+    _check_utf8(name, f"{where}: column name {quote(name)}")
     if kind not in KINDS:
         raise FormatError(
-            f"{where} ({name!r}): unknown kind {kind!r:.80}; known: {', '.join(KINDS)}"
+            f"{where} ({quote(name)}): unknown kind {quote(kind)}; known: {', '.join(KINDS)}"
         )
     allowed = {"name", "kind", "dtype", "shape"} if kind == "ndarray" else {"name", "kind"}
     extra = sorted(str(k) for k in raw if k not in allowed)
     if extra:
-        raise FormatError(f"{where} ({name!r}): unexpected key(s) {extra} for kind {kind}")
+        raise FormatError(
+            f"{where} ({quote(name)}): unexpected key(s) {quote(extra)} for kind {kind}"
+        )
     if kind != "ndarray":
         return Column(name, kind)
     dtype, shape = raw.get("dtype"), raw.get("shape")
     if dtype not in DTYPES:
         raise FormatError(
-            f"{where} ({name!r}): dtype {dtype!r:.80} is not one of {', '.join(DTYPES)}"
+            f"{where} ({quote(name)}): dtype {quote(dtype)} is not one of {', '.join(DTYPES)}"
         )
     if not isinstance(shape, list) or len(shape) > MAX_NDIM:
-        raise FormatError(f"{where} ({name!r}): 'shape' must be a list of at most {MAX_NDIM} dims")
+        raise FormatError(
+            f"{where} ({quote(name)}): 'shape' must be a list of at most {MAX_NDIM} dims"
+        )
     for d in shape:
         if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 0):
             raise FormatError(
-                f"{where} ({name!r}): shape {shape} has a dim that is not null or an int >= 0"
+                f"{where} ({quote(name)}): shape {quote(shape)} has a dim that is not null or an int >= 0"
             )
     fixed = [d for d in shape if d is not None]
     if None not in shape and math.prod(fixed) > _MAX_FIXED_ITEMS:
-        raise FormatError(f"{where} ({name!r}): fixed shape {shape} has more than 2**31-1 items")
+        raise FormatError(
+            f"{where} ({quote(name)}): fixed shape {quote(shape)} has more than 2**31-1 items"
+        )
     return Column(name, "ndarray", dtype, tuple(shape))

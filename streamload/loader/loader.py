@@ -155,7 +155,7 @@ class StreamLoader:
         zero_copy: bool = False,
     ) -> None:
         # An entry point: the configuration's part in this loader, resolved once.
-        self.settings = LoaderSettings.from_config(config.load(ring_size=ring_size))
+        self.settings = LoaderSettings.from_config(config.load(ring_size=ring_size), ring_size)
         self.ring_size = ring_size
         # Rings of a finished non-persistent pass, reused by the next pass (`WorkerPool`).
         self._spare_rings: list[Any] = []

@@ -27,16 +27,22 @@ class LoaderSettings:
         heap_retain: freed heap a loader process keeps (glibc ``mallopt``; 0 = malloc defaults).
         start_method: worker start method when the loader is given no context (``auto``,
             ``fork``, ``spawn`` or ``forkserver``).
+        ring_size_origin: what the user set and where (``"'1MB' (argument)"``), for messages.
     """
 
     ring_size: int
     heap_retain: int
     start_method: str
+    ring_size_origin: str = "auto (default)"
 
     @classmethod
-    def from_config(cls, cfg: Any) -> LoaderSettings:
-        """From a resolved `streamload.config.Config`."""
-        return cls(cfg.ring_size, cfg.heap_retain, cfg.start_method)
+    def from_config(cls, cfg: Any, ring_size_as_set: object = None) -> LoaderSettings:
+        """From a resolved `streamload.config.Config` (``ring_size_as_set``: the loader's own
+        ``ring_size`` argument as the user wrote it)."""
+        source = cfg.source("ring_size")
+        shown = ring_size_as_set if ring_size_as_set is not None else cfg.ring_size
+        origin = f"{shown!r} ({source})" if cfg.ring_size else f"auto ({source})"
+        return cls(cfg.ring_size, cfg.heap_retain, cfg.start_method, origin)
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ class WorkerSetup:
     zero_copy: bool
     heap_retain: int
     spare_rings: list[Ring] = field(default_factory=list)
+    ring_note: str = ""  # how the ring got its size, added to a RecordTooLarge error
 
     @classmethod
     def for_pass(
@@ -153,8 +154,18 @@ class WorkerSetup:
         """The setup of a loader's workers (the ring sized for ``pass_``'s batches)."""
         if settings.ring_size:
             capacity = _ring_capacity(settings.ring_size)
+            note = (
+                f"ring_size is set to {settings.ring_size_origin} = {settings.ring_size} bytes;"
+                f" each worker's ring is the largest power of two not above that, {capacity}"
+                " bytes, and one batch may take at most half of a ring"
+            )
         else:
             capacity = auto_ring_capacity(pass_.dataset, pass_.batch_size, pass_.spec)
+            note = (
+                f"ring_size is {settings.ring_size_origin}: each worker's ring was sized to"
+                f" {capacity} bytes from index.json; set ring_size (StreamLoader(ring_size=...)"
+                " or the ring_size setting) to the size above"
+            )
         return cls(
             num_workers=options.num_workers,
             prefetch=max(options.prefetch_factor or 0, 1),
@@ -166,6 +177,7 @@ class WorkerSetup:
             zero_copy=zero_copy,
             heap_retain=settings.heap_retain,
             spare_rings=spare_rings,
+            ring_note=note,
         )
 
 
@@ -201,6 +213,7 @@ class WorkerPool:
                     setup.worker_init_fn,
                     os.getpid(),
                     setup.heap_retain,
+                    setup.ring_note,
                 ),
                 daemon=True,
             )

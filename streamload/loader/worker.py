@@ -98,8 +98,10 @@ def worker_main(
     worker_init_fn: Any,
     parent_pid: int,
     heap_retain: int,
+    ring_note: str = "",
 ) -> None:
-    """Entry point of one worker process (see the module docstring)."""
+    """Entry point of one worker process (see the module docstring). ``ring_note`` says how
+    the ring got its size (what the user set), for a batch too large for it."""
     # Everything inherited from the trainer stays out of this worker's garbage collections:
     # a full collection would otherwise walk (and so copy-on-write) the trainer's whole heap.
     gc.freeze()
@@ -120,7 +122,16 @@ def worker_main(
         except Exception:
             init_error = traceback.format_exc()
         _serve(
-            worker_id, num_workers, dataset, spec, batch_size, ring, conn, parent_pid, init_error
+            worker_id,
+            num_workers,
+            dataset,
+            spec,
+            batch_size,
+            ring,
+            conn,
+            parent_pid,
+            init_error,
+            ring_note,
         )
     except (RingError, EOFError, OSError, KeyboardInterrupt):
         pass  # trainer gone or closed: nothing left to tell anyone
@@ -138,6 +149,7 @@ def _serve(
     conn: Connection,
     parent_pid: int,
     init_error: str | None,
+    ring_note: str = "",
 ) -> None:
     fetcher: Any = None
     reporter = sl_stats.WorkerReporter(worker_id)
@@ -165,10 +177,21 @@ def _serve(
                 fetcher = _Failed(traceback.format_exc())
             continue
         if kind == protocol.START_PLANNED:
-            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, ring, reporter)
+            _own_plan(
+                worker_id,
+                num_workers,
+                dataset,
+                spec,
+                batch_size,
+                message,
+                ring,
+                reporter,
+                ring_note,
+            )
             continue
         # Nothing queued after this item: ship the stats now, the trainer may read no more.
-        _fetch_one(fetcher, protocol.decode_item(message), ring, reporter, last=not conn.poll(0))
+        item = protocol.decode_item(message)
+        _fetch_one(fetcher, item, ring, reporter, last=not conn.poll(0), ring_note=ring_note)
 
 
 def _time_transform(dataset: Any, clock: StageClock) -> None:
@@ -204,6 +227,7 @@ def _fetch_one(
     ring: Ring,
     reporter: sl_stats.WorkerReporter | None = None,
     last: bool = False,
+    ring_note: str = "",
 ) -> None:
     try:
         payload = fetcher.fetch(item)
@@ -217,21 +241,22 @@ def _fetch_one(
         _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
         return
     if reporter is None:
-        _send_batch(ring, payload)
+        _send_batch(ring, payload, ring_note)
         return
     reporter.clock.batches += 1
     if last or reporter.due():
         _send_error(ring, reporter.record())
     started = time.perf_counter_ns()
-    _send_batch(ring, payload)
+    _send_batch(ring, payload, ring_note)
     reporter.clock.add("transport", started)
 
 
-def _send_batch(ring: Ring, payload: Any) -> None:
+def _send_batch(ring: Ring, payload: Any, ring_note: str) -> None:
     try:
         send(ring, payload)
     except RecordTooLarge:
-        _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
+        text = traceback.format_exc() + ring_note + "\n"
+        _send_error(ring, protocol.EXCEPTION + text.encode())
 
 
 def _send_error(ring: Ring, body: bytes) -> None:
@@ -247,6 +272,7 @@ def _own_plan(
     message: bytes,
     ring: Ring,
     reporter: sl_stats.WorkerReporter,
+    ring_note: str = "",
 ) -> None:
     """A whole planned epoch with no further trainer messages: steps id, id + n, ..."""
     try:
@@ -263,7 +289,7 @@ def _own_plan(
         upcoming = next(batches, _END)
         while upcoming is not _END:
             ids, upcoming = upcoming, next(batches, _END)
-            _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END)
+            _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END, ring_note=ring_note)
     except Exception:
         _send_error(ring, protocol.EXCEPTION + traceback.format_exc().encode())
     _send_error(ring, reporter.record())  # exact totals (read when a persistent pool drains)

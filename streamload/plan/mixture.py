@@ -18,11 +18,11 @@ Invariants (tested):
   ``ceil(w_s B)`` of them, and the counts sum to ``B``.
 - **Exact over the run**: after every step, each source's count since the weights were set is
   within one item of ``w_s`` x the positions since then (its *lag*, ``ideal - count``, stays in
-  (-1, 1)) — for a run's steps: one global batch size, an epoch's shorter last step, a resume
-  on another batch size. Steps are apportioned greedily by earliest deadline: a source gets one
-  of the step's extra positions (beyond the floors) when, without it, its lag would reach 1
-  soonest at this step size. (Sizes changing at every step, which no loader does, stay exact
-  per step and within two items.)
+  (-1, 1)) — for a run's steps: one global batch size, an epoch's shorter last step. Steps are
+  apportioned greedily by earliest deadline: a source gets one of the step's extra positions
+  (beyond the floors) when, without it, its lag would reach 1 soonest at this step size. After
+  a resume on another batch size (or sizes changing at every step) steps stay exact and the
+  lag stays within (-2, 2): hypothesis found 1.014 after a resume from 135 to 1 positions.
 - **Exact per rank**: a rank's slice of ``b`` positions of a step gets ``floor(n_s b / B)`` or
   ``ceil(n_s b / B)`` of source ``s``'s ``n_s`` positions (the same greedy, within the step).
 - **Each source keeps its own epochs**: draw ``k`` of a source of ``n`` items is position

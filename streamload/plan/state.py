@@ -5,7 +5,10 @@ dataset, subset, shuffle settings and order algorithm it belongs to (`fingerprin
 counts the ids of the epoch's global order consumed by all ranks together (see
 `streamload.plan.partition`), so the same state continues the same order on another world size,
 batch size or worker count. `check_state` refuses anything else with a `StateError` showing both
-sides (a state saved before issue 12, of numpy's permutations, has no ``order`` key: refused).
+sides (a state saved before issue 12, of numpy's permutations, has no ``order`` key: refused);
+a state is data from a file, so every field's type and range is checked (``version`` the
+integer 1, not ``true`` or ``1.0``; ``epoch`` below ``MAX_EPOCH``; ``position`` within the
+dataset) and values are quoted briefly in messages.
 
 A mixture's state (`make_mixture_state`, `check_mixture_state`) adds each source's cursor (items
 it has given) and the weight segments (where weights were set, with the cursors there; see
@@ -19,10 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from streamload.errors import StateError
+from streamload.errors import StateError, quote
 from streamload.plan.order import ORDER_VERSION, ShuffleSettings
 
 STATE_VERSION = 1
+MAX_EPOCH = 2**32 - 1  # far past any real run, and epoch + 1 stays a small int everywhere
 _STATE_KEYS = frozenset(("version", "fingerprint", "epoch", "position"))
 
 
@@ -62,35 +66,41 @@ def check_state(state: Any, fp: Mapping[str, Any], what: str) -> tuple[int, int]
     """
     if not isinstance(state, Mapping):
         raise StateError(f"{what}: expected a state dict, got {type(state).__name__}")
-    if state.get("version") != STATE_VERSION:
+    version = state.get("version")
+    if type(version) is not int or version != STATE_VERSION:  # not True, not 1.0
         raise StateError(
-            f"{what}: state version {state.get('version')!r} is not supported"
+            f"{what}: state version {quote(version)} is not supported"
             f" (this streamload reads version {STATE_VERSION})"
         )
-    keys = set(state)
-    if keys != _STATE_KEYS:
+    keys = sorted(map(str, state))
+    if set(state) != _STATE_KEYS:
         raise StateError(
-            f"{what}: state keys {sorted(keys)} differ from the expected {sorted(_STATE_KEYS)}"
+            f"{what}: state keys {quote(keys)} differ from the expected {sorted(_STATE_KEYS)}"
         )
     saved = state["fingerprint"]
-    if not isinstance(saved, Mapping) or dict(saved) != dict(fp):
+    if not isinstance(saved, Mapping) or not _same(saved, fp):
         saved = dict(saved) if isinstance(saved, Mapping) else {"?": saved}
+        fields = sorted({str(k) for k in saved} | set(fp))
+        by_name = {str(k): v for k, v in saved.items()}
         diffs = [
-            f"{key}: state has {saved.get(key, '<missing>')!r}, this dataset has"
-            f" {fp.get(key, '<missing>')!r}"
-            for key in sorted(set(saved) | set(fp))
-            if saved.get(key, "<missing>") != fp.get(key, "<missing>")
+            f"{key}: state has {quote(by_name.get(key, '<missing>'))}, this dataset has"
+            f" {quote(fp.get(key, '<missing>'))}"
+            for key in fields
+            if not _same_value(by_name.get(key, "<missing>"), fp.get(key, "<missing>"))
         ]
         raise StateError(
             f"{what}: the state belongs to another dataset or other shuffle settings; "
             + "; ".join(diffs)
-            + f"\nstate fingerprint: {json.dumps(saved, sort_keys=True, default=str)}"
+            + f"\nstate fingerprint: {quote(by_name)}"
             + f"\nthis dataset:      {json.dumps(dict(fp), sort_keys=True)}"
         )
     epoch, position = state["epoch"], state["position"]
-    for name, value in (("epoch", epoch), ("position", position)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise StateError(f"{what}: state {name} must be an int >= 0, got {value!r}")
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        raise StateError(
+            f"{what}: state epoch must be an int in [0, {MAX_EPOCH}], got {quote(epoch)}"
+        )
+    if type(position) is not int or position < 0:
+        raise StateError(f"{what}: state position must be an int >= 0, got {quote(position)}")
     if position > fp["num_samples"]:
         raise StateError(
             f"{what}: state position {position} is past the end of the dataset"
@@ -246,3 +256,14 @@ def _diff(theirs: Any, mine: Any) -> str:
             if theirs.get(k, "<missing>") != mine.get(k, "<missing>")
         )
     return f"state has {json.dumps(theirs, default=str)}, now {json.dumps(mine, default=str)}"
+
+
+def _same_value(saved: object, ours: object) -> bool:
+    """Equal and of the same JSON type (a state's ``true`` is not this dataset's ``1``)."""
+    return type(saved) is type(ours) and saved == ours
+
+
+def _same(saved: Mapping[Any, Any], fp: Mapping[str, Any]) -> bool:
+    return len(saved) == len(fp) and all(
+        key in saved and _same_value(saved[key], value) for key, value in fp.items()
+    )

@@ -44,6 +44,7 @@ def open_reader(
     nbytes: int,
     num_samples: int | None,
     columns: list[str] | tuple[str, ...] | None,
+    marks_dir: str | None = None,
 ) -> ShardReader:
     """Open one shard with the reader of ``format``.
 
@@ -55,6 +56,8 @@ def open_reader(
         nbytes: the shard's size according to the index.
         num_samples: its sample count according to the index (None: unchecked).
         columns: the columns to return (None: all).
+        marks_dir: the cache dir holding marks of checks passed on this machine (LMDB's tree
+            check runs once per file version; None: once per process).
 
     Raises:
         FormatError: an unknown format, or the reader's own checks fail.
@@ -66,9 +69,9 @@ def open_reader(
     if format == "lmdb":
         from streamload.shards.lmdb.reader import LmdbShardReader
 
-        return LmdbShardReader(source, schema, name, nbytes, num_samples, columns)
+        return LmdbShardReader(source, schema, name, nbytes, num_samples, columns, marks_dir)
     if format == ENV_FORMAT:
         from streamload.shards.lmdb.reader import LmdbEnvReader
 
-        return LmdbEnvReader(source, name, nbytes, num_samples, columns)
+        return LmdbEnvReader(source, name, nbytes, num_samples, columns, marks_dir)
     raise FormatError(f"shard {name}: no reader for format {format!r}")

@@ -37,6 +37,7 @@ and `local_path` reports local files so readers can memory-map them in place.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import types
@@ -49,6 +50,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from streamload.errors import StoreError
+from streamload.sizes import format_size
 from streamload.store.retry import RequestTimeout, RetryPolicy, TruncatedRead
 
 T = TypeVar("T")
@@ -426,6 +428,35 @@ def list_sizes(fs: Any, path: str, *, policy: RetryPolicy | None = None) -> dict
 
 
 # -- machinery ----------------------------------------------------------------------------------
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(exc: OSError, path: str, what: str) -> StoreError:
+    """`StoreError` for a failed write of local file ``path``: the file, the cause, and the free
+    space left on its file system (``errno`` kept).
+
+    Args:
+        exc: the error the write raised.
+        path: the file being written.
+        what: who was writing, for the message (``"ShardWriter('/data/ds')"``).
+    """
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.statvfs(directory)
+        free_bytes = st.f_bavail * st.f_frsize
+        free = f"{format_size(free_bytes)} free on the file system of {directory}"
+    except OSError:
+        free_bytes, free = -1, f"free space of {directory} unknown"
+    # LMDB reports a short write on a full disk as EIO: a nearly full disk says what happened.
+    full = " (disk full)" if exc.errno in _FULL or 0 <= free_bytes < 2**20 else ""
+    error = StoreError(
+        f"{what}: writing {path} failed{full}: {exc.strerror or exc}; {free}; the unfinished"
+        " file was deleted"
+    )
+    error.errno = exc.errno
+    return error
 
 
 def _filesystem_class(protocol: str, url: str) -> Any:

@@ -426,13 +426,23 @@ def _decode_view(view: memoryview, copy: bool, as_torch: bool, allow_pickle: boo
         )
     try:
         tree = json.loads(bytes(view[_HEADER.size : _HEADER.size + meta_len]))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested past what json can parse, too
         raise RingCorrupted(f"batch record metadata is not valid JSON: {exc}") from None
     decoder = _Decoder(view, _align(_HEADER.size + meta_len), copy, as_torch, allow_pickle)
     try:
         return decoder.node(tree)
     except (RingCorrupted, RingArgumentError):
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as exc:
-        # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity).
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RuntimeError,
+        SyntaxError,
+    ) as exc:
+        # A well-formed JSON tree with impossible contents (bad dtype string, shape, arity, a
+        # null where a string belongs; numpy parses a dtype string like ",f4" with ast).
         raise RingCorrupted(f"batch record is malformed: {type(exc).__name__}: {exc}") from None

@@ -325,9 +325,11 @@ def _publish(fs: Any, root: str, name: str, data: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, local)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+            if isinstance(exc, OSError):  # a full disk: say which file and how much room is left
+                raise store.write_error(exc, tmp, f"committing {name}") from exc
             raise
         fsync_dir(os.path.dirname(local))
 

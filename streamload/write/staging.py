@@ -12,7 +12,9 @@ A shard under construction lives under a temp name (``.<name>.tmp-<pid>-<hex>`` 
 root; on object stores, which have no rename, a local temp file uploaded whole to the staged name
 through the store's retry policy), so a staged name only ever holds a complete, fsynced file.
 `abort` deletes the shard under construction; staged ones are left for ``commit`` or
-``commit.discard`` to reference or delete.
+``commit.discard`` to reference or delete. A write that fails (disk full, an I/O error, an upload
+that kept failing) deletes the shard under construction and raises `StoreError` naming the file
+and the free space left (`streamload.store.filesystem.write_error`).
 
 Record batches (`add_batch`) must already have the shard layout of the schema
 (``Schema.arrow_schema``; ``convert.BatchEncoder`` maps a source's Arrow types to it): Arrow shards
@@ -28,14 +30,14 @@ import math
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
-from streamload.errors import ConfigError
+from streamload.errors import ConfigError, StoreError
 from streamload.format.index import ShardInfo
 from streamload.format.schema import Schema
 from streamload.sizes import parse_size
@@ -154,21 +156,31 @@ class ShardStream:
         return self._schema
 
     def add(self, sample: dict[str, Any]) -> None:
-        """Append one validated sample, closing the shard when it is full."""
-        current = self._current or self._open()
-        current.add(sample)
-        for col in self._schema.columns:
-            if col.kind == "ndarray" and col.shape:
-                self._elements[col.name] = self._elements.get(col.name, 0) + sample[col.name].size
-        self.num_samples += 1
-        if current.estimated_bytes >= self._shard_size:
-            self._close()
+        """Append one validated sample, closing the shard when it is full.
+
+        Raises:
+            StoreError: writing the shard failed (it was deleted; see the module docstring).
+        """
+        with self._writing():
+            current = self._current or self._open()
+            current.add(sample)
+            for col in self._schema.columns:
+                if col.kind == "ndarray" and col.shape:
+                    size = sample[col.name].size
+                    self._elements[col.name] = self._elements.get(col.name, 0) + size
+            self.num_samples += 1
+            if current.estimated_bytes >= self._shard_size:
+                self._close()
 
     def add_batch(self, batch: pa.RecordBatch) -> None:
         """Append the rows of a record batch in the shard layout (``Schema.arrow_schema``);
         Arrow shards only (LMDB shards take samples: `add`)."""
         if self._format != "arrow":
             raise ValueError("ShardStream.add_batch: LMDB shards are written sample by sample")
+        with self._writing():
+            self._add_batch(batch)
+
+    def _add_batch(self, batch: pa.RecordBatch) -> None:
         start = 0
         row_bytes = max(1, batch.nbytes // max(1, batch.num_rows))
         while start < batch.num_rows:
@@ -192,13 +204,33 @@ class ShardStream:
         self._schema_json = schema.to_json()
         self._staged = [dataclasses.replace(s, schema=self._schema_json) for s in self._staged]
         if self._current is not None and not self._current.widen(schema):
-            self._close()
+            with self._writing():
+                self._close()
 
     def finish(self) -> list[StagedShard]:
-        """Close the last shard; return every shard this stream staged, in order."""
+        """Close the last shard; return every shard this stream staged, in order.
+
+        Raises:
+            StoreError: writing the last shard failed (it was deleted).
+        """
         if self._current is not None:
-            self._close()
+            with self._writing():
+                self._close()
         return list(self._staged)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write deletes the shard under construction, then raises `StoreError`."""
+        try:
+            yield
+        except OSError as exc:  # StoreError too: an upload that kept failing
+            path = self._tmp
+            self.abort()
+            if path and (self._remote or store.local_path(self._fs, path) is not None):
+                _remove_local(path)  # a shard file that failed as it was created
+            if isinstance(exc, StoreError):
+                raise
+            raise store.write_error(exc, path, f"writing a {self._format} shard") from exc
 
     def abort(self) -> None:
         """Stop: delete the shard under construction (staged shards stay for the caller)."""
@@ -206,7 +238,7 @@ class ShardStream:
         if current is None:
             return
         current.abort()
-        if self._remote:
+        if self._remote or store.local_path(self._fs, self._tmp) is not None:
             _remove_local(self._tmp)
         elif self._fs.exists(self._tmp):
             self._fs.rm_file(self._tmp)
@@ -228,20 +260,20 @@ class ShardStream:
     def _close(self) -> None:
         current = self._current
         assert current is not None  # only called with a shard open
-        self._current = None
+        # The shard stays current until it is staged: a failure on the way must find (and
+        # delete) its temp file.
         nbytes, digest = current.close()
         name = self._names(len(self._staged))
         final = store.join(self._root, name)
         local = store.local_path(self._fs, final)
         if self._remote:
-            try:
-                store.upload(self._fs, self._tmp, final)
-            finally:
-                _remove_local(self._tmp)
+            store.upload(self._fs, self._tmp, final)
+            _remove_local(self._tmp)
         elif local:
             os.replace(self._tmp, local)
         else:
             self._fs.mv(self._tmp, final)
+        self._current = None
         variable = [c.name for c in self._schema.columns if c.uses_var_layout]
         elements = {n: self._elements.get(n, 0) for n in variable} if variable else None
         self._elements = {}

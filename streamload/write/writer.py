@@ -28,17 +28,22 @@ version 2), which is what token streams read to lay out blocks without opening e
 Failure policy: if the ``with`` block raises, the current shard's temp file is deleted, no
 index.json is written (an append leaves the previous version current), and already staged
 shards are left in place: no index references them, and the next commit at this URL deletes them.
+A failed write of a shard or of index.json (disk full, an I/O error, an upload that kept failing)
+raises `StoreError` naming the file and the free space of its file system, after deleting what
+was being written; the writer then refuses further samples (its unfinished shard is gone, so
+going on would silently lose the samples in it).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from streamload import config
-from streamload.errors import ConfigError, FormatError
+from streamload.errors import ConfigError, FormatError, StoreError
 from streamload.format.index import DatasetIndex
 from streamload.format.schema import Schema, infer_schema, schema_from_json, widen_1d
 from streamload.store import filesystem as store
@@ -123,6 +128,7 @@ class ShardWriter:
             self._join_base(self._base)
         self._stream: ShardStream | None = None
         self._closed = False
+        self._failure: StoreError | None = None  # a failed write: the writer cannot go on
 
     def _join_base(self, base: DatasetIndex) -> None:
         """Appending: the dataset's format, schema and metadata are the ones to match."""
@@ -158,8 +164,11 @@ class ShardWriter:
 
         Raises:
             FormatError: the sample does not match the schema (names the sample number and field).
+            StoreError: writing failed (see the module docstring), now or before.
             ValueError: the writer is closed.
         """
+        if self._failure is not None:
+            raise StoreError(f"ShardWriter({self._url!r}) stopped after: {self._failure}")
         if self._closed:
             raise ValueError(f"ShardWriter({self._url!r}) is closed")
         if self._schema is None:
@@ -183,8 +192,17 @@ class ShardWriter:
                 n for n in self._widenable if widened.column(n).is_fixed_array
             )
             if self._stream is not None:
-                self._stream.widen(widened)
-        (self._stream or self._open_stream()).add(sample)
+                self._failing(self._stream.widen, widened)
+        self._failing((self._stream or self._open_stream()).add, sample)
+
+    def _failing(self, step: Callable[[Any], None], arg: Any) -> None:
+        """Run one write step; after a failed write the writer is stopped for good."""
+        try:
+            step(arg)
+        except StoreError as exc:
+            self._failure = exc
+            self.abort()
+            raise
 
     @property
     def stream(self) -> ShardStream:
@@ -196,8 +214,11 @@ class ShardWriter:
 
         Raises:
             FormatError: nothing was written and no schema was given (index.json needs a schema).
-            StoreError: appending, and another writer committed a version meanwhile.
+            StoreError: appending, and another writer committed a version meanwhile; writing a
+                shard or index.json failed (names the file and the free space).
         """
+        if self._failure is not None:
+            raise StoreError(f"ShardWriter({self._url!r}) stopped after: {self._failure}")
         if self._closed:
             return
         self._closed = True

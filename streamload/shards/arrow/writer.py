@@ -189,7 +189,8 @@ class ArrowShardFileWriter:
         with contextlib.suppress(pa.ArrowException, OSError, ValueError):
             if self._writer is not None:
                 self._writer.close()
-        self._file.close()
+        with contextlib.suppress(OSError):  # flushing what is buffered may fail again
+            self._file.close()
 
 
 def to_arrow(col: Column, values: list[Any], arrow_type: pa.DataType) -> pa.Array:

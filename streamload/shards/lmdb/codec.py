@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from streamload.errors import FormatError
-from streamload.format.schema import DTYPES, Column, Schema
+from streamload.format.schema import DTYPES, MAX_NDIM, Column, Schema
 
 MAGIC = b"SLS1"
 KIND_CODES = {"int": 1, "float": 2, "bool": 3, "str": 4, "bytes": 5, "ndarray": 6}
@@ -47,6 +47,7 @@ ENTRY_BYTES = _ENTRY.size  # one column's entry; its offset and size are the las
 _INT = struct.Struct("<q")
 _FLOAT = struct.Struct("<d")
 _ARRAY_ALIGN = 64
+_MAX_EXTENT = 2**63 - 1  # numpy: the product of the non-zero dims times itemsize fits in intp
 _ROW_KEY = struct.Struct(">Q")
 ROW_KEY_BYTES = _ROW_KEY.size
 
@@ -161,7 +162,7 @@ def decode(
 
     Raises:
         FormatError: bad magic, an entry or dimension outside the value, an unknown kind or
-            dtype, a size that does not match the shape, invalid UTF-8, or (with ``expect``) a
+            dtype, a shape numpy cannot hold (too many dims, a product past 2**63), a size that does not match the shape, invalid UTF-8, or (with ``expect``) a
             column that is not what the schema says.
     """
     view = memoryview(value).cast("B")
@@ -226,9 +227,16 @@ def decode(
                             f"column {c} has shape {shape}, the schema says {expect[c][3]}"
                         )
             dtype = _NUMPY_DTYPES[dtype_code]
-            count = 1
+            count, extent = 1, dtype.itemsize
             for d in shape:
                 count *= d
+                extent *= max(d, 1)
+            if ndim > MAX_NDIM or extent > _MAX_EXTENT:
+                # numpy cannot even describe it (an empty array with a hostile dim next to a 0)
+                raise FormatError(
+                    f"column {c}: shape {shape} of {DTYPES[dtype_code - 1]} is not a valid array"
+                    f" shape (at most {MAX_NDIM} dims whose non-zero product fits in memory)"
+                )
             if count * dtype.itemsize != nbytes:
                 raise FormatError(
                     f"column {c}: shape {shape} of {DTYPES[dtype_code - 1]} needs"

@@ -1,16 +1,17 @@
-"""Opening an LMDB file for reading safely: header checks before mapping, one env per process.
+"""Opening an LMDB file for reading safely: header and tree checks before mapping, one env per process.
 
 LMDB trusts its file. A file shorter than its own meta page says (an interrupted copy or
 download) makes a reader touch mapped pages past end-of-file, and the process dies of SIGBUS
-(measured). So before ``mdb_env_open`` ever maps a file, ``check_file``
-reads the two meta pages with plain ``read()`` and checks them: page flags and magic, version 1,
-a sane power-of-two page size, both metas' last page inside the file, the main tree's root page
-inside the file. LMDB itself refuses any page number at or past the newest meta's last page, so
-with the last page inside the file no page lookup can leave it. What this cannot catch: a node
-whose size field was crafted to run past the end of the file, and a file truncated *after* it
-was opened. The shard checksum (verified before opening when ``verify`` is on, the default)
-refuses every file that is not the one index.json describes, and the loader decodes in worker
-processes, so what remains is a hostile index.json + shard pair, or truncation during a read.
+(measured); so does a node whose size field runs past the end of the file, in a file whose
+checksum matches (a hostile dataset, or index.json rewritten over corrupted bytes). So before
+``mdb_env_open`` ever maps a file, ``check_file`` reads the two meta pages with plain ``read()``
+and checks them (page flags and magic, version 1, a sane power-of-two page size, both metas' last
+page inside the file, the main tree's root page inside the file), and
+`streamload.shards.lmdb.check.check_tree` walks the tree a read transaction will use and checks
+everything LMDB dereferences. The walk costs about as much as hashing the file, so it runs once
+per *file version* per machine, like checksums (a mark keyed by inode, size, mtime and ctime,
+`streamload.format.verified`), whether or not checksums are verified. What this cannot catch: a
+file truncated or rewritten in place *after* it was checked.
 
 ``LmdbFile`` owns one read-only environment (``readonly=True, lock=False, subdir=False``: no
 lock file, no reader table, nothing left stale when a worker is killed) and one long-lived read
@@ -23,6 +24,7 @@ deleted when the ``LmdbFile`` is garbage-collected in the process that made it.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import struct
@@ -34,6 +36,8 @@ from typing import Any
 import lmdb
 
 from streamload.errors import FormatError
+from streamload.format import verified
+from streamload.shards.lmdb.check import check_tree
 
 MAGIC = 0xBEEFC0DE
 DATA_VERSION = 1
@@ -45,6 +49,9 @@ _DB = struct.Struct("<IHHQQQQQ")  # pad (page size in the free DB), flags, depth
 _TAIL = struct.Struct("<QQ")  # last page, txnid
 _META_BYTES = _PAGE_HEAD.size + _META.size + 2 * _DB.size + _TAIL.size
 _MAX_DEPTH = 64
+# Names what ``check_tree`` checks in verification marks: bump it when the check gets stricter,
+# so files passed by an older check are walked again.
+TREE_CHECK = "lmdb-tree-v1"
 
 
 @dataclass(frozen=True)
@@ -120,16 +127,20 @@ def _parse_meta(page: bytes, number: int, name: str) -> LmdbHeader:
 class LmdbFile:
     """One LMDB file opened read-only, checked first; re-opened after fork (module docstring)."""
 
-    def __init__(self, source: str | os.PathLike[str] | Any, name: str) -> None:
+    def __init__(
+        self, source: str | os.PathLike[str] | Any, name: str, marks_dir: str | None = None
+    ) -> None:
         """Check and open a file.
 
         Args:
             source: a local path, or a binary file object (copied to a local temp file first,
                 then closed).
             name: the file's name in messages.
+            marks_dir: the cache dir whose ``verified/`` remembers files whose tree passed on
+                this machine (None: remembered in this process only).
 
         Raises:
-            FormatError: the file fails ``check_file`` or LMDB refuses it.
+            FormatError: the file fails ``check_file`` or ``check_tree``, or LMDB refuses it.
         """
         self.name = name
         if isinstance(source, str | os.PathLike):
@@ -137,8 +148,10 @@ class LmdbFile:
         else:
             self.path = _spool(source)
             weakref.finalize(self, _remove_in, os.getpid(), self.path)
+            marks_dir = None  # a private temp copy: no other process will open it
         self.header = check_file(self.path, name)
         self.size = os.stat(self.path).st_size
+        check_tree_once(self.path, name, marks_dir)
         self._pid = -1
         self._env: Any = None
         self._txn: Any = None
@@ -182,6 +195,31 @@ class LmdbFile:
             self._env.close()
         self._env = self._txn = None
         self._pid = -1
+
+
+def check_tree_once(path: str, name: str, marks_dir: str | None) -> None:
+    """``check_tree`` of a local file whose meta pages passed ``check_file``, once per file
+    version on this machine (marks in ``marks_dir``) or per process.
+
+    Raises:
+        FormatError: the tree fails the check, or the file cannot be read.
+    """
+    try:
+        key = verified.version_key(path, TREE_CHECK)
+        if verified.is_verified(key, marks_dir):
+            return
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            check_tree(mapped, name)
+        finally:
+            # A FormatError's traceback may still hold views of the map: then it is unmapped
+            # when they are collected.
+            with contextlib.suppress(BufferError):
+                mapped.close()
+    except OSError as exc:
+        raise FormatError(f"{name}: cannot read LMDB file: {exc}") from exc
+    verified.mark_verified(key, marks_dir)
 
 
 def _spool(file: Any) -> str:

@@ -55,6 +55,7 @@ class LmdbShardReader:
         expected_bytes: int,
         num_samples: int | None = None,
         columns: list[str] | tuple[str, ...] | None = None,
+        marks_dir: str | None = None,
     ) -> None:
         """Check and open a shard.
 
@@ -65,9 +66,12 @@ class LmdbShardReader:
             expected_bytes: the size index.json records.
             num_samples: the row count index.json records (None skips the check).
             columns: the columns to return (None: all), kept in schema order.
+            marks_dir: where marks of files whose LMDB tree passed its check are kept
+                (``lmdb_file.check_tree_once``).
 
         Raises:
-            FormatError: wrong size, not an LMDB file, truncated, or a row count mismatch.
+            FormatError: wrong size, not an LMDB file, truncated, a corrupt tree, or a row count
+                mismatch.
         """
         self.name = shard_name
         self._schema = schema
@@ -91,7 +95,7 @@ class LmdbShardReader:
             for c in range(len(schema.columns))
         ]
         self._rest: tuple[bool, ...] | None = tuple(rest) if any(rest) else None
-        self._file = LmdbFile(path_or_file, f"shard {shard_name}")
+        self._file = LmdbFile(path_or_file, f"shard {shard_name}", marks_dir)
         if self._file.size != expected_bytes:
             raise FormatError(
                 f"shard {shard_name}: size is {self._file.size} bytes, index.json says"
@@ -274,6 +278,7 @@ class LmdbEnvReader:
         expected_bytes: int | None = None,
         num_samples: int | None = None,
         columns: list[str] | tuple[str, ...] | None = None,
+        marks_dir: str | None = None,
     ) -> None:
         """Check and open an environment's data file and index its keys.
 
@@ -284,13 +289,14 @@ class LmdbEnvReader:
             expected_bytes: the size seen when the dataset was opened (None skips the check).
             num_samples: the entry count seen then (None skips the check).
             columns: a subset of ``("key", "value")`` (None: both).
+            marks_dir: as for ``LmdbShardReader``.
 
         Raises:
             FormatError: not an LMDB file, truncated, changed since opened, or unreadable.
         """
         self.name = name
         self._selected = ENV_SCHEMA.select(columns)
-        self._file = LmdbFile(path_or_file, name)
+        self._file = LmdbFile(path_or_file, name, marks_dir)
         if expected_bytes is not None and self._file.size != expected_bytes:
             raise FormatError(
                 f"{name}: size is {self._file.size} bytes, it was {expected_bytes} when the"

@@ -19,6 +19,7 @@ a local temp file and uploaded to the destination path at close.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from typing import Any
@@ -75,17 +76,20 @@ class LmdbShardFileWriter:
             os.close(fd)
         self._local = local
         self._map_size = max(int(map_size), 2**16)
-        self._env = lmdb.open(
-            local,
-            subdir=False,
-            map_size=self._map_size,
-            lock=False,
-            sync=False,
-            metasync=False,
-            readahead=False,
-            meminit=False,
-            max_dbs=0,
-        )
+        try:
+            self._env = lmdb.open(
+                local,
+                subdir=False,
+                map_size=self._map_size,
+                lock=False,
+                sync=False,
+                metasync=False,
+                readahead=False,
+                meminit=False,
+                max_dbs=0,
+            )
+        except lmdb.Error as exc:
+            raise _os_error(exc, local) from exc
         self._page_size = int(self._env.stat()["psize"])
         # LMDB's largest in-page node (mdb.c: me_nodemax), for 2 keys per page at least.
         self._node_max = (((self._page_size - _PAGE_HEADER) // 2) & -2) - 2
@@ -152,6 +156,9 @@ class LmdbShardFileWriter:
                 txn.abort()
                 self._map_size *= 2
                 self._env.set_mapsize(self._map_size)
+            except lmdb.Error as exc:  # a write failed: a full disk, an I/O error
+                txn.abort()
+                raise _os_error(exc, self._local) from exc
             except BaseException:
                 txn.abort()
                 raise
@@ -165,8 +172,11 @@ class LmdbShardFileWriter:
             ``(bytes, xxh3_64 hex)`` of the finished shard file.
         """
         self._commit()
-        self._env.sync(True)
-        self._env.close()
+        try:
+            self._env.sync(True)
+            self._env.close()
+        except lmdb.Error as exc:
+            raise _os_error(exc, self._local) from exc
         nbytes = os.stat(self._local).st_size
         digest = file_digest(LocalFileSystem(), self._local)
         if self._upload:
@@ -183,3 +193,10 @@ class LmdbShardFileWriter:
         if self._upload:
             with contextlib.suppress(OSError):
                 os.unlink(self._local)
+
+
+def _os_error(exc: lmdb.Error, path: str) -> OSError:
+    """A failed LMDB write as the OSError it is (LMDB reports a short write on a full disk as
+    EIO, a refused one as ENOSPC), so the ShardWriter reports it like any failed write."""
+    code = errno.ENOSPC if "No space left" in str(exc) else errno.EIO
+    return OSError(code, f"LMDB: {exc}", path)

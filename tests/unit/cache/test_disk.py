@@ -50,14 +50,17 @@ def _shards(n: int, size: int) -> dict[str, bytes]:
 
 
 def disk_bytes(cache_dir: str) -> int:
-    """Bytes of shard data on disk (published files and partial downloads), measured with os.walk."""
+    """Bytes of every file the cache wrote (shards, partial downloads, SOURCE, plan files, index
+    copies: all count against cache_limit), measured with os.walk."""
     total = 0
     for root, _, files in os.walk(cache_dir):
         for name in files:
-            if name == "SOURCE" or name.endswith(".lock") or name.startswith("."):
-                continue
             total += os.stat(os.path.join(root, name)).st_size
     return total
+
+
+# Room for the dataset directory's SOURCE file (the URL), which counts against cache_limit too.
+SOURCE_ROOM = 100
 
 
 def visible_names(cache_dir: str) -> list[str]:
@@ -196,7 +199,7 @@ def test_cache_never_exceeds_its_limit_even_while_downloading(tmp_path: Path) ->
 def test_pinned_shards_are_never_evicted(tmp_path: Path) -> None:
     """With everything pinned there is no room: CacheError naming cache_limit, pins intact."""
     source = Source(_shards(4, 1000))
-    cache = DiskCache(tmp_path, 3000, room_timeout=0.05)
+    cache = DiskCache(tmp_path, 3000 + SOURCE_ROOM, room_timeout=0.05)
     names = list(source.shards)
     pins = [cache.pin(_key(n, source.shards[n]), source.fetch(n)) for n in names[:3]]
     with pytest.raises(CacheError, match=r"cache_limit = .*shard-00003\.arrow.*pinned"):
@@ -204,7 +207,7 @@ def test_pinned_shards_are_never_evicted(tmp_path: Path) -> None:
     assert all(
         Path(p.path).read_bytes() == source.shards[n] for p, n in zip(pins, names, strict=False)
     )
-    assert disk_bytes(str(tmp_path)) == 3000
+    assert 3000 < disk_bytes(str(tmp_path)) <= 3000 + SOURCE_ROOM
     pins[1].close()  # now one can go, and it is the unpinned one
     with cache.pin(_key(names[3], source.shards[names[3]]), source.fetch(names[3])):
         pass
@@ -215,7 +218,7 @@ def test_pinned_shards_are_never_evicted(tmp_path: Path) -> None:
 def test_eviction_spares_the_shard_needed_soonest(tmp_path: Path) -> None:
     """Belady: with next uses known, the one needed furthest ahead goes; unknown ones go first."""
     source = Source(_shards(5, 1000))
-    cache = DiskCache(tmp_path, 3000)
+    cache = DiskCache(tmp_path, 3000 + SOURCE_ROOM)
     names = list(source.shards)
     paths = {}
     for n in names[:3]:
@@ -343,3 +346,44 @@ def test_readahead_mode_skips_a_shard_someone_else_is_downloading(tmp_path: Path
         holder.join(10)
     with cache.pin(key, lambda f: f.write(b"never called"), nowait=True) as pin:
         assert Path(pin.path).read_bytes() == data
+
+
+def test_an_index_copy_counts_against_the_limit_and_never_overfills_it(tmp_path: Path) -> None:
+    """index.json's copy is admitted like a shard: not kept while pinned shards fill the cache,
+    kept (evicting an unpinned shard) once one may go, and then served without a fetch."""
+    from streamload.cache.index_copy import node_copy
+
+    source = Source(_shards(3, 1000))
+    limit = 3000 + SOURCE_ROOM
+    cache = DiskCache(tmp_path, limit)
+    pins = [cache.pin(_key(n, d), source.fetch(n)) for n, d in source.shards.items()]
+    index = b'{"format_version": 1}' + b" " * 480
+    info = {"size": len(index), "ETag": '"v1"'}
+    fetches: list[int] = []
+
+    def fetch() -> bytes:
+        fetches.append(1)
+        return index
+
+    assert node_copy(str(tmp_path), URL, info, fetch, cache_limit=limit) == index
+    assert "index.json" not in visible_names(str(tmp_path))  # no room: nothing kept
+    assert disk_bytes(str(tmp_path)) <= limit
+    pins[0].close()
+    assert node_copy(str(tmp_path), URL, info, fetch, cache_limit=limit) == index
+    assert "index.json" in visible_names(str(tmp_path)) and not os.path.exists(pins[0].path)
+    assert disk_bytes(str(tmp_path)) <= limit
+    assert node_copy(str(tmp_path), URL, info, fetch, cache_limit=limit) == index
+    assert fetches == [1, 1]  # the third open read the kept copy
+    assert cache.usage() == disk_bytes(str(tmp_path))
+    for pin in pins[1:]:
+        pin.close()
+
+
+def test_a_shard_that_cannot_fit_beside_the_caches_own_files_fails_at_once(tmp_path: Path) -> None:
+    """A shard of exactly cache_limit bytes never fits beside the dataset's SOURCE: CacheError
+    now, not after room_timeout."""
+    source = Source(_shards(1, 1000))
+    name, data = next(iter(source.shards.items()))
+    cache = DiskCache(tmp_path, 1000, room_timeout=3600)
+    with pytest.raises(CacheError, match=r"cannot hold shard shard-00000\.arrow .* beside"):
+        cache.pin(_key(name, data), source.fetch(name))

@@ -50,7 +50,9 @@ def test_cache_ls_and_du_show_shards_per_dataset_against_the_limit(
     ]
     assert main(["cache", "du", "--json"]) == 0
     du = json.loads(capsys.readouterr().out)
-    assert du["bytes"] == 3500 and du["cache_limit"] == 1_000_000
+    # The total is what counts against cache_limit: the shards and each dataset's SOURCE.
+    sources = len("s3://a/ds\n") + len("gs://b/ds\n")
+    assert du["bytes"] == 3500 + sources and du["cache_limit"] == 1_000_000
     assert du["datasets"] == {
         "s3://a/ds": {"shards": 2, "bytes": 3000},
         "gs://b/ds": {"shards": 1, "bytes": 500},

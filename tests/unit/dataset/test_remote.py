@@ -8,6 +8,7 @@ servers are exercised in tests/remote.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import os
 import pickle
@@ -334,3 +335,160 @@ def test_local_data_spends_no_time_in_the_fetch_stage(corpus: str) -> None:
     loader = StreamLoader(StreamingDataset(corpus), batch_size=64)
     assert sum(len(b["id"]) for b in loader) == N
     assert loader.stats()["stages"]["busy_s"]["fetch"] == 0
+
+
+_READER = textwrap.dedent(
+    """
+    import os, sys, time
+    import fsspec
+    from fsspec.spec import AbstractFileSystem
+    import streamload as sl
+
+    class FakeRemote(AbstractFileSystem):
+        protocol = "slfake"
+        def _open(self, path, mode="rb", **kwargs):
+            return open(path, mode)
+        def info(self, path, **kwargs):  # mtime is a version tag: index.json is kept
+            st = os.stat(path)
+            return {"name": path, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
+
+    fsspec.register_implementation("slfake", FakeRemote, clobber=True)
+    corpus, cache, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    start = time.monotonic()
+    try:
+        ds = sl.StreamingDataset("slfake://" + corpus, cache_dir=cache, cache_limit=limit)
+        ids = sorted(s["id"] for s in ds)
+        print("read", len(ids), len(set(ids)), round(time.monotonic() - start, 1))
+    except sl.CacheError as exc:
+        print("CacheError", round(time.monotonic() - start, 1), exc)
+    """
+)
+
+
+def _readers(corpus: str, cache: Path, limit: int, n: int) -> list[str]:
+    """Start ``n`` independent processes reading the whole corpus through one cache; their
+    one-line results (they know nothing of each other: no LOCAL_WORLD_SIZE)."""
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_WORLD_SIZE"}
+    env["STREAMLOAD_READAHEAD_SHARDS"] = "2"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER, corpus, str(cache), str(limit)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(n)
+    ]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        outs.append(out.strip())
+    return outs
+
+
+def test_processes_that_cannot_all_fit_fail_fast_with_the_sizes(
+    corpus: str, tmp_path: Path
+) -> None:
+    """Four processes sharing a cache that holds one process's working set: each either reads
+    every sample once or fails at its first read with CacheError showing every process's share,
+    instead of all waiting minutes for room the others hold."""
+    biggest = max(s.bytes for s in StreamingDataset(corpus).index.shards)
+    limit = 5 * biggest  # one process: 2 open + 2 read-ahead shards, its plan, the index copy
+    outs = _readers(corpus, tmp_path / "cache", limit, 4)
+    read = [o for o in outs if o.startswith("read")]
+    refused = [o for o in outs if o.startswith("CacheError")]
+    assert read and len(read) + len(refused) == 4, outs
+    assert all(o.split()[1:3] == [str(N), str(N)] for o in read), outs
+    for out in refused:
+        assert "cannot hold the working sets of every process reading through it" in out, out
+        assert "other process(es) already reserved" in out and "pid " in out, out
+        assert float(out.split()[1]) < 60, out  # refused at once, not after ROOM_TIMEOUT_S
+
+
+def test_cache_limit_bounds_plan_files_too(tmp_path: Path) -> None:
+    """Four processes over 300 one-sample shards (a plan of 300 names each) whose working sets
+    fit: everything the cache writes (shards, downloads in progress, plan files, SOURCE) stays
+    within cache_limit at every moment."""
+    import threading
+
+    corpus = tmp_path / "corpus"
+    with ShardWriter(str(corpus), shard_size=1) as w:  # one sample per shard
+        for i in range(300):
+            w.write({"id": i, "x": np.full(64, i, np.int64)})
+    biggest = max(s.bytes for s in StreamingDataset(str(corpus)).index.shards)
+    limit = 4 * (4 * biggest + 4200) + 1000  # 4 x (2 open + 2 read-ahead, a plan), SOURCE
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ".lock").touch()
+    peaks: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            fd = os.open(cache / ".lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                total = 0
+                for root, _, files in os.walk(cache):
+                    for f in files:
+                        with contextlib.suppress(FileNotFoundError):
+                            total += os.path.getsize(os.path.join(root, f))
+                peaks.append(total)
+            finally:
+                os.close(fd)
+            done.wait(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        outs = _readers(str(corpus), cache, limit, 4)
+    finally:
+        done.set()
+        sampler.join()
+    assert all(o.startswith("read 300 300") for o in outs), outs
+    assert max(peaks) <= limit, (max(peaks), limit)
+    assert max(peaks) > limit // 2  # the cache was really in use
+
+
+def test_files_of_a_killed_process_are_gone_when_the_next_process_opens_the_cache(
+    tmp_path: Path,
+) -> None:
+    """A process SIGKILLed mid-download, with a published plan and an index copy half written,
+    leaves nothing behind once the next process opens the cache (before any download of its own)."""
+    from streamload.cache.disk import DiskCache
+
+    killer = textwrap.dedent(
+        """
+        import fcntl, os, signal, sys
+        from streamload.cache.disk import DiskCache
+        from streamload.cache.layout import ShardKey, dataset_dir_name
+        cache_dir, url = sys.argv[1], "s3://bucket/ds"
+        cache = DiskCache(cache_dir, 10**6)
+        cache.announce(url, ["0123456789abcdef-shard-00000.arrow"], 0)
+        directory = os.path.join(cache_dir, dataset_dir_name(url))
+        lock = os.open(os.path.join(directory, "index.json.lock"), os.O_RDWR | os.O_CREAT)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as the index copy does while it writes
+        with open(os.path.join(directory, f"index.json.{os.getpid()}.tmp"), "wb") as f:
+            f.write(b"{" * 1000)
+        def fetch(f):
+            f.write(b"x" * 5000)
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        cache.pin(ShardKey(url, "shard-00000.arrow", 10_000, "xxh3_64", "0" * 16), fetch)
+        """
+    )
+    cache_dir = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-c", killer, str(cache_dir)], timeout=120)
+    assert proc.returncode == -9
+    left = sorted(name for _, _, files in os.walk(cache_dir) for name in files if name != "SOURCE")
+    assert any(n.startswith(".plan.") for n in left) and any(".tmp" in n for n in left), left
+    DiskCache(cache_dir, 10**6)
+    left = sorted(
+        name
+        for _, _, files in os.walk(cache_dir)
+        for name in files
+        if not (name == "SOURCE" or name.endswith(".lock"))
+    )
+    assert left == [], left

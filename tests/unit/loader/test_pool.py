@@ -145,3 +145,18 @@ def test_auto_sized_rings_carry_every_batch(tmp_path: Any) -> None:
         list(range(k, k + 100)) for k in range(0, 500, 100)
     ]
     assert all(ring.capacity == 4 << 20 for ring in loader._spare_rings)
+
+
+def test_record_too_large_says_what_the_user_set_as_ring_size(tmp_path: Any) -> None:
+    """ring_size="1MB" with 700 KB batches: the error names '1MB' and where it came from, the
+    1000000 bytes it means and the 524288-byte ring it became, not just the ring's size."""
+    import streamload as sl
+
+    ds = _blob_dataset(tmp_path / "ds", 350_000, n=8)
+    loader = StreamLoader(ds, batch_size=2, num_workers=1, ring_size="1MB")
+    with pytest.raises(sl.WorkerError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "RecordTooLarge" in message
+    assert "ring_size is set to '1MB' (argument) = 1000000 bytes" in message
+    assert "524288 bytes" in message

@@ -202,6 +202,29 @@ def test_garbage_payloads_raise_ring_corrupted_not_crash(garbage: bytes, cut: in
         decode(bytes(blob), allow_pickle=False)
 
 
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_metadata_nested_past_what_json_parses_is_ring_corrupted(opener: str) -> None:
+    """Found by benchmarks/fuzz.py: metadata nested 100,000 deep raised RecursionError from
+    json.loads; it is a RingCorrupted like any other malformed record."""
+    depth = 100_000
+    inner, closer = ("", "]") if opener == "[" else ("1", "}")
+    meta = (opener * depth + inner + closer * depth).encode()
+    record = struct.pack("<4sHHII", b"SLB1", 1, 0, len(meta), 0) + meta
+    with pytest.raises(RingCorrupted, match="metadata is not valid JSON"):
+        decode(record, allow_pickle=False)
+
+
+@pytest.mark.parametrize("dtype", [",f4", "(,)f4", "f4,(,)i2", "[", 7])
+def test_a_hostile_dtype_string_is_ring_corrupted(dtype: object) -> None:
+    """Found by benchmarks/fuzz.py: numpy parses dtype strings like ",f4" with ast and raised
+    SyntaxError; every dtype that is not one is a RingCorrupted."""
+    meta = json.dumps(["a", 0, [1], dtype, "np"]).encode()
+    pad = bytes(-(16 + len(meta)) % 64)
+    record = struct.pack("<4sHHII", b"SLB1", 1, 0, len(meta), 0) + meta + pad + bytes(64)
+    with pytest.raises(RingCorrupted, match="batch record is malformed"):
+        decode(record, allow_pickle=False)
+
+
 def test_send_writes_straight_into_the_ring_and_decode_copy_releases_at_once() -> None:
     """send() reserves exactly encoded_size; decode(copy=True) releases the record immediately."""
     cons, prod = make_pair()

@@ -210,6 +210,90 @@ def test_index_json_is_the_documented_format(tmp_path: Path) -> None:
     assert data["shards"][0]["name"] == "shard-00000.arrow"
 
 
+def _leftovers(root: Path) -> list[str]:
+    """Temp files a writer left behind (shards or index.json in progress)."""
+    return sorted(p.name for p in root.iterdir() if ".tmp" in p.name)
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "lmdb"])
+def test_disk_full_is_a_store_error_naming_the_file_and_leaves_no_temp_file(
+    small_disk: Path, fmt: str
+) -> None:
+    """A real 1 MiB disk filled by the writer: StoreError with the path and the free space,
+    no temp file, no index.json, and the writer refuses to go on (samples would be lost)."""
+    root = small_disk / "ds"
+    writer = ShardWriter(str(root), format=fmt, shard_size="300KB")
+    with pytest.raises(StoreError) as info, writer:
+        for i in range(10_000):
+            writer.write(_sample(i))
+    message = str(info.value)
+    assert "disk full" in message and f"{root}/.shard-" in message and "free on the file" in message
+    assert info.value.errno in (28, 5)  # ENOSPC; LMDB reports a short write as EIO
+    assert _leftovers(root) == [] and not (root / "index.json").exists()
+    with pytest.raises(StoreError, match="stopped after"):
+        writer.write(_sample(0))
+
+
+def test_disk_full_while_publishing_the_index_leaves_no_temp_file(small_disk: Path) -> None:
+    """index.json cannot be written: StoreError naming it; shards stay, no index, no temp."""
+    root = small_disk / "ds"
+    writer = ShardWriter(str(root), shard_size=1)  # every sample closes its shard
+    for i in range(3):
+        writer.write(_sample(i))
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(bytes(4096))
+    with pytest.raises(StoreError, match=r"index\.json\.tmp-.* failed \(disk full\)"):
+        writer.close()
+    assert _leftovers(root) == [] and not (root / "index.json").exists()
+    assert len(list(root.glob("shard-*.arrow"))) == 3
+
+
+def test_write_error_mid_shard_is_a_store_error_even_without_a_small_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC injected into the shard file (where no tmpfs can be mounted): same contract."""
+    import errno
+
+    import streamload.shards.arrow.writer as arrow_writer
+
+    class FullFile:
+        def __init__(self, path: str, mode: str) -> None:
+            self._f = open(path, mode)  # noqa: SIM115
+            self.written = 0
+
+        def write(self, data: Any) -> int:
+            if self.written > 50_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(memoryview(data))
+            return self._f.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(arrow_writer, "open", FullFile, raising=False)
+    with pytest.raises(StoreError, match=r"\.shard-00000\.arrow\.tmp-.* failed \(disk full\)"):
+        _write(str(tmp_path), 10_000, shard_size="1MB")
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "index.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "lmdb"])
+def test_lone_surrogate_is_a_format_error_naming_sample_and_field(tmp_path: Path, fmt: str) -> None:
+    """A lone surrogate (os.fsdecode of bad bytes) cannot be stored: FormatError, sample, field."""
+    message = r"sample 1: field 't' is not valid Unicode text"
+    with (
+        pytest.raises(FormatError, match=message) as info,
+        ShardWriter(str(tmp_path), format=fmt) as w,
+    ):
+        w.write({"t": "fine é"})
+        w.write({"t": "bad \ud800 text"})
+    assert "'\\ud800' at character 4" in str(info.value)
+    assert not (tmp_path / "index.json").exists()
+    with pytest.raises(FormatError, match=r"field name '\\udcff'.* lone surrogate"):
+        ShardWriter(str(tmp_path / "b"), format=fmt).write({"\udcff": 1})
+
+
 # -- variable-length 1-d arrays (token corpora) -------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -128,6 +128,11 @@ def test_decoding_garbage_raises_only_format_error(value: bytes) -> None:
 
 
 @given(st.binary(min_size=1, max_size=64), st.integers(0, 500), st.integers(0, 255))
+# Found by hypothesis: a huge dim beside a zero dim (count 0 matches 0 bytes) made numpy raise
+# ValueError ("array is too big" from 32 in the top byte, "Maximum allowed dimension exceeded"
+# from 128); the length of blob sets the array's rows (len % 5 == 0: zero rows).
+@example(blob=b"\x00" * 5, position=95, byte=32)
+@example(blob=b"\x00" * 5, position=95, byte=128)
 def test_flipping_a_byte_of_a_value_never_escapes_format_error(
     blob: bytes, position: int, byte: int
 ) -> None:
@@ -148,6 +153,34 @@ def test_flipping_a_byte_of_a_value_never_escapes_format_error(
     value[position % len(value)] = byte
     with contextlib.suppress(FormatError):
         decode(bytes(value))
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((0, 2**61), "is not a valid array shape"),  # 0 elements, 0 bytes: sizes agree
+        ((2**63, 0), "is not a valid array shape"),
+        ((1,) * 33, r"is not a valid array shape \(at most 32 dims"),
+    ],
+)
+def test_a_hostile_shape_is_a_format_error_not_a_numpy_error(
+    shape: tuple[int, ...], message: str
+) -> None:
+    """Dims numpy cannot describe (even for an empty array) are refused before reshaping."""
+    import struct
+
+    from streamload.shards.lmdb.codec import DTYPE_CODES
+
+    ndim = len(shape)
+    nbytes = 4 if 0 not in shape else 0
+    dims_end = 8 + 24 + 8 * ndim
+    offset = (dims_end + 63) // 64 * 64
+    value = struct.pack("<4sI", b"SLS1", 1)
+    value += struct.pack("<BBB5xQQ", 6, DTYPE_CODES["float32"], ndim, offset, nbytes)
+    value += struct.pack(f"<{ndim}Q", *shape)
+    value += bytes(offset - len(value) + nbytes)
+    with pytest.raises(FormatError, match=f"column 0: shape .* {message}"):
+        decode(value)
 
 
 def test_encoded_arrays_are_aligned_inside_the_value() -> None:
