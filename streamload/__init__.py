@@ -25,6 +25,7 @@ from streamload.errors import (
 )
 
 if TYPE_CHECKING:
+    from streamload.dataset.mixed import MixedDataset
     from streamload.dataset.streaming import StreamingDataset
     from streamload.loader.exporter import StatsExporter
     from streamload.loader.loader import StreamLoader
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 # Public name -> the module defining it, imported on first use.
 _LAZY = {
     "Blobs": "streamload.pipeline.collate",
+    "MixedDataset": "streamload.dataset.mixed",
     "ShardWriter": "streamload.write.writer",
     "StatsExporter": "streamload.loader.exporter",
     "StreamLoader": "streamload.loader.loader",
@@ -49,6 +51,7 @@ __all__ = [
     "CacheError",
     "ConfigError",
     "FormatError",
+    "MixedDataset",
     "RingError",
     "ShardWriter",
     "StateError",

@@ -23,13 +23,16 @@ Routes (chosen at each ``iter()``, see ``StreamLoader._route``):
 - SAMPLES: a StreamingDataset without random access whose transform or custom collate_fn needs
   samples: the plan's id batches -> ``dataset.get_samples`` (the samples iteration yields) ->
   collate_fn.
+- A MixedDataset takes COLUMNAR when none of its sources has a transform (with the default
+  collate), else SAMPLES; its plan items are `streamload.plan.mixture.MixedBatch` (a source and
+  an id per row).
 - MAP: map-style datasets, and a StreamingDataset with random access whose transform or custom
   collate_fn (or batch_size=None) needs samples one by one: ``dataset[i]`` -> collate_fn.
 - ITERABLE: other IterableDatasets, and a StreamingDataset with batch_size=None: the dataset's
   iterator -> collate_fn.
 
-Plan and resume: a StreamingDataset read in its own order with batches (COLUMNAR or SAMPLES
-without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
+Plan and resume: a StreamingDataset (or a MixedDataset) read in its own order with batches
+(COLUMNAR or SAMPLES without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
 order (`streamload.plan.partition.EpochPlan`), from the position ``load_state_dict`` set. Each
 pass records its plan and the batches handed to the user in a `PassCursor`, so ``state_dict()``
 describes the last
@@ -71,6 +74,7 @@ from torch.utils.data import (
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from streamload import config
+from streamload.dataset.mixed import MixedDataset
 from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import ConfigError, StateError
 from streamload.loader import heap
@@ -79,8 +83,8 @@ from streamload.loader.passes import Pass, PassCursor
 from streamload.loader.stats import LoaderStats
 from streamload.pipeline.collate import STRING_FORMS
 from streamload.pipeline.fetch import FetchSpec, Route
+from streamload.plan.mixture import MixturePlan
 from streamload.plan.partition import EpochPlan, count_steps
-from streamload.plan.state import make_state
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
@@ -353,9 +357,9 @@ class StreamLoader:
 
     def _route(self) -> Route:
         dataset = self.dataset
+        sources = dataset.sources.values() if isinstance(dataset, MixedDataset) else [dataset]
         if (
-            isinstance(dataset, StreamingDataset)
-            and dataset.transform is None
+            all(isinstance(d, StreamingDataset) and d.transform is None for d in sources)
             and self._auto_collation
             and self.collate_fn is default_collate
         ):
@@ -365,9 +369,10 @@ class StreamLoader:
         return Route.MAP if self._map_style else Route.ITERABLE
 
     def _planned(self) -> bool:
-        """Whether passes follow the StreamingDataset's own plan (and so can resume)."""
+        """Whether passes follow the dataset's own plan (a StreamingDataset or MixedDataset:
+        and so can resume)."""
         return (
-            isinstance(self.dataset, StreamingDataset)
+            isinstance(self.dataset, (StreamingDataset, MixedDataset))
             and not self._map_style
             and self.batch_size is not None
         )
@@ -396,14 +401,24 @@ class StreamLoader:
         return iter(self._index_sampler)
 
     def _begin_pass(self) -> PassCursor:
-        dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
+        dataset: Any = self.dataset
         start = dataset.take_resume_position()
         plan = dataset.epoch_plan(int(self.batch_size or 1), self.drop_last, start)
         rank = dataset.topology().rank
-        self._cursor = PassCursor(plan, rank, dataset.epoch)
+        mixed = isinstance(dataset, MixedDataset)
+        self._cursor = PassCursor(
+            plan,
+            rank,
+            dataset.epoch,
+            start=dataset.plan_start(plan),
+            sources=dataset.names if mixed else None,
+            stats=self._stats if mixed else None,
+        )
         workers = self.worker_options.num_workers
+        if workers == 0:  # workers follow their own shares (`streamload.loader.worker`)
+            dataset.follow_plan(plan, rank)
         # Only for whole epochs: a resumed pass near its end is short by nature, not misconfigured.
-        if start == 0 and 0 < plan.num_steps < workers:
+        if not start and 0 < plan.num_steps < workers:
             warnings.warn(
                 f"StreamLoader: rank {rank} has {plan.num_steps} batches this epoch for"
                 f" {workers} workers; {workers - plan.num_steps} workers stay idle (use fewer"
@@ -426,7 +441,7 @@ class StreamLoader:
 
     # -- plan and resume ------------------------------------------------------------------------
 
-    def epoch_plan(self) -> EpochPlan:
+    def epoch_plan(self) -> EpochPlan | MixturePlan:
         """The plan of the current pass (or of the next one, before any): steps, ``padding``.
 
         Raises:
@@ -462,10 +477,7 @@ class StreamLoader:
         cursor = self._cursor
         if cursor is None or dataset.resume_pending or dataset.epoch != cursor.epoch:
             return dataset.state_dict()
-        epoch, position = cursor.epoch, cursor.plan.position_after(cursor.steps)
-        if cursor.steps >= cursor.plan.num_steps:
-            epoch, position = epoch + 1, 0
-        return make_state(dataset.fingerprint(), epoch, position)
+        return dataset.plan_state(cursor.epoch, cursor.plan, cursor.steps)  # type: ignore[arg-type]
 
     def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Continue from ``state`` at the next ``iter()``: its epoch (``dataset.epoch``), from
@@ -481,13 +493,21 @@ class StreamLoader:
                 unknown version, a malformed state, or a loader without a resumable plan.
         """
         dataset = self._require_plan("load_state_dict")
-        dataset.load_state_dict(state, allow_append=allow_append)
+        if isinstance(dataset, MixedDataset):
+            if allow_append:
+                raise StateError(
+                    "StreamLoader.load_state_dict: allow_append=True is not supported for a"
+                    " MixedDataset (a mixture's sources must match the state's fingerprints)"
+                )
+            dataset.load_state_dict(state)
+        else:
+            dataset.load_state_dict(state, allow_append=allow_append)
         self._cursor = None
 
-    def _require_plan(self, what: str) -> StreamingDataset:
+    def _require_plan(self, what: str) -> StreamingDataset | MixedDataset:
         if self._planned():
             return self.dataset  # type: ignore[return-value]
-        if not isinstance(self.dataset, StreamingDataset):
+        if not isinstance(self.dataset, (StreamingDataset, MixedDataset)):
             reason = f"a {type(self.dataset).__name__} has no resumable plan"
         elif self.batch_size is None:
             reason = "batch_size=None reads samples without a plan"

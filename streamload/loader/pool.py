@@ -531,7 +531,7 @@ class MultiProcessIter:
             if batch is not _SKIP:
                 break
         if self._cursor is not None:
-            self._cursor.steps += 1
+            self._cursor.delivered(batch)
         if self._pin_device is not None:
             batch = pin(batch, self._pin_device)
         return batch

@@ -9,7 +9,8 @@ seeds its workers (``random``/``torch`` with base_seed + id, numpy via torch's
 
 Messages (first byte = kind): ``R`` start an epoch (build a fresh fetcher), ``O`` + JSON plan
 parameters: start an epoch that follows the dataset's own plan (this rank's steps id, id + n, ...
-of ``plan.EpochPlan`` from the given start position),
+of ``dataset.epoch_plan`` from the given start: a position, or a mixture's position and
+cursors), which the worker's read-ahead then follows too,
 ``I`` an int64 index list, ``N`` one int index, ``T`` an iterable ticket of length k, ``P`` a
 pickled trainer-made item (custom samplers), ``X`` exit.
 
@@ -41,7 +42,6 @@ from torch.utils.data._utils import worker as torch_worker
 from streamload.loader import heap, protocol
 from streamload.loader import stats as sl_stats
 from streamload.pipeline.fetch import FetchSpec
-from streamload.plan.partition import EpochPlan
 from streamload.telemetry import StageClock, TimedTransform
 from streamload.transport.codec import send
 from streamload.transport.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
@@ -183,8 +183,10 @@ def _time_transform(dataset: Any, clock: StageClock) -> None:
     """Charge a StreamingDataset's transform to the ``transform`` stage (this worker's copy)."""
     from streamload.dataset.streaming import StreamingDataset
 
-    if isinstance(dataset, StreamingDataset) and dataset.transform is not None:
-        dataset.transform = TimedTransform(dataset.transform, clock)
+    sources = getattr(dataset, "sources", {"": dataset})  # a MixedDataset: each source's
+    for source in sources.values():
+        if isinstance(source, StreamingDataset) and source.transform is not None:
+            source.transform = TimedTransform(source.transform, clock)
 
 
 _END = object()
@@ -268,13 +270,10 @@ def _own_plan(
         params = protocol.plan_params(message)
         dataset.set_epoch(params["epoch"])
         fetcher = spec.build(dataset, reporter.clock)
-        plan = EpochPlan(
-            dataset.sample_order(),
-            params["world_size"],
-            params["batch_size"],
-            params["drop_last"],
-            params["start"],
+        plan = dataset.epoch_plan(
+            params["batch_size"], params["drop_last"], params["start"], params["world_size"]
         )
+        dataset.follow_plan(plan, params["rank"], worker_id, num_workers)  # read-ahead
         # One batch of lookahead: the stats ride before this worker's last batch, because the
         # trainer stops reading at the first worker's end of share.
         batches = plan.batches(params["rank"], worker_id, num_workers)

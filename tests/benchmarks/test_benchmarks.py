@@ -51,3 +51,13 @@ def test_remote_benchmark_quick_mode_completes(tmp_path: Path) -> None:
     out = run_quick("remote.py", "--dir", str(tmp_path), cwd=tmp_path)
     assert "| s3 cold step 0 ms |" in out
     assert "x limit" in out
+
+
+@hang_guard
+def test_plan_benchmark_quick_mode_prints_its_three_tables(tmp_path: Path) -> None:
+    """`benchmarks/plan.py --quick` (eager vs lazy plan, first batch at 10x samples, mixture vs
+    one dataset) exits 0 with a row of each table."""
+    out = run_quick("plan.py", "--dir", str(tmp_path), cwd=tmp_path)
+    assert "| lazy block 1e5 |" in out and "| eager full 1e6 |" in out
+    assert "| first batch 1e5 w2 |" in out
+    assert "| mixture w0 |" in out and "x single" in out

@@ -50,3 +50,19 @@ def test_readme_token_training_loop_runs_as_written(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+def test_readme_mixture_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's mixture example (exact batches, a source's second epoch, a checkpoint
+    resumed with other weights) runs unchanged in a fresh interpreter and prints 'ok'."""
+    script = tmp_path / "mixture.py"
+    script.write_text(_block_after("mixture", "python"))
+    out = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
