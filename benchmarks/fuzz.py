@@ -309,7 +309,7 @@ _BATCHES: list[Any] = []
 def _transport(rng: random.Random, corpus: Corpus) -> str:
     import torch
 
-    from streamload.transport.codec import ALIGN, decode, encode
+    from streamload.transport.codec import ALIGN, HEADER_SIZE, decode, encode
 
     if not _BATCHES:
         _BATCHES.extend(
@@ -328,13 +328,13 @@ def _transport(rng: random.Random, corpus: Corpus) -> str:
     data = encode(rng.choice(_BATCHES))
     if rng.random() < 0.5:  # change the structure, keep the data section where it was
         meta_len = struct.unpack_from("<I", data, 8)[0]
-        start = (16 + meta_len + ALIGN - 1) // ALIGN * ALIGN
-        meta = json.loads(data[16 : 16 + meta_len])
+        start = (HEADER_SIZE + meta_len + ALIGN - 1) // ALIGN * ALIGN
+        meta = json.loads(data[HEADER_SIZE : HEADER_SIZE + meta_len])
         new_meta = dump_json(rng, mutate_json(rng, meta))
-        pad = (-(16 + len(new_meta))) % ALIGN
-        data = (
-            data[:8] + struct.pack("<II", len(new_meta), 0) + new_meta + bytes(pad) + data[start:]
-        )
+        pad = (-(HEADER_SIZE + len(new_meta))) % ALIGN
+        total = HEADER_SIZE + len(new_meta) + pad + len(data) - start
+        head = struct.pack("<IIQ", len(new_meta), 0, total)
+        data = data[:8] + head + new_meta + bytes(pad) + data[start:]
     if rng.random() < 0.6:
         data = mutate_bytes(rng, data)
     decode(data, copy=rng.random() < 0.5, as_torch=rng.random() < 0.3, allow_pickle=False)

@@ -1,10 +1,24 @@
-"""Loader benchmark (issue 3 item 6b): StreamLoader vs torch DataLoader at num_workers 0 and 2.
+"""Loader benchmark: StreamLoader vs torch DataLoader at num_workers 0 and 2.
 
-Workloads W1 (64 KiB blobs), W2 (int32[2048] tokens), W3 (~100-byte text) are written once with
-`sl.ShardWriter`, plus one single Arrow IPC file for the hand-written map-style Dataset a user
-writes today. Contenders: (a) DataLoader over that hand-written Dataset, (b) DataLoader over
-`sl.StreamingDataset`, (c) `sl.StreamLoader` over `sl.StreamingDataset`. Every epoch checks that
-each id arrives exactly once. Peak PSS of the process tree comes from `streamload.cli.pss.PeakPss`.
+Workloads, each written once with `sl.ShardWriter` plus one single Arrow IPC file for the
+hand-written map-style Dataset a user writes today:
+
+* W1: 20,000 x 64 KiB blobs (image-like), batch 256; W1s: the same at 10,000 samples
+* W2: 100,000 x int32[2048] tokens, batch 256
+* W3: 1,000,000 x ~100-byte text, batch 1024
+* W4: 1,400 small rows (id, label, int32[128], ~100-byte text), batch 64: fixed per-epoch costs
+
+Contenders: `DL(hand)` DataLoader over the hand-written Dataset (a row dict per index, bytes as
+bytes: default_collate gives lists), `DL(u8)` the same Dataset returning each blob as a
+uint8 array view, so default_collate stacks the views straight into one uint8 tensor (the
+careful hand-written path for W1), `DL(sl)` DataLoader over `sl.StreamingDataset`,
+`StreamLoader` over it (default: lists of bytes/str), `StreamLoader(blobs)` with
+`strings="blobs"` (one uint8 buffer + offsets per column). Every epoch checks that each id
+arrives exactly once. Loaders are not persistent: each contender iterates a warm-up epoch,
+then the timed epochs (the second epoch onwards: worker start-up included, as a training loop
+sees it). Timing and memory come from separate runs of a fresh process (see
+`measure_in_child`); memory is the peak non-file PSS (anon + shmem) of the process tree
+(`streamload.cli.pss.PeakPss`).
 DataLoader workers use fork (its Linux default); StreamLoader uses its own default start method.
 """
 
@@ -33,13 +47,24 @@ import harness
 
 MiB = 1 << 20
 
+# Contenders run on each workload unless --contenders names others.
+DEFAULT_CONTENDERS = {
+    "W1": "DL(hand),DL(u8),DL(sl),StreamLoader,StreamLoader(blobs)",
+    "W1s": "DL(hand),StreamLoader",
+    "W2": "DL(hand),DL(sl),StreamLoader",
+    "W3": "DL(hand),DL(sl),StreamLoader,StreamLoader(blobs)",
+    "W4": "DL(hand),StreamLoader",
+}
+
 
 def _workloads(quick: bool) -> dict[str, dict[str, Any]]:
     k = 100 if quick else 1
     return {
         "W1": dict(n=20_000 // k, batch=256, kind="blob"),
+        "W1s": dict(n=10_000 // k, batch=256, kind="blob"),
         "W2": dict(n=100_000 // k, batch=256, kind="tokens"),
         "W3": dict(n=1_000_000 // k, batch=1024, kind="text"),
+        "W4": dict(n=1_400 if not quick else 140, batch=64, kind="small"),
     }
 
 
@@ -48,6 +73,13 @@ def _sample(kind: str, i: int, rng: np.random.Generator) -> dict[str, Any]:
         return {"id": i, "label": i % 10, "data": rng.bytes(64 * 1024)}
     if kind == "tokens":
         return {"id": i, "tokens": np.full(2048, i, dtype=np.int32)}
+    if kind == "small":
+        return {
+            "id": i,
+            "label": i % 10,
+            "tokens": np.full(128, i, dtype=np.int32),
+            "text": f"{i:010d} " + "y" * 89,
+        }
     return {"id": i, "label": i % 10, "text": f"{i:010d} " + "x" * 89}
 
 
@@ -63,8 +95,9 @@ def write(root: Path, kind: str, n: int) -> tuple[Path, Path, int]:
                 w.write(s)
                 rows.append(s)
         cols = {k: [r[k] for r in rows] for k in rows[0]}
-        if kind == "tokens":
-            cols["tokens"] = [r.tolist() for r in cols["tokens"]]
+        for name in ("tokens",):
+            if name in cols:
+                cols[name] = [r.tolist() for r in cols[name]]
         table = pa.table(cols)
         with pa.OSFile(str(ipc), "wb") as f, pa.ipc.new_file(f, table.schema) as wr:
             wr.write_table(table, max_chunksize=1024)
@@ -72,10 +105,15 @@ def write(root: Path, kind: str, n: int) -> tuple[Path, Path, int]:
 
 
 class ArrowFileDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """The hand-written baseline: one memory-mapped Arrow IPC file, one row dict per index."""
+    """The hand-written baseline: one memory-mapped Arrow IPC file, one row dict per index.
 
-    def __init__(self, path: Path) -> None:
+    `as_u8`: binary columns come back as uint8 array views of the mapping (default_collate
+    then stacks them into one tensor) instead of bytes objects.
+    """
+
+    def __init__(self, path: Path, as_u8: bool = False) -> None:
         self.path = path
+        self.as_u8 = as_u8
         self._reader: Any = None
         with pa.memory_map(str(path)) as m:
             r = pa.ipc.open_file(m)
@@ -93,12 +131,17 @@ class ArrowFileDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         b = self._reader[i // self._chunk]
         j = i % self._chunk
         # What a careful user writes: scalars via as_py, list columns as a numpy slice of the
-        # values buffer (not 2048 Python ints via to_pylist), bytes stay bytes as in streamload.
+        # values buffer (not 2048 Python ints via to_pylist), bytes stay bytes as in streamload
+        # (or, as_u8, a uint8 view of the mapped bytes).
         row: dict[str, Any] = {}
         for name, col in zip(b.schema.names, b.columns, strict=True):
             if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
                 lo, hi = col.offsets[j].as_py(), col.offsets[j + 1].as_py()
                 row[name] = col.values.slice(lo, hi - lo).to_numpy().astype(np.int32)
+            elif self.as_u8 and pa.types.is_binary(col.type):
+                offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset :]
+                data = np.frombuffer(col.buffers()[2], np.uint8)
+                row[name] = data[offsets[j] : offsets[j + 1]]
             else:
                 row[name] = col[j].as_py()
         return row
@@ -118,21 +161,19 @@ def run_epoch(loader: Any, n: int) -> float:
 
 
 def make(contender: str, shard_dir: Path, ipc: Path, batch: int, workers: int) -> Any:
-    if contender == "DL(hand)":
+    context = "fork" if workers else None
+    if contender in ("DL(hand)", "DL(u8)"):
+        dataset = ArrowFileDataset(ipc, as_u8=contender == "DL(u8)")
         return torch.utils.data.DataLoader(
-            ArrowFileDataset(ipc),
-            batch_size=batch,
-            num_workers=workers,
-            multiprocessing_context="fork" if workers else None,
+            dataset, batch_size=batch, num_workers=workers, multiprocessing_context=context
         )
     ds = sl.StreamingDataset(str(shard_dir))
     if contender == "DL(sl)":
         return torch.utils.data.DataLoader(
-            ds,
-            batch_size=batch,
-            num_workers=workers,
-            multiprocessing_context="fork" if workers else None,
+            ds, batch_size=batch, num_workers=workers, multiprocessing_context=context
         )
+    if contender == "StreamLoader(blobs)":
+        return sl.StreamLoader(ds, batch_size=batch, num_workers=workers, strings="blobs")
     return sl.StreamLoader(ds, batch_size=batch, num_workers=workers)
 
 
@@ -140,8 +181,8 @@ def run_one(
     workload: str, contender: str, workers: int, root: Path, quick: bool, reps: int
 ) -> None:
     """Child-process mode: time one contender, print one JSON line (seconds, ttfb)."""
-    cfg = _workloads(quick)[workload.replace("x2", "")]
-    n = cfg["n"] * (2 if workload.endswith("x2") else 1)
+    cfg = _workloads(quick)[workload]
+    n = cfg["n"]
     shard_dir, ipc, _ = write(root, cfg["kind"], n)
     loader = make(contender, shard_dir, ipc, cfg["batch"], workers)
     ttfb = run_epoch(loader, n)  # warm-up epoch also measures time to first batch
@@ -155,7 +196,7 @@ def run_one(
 
 def measure_in_child(args: Any, root: Path, workload: str, contender: str, workers: int) -> Any:
     """Time `run_one` in a fresh interpreter, then run it again with its process tree's PSS
-    sampled from here.
+    sampled from here (`--quick`: one run does both; its figures only show the script works).
 
     A fresh process per contender keeps one contender's heap, imports and page-cache mappings
     out of the next one's figures, and keeps the sampler thread out of the measured process
@@ -164,7 +205,8 @@ def measure_in_child(args: Any, root: Path, workload: str, contender: str, worke
     tables under its mmap lock, which stalls the page faults of freshly started workers (it
     slowed a W2 epoch 3x at a 30 ms sampling interval).
     """
-    reps = 1 if args.quick or workload in ("W1", "W3") else min(harness.repeats(args), 3)
+    small = workload in ("W1s", "W4")  # short epochs: take the median of several
+    reps = 1 if args.quick else (min(harness.repeats(args), 5) if small else 3)
     cmd = [sys.executable, __file__, "--one", workload, contender, str(workers), "--dir", str(root)]
     cmd += ["--quick"] if args.quick else []
 
@@ -174,11 +216,13 @@ def measure_in_child(args: Any, root: Path, workload: str, contender: str, worke
         )
         pss = PeakPss(proc.pid) if sample else None
         with pss or contextlib.nullcontext():
-            out, _ = proc.communicate(timeout=1800)
+            out, _ = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"{workload} {contender} w{workers}: child exited {proc.returncode}")
         return json.loads(out.strip().splitlines()[-1]), pss
 
+    if args.quick:
+        return run(reps, sample=True)
     timing, _ = run(reps, sample=False)
     _, pss = run(1, sample=True)
     return timing, pss
@@ -187,10 +231,9 @@ def measure_in_child(args: Any, root: Path, workload: str, contender: str, worke
 def main() -> None:
     p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, default=None)
-    p.add_argument("--scale", action="store_true", help="also run W2 at 2x size")
-    p.add_argument("--workloads", default="W1,W2,W3")
+    p.add_argument("--workloads", default="W1,W1s,W2,W3,W4")
     p.add_argument("--workers", default="0,2", help="worker counts to run")
-    p.add_argument("--contenders", default="DL(hand),DL(sl),StreamLoader")
+    p.add_argument("--contenders", default=None, help="default: per workload (DEFAULT_CONTENDERS)")
     p.add_argument(
         "--one", nargs=3, metavar=("WORKLOAD", "CONTENDER", "WORKERS"), help=argparse.SUPPRESS
     )
@@ -201,11 +244,9 @@ def main() -> None:
         run_one(workload, contender, int(workers), root, args.quick, args.repeats or 1)
         return
     wl = _workloads(args.quick)
-    jobs = [(w, wl[w]) for w in args.workloads.split(",")]
-    if args.scale:
-        jobs.append(("W2x2", dict(wl["W2"], n=wl["W2"]["n"] * 2)))
     results, extras = [], {}
-    for name, cfg in jobs:
+    for name in args.workloads.split(","):
+        cfg = wl[name]
         # Written in a child so the rows it builds do not inflate any measured process.
         child = multiprocessing.get_context("fork").Process(
             target=write, args=(root, cfg["kind"], cfg["n"])
@@ -214,7 +255,7 @@ def main() -> None:
         child.join()
         _, _, nbytes = write(root, cfg["kind"], cfg["n"])  # exists: just the size
         for workers in (int(w) for w in args.workers.split(",")):
-            for c in args.contenders.split(","):
+            for c in (args.contenders or DEFAULT_CONTENDERS[name]).split(","):
                 params = {"workload": name, "contender": c, "workers": workers}
                 res = harness.Result(f"{name} {c} w{workers}", params, cfg["n"], nbytes)
                 timing, pss = measure_in_child(args, root, name, c, workers)
@@ -226,17 +267,22 @@ def main() -> None:
                 }
                 results.append(res)
                 print(res.name, f"{res.items_per_s:,.0f}/s", extras[res.name], flush=True)
-    base = {
-        (r.params["workload"], r.params["workers"]): r
-        for r in results
-        if r.params["contender"] == "DL(hand)"
+    by_key = {
+        (r.params["workload"], r.params["contender"], r.params["workers"]): r for r in results
     }
 
     def extra(r: harness.Result) -> dict[str, str]:
-        b = base[(r.params["workload"], r.params["workers"])]
+        workload, contender, workers = (
+            r.params["workload"],
+            r.params["contender"],
+            r.params["workers"],
+        )
+        base = by_key.get((workload, "DL(hand)", workers))
+        own_w0 = by_key.get((workload, contender, 0))
         return {
             "MB/s": f"{r.nbytes / r.median_s / 1e6:,.1f}",
-            "x DL(hand)": f"{r.items_per_s / b.items_per_s:.2f}",
+            "x DL(hand)": f"{r.items_per_s / base.items_per_s:.2f}" if base else "",
+            "x own w0": f"{r.items_per_s / own_w0.items_per_s:.2f}" if own_w0 and workers else "",
             **extras[r.name],
         }
 
@@ -246,8 +292,10 @@ def main() -> None:
         args,
         extra=extra,
         notes="Each contender runs in a fresh process; PSS = peak of that process tree "
-        "(sampled from outside). DataLoader workers: fork. StreamLoader: default start method. "
-        "W1/W3: 1 warm-up + 1 timed epoch; W2: median of up to 3.",
+        "(sampled from outside, in a separate run). DataLoader workers: fork. StreamLoader: "
+        "default start method. Loaders are not persistent: timed epochs follow a warm-up "
+        "epoch (W1/W2/W3: median of 3, W1s/W4: of up to 5). x own w0 = this contender's "
+        "rate over its own num_workers=0 rate.",
     )
 
 

@@ -41,7 +41,7 @@ _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 
 #define SL_MAGIC "SLRING\0"
-#define SL_LAYOUT_VERSION 1u
+#define SL_LAYOUT_VERSION 2u
 #define SL_DEFAULT_SPIN 256u
 
 typedef struct {
@@ -68,10 +68,13 @@ typedef struct {
     _Atomic(uint32_t) data_seq;
     _Atomic(uint32_t) consumer_waiting;
     uint8_t pad4[120];
-    /* +512: the producer sleeps on space_seq */
+    /* +512: the producer sleeps on space_seq until `space_wanted` bytes are free; it can go on
+     * once `space_need` are (both written before producer_waiting is set) */
     _Atomic(uint32_t) space_seq;
     _Atomic(uint32_t) producer_waiting;
-    uint8_t pad5[120];
+    _Atomic(uint64_t) space_need;
+    _Atomic(uint64_t) space_wanted;
+    uint8_t pad5[104];
     /* +640 */
     _Atomic(uint32_t) producer_closed;
     _Atomic(uint32_t) consumer_closed;
@@ -81,10 +84,12 @@ typedef struct {
     uint8_t pad7[120];
     /* +896: producer statistics (relaxed, single writer) */
     _Atomic(uint64_t) records_written, bytes_written, producer_waits, producer_wait_ns;
-    uint8_t pad8[96];
+    _Atomic(uint64_t) producer_missed_wakes;
+    uint8_t pad8[88];
     /* +1024: consumer statistics (relaxed, single writer) */
     _Atomic(uint64_t) records_read, bytes_read, consumer_waits, consumer_wait_ns;
-    uint8_t pad9[96];
+    _Atomic(uint64_t) consumer_missed_wakes;
+    uint8_t pad9[88];
     uint8_t reserved[SL_HEADER_SIZE - 1152];
 } sl_header;
 
@@ -94,6 +99,7 @@ _Static_assert(offsetof(sl_header, head) == 128, "layout");
 _Static_assert(offsetof(sl_header, tail) == 256, "layout");
 _Static_assert(offsetof(sl_header, data_seq) == 384, "layout");
 _Static_assert(offsetof(sl_header, space_seq) == 512, "layout");
+_Static_assert(offsetof(sl_header, space_wanted) == 528, "layout");
 _Static_assert(offsetof(sl_header, producer_closed) == 640, "layout");
 _Static_assert(offsetof(sl_header, read_pos) == 768, "layout");
 _Static_assert(offsetof(sl_header, records_written) == 896, "layout");
@@ -166,11 +172,13 @@ static void cpu_relax(void) {
 #endif
 }
 
-/* Shared (not FUTEX_PRIVATE) futex: the word lives in memory shared between processes. */
-static void futex_wait(_Atomic(uint32_t) *word, uint32_t expected, int64_t timeout_ns) {
+/* Shared (not FUTEX_PRIVATE) futex: the word lives in memory shared between processes.
+ * Returns 1 when the whole timeout passed without a wake (for the missed-wake counters). */
+static int futex_wait(_Atomic(uint32_t) *word, uint32_t expected, int64_t timeout_ns) {
     struct timespec ts = {(time_t)(timeout_ns / 1000000000ll), (long)(timeout_ns % 1000000000ll)};
     /* EAGAIN (value changed), EINTR and ETIMEDOUT all mean "re-check": no error path. */
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts, NULL, 0);
+    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts, NULL, 0);
+    return rc != 0 && errno == ETIMEDOUT;
 }
 
 static void futex_wake_all(_Atomic(uint32_t) *word) {
@@ -466,11 +474,6 @@ sl_status sl_ring_set_producer_pid(sl_ring *r, int32_t pid) {
     return SL_OK;
 }
 
-uint8_t *sl_ring_mapping(sl_ring *r, size_t *size) {
-    *size = r->map_size;
-    return r->map;
-}
-
 static int is_closed(const sl_ring *r) {
     return atomic_load_explicit(&r->closed, memory_order_relaxed);
 }
@@ -579,10 +582,16 @@ sl_status sl_ring_wait_writable(sl_ring *r, uint64_t n, int64_t timeout_ns) {
     }
     int64_t start = now_ns();
     int64_t deadline = timeout_ns < 0 ? INT64_MAX : start + timeout_ns;
-    int slept = 0;
+    int slept = 0, timed_out = 0;
     sl_status st;
+    /* Wake-up hysteresis: ask to be woken only once half the ring is free (or the consumer
+     * runs dry), so a consumer-bound ring costs one wake per half ring, not one per record. */
+    uint64_t wanted = total > r->capacity / 2 ? total : r->capacity / 2;
+    atomic_store_explicit(&h->space_need, total, memory_order_relaxed);
+    atomic_store_explicit(&h->space_wanted, wanted, memory_order_relaxed);
     for (;;) {
         uint32_t seq = atomic_load_explicit(&h->space_seq, memory_order_acquire);
+        /* seq_cst: also publishes space_need/space_wanted to a consumer that sees waiting=1 */
         atomic_store_explicit(&h->producer_waiting, 1, memory_order_seq_cst);
         t = atomic_load_explicit(&h->tail, memory_order_seq_cst);
         if (!tail_ok(r, t)) {
@@ -591,6 +600,7 @@ sl_status sl_ring_wait_writable(sl_ring *r, uint64_t n, int64_t timeout_ns) {
         }
         if (r->capacity - (r->head - t) >= total) {
             r->cached_tail = t;
+            if (timed_out) bump(&h->producer_missed_wakes, 1);
             st = SL_OK;
             break;
         }
@@ -608,7 +618,7 @@ sl_status sl_ring_wait_writable(sl_ring *r, uint64_t n, int64_t timeout_ns) {
             break;
         }
         int64_t slice = deadline - now < SL_WAIT_SLICE_NS ? deadline - now : SL_WAIT_SLICE_NS;
-        futex_wait(&h->space_seq, seq, slice);
+        timed_out = futex_wait(&h->space_seq, seq, slice);
         slept = 1;
     }
     atomic_store_explicit(&h->producer_waiting, 0, memory_order_relaxed);
@@ -620,6 +630,20 @@ sl_status sl_ring_wait_writable(sl_ring *r, uint64_t n, int64_t timeout_ns) {
 }
 
 /* ---------------------------------------------------------------- consumer */
+
+/* Wake a sleeping producer if as much space is free as it asked for: `space_wanted` (half the
+ * ring) after a release, but only `space_need` (its next record) when the consumer is about to
+ * wait itself, holding records or drained, so the producer never sleeps out a slice while it
+ * could work. Runs after the seq_cst store of tail (the waker's half of the Dekker handshake);
+ * the seq_cst load of producer_waiting acquires the need/wanted values stored before it. */
+static void wake_producer(sl_ring *r, int consumer_waits) {
+    sl_header *h = r->hdr;
+    if (!atomic_load_explicit(&h->producer_waiting, memory_order_seq_cst)) return;
+    uint64_t want = atomic_load_explicit(consumer_waits ? &h->space_need : &h->space_wanted,
+                                         memory_order_relaxed);
+    uint64_t used = atomic_load_explicit(&h->head, memory_order_acquire) - r->tail;
+    if (used > r->capacity || r->capacity - used >= want) futex_wake_all(&h->space_seq);
+}
 
 /* Advance tail over the released prefix of [tail, read_pos) and wake a sleeping producer. */
 static sl_status advance_tail(sl_ring *r) {
@@ -637,7 +661,7 @@ static sl_status advance_tail(sl_ring *r) {
     r->tail = t;
     sl_header *h = r->hdr;
     atomic_store_explicit(&h->tail, t, SL_ORDER_TAIL_STORE);
-    if (atomic_load_explicit(&h->producer_waiting, memory_order_seq_cst)) futex_wake_all(&h->space_seq);
+    wake_producer(r, 0);
     return SL_OK;
 }
 
@@ -737,15 +761,17 @@ sl_status sl_ring_wait_readable(sl_ring *r, int64_t timeout_ns) {
     }
     int64_t start = now_ns();
     int64_t deadline = timeout_ns < 0 ? INT64_MAX : start + timeout_ns;
-    int slept = 0;
+    int slept = 0, timed_out = 0;
     sl_status st;
     for (;;) {
         uint32_t seq = atomic_load_explicit(&h->data_seq, memory_order_acquire);
         atomic_store_explicit(&h->consumer_waiting, 1, memory_order_seq_cst);
         if (atomic_load_explicit(&h->head, memory_order_seq_cst) != r->read_pos) {
+            if (timed_out) bump(&h->consumer_missed_wakes, 1);
             st = SL_OK;
             break;
         }
+        wake_producer(r, 1); /* about to sleep: a producer that can go on must not wait for us */
         /* Closed or dead: records committed before that are still delivered (drain first). */
         if (atomic_load_explicit(&h->producer_closed, memory_order_seq_cst)) {
             st = atomic_load_explicit(&h->head, memory_order_seq_cst) != r->read_pos ? SL_OK
@@ -764,7 +790,7 @@ sl_status sl_ring_wait_readable(sl_ring *r, int64_t timeout_ns) {
             break;
         }
         int64_t slice = deadline - now < SL_WAIT_SLICE_NS ? deadline - now : SL_WAIT_SLICE_NS;
-        futex_wait(&h->data_seq, seq, slice);
+        timed_out = futex_wait(&h->data_seq, seq, slice);
         slept = 1;
     }
     atomic_store_explicit(&h->consumer_waiting, 0, memory_order_relaxed);
@@ -789,6 +815,8 @@ void sl_ring_stats(const sl_ring *r, sl_stats *out) {
     out->bytes_written = LD(bytes_written);
     out->producer_waits = LD(producer_waits);
     out->producer_wait_ns = LD(producer_wait_ns);
+    out->producer_missed_wakes = LD(producer_missed_wakes);
+    out->consumer_missed_wakes = LD(consumer_missed_wakes);
     out->records_read = LD(records_read);
     out->bytes_read = LD(bytes_read);
     out->consumer_waits = LD(consumer_waits);

@@ -32,7 +32,11 @@
  *
  * Blocking: sl_ring_wait_* spin briefly, then sleep on a shared futex eventcount in bounded
  * slices (SL_WAIT_SLICE_NS), re-checking the peer's closed flag and liveness (pid + start time
- * from /proc, so a zombie or a recycled pid counts as dead) after each slice.
+ * from /proc, so a zombie or a recycled pid counts as dead) after each slice. Wake-ups have
+ * hysteresis on the producer side: a waiting producer publishes the space it needs and the
+ * space it wants (half the ring), and the consumer wakes it when the wanted space is free after
+ * a release, or the needed space when the consumer is about to wait itself; so a ring the
+ * consumer keeps full costs one wake per half ring, not one per record.
  *
  * Threads: one producer thread and one consumer thread per ring. A sl_ring object is one side
  * (one role) of the ring in one process; its functions are not reentrant across threads except
@@ -46,7 +50,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SL_RING_ABI_VERSION 2
+#define SL_RING_ABI_VERSION 3
 #define SL_HEADER_SIZE 4096u
 #define SL_PAYLOAD_OFFSET 64u
 #define SL_ALIGN 64u
@@ -97,6 +101,9 @@ typedef struct {
     uint64_t head, tail, read_pos;      /* read_pos: consumer's hand-out position */
     uint64_t records_written, bytes_written, producer_waits, producer_wait_ns;
     uint64_t records_read, bytes_read, consumer_waits, consumer_wait_ns;
+    /* Waits that slept a whole slice although they could have gone on (a wake-up was missed
+     * or came late): 0 in a healthy run. */
+    uint64_t producer_missed_wakes, consumer_missed_wakes;
     int32_t producer_pid, consumer_pid;
     uint32_t producer_closed, consumer_closed;
 } sl_stats;
@@ -134,8 +141,6 @@ sl_status sl_ring_set_producer_pid(sl_ring *r, int32_t pid);
  * died (a loader reusing its rings across epochs). Committed records never read are discarded.
  * SL_STATE if the producer is alive and open, records are still held, or this side is closed. */
 sl_status sl_ring_reopen(sl_ring *r);
-/* Whole mapping (header page + data area), for test hooks and diagnostics only. */
-uint8_t *sl_ring_mapping(sl_ring *r, size_t *size);
 
 /* Producer. reserve never blocks: SL_AGAIN when there is no space. *buf receives n writable
  * bytes, 64-byte aligned. commit publishes len <= n bytes as one record of `type`. */

@@ -515,7 +515,8 @@ static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
     sl_stats s;
     sl_ring_stats(self->ring, &s);
     return Py_BuildValue(
-        "{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n,s:i,s:i,s:O,s:O}",
+        "{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n,s:i,"
+        "s:i,s:O,s:O}",
         "role", sl_ring_role(self->ring) == SL_ROLE_PRODUCER ? "producer" : "consumer",
         "capacity", (unsigned long long)s.capacity, "max_record", (unsigned long long)s.max_record,
         "head", (unsigned long long)s.head, "tail", (unsigned long long)s.tail,
@@ -531,6 +532,8 @@ static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
         "producer_wait_ns", (unsigned long long)s.producer_wait_ns,
         "consumer_waits", (unsigned long long)s.consumer_waits,
         "consumer_wait_ns", (unsigned long long)s.consumer_wait_ns,
+        "producer_missed_wakes", (unsigned long long)s.producer_missed_wakes,
+        "consumer_missed_wakes", (unsigned long long)s.consumer_missed_wakes,
         "records_in_flight", (unsigned long long)(s.records_written - s.records_read),
         "next_seq", (unsigned long long)self->next_seq,
         "records_held", self->outstanding,
@@ -567,32 +570,6 @@ static PyObject *Ring_set_spin(RingObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* Test hooks: raw access to the whole mapping (header page + data area). */
-static PyObject *Ring_poke(RingObject *self, PyObject *args) {
-    Py_ssize_t offset;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "ny*:_poke", &offset, &data)) return NULL;
-    size_t size;
-    uint8_t *map = self->ring ? sl_ring_mapping(self->ring, &size) : NULL;
-    if (!map || offset < 0 || (size_t)offset + (size_t)data.len > size) {
-        PyBuffer_Release(&data);
-        return raise_kind("invalid", NULL, "_poke outside the mapping");
-    }
-    memcpy(map + offset, data.buf, (size_t)data.len);
-    PyBuffer_Release(&data);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Ring_peek(RingObject *self, PyObject *args) {
-    Py_ssize_t offset, n;
-    if (!PyArg_ParseTuple(args, "nn:_peek", &offset, &n)) return NULL;
-    size_t size;
-    uint8_t *map = self->ring ? sl_ring_mapping(self->ring, &size) : NULL;
-    if (!map || offset < 0 || n < 0 || (size_t)offset + (size_t)n > size)
-        return raise_kind("invalid", NULL, "_peek outside the mapping");
-    return PyBytes_FromStringAndSize((const char *)map + offset, n);
-}
-
 static PyObject *Ring_get_role(RingObject *self, void *c) {
     return PyLong_FromLong(self->ring ? (long)sl_ring_role(self->ring) : 0);
 }
@@ -621,8 +598,6 @@ static PyMethodDef Ring_methods[] = {
     {"set_spin", (PyCFunction)Ring_set_spin, METH_O, "set_spin(n): spin iterations before sleeping."},
     {"_close_core", (PyCFunction)Ring_close, METH_NOARGS,
      "_close_core(): mark this side closed, wake the peer, close the fd. Idempotent."},
-    {"_poke", (PyCFunction)Ring_poke, METH_VARARGS, "test hook: write bytes at a mapping offset."},
-    {"_peek", (PyCFunction)Ring_peek, METH_VARARGS, "test hook: read bytes at a mapping offset."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -922,7 +897,81 @@ static PyObject *record_size(PyObject *self, PyObject *arg) {
     return PyLong_FromUnsignedLongLong(sl_record_size(n));
 }
 
+/* split(data, offsets, text) -> list: item i is data[offsets[i]:offsets[i + 1]], as bytes, or as
+ * str decoded from UTF-8 with surrogatepass (what the codec's encoder wrote). The codec's fast path
+ * for str/bytes columns: one object per item straight from ring memory, no Python-level loop.
+ * offsets: a contiguous buffer of n + 1 int64 positions, non-decreasing, within data; anything else
+ * raises ValueError before an object is built. */
+/* Whether n bytes are all ASCII (word at a time). */
+static int all_ascii(const char *p, Py_ssize_t n) {
+    uint64_t acc = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, sizeof w);
+        acc |= w;
+    }
+    for (; i < n; i++) acc |= (uint8_t)p[i];
+    return (acc & 0x8080808080808080ull) == 0;
+}
+
+static PyObject *split_items(PyObject *mod, PyObject *args) {
+    Py_buffer data, offs;
+    int text;
+    if (!PyArg_ParseTuple(args, "y*y*p:split", &data, &offs, &text)) return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t count = offs.len / (Py_ssize_t)sizeof(int64_t) - 1;
+    if (offs.len % (Py_ssize_t)sizeof(int64_t) != 0 || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "split: offsets must hold n + 1 int64 values");
+        goto done;
+    }
+    const char *base = (const char *)data.buf;
+    int64_t prev = 0;
+    for (Py_ssize_t i = 0; i <= count; i++) {
+        int64_t v;
+        memcpy(&v, (const char *)offs.buf + i * (Py_ssize_t)sizeof v, sizeof v);
+        if (v < prev || v > (int64_t)data.len || (i == 0 && v < 0)) {
+            PyErr_Format(PyExc_ValueError,
+                         "split: offset %zd (%lld) is decreasing or outside the %zd-byte buffer", i,
+                         (long long)v, data.len);
+            goto done;
+        }
+        prev = v;
+    }
+    /* ASCII text (the common case) skips the decoder: each str is a 1-byte-kind copy. */
+    int64_t first;
+    memcpy(&first, offs.buf, sizeof first);
+    int ascii = text && all_ascii(base + first, (Py_ssize_t)(prev - first));
+    out = PyList_New(count);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t a, b;
+        memcpy(&a, (const char *)offs.buf + i * (Py_ssize_t)sizeof a, sizeof a);
+        memcpy(&b, (const char *)offs.buf + (i + 1) * (Py_ssize_t)sizeof b, sizeof b);
+        Py_ssize_t n = (Py_ssize_t)(b - a);
+        PyObject *item;
+        if (ascii) {
+            item = PyUnicode_New(n, 127);
+            if (item) memcpy(PyUnicode_DATA(item), base + a, (size_t)n);
+        } else {
+            item = text ? PyUnicode_DecodeUTF8(base + a, n, "surrogatepass")
+                        : PyBytes_FromStringAndSize(base + a, n);
+        }
+        if (!item) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offs);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
+    {"split", split_items, METH_VARARGS,
+     "split(data, offsets, text) -> list of bytes (or str) items data[offsets[i]:offsets[i+1]]."},
     {"abi_version", abi_version, METH_NOARGS, "ABI version of the native ring core."},
     {"record_size", record_size, METH_O, "record_size(n) -> bytes a record with an n-byte payload occupies."},
     {"_set_error_classes", set_error_classes, METH_O, "Register the exception class for each error kind."},

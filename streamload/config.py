@@ -199,14 +199,16 @@ class Config:
     ring_size: int = _setting(
         _size_or_auto,
         "auto",
-        "shared-memory ring bytes per loader worker; auto (0) = from the dataset's sample sizes"
-        " on the columnar path, else 64MiB",
+        "shared-memory ring bytes per loader worker; auto (0) = 4MiB (batches stream through it"
+        " in chunks); with zero_copy, from the dataset's sample sizes on the columnar path, else"
+        " 64MiB",
     )
     heap_retain: int = _setting(
         _size,
         "64MiB",
         "freed heap a loader process keeps for the next batch instead of page-faulting it back"
-        " (glibc; 0 = malloc defaults)",
+        " (glibc): workers' trim threshold; the trainer only primes glibc's own sliding"
+        " thresholds, never mallopt (0 = leave malloc alone)",
     )
     start_method: str = _setting(
         _choice("auto", "fork", "spawn", "forkserver"),

@@ -1,12 +1,19 @@
 """Read-ahead: remote shards come from the disk cache, downloaded ahead of use along the plan.
 
 A process that reads a remote dataset (the num_workers=0 trainer, or each loader worker) knows
-which shards it will open and in what order: its share of ``dataset.sample_order(epoch)`` mapped
-to shards (`shard_sequence`), followed by the next epoch's, so downloads overlap the epoch
-boundary too. `RemoteShards` is what the dataset calls to open shard k: a pinned, verified local
-copy from the `DiskCache` (downloaded on a miss). Its `ReadAhead` thread walks the same plan a few
-shards ahead of the reader and pins each shard it downloads (a reservation: the evictor skips
-it) until the reader reaches it.
+which items it will read and in what order — the batches of its pass, then the next epoch's, as
+id chunks the dataset hands over (``reads(epoch)``) — and so which shards it will open: a
+`streamload.cache.read_plan.ShardSequence`, generated lazily as far as someone looks, never the
+whole epoch. `RemoteShards` is what the dataset calls to open shard k: a pinned, verified local
+copy from the `DiskCache` (downloaded on a miss). Its `ReadAhead` thread walks the same sequence
+a few shards ahead of the reader and pins each shard it downloads (a reservation: the evictor
+skips it) until the reader reaches it. A new pass (the dataset's ``generation`` changes) or a new
+epoch starts a new sequence.
+
+What a process publishes for other processes' evictions (`DiskCache.announce`) is a window of
+upcoming shards of the current epoch (at most ``PLAN_WINDOW``, fewer for large shards so the plan
+file stays small next to one shard), re-published once the reader is halfway through it: bounded,
+like everything here, by a horizon, not by the epoch.
 
 Bounds: at most ``readahead_shards`` shards and ``readahead_bytes`` bytes reserved ahead per
 process; the reader itself pins at most ``OPEN_SHARDS``. So every process pins at most
@@ -32,7 +39,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +49,7 @@ from streamload.cache.disk import DiskCache, ShardBusy
 from streamload.cache.eviction import PLAN_HEADER_BYTES, PLAN_WINDOW
 from streamload.cache.layout import ShardKey, dataset_dir_name
 from streamload.cache.locks import Pin
+from streamload.cache.read_plan import ShardSequence
 from streamload.errors import CacheError
 from streamload.format.index import DatasetIndex, ShardInfo
 from streamload.sizes import format_size
@@ -52,24 +60,6 @@ log = logging.getLogger(__name__)
 OPEN_SHARDS = 2  # shards a reader keeps open (pinned) at once: the current one and the last
 HORIZON = 4096  # plan positions looked at for Belady distances and re-synchronisation
 _BACKOFF_S = (0.02, 0.5)  # read-ahead retry delay bounds when the cache has no room
-
-
-def shard_sequence(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The shards that reading ``ids`` in order opens, consecutive repeats collapsed (pure).
-
-    Args:
-        ids: global sample ids in reading order.
-        offsets: ``DatasetIndex.sample_offsets`` (shard k holds ids ``[offsets[k], offsets[k+1])``).
-
-    Returns:
-        int64 shard indices.
-    """
-    shards = np.searchsorted(offsets, np.asarray(ids, np.int64), "right") - 1
-    if len(shards) == 0:
-        return shards.astype(np.int64)
-    keep = np.ones(len(shards), bool)
-    keep[1:] = shards[1:] != shards[:-1]
-    return shards[keep].astype(np.int64)
 
 
 def check_working_set(
@@ -109,8 +99,9 @@ class RemoteShards:
         root: str,
         index: DatasetIndex,
         cache: DiskCache,
-        plan: Callable[[int], np.ndarray],
+        reads: Callable[[int], Iterable[np.ndarray]],
         *,
+        generation: Callable[[], int] = lambda: 0,
         readahead_shards: int,
         readahead_bytes: int,
         processes: int = 1,
@@ -122,7 +113,10 @@ class RemoteShards:
             fs: its fsspec filesystem; root: the dataset root in it.
             index: the dataset's index.
             cache: the node's shared disk cache.
-            plan: epoch -> the shard indices this process will open, in order.
+            reads: epoch -> the item ids this process will read that epoch, in order, as a
+                lazy iterable of chunks (ids number items shard by shard, ``index`` order).
+            generation: a number that changes when the process starts another pass (its reads
+                changed): the next open starts a new sequence.
             readahead_shards: most shards reserved ahead of the reader.
             readahead_bytes: most bytes reserved ahead of the reader.
             processes: processes on this node reading through the cache at once (workers x
@@ -133,7 +127,10 @@ class RemoteShards:
         """
         self._url, self._fs, self._root, self._index = url, fs, root, index
         self.cache = cache
-        self._plan_of = plan
+        self._reads = reads
+        self._generation_of = generation
+        self._generation: int | None = None
+        self._offsets = index.sample_offsets
         self._by_name = {s.name: k for k, s in enumerate(index.shards)}
         self._keys = [
             ShardKey(url, s.name, s.bytes, s.checksum_algorithm, s.checksum) for s in index.shards
@@ -164,10 +161,9 @@ class RemoteShards:
         self._pid = os.getpid()
         self._pins: collections.OrderedDict[int, Pin] = collections.OrderedDict()
         self._epoch: int | None = None
-        self._plan = np.empty(0, np.int64)
+        self._plan = ShardSequence([], self._offsets)
         self._cursor = 0
-        self._epoch_shards = np.empty(0, np.int64)  # this epoch's part of the plan
-        self._published = 0  # plan position of the first name in the published window
+        self._published = 0  # sequence position of the first shard last published
         self.readahead = ReadAhead(self, readahead_shards, readahead_bytes)
 
     # -- what the dataset calls ----------------------------------------------------------------
@@ -183,13 +179,17 @@ class RemoteShards:
         if not self._joined:
             self.cache.join(self._url, *self._reserve)
             self._joined = True
-        if epoch != self._epoch:
-            self._replan(epoch)
+        generation = self._generation_of()
+        if epoch != self._epoch or generation != self._generation:
+            self._replan(epoch, generation)
             self._advance(k)
             self.readahead.replan(self._plan, self._cursor)
         else:
             self._advance(k)
-        self._publish()
+        if self._cursor - self._published >= self._window // 2:
+            self._publish()
+        else:
+            self.cache.announce(self._url, None, self._cursor - self._published)
         pin = self._pins.get(k)
         if pin is None or pin.closed:
             started = time.perf_counter_ns()
@@ -198,6 +198,7 @@ class RemoteShards:
             self._pins[k] = pin
         self._pins.move_to_end(k)
         self.readahead.reader_at(k)
+        self._plan.forget(self._cursor)  # after reader_at: read-ahead never looks behind it
         return pin.path
 
     def release(self, info: ShardInfo) -> None:
@@ -240,48 +241,53 @@ class RemoteShards:
     def next_use(self) -> Mapping[str, int]:
         """Cache path -> opens until this process needs it (within HORIZON plan positions)."""
         out: dict[str, int] = {}
-        plan, start = self._plan, self._cursor
-        for distance, k in enumerate(plan[start : start + HORIZON].tolist()):
+        for distance, k in enumerate(self._plan.window(self._cursor, HORIZON)):
             out.setdefault(self._paths[k], distance)
         return out
 
     @property
-    def plan(self) -> tuple[np.ndarray, int]:
-        """The current plan and the reader's position in it."""
+    def plan(self) -> tuple[ShardSequence, int]:
+        """The current shard sequence and the reader's position in it."""
         return self._plan, self._cursor
 
     # -- plan bookkeeping ----------------------------------------------------------------------
 
-    def _replan(self, epoch: int) -> None:
-        self._epoch = epoch
+    def _replan(self, epoch: int, generation: int) -> None:
+        self._epoch, self._generation = epoch, generation
         # This epoch, then the next: the read-ahead runs over the boundary.
-        current = self._plan_of(epoch)
-        self._plan = np.concatenate([current, self._plan_of(epoch + 1)])
+        self._plan = ShardSequence(
+            (self._reads(epoch), _Deferred(self._reads, epoch + 1)), self._offsets
+        )
         self._cursor = 0
-        self._epoch_shards = current
-        self._publish(0)
+        self._publish()
 
-    def _publish(self, start: int | None = None) -> None:
-        """Tell other processes where this reader is. Other processes spare what we need in
-        this epoch only (a worker done with its share must not hold the others back for an
-        epoch that may never come), and see a window of names from ``start`` (at most
-        PLAN_WINDOW), republished once the reader is halfway through it."""
-        behind = self._cursor - self._published
-        if start is None and behind >= self._window // 2 and self._cursor < len(self._epoch_shards):
-            start = self._cursor
-        if start is None:
-            self.cache.announce(self._url, None, behind)
-            return
-        window = self._epoch_shards[start : start + self._window].tolist()
-        self._published = start
-        names = [self._keys[k].file_name for k in window]
-        self.cache.announce(self._url, names, self._cursor - start)
+    def _publish(self) -> None:
+        """Publish the next ``_window`` shards of this epoch for other processes' evictions: a
+        worker done with its share must not hold the others back for an epoch that may never
+        come, and nobody needs more than a horizon of anyone's plan."""
+        self._published = self._cursor
+        upcoming = self._plan.window(self._cursor, self._window)
+        boundary = self._plan.boundary
+        if boundary is not None:
+            upcoming = upcoming[: max(boundary - self._cursor, 0)]
+        names = [self._keys[k].file_name for k in upcoming]
+        self.cache.announce(self._url, names, 0)
 
     def _advance(self, k: int) -> None:
-        window = self._plan[self._cursor : self._cursor + HORIZON]
-        hits = np.flatnonzero(window == k)
-        if len(hits):
-            self._cursor += int(hits[0])
+        found = self._plan.find(k, self._cursor, HORIZON)
+        if found is not None:
+            self._cursor = found
+
+
+class _Deferred:
+    """``reads(epoch)``, called only when iterated: the next epoch's reads are asked for only when
+    the read-ahead gets there."""
+
+    def __init__(self, reads: Callable[[int], Iterable[np.ndarray]], epoch: int) -> None:
+        self._reads, self._epoch = reads, epoch
+
+    def __iter__(self) -> Any:
+        return iter(self._reads(self._epoch))
 
 
 class ReadAhead:
@@ -292,7 +298,7 @@ class ReadAhead:
         self._max_shards = max_shards
         self._max_bytes = max_bytes
         self._cond = threading.Condition()
-        self._plan = np.empty(0, np.int64)
+        self._plan = ShardSequence([], np.zeros(1, np.int64))
         self._next = 0  # plan position of the next shard to fetch
         self._reader = 0  # plan position of the reader
         self._window: collections.OrderedDict[int, Pin] = collections.OrderedDict()
@@ -301,15 +307,15 @@ class ReadAhead:
         self._thread: threading.Thread | None = None
         self.downloaded = 0  # shards this thread pinned (hits and downloads): for tests and stats
 
-    def replan(self, plan: np.ndarray, reader: int) -> None:
-        """Start over on a new plan (a new epoch) with the reader at position ``reader``.
+    def replan(self, plan: ShardSequence, reader: int) -> None:
+        """Start over on a new plan (a new epoch or pass) with the reader at ``reader``.
         Reservations the new plan needs next (made across the epoch boundary) are kept; the
         others are dropped."""
         with self._cond:
-            head = set(plan[reader : reader + 1 + self._max_shards + OPEN_SHARDS].tolist())
+            head = set(plan.window(reader, 1 + self._max_shards + OPEN_SHARDS))
             self._drop_window(lambda k: k not in head)
             self._plan, self._next, self._reader = plan, reader + 1, reader
-            while self._next < len(plan) and int(plan[self._next]) in self._window:
+            while plan.get(self._next) in self._window:
                 self._next += 1  # already reserved: the reader's next positions
             self._cond.notify_all()
         if self._thread is None and self._max_shards > 0:
@@ -324,7 +330,7 @@ class ReadAhead:
         with self._cond:
             self._reader = cursor
             self._next = max(self._next, cursor + 1)
-            keep = set(plan[cursor + 1 : self._next].tolist())
+            keep = set(plan.window(cursor + 1, self._next - cursor - 1))
             self._drop_window(lambda j: j not in keep)
             self._cond.notify_all()
 
@@ -397,10 +403,11 @@ class ReadAhead:
     def _wait_for_work(self) -> int | None:
         """Under the lock: the next shard to fetch once the window has room, None to stop."""
         while not self._stop:
-            while self._next < len(self._plan) and int(self._plan[self._next]) in self._window:
+            k = self._plan.get(self._next)
+            while k is not None and k in self._window:
                 self._next += 1
-            if self._next < len(self._plan):
-                k = int(self._plan[self._next])
+                k = self._plan.get(self._next)
+            if k is not None:
                 size = self._shards.key(k).bytes
                 if len(self._window) < self._max_shards and self._bytes + size <= self._max_bytes:
                     return k

@@ -26,7 +26,6 @@ from typing import Any
 from streamload import __version__, config
 from streamload.errors import StreamloadError
 from streamload.sizes import format_size
-from streamload.store.retry import RetryPolicy
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -88,6 +87,7 @@ def _json_value(cfg: Any, setting: Any) -> Any:
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print a dataset's schema, sample and shard counts, size and format."""
     from streamload.format.index import load_index
+    from streamload.store.retry import RetryPolicy
 
     index = load_index(args.url, policy=RetryPolicy.from_config(args.cfg))
     columns = [c.to_json() for c in index.schema.columns]
@@ -156,6 +156,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from streamload.dataset.inspect import ShardCheck, verify_dataset
     from streamload.format.index import load_index
     from streamload.progress import progress
+    from streamload.store.retry import RetryPolicy
 
     policy = RetryPolicy.from_config(args.cfg)
     index = load_index(args.url, policy=policy)

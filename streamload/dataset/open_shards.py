@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
 from streamload.cache.readahead import OPEN_SHARDS, RemoteShards
-from streamload.dataset.remote import ItemOrder, remote_shards
+from streamload.dataset.remote import ReadSource, remote_shards
 from streamload.dataset.settings import DatasetSettings
 from streamload.errors import FormatError
 from streamload.format import verified
@@ -70,13 +69,13 @@ class OpenShards:
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         self._remote: tuple[int, RemoteShards] | None = None  # (pid, shards) if not in place
 
-    def reader(self, k: int, epoch: int, order_of: Callable[[int], ItemOrder]) -> ShardReader:
+    def reader(self, k: int, epoch: int, source: ReadSource) -> ShardReader:
         """Shard k's reader in this process (opened, verified and pinned on first use).
 
         Args:
             k: shard index.
             epoch: the epoch being read (the read-ahead follows its plan).
-            order_of: epoch -> the global order (what the read-ahead of a remote dataset walks).
+            source: what this process reads (what the read-ahead of a remote dataset walks).
 
         Raises:
             FormatError: the shard is missing, truncated, corrupt or fails its checksum.
@@ -89,7 +88,7 @@ class OpenShards:
         if reader is not None:
             self._readers.move_to_end(k)
             return reader
-        remote = self.remote(order_of)
+        remote = self.remote(source)
         if remote is not None:
             # Pinned cache copies count against cache_limit: the oldest reader goes *before* the
             # next shard is pinned, so a reader never pins more than OPEN_SHARDS (what the
@@ -104,7 +103,7 @@ class OpenShards:
             self._readers.popitem(last=False)
         return reader
 
-    def remote(self, order_of: Callable[[int], ItemOrder]) -> RemoteShards | None:
+    def remote(self, source: ReadSource) -> RemoteShards | None:
         """This process's pinned cached copies of remote shards; None if read in place.
 
         Raises:
@@ -114,7 +113,7 @@ class OpenShards:
             return None
         if self._remote is None or self._remote[0] != os.getpid():
             shards = remote_shards(
-                self._url, self._fs, self._root, self._index, self._settings, order_of
+                self._url, self._fs, self._root, self._index, self._settings, source
             )
             self._remote = (os.getpid(), shards)
             weakref.finalize(self, shards.close)  # stop read-ahead and unpin with the dataset

@@ -1,35 +1,38 @@
 """The remote shards one process reads: pinned copies in the node's disk cache, read ahead.
 
 `remote_shards` builds the process's `streamload.cache.readahead.RemoteShards` from plain values:
-the dataset's identity (URL, filesystem, root, index), its resolved settings and ``order_of``
-(epoch -> the epoch's global item order and the items per shard as offsets: samples, or a token
-stream's blocks or packed rows). Inside a loader worker the process reads
-``order[id::num_workers]``, as the dataset's iteration does, and every worker and local rank of
-the node counts toward the cache's working-set check.
+the dataset's identity (URL, filesystem, root, index), its resolved settings and a `ReadSource`:
+what this process will read, epoch by epoch (the item ids of its pass, chunk by chunk, lazily:
+`streamload.dataset.streaming.StreamingDataset.follow`), and a generation number that changes
+when it starts another pass. Every worker and local rank of the node counts toward the cache's
+working-set check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch.utils.data
 
 from streamload.cache.disk import DiskCache
-from streamload.cache.readahead import RemoteShards, check_working_set, shard_sequence
+from streamload.cache.readahead import RemoteShards, check_working_set
 from streamload.dataset.settings import DatasetSettings
 from streamload.dataset.topology import local_world_size
 from streamload.format.index import DatasetIndex
 
 
-class ItemOrder(NamedTuple):
-    """An epoch's global item order and ``offsets`` (shard k holds item ids ``[offsets[k],
-    offsets[k + 1])``); ``offsets`` None while the items per shard are not known yet (a packed
-    token stream counting its rows reads the shards in index order)."""
+@dataclass(frozen=True)
+class ReadSource:
+    """What one process will read: ``reads(epoch)`` -> its item ids of that epoch in order, as a
+    lazy iterable of int64 chunks (real sample ids, numbered shard by shard in index order; a
+    token stream hands over the first sample of the shard that starts each block or row);
+    ``generation()`` changes when the process starts another pass."""
 
-    order: np.ndarray
-    offsets: np.ndarray | None
+    reads: Callable[[int], Iterable[np.ndarray]]
+    generation: Callable[[], int]
 
 
 def remote_shards(
@@ -38,35 +41,28 @@ def remote_shards(
     root: str,
     index: DatasetIndex,
     settings: DatasetSettings,
-    order_of: Callable[[int], ItemOrder],
+    source: ReadSource,
 ) -> RemoteShards:
     """The `RemoteShards` of a remote dataset in this process.
 
     Args:
         url, fs, root, index: the dataset (fsspec filesystem and root inside it).
         settings: its resolved cache, verification and read-ahead settings.
-        order_of: epoch -> the global item order of that epoch and the items per shard (this
-            process's share is taken here).
+        source: what this process reads (the read-ahead walks it).
 
     Raises:
         CacheError: the cache directory is unwritable or too small for the working set.
     """
     worker = torch.utils.data.get_worker_info()
-    wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-
-    def plan(epoch: int) -> np.ndarray:
-        order, offsets = order_of(epoch)
-        if offsets is None:
-            return np.arange(len(index.shards), dtype=np.int64)
-        return shard_sequence(order[wid::workers], offsets)
-
+    workers = worker.num_workers if worker is not None else 1
     return RemoteShards(
         url,
         fs,
         root,
         index,
         DiskCache(settings.cache_dir, settings.cache_limit, verify=settings.verify),
-        plan,
+        source.reads,
+        generation=source.generation,
         readahead_shards=settings.readahead_shards,
         readahead_bytes=settings.readahead_bytes,
         processes=workers * local_world_size(),

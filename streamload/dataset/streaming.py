@@ -5,14 +5,23 @@ The dataset is its validated index.json, its resolved settings (`DatasetSettings
 opened lazily per process, never carried across ``fork``, checksums verified once per file
 version, remote shards pinned in the node's disk cache).
 
-Order: ``sample_order(epoch)`` is `streamload.plan.order.global_order`, a pure function of
-(shard sizes, shuffle settings, seed, epoch) that no rank or worker count changes;
-``epoch_plan`` cuts it into per-rank steps (`streamload.plan.partition.EpochPlan`) for this
-process's `topology` from a start position (``load_state_dict`` sets one for the next pass).
-Iterating yields this rank's share (steps of one sample per rank); inside a DataLoader worker,
-``share[worker_id::num_workers]``, which is exactly the num_workers=0 order when the DataLoader
-takes one sample per worker turn (``batch_size=1``); with larger batches each sample is still
-yielded exactly once.
+Order: ``sample_order(epoch)`` is an `streamload.plan.order.EpochOrder`, a pure function of
+(items per shard, shuffle settings, seed, epoch) that no rank or worker count changes, evaluated
+lazily: no process ever holds an array of the epoch. ``epoch_plan`` cuts it into per-rank steps
+(`streamload.plan.partition.EpochPlan`) for this process's `topology` from a start position
+(``load_state_dict`` sets one for the next pass). Iterating yields this rank's share (steps of
+one sample per rank, read a chunk at a time); inside a DataLoader worker, every
+``num_workers``-th sample of it from ``worker_id``, which is exactly the num_workers=0 order when
+the DataLoader takes one sample per worker turn (``batch_size=1``); with larger batches each
+sample is still yielded exactly once.
+
+Subsets: ``subset=`` (a count, a fraction or id ranges; `streamload.plan.subset`) makes the
+dataset that part of itself: ``len``, ids, ``ds[i]``, ``get_batch`` and the plan all number the
+subset's items (virtual shards inside the real ones), mapped to real rows only when read.
+
+Read-ahead of remote shards follows what this process will read (`follow_plan`: the pass's
+batches, then the next epoch's), registered by whoever starts the pass: a loader at
+num_workers=0, each loader worker, or iteration.
 
 Token streams (``tokens=`` with ``block_size=``, or ``seq_len=`` and ``pack=True``): the items
 are fixed-length blocks of the concatenated token stream or packed rows
@@ -31,7 +40,9 @@ import json
 import operator
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,17 +52,19 @@ import xxhash
 from streamload import config
 from streamload.cache import index_copy
 from streamload.dataset.open_shards import OpenShards
-from streamload.dataset.remote import ItemOrder, check_cache
+from streamload.dataset.remote import ReadSource, check_cache
 from streamload.dataset.settings import DatasetSettings
+from streamload.dataset.token_blocks import offsets as offsets_of
 from streamload.dataset.tokens import TokenItems, TokenSettings, flat_tokens
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError
 from streamload.format.blobs import BlobColumn
 from streamload.format.index import INDEX_NAME, DatasetIndex, ShardInfo, read_index
 from streamload.format.schema import Column, Schema
-from streamload.plan.order import ShuffleSettings, global_order
+from streamload.plan.order import EpochOrder, ShuffleSettings
 from streamload.plan.partition import EpochPlan
 from streamload.plan.state import check_state, fingerprint, make_state
+from streamload.plan.subset import Subset, make_subset
 from streamload.shards.arrow.reader import FlatArray
 from streamload.shards.lmdb import env as lmdb_env
 from streamload.shards.reader import ShardReader
@@ -88,6 +101,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         shuffle_block: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        subset: int | float | list[tuple[int, int]] | None = None,
         tokens: str | None = None,
         block_size: int | None = None,
         seq_len: int | None = None,
@@ -115,6 +129,9 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             rank, world_size: this process's place in a distributed job (both or neither);
                 None: from torch.distributed when initialized, else RANK/WORLD_SIZE, at each
                 pass (see `streamload.dataset.topology.topology`).
+            subset: read only part of the dataset: a count ``N`` or a fraction (a fixed subset
+                chosen with ``seed``, spread over the shards in proportion to their sizes) or
+                a list of ``(start, stop)`` id ranges; ``len`` and ids then number the subset.
             tokens: read this 1-d integer array column as a token stream: items become
                 ``block_size`` blocks of the concatenated documents (``{tokens: [block_size]}``),
                 or, with ``seq_len`` and ``pack=True``, rows of packed documents
@@ -128,9 +145,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             FormatError: index.json missing (incomplete dataset) or invalid; unknown column.
             ConfigError: a bad argument or setting (shuffle, seed, columns, transform,
                 storage_options, verify, cache_dir, cache_limit, shuffle_mode, shuffle_block,
-                rank/world_size, or any setting from the environment or config file), whatever
-                the URL: every setting is parsed here, remote or not; bad token settings
-                (``tokens`` not a 1-d integer array column, sizes, ``columns`` given).
+                rank/world_size, subset, or any setting from the environment or config file),
+                whatever the URL: every setting is parsed here, remote or not; bad token
+                settings (``tokens`` not a 1-d integer array column, sizes, ``columns`` or
+                ``subset`` given).
             CacheError: remote dataset: cache_dir unwritable or cache_limit below the working set.
         """
         super().__init__()
@@ -193,6 +211,18 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                 " with tokens='tokens'"
             )
         self._selected = self._index.schema.select(columns)
+        self._subset: Subset | None = None
+        if subset is not None and tokens is not None:
+            raise ConfigError(
+                "StreamingDataset(tokens=...): subset= does not apply to a token stream (it"
+                " selects samples, not blocks or packed rows)"
+            )
+        if subset is not None:
+            sizes = [info.num_samples for info in self._index.shards]
+            self._subset = make_subset(sizes, subset, seed, "StreamingDataset subset")
+        self._orders: OrderedDict[tuple[int, ShuffleSettings], EpochOrder] = OrderedDict()
+        self._following: _Share | Callable[[int], Iterable[np.ndarray]] | None = None
+        self._generation = 0
         self.shuffle = shuffle_settings.shuffle
         self.seed = seed
         self.transform = transform
@@ -229,10 +259,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return self._tokens
 
     def item_sizes(self) -> np.ndarray:
-        """Items per shard, in index order: what the plan orders (samples; for a token stream,
-        the blocks or packed rows each shard starts)."""
+        """Items per shard, in index order: what the plan orders (samples; the subset's virtual
+        shards, parts of real ones; for a token stream, the blocks or packed rows each shard
+        starts)."""
         if self._tokens is not None:
             return self._tokens.items_per_shard()
+        if self._subset is not None:
+            return self._subset.sizes
         return np.fromiter(
             (info.num_samples for info in self._index.shards), np.int64, len(self._index.shards)
         )
@@ -288,7 +321,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         if self._tokens is not None:
             return len(self._tokens)
-        return self._index.num_samples
+        return len(self._subset) if self._subset is not None else self._index.num_samples
+
+    @property
+    def subset(self) -> Subset | None:
+        """The subset this dataset reads (None: all of it)."""
+        return self._subset
 
     def __repr__(self) -> str:
         return (
@@ -328,11 +366,18 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             self._shuffle_settings = current.validated()
         return current
 
-    def sample_order(self, epoch: int | None = None) -> np.ndarray:
-        """Global sample ids of ``epoch`` (default: the current one), see ``plan.global_order``;
-        the same for every rank and worker count."""
+    def sample_order(self, epoch: int | None = None) -> EpochOrder:
+        """The global order of ``epoch`` (default: the current one), the same for every rank and
+        worker count: a lazy sequence of ids (``order[a:b]``, ``order.at(positions)``); see
+        `streamload.plan.order.EpochOrder`."""
         epoch = self._epoch if epoch is None else epoch
-        return global_order(self.item_sizes(), self.shuffle_settings, epoch)
+        key = (epoch, self.shuffle_settings)
+        order = self._orders.get(key)
+        if order is None:
+            order = self._orders[key] = EpochOrder(self.item_sizes(), key[1], epoch)
+            while len(self._orders) > 2:  # this epoch and the next (read-ahead): chunk caches
+                self._orders.popitem(last=False)
+        return order
 
     def topology(self) -> Topology:
         """This process's rank and world size (explicit arguments, torch.distributed, or env).
@@ -343,20 +388,64 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         return topology(self._rank_arg, self._world_size_arg)
 
     def epoch_plan(
-        self, batch_size: int, drop_last: bool = False, start: int | None = None
+        self,
+        batch_size: int,
+        drop_last: bool = False,
+        start: int | None = None,
+        world_size: int | None = None,
+        epoch: int | None = None,
     ) -> EpochPlan:
-        """The current epoch's steps for every rank of ``topology()``.
+        """An epoch's steps for every rank.
 
         Args:
             batch_size: ids per rank per step.
             drop_last: drop the tail that does not fill a whole step.
             start: global position to start from; None: the position ``load_state_dict`` set
                 (0 if none).
+            world_size: ranks (None: ``topology()``).
+            epoch: the epoch (None: the current one).
         """
         if start is None:
             start = self._resume or 0
-        world_size = self.topology().world_size
-        return EpochPlan(self.sample_order(), world_size, batch_size, drop_last, start)
+        world_size = world_size or self.topology().world_size
+        order = self.sample_order(epoch)
+        return EpochPlan(order, world_size, batch_size, drop_last, start)
+
+    def plan_start(self, plan: EpochPlan) -> int:
+        """What a worker needs, besides the plan's shape, to rebuild ``plan``: its start."""
+        return plan.start
+
+    def plan_state(self, epoch: int, plan: EpochPlan, steps: int) -> dict[str, Any]:
+        """The resume state after ``steps`` steps of ``plan`` (epoch ``epoch``); after its last
+        step, the next epoch at position 0."""
+        position = plan.position_after(steps)
+        if steps >= plan.num_steps:
+            epoch, position = epoch + 1, 0
+        return make_state(self.fingerprint(), epoch, position)
+
+    def follow_plan(self, plan: EpochPlan, rank: int, first: int = 0, stride: int = 1) -> None:
+        """Make this process's read-ahead follow ``rank``'s batches of ``plan`` at steps
+        ``first, first + stride, ...`` (a loader worker's share), then the next epoch's from its
+        start. Each call starts a new read plan (the next shard opened re-synchronises)."""
+        self.follow(
+            _Share(
+                self._epoch,
+                plan.start,
+                plan.batch_size,
+                plan.drop_last,
+                plan.world_size,
+                rank,
+                first,
+                stride,
+            )
+        )
+
+    def follow(self, reads: _Share | Callable[[int], Iterable[np.ndarray]]) -> None:
+        """Make this process's read-ahead follow ``reads``: a share of this dataset's plan, or
+        epoch -> the ids this process will read that epoch, in order, as a lazy iterable of
+        chunks (this dataset's ids; a callable must not hold the dataset: it is kept with it)."""
+        self._following = reads
+        self._generation += 1
 
     @property
     def resume_pending(self) -> bool:
@@ -375,7 +464,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """What a resume state must agree on: index digest, sample count, shuffle settings."""
         if self._digest is None:
             self._digest = _shards_digest(self._index.shards, self._items_description())
-        return fingerprint(len(self), self._digest, self.shuffle_settings)
+        spec = self._subset.spec if self._subset is not None else None
+        return fingerprint(len(self), self._digest, self.shuffle_settings, spec)
 
     def _items_description(self) -> Any:
         """What one plan item is, when it is not one sample (token blocks, packed rows)."""
@@ -453,6 +543,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             batch = self._tokens.get_batch(np.array([i], np.int64))
             item = {name: values[0] for name, values in batch.items()}
             return self.transform(item) if self.transform is not None else item
+        if self._subset is not None:
+            i = int(self._subset.to_real(np.array([i]))[0])
         offsets = self._index.sample_offsets
         k = int(np.searchsorted(offsets, i, "right")) - 1
         sample = self._reader(k).get(i - int(offsets[k]))
@@ -462,7 +554,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """Columnar rows ``ids`` (any order, duplicates allowed), no transform.
 
         Args:
-            ids: global sample ids.
+            ids: sample ids of this dataset (of its subset, if it has one).
             strings: ``"list"`` (str/bytes columns as lists) or ``"blob"`` (as one
                 ``collate.BlobColumn`` each: what the loader's workers ship).
 
@@ -483,36 +575,38 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             return self._tokens.get_batch(ids)
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
+        parts = self.take_parts(ids, strings)
+        if len(parts) == 1:
+            return parts[0][1]
+        return merge_parts(self._selected, parts, n)
+
+    def take_parts(
+        self, ids: np.ndarray, strings: str = "list"
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        """``get_batch`` before its rows are put back in order: one ``(positions, columns)``
+        per shard, in shard order, where row ``j`` of ``columns`` is ``ids[positions[j]]``
+        (positions is ``slice(None)`` when one shard holds them all). A mixture merges every
+        source's parts at once.
+
+        Raises:
+            FormatError: a shard is missing, corrupt or fails its checksum.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._tokens is not None:  # blocks and packed rows span shards: assembled whole
+            return [(slice(None), self._tokens.get_batch(ids))]
+        if self._subset is not None:
+            ids = self._subset.to_real(ids)
         offsets = self._index.sample_offsets
         shard_of = np.searchsorted(offsets, ids, "right") - 1
         first = int(shard_of[0])
         if (shard_of == first).all():
-            return self._reader(first).take(ids - offsets[first], strings)
+            return [(slice(None), self._reader(first).take(ids - offsets[first], strings))]
         order = np.argsort(shard_of, kind="stable")
         parts = np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1)
-        taken = [
+        return [
             (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
             for p in parts
         ]
-        out: dict[str, Any] = {}
-        for col in self._selected.columns:
-            first_part = taken[0][1][col.name]
-            if isinstance(first_part, np.ndarray):
-                merged = np.empty((n, *first_part.shape[1:]), first_part.dtype)
-                for positions, columns in taken:
-                    merged[positions] = columns[col.name]
-                out[col.name] = merged
-            elif isinstance(first_part, BlobColumn):
-                blobs = [columns[col.name] for _, columns in taken]
-                out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
-            else:
-                objects = np.empty(n, dtype=object)
-                for positions, columns in taken:
-                    holder = np.empty(len(positions), dtype=object)
-                    holder[:] = columns[col.name]
-                    objects[positions] = holder
-                out[col.name] = objects.tolist()
-        return out
 
     def __iter__(self) -> Iterator[Any]:
         """This rank's samples of ``sample_order()`` (one per rank per step, from the position
@@ -523,11 +617,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """
         worker = torch.utils.data.get_worker_info()
         start = self._resume if worker is not None else self.take_resume_position()
-        order = self.epoch_plan(1, start=start or 0).rank_ids(self.topology().rank)
-        if worker is not None:
-            order = order[worker.id :: worker.num_workers]
-        for first in range(0, len(order), _ITER_CHUNK):
-            yield from self.get_samples(order[first : first + _ITER_CHUNK])
+        plan = self.epoch_plan(1, start=start or 0)
+        rank = self.topology().rank
+        first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        world = plan.world_size
+        self.follow(_Share(self._epoch, plan.start, 1, False, world, rank, first, stride, True))
+        for ids in _iteration_chunks(plan, rank, first, stride):
+            yield from self.get_samples(ids)
 
     def get_samples(self, ids: np.ndarray) -> list[Any]:
         """Samples ``ids`` as iteration yields them: per-sample dicts (transformed if a
@@ -564,12 +660,54 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         if not store.reads_in_place(self._fs):
             check_cache(self._index, self.settings, num_workers)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned worker registers what it reads itself; evaluated orders are per process.
+        state = self.__dict__.copy()
+        state["_following"] = None
+        state["_orders"] = OrderedDict()
+        state.pop("_source", None)  # closures of this process's dataset
+        return state
+
     def _reader(self, k: int) -> ShardReader:
-        return self._shards.reader(k, self._epoch, _weak_order_of(self))
+        return self._shards.reader(k, self._epoch, self._read_source())
 
     def _remote_shards(self) -> Any:
         """This process's `streamload.cache.readahead.RemoteShards`; None if read in place."""
-        return self._shards.remote(_weak_order_of(self))
+        return self._shards.remote(self._read_source())
+
+    def _read_source(self) -> ReadSource:
+        source = self.__dict__.get("_source")
+        if source is None:
+            source = self._source = _weak_reads_of(self)
+        return source
+
+    def _reads(self, epoch: int) -> Iterator[np.ndarray]:
+        """The real ids this process will read in ``epoch``, chunk by chunk, in order: what the
+        registered pass reads (`follow`), else this process's share of iteration. The chunks
+        come from plans made here: the generator never refers back to this dataset."""
+        starts = self._index.sample_offsets[:-1]
+        offsets = self.known_item_offsets()
+        if offsets is None:  # packed rows not counted yet (that reads every shard): index order
+            return iter((starts,))
+        following = self._following
+        if following is None:
+            worker = torch.utils.data.get_worker_info()
+            first, stride = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+            world, rank = self.topology().world_size, self.topology().rank
+            following = _Share(epoch, 0, 1, False, world, rank, first, stride, True)
+        if isinstance(following, _Share):
+            chunks = following.chunks(self, epoch)
+        else:
+            chunks = iter(following(epoch))
+        if self._tokens is not None:  # items (blocks, packed rows) -> their shards' first samples
+            tokens = self._tokens
+            spans = (
+                None
+                if tokens.packed
+                else (offsets_of(tokens.shard_tokens()), tokens.settings.length)
+            )
+            return _item_shard_samples(chunks, offsets, starts, spans)
+        return _real_ids(chunks, self._subset)
 
     def _flat_tokens(self, k: int) -> FlatArray:
         """Shard ``k``'s token column as one flat stream (views of the mapped shard)."""
@@ -599,21 +737,114 @@ def _check_arguments(shuffle: object, columns: object, transform: object) -> Non
         )
 
 
-def _weak_order_of(dataset: StreamingDataset) -> Callable[[int], ItemOrder]:
-    """``dataset.sample_order`` and the items per shard, without a reference to ``dataset``:
-    the read-ahead thread holds it, and must not keep the dataset alive."""
+@dataclass(frozen=True)
+class _Share:
+    """What one process reads of a plan: ``rank``'s steps ``first, first + stride, ...`` of
+    ``epoch`` from ``start`` (then of the next epoch from 0); ``iteration``: one sample per rank
+    per step, read a chunk of steps at a time."""
+
+    epoch: int
+    start: int
+    batch_size: int
+    drop_last: bool
+    world_size: int
+    rank: int
+    first: int
+    stride: int
+    iteration: bool = False
+
+    def chunks(self, dataset: StreamingDataset, epoch: int) -> Iterator[np.ndarray]:
+        if epoch not in (self.epoch, self.epoch + 1):
+            return iter(())
+        start = self.start if epoch == self.epoch else 0
+        # A plan of its own: the read-ahead thread walks it while the reader reads.
+        plan = dataset.epoch_plan(
+            self.batch_size, self.drop_last, start, self.world_size, epoch=epoch
+        )
+        if self.iteration:
+            return _iteration_chunks(plan, self.rank, self.first, self.stride)
+        return plan.batches(self.rank, self.first, self.stride)
+
+
+def _real_ids(chunks: Iterator[np.ndarray], subset: Subset | None) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        yield subset.to_real(chunk) if subset is not None else chunk
+
+
+def _item_shard_samples(
+    chunks: Iterator[np.ndarray],
+    item_offsets: np.ndarray,
+    sample_starts: np.ndarray,
+    spans: tuple[np.ndarray, int] | None,
+) -> Iterator[np.ndarray]:
+    """Item ids (token blocks or packed rows) as sample ids the read-ahead maps to shards: the
+    first sample of every shard an item reads. A packed row lies in the shard that starts it;
+    a block of ``spans = (token offsets, block size)`` tokens reads every shard from the one
+    holding its first token to the one holding its last."""
+    for chunk in chunks:
+        if spans is None:
+            yield sample_starts[np.searchsorted(item_offsets, chunk, "right") - 1]
+            continue
+        token_offsets, size = spans
+        first = np.searchsorted(token_offsets, chunk * size, "right") - 1
+        last = np.searchsorted(token_offsets, (chunk + 1) * size - 1, "right") - 1
+        counts = last - first + 1
+        steps = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        yield sample_starts[np.repeat(first, counts) + steps]
+
+
+def _iteration_chunks(plan: EpochPlan, rank: int, first: int, stride: int) -> Iterator[np.ndarray]:
+    """``rank``'s ids of a one-sample-per-rank plan at steps ``first, first + stride, ...``, a few
+    hundred at a time."""
+    span = _ITER_CHUNK * stride
+    for begin in range(first, plan.num_steps, span):
+        positions = plan.rank_positions(rank, begin, begin + span, stride)
+        if len(positions):
+            yield plan.order[positions]
+
+
+def _weak_reads_of(dataset: StreamingDataset) -> ReadSource:
+    """What ``dataset`` reads in this process, without a reference to it: the read-ahead thread
+    holds this, and must not keep the dataset alive."""
     ref = weakref.ref(dataset)
 
-    def order_of(epoch: int) -> ItemOrder:
+    def reads(epoch: int) -> Iterable[np.ndarray]:
         ds = ref()
-        if ds is None:
-            return ItemOrder(np.empty(0, np.int64), None)
-        offsets = ds.known_item_offsets()
-        if offsets is None:  # a packed token stream counting its rows: no order yet
-            return ItemOrder(np.empty(0, np.int64), None)
-        return ItemOrder(ds.sample_order(epoch), offsets)
+        return () if ds is None else ds._reads(epoch)
 
-    return order_of
+    def generation() -> int:
+        ds = ref()
+        return -1 if ds is None else ds._generation
+
+    return ReadSource(reads, generation)
+
+
+def merge_parts(
+    schema: Schema, taken: list[tuple[np.ndarray, dict[str, Any]]], n: int
+) -> dict[str, Any]:
+    """Columns of ``n`` rows from parts (one per shard, or per source of a mixture): row ``j``
+    of part ``p`` goes to row ``taken[p][0][j]``; conventions per kind as ``get_batch``'s."""
+    if len(taken) == 1 and np.array_equal(taken[0][0], np.arange(n)):
+        return dict(taken[0][1])
+    out: dict[str, Any] = {}
+    for col in schema.columns:
+        first_part = taken[0][1][col.name]
+        if isinstance(first_part, np.ndarray):
+            merged = np.empty((n, *first_part.shape[1:]), first_part.dtype)
+            for positions, columns in taken:
+                merged[positions] = columns[col.name]
+            out[col.name] = merged
+        elif isinstance(first_part, BlobColumn):
+            blobs = [columns[col.name] for _, columns in taken]
+            out[col.name] = BlobColumn.scatter(blobs, [p for p, _ in taken], n)
+        else:
+            objects = np.empty(n, dtype=object)
+            for positions, columns in taken:
+                holder = np.empty(len(positions), dtype=object)
+                holder[:] = columns[col.name]
+                objects[positions] = holder
+            out[col.name] = objects.tolist()
+    return out
 
 
 def _empty_column(col: Column, strings: str = "list") -> Any:

@@ -263,7 +263,11 @@ class TokenItems:
         size = self.settings.length
         out = np.empty((len(ids), size), self._dtype)
         bounds = self._shard_bounds()
-        for row, block in zip(out, ids.tolist(), strict=True):
+        # In ascending block order, so shards open in ascending order, as the read-ahead
+        # predicts (`streamload.cache.read_plan`); each block fills its own row.
+        ascending = np.argsort(ids, kind="stable")
+        for r, block in zip(ascending.tolist(), ids[ascending].tolist(), strict=True):
+            row = out[r]
             first = block * size
             k = bisect.bisect_right(bounds, first) - 1  # the shard holding the first token
             at = 0

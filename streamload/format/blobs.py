@@ -4,7 +4,9 @@ The shard readers produce them (rows still scattered in a mapped shard), the tra
 them into the ring as two raw buffers, and only the trainer turns one into the list of ``str`` /
 ``bytes`` that ``default_collate`` gives: no per-row Python object in a worker. `copy_runs`
 copies a gather with one slice copy per run of rows contiguous on both sides; `many_small_runs`
-tells when Arrow's C++ take beats that loop.
+tells when Arrow's C++ take beats that loop. A column's rows may lie in several sources (a batch
+straddling shards): they stay there until written, whole (`BlobColumn.write_data`) or a byte
+range at a time (`BlobColumn.write_range`, a streamed ring record's share).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ class BlobColumn:
 
     The worker-side form of a str/bytes column: it goes into the ring as two raw buffers (the
     transport's ``ls``/``lb`` layout) and becomes the list ``default_collate`` gives only in the
-    trainer, so no per-row Python object is ever made in a worker. Row ``i`` is
-    ``source[starts[i] : starts[i] + length(i)]``: the rows may still sit scattered in a mapped
-    shard, in which case ``write_data`` copies them straight into the ring (one copy from the
-    file to shared memory) and ``data`` gathers them only if someone asks for one blob.
+    trainer, so no per-row Python object is ever made in a worker. The rows may still sit
+    scattered in one or more mapped shards (*parts*: a source array, where each of some rows
+    starts in it, and which rows): ``write_data`` / ``write_range`` copy them straight into the
+    ring (one copy from the file to shared memory, none into worker memory), and ``data``
+    gathers them only if someone asks for one blob.
     """
 
-    __slots__ = ("_data", "offsets", "source", "starts", "text")
+    __slots__ = ("_data", "_parts", "offsets", "text")
 
     def __init__(
         self,
@@ -35,11 +38,17 @@ class BlobColumn:
         source: np.ndarray,
         starts: np.ndarray | None = None,
     ) -> None:
+        """Row ``i`` is ``source[starts[i]:][:length(i)]``, or (``starts`` None) the rows lie
+        back to back in ``source``, which is then the column's ``data``."""
         self.text = text
         self.offsets = offsets
-        self.source = source
-        self.starts = offsets[:-1] if starts is None else starts
         self._data: np.ndarray | None = source if starts is None else None
+        # (source, start of each row in it, which rows): copied on write, never gathered.
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = (
+            []
+            if starts is None
+            else [(source, np.asarray(starts, np.int64), np.arange(len(offsets) - 1))]
+        )
 
     @classmethod
     def from_arrow(cls, array: pa.Array) -> BlobColumn:
@@ -69,16 +78,25 @@ class BlobColumn:
 
     @classmethod
     def scatter(cls, parts: list[BlobColumn], positions: list[np.ndarray], n: int) -> BlobColumn:
-        """One column of ``n`` rows where row ``positions[p][j]`` is row ``j`` of ``parts[p]``."""
+        """One column of ``n`` rows where row ``positions[p][j]`` is row ``j`` of ``parts[p]``
+        (nothing copied: the result keeps referring to the parts' sources)."""
         lengths = np.zeros(n, np.int64)
         for part, where in zip(parts, positions, strict=True):
             lengths[where] = np.diff(part.offsets)
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        data = np.empty(int(offsets[-1]), np.uint8)
+        out = cls(parts[0].text, offsets, np.zeros(0, np.uint8), np.zeros(n, np.int64))
+        out._parts = []
         for part, where in zip(parts, positions, strict=True):
-            copy_runs(data, part.source, part.starts, offsets[where], np.diff(part.offsets))
-        return cls(parts[0].text, offsets, data)
+            where = np.asarray(where, np.int64)
+            for source, starts, rows in part._sources():
+                out._parts.append((source, starts, where[rows]))
+        return out
+
+    def _sources(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if self._data is not None:
+            return [(self._data, self.offsets[:-1], np.arange(len(self)))]
+        return self._parts
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -94,15 +112,31 @@ class BlobColumn:
         if self._data is None:
             data = np.empty(self.nbytes, np.uint8)
             self.write_data(data)
-            self._data = data
+            self._data, self._parts = data, []
         return self._data
 
     def write_data(self, dst: np.ndarray) -> None:
         """Copy the rows, back to back, into ``dst`` (at least ``nbytes`` long)."""
         if self._data is not None:
             dst[: self.nbytes] = self._data[: self.nbytes]
-        else:
-            copy_runs(dst, self.source, self.starts, self.offsets[:-1], np.diff(self.offsets))
+            return
+        lengths = np.diff(self.offsets)
+        for source, starts, rows in self._parts:
+            copy_runs(dst, source, starts, self.offsets[rows], lengths[rows])
+
+    def write_range(self, dst: np.ndarray, start: int, stop: int) -> None:
+        """Copy bytes [start, stop) of the back-to-back rows into ``dst`` (a streamed record's
+        share of the column: rows cut at either end are copied in part)."""
+        if self._data is not None:
+            dst[: stop - start] = self._data[start:stop]
+            return
+        for source, starts, rows in self._parts:
+            row_start = self.offsets[rows]
+            row_stop = self.offsets[rows + 1]
+            hit = (row_start < stop) & (row_stop > start)
+            lo = np.maximum(row_start[hit], start)
+            hi = np.minimum(row_stop[hit], stop)
+            copy_runs(dst, source, starts[hit] + (lo - row_start[hit]), lo - start, hi - lo)
 
     def tolist(self) -> list[Any]:
         """The column as ``default_collate`` gives it: a list of str or bytes."""

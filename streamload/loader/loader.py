@@ -23,13 +23,16 @@ Routes (chosen at each ``iter()``, see ``StreamLoader._route``):
 - SAMPLES: a StreamingDataset without random access whose transform or custom collate_fn needs
   samples: the plan's id batches -> ``dataset.get_samples`` (the samples iteration yields) ->
   collate_fn.
+- A MixedDataset takes COLUMNAR when none of its sources has a transform (with the default
+  collate), else SAMPLES; its plan items are `streamload.plan.mixture.MixedBatch` (a source and
+  an id per row).
 - MAP: map-style datasets, and a StreamingDataset with random access whose transform or custom
   collate_fn (or batch_size=None) needs samples one by one: ``dataset[i]`` -> collate_fn.
 - ITERABLE: other IterableDatasets, and a StreamingDataset with batch_size=None: the dataset's
   iterator -> collate_fn.
 
-Plan and resume: a StreamingDataset read in its own order with batches (COLUMNAR or SAMPLES
-without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
+Plan and resume: a StreamingDataset (or a MixedDataset) read in its own order with batches
+(COLUMNAR or SAMPLES without a sampler) follows ``dataset.epoch_plan``: this rank's batches of the epoch's global
 order (`streamload.plan.partition.EpochPlan`), from the position ``load_state_dict`` set. Each
 pass records its plan and the batches handed to the user in a `PassCursor`, so ``state_dict()``
 describes the last
@@ -79,14 +82,17 @@ from torch.utils.data import (
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
 from streamload import config
+from streamload.dataset.mixed import MixedDataset
 from streamload.dataset.streaming import StreamingDataset
 from streamload.errors import ConfigError, StateError
+from streamload.loader import heap
 from streamload.loader.options import LoaderSettings, WorkerOptions, warn_if_too_many_workers
 from streamload.loader.passes import Pass, PassCursor
 from streamload.loader.stats import LoaderStats
+from streamload.pipeline.collate import STRING_FORMS
 from streamload.pipeline.fetch import FetchSpec, Route
+from streamload.plan.mixture import MixturePlan
 from streamload.plan.partition import EpochPlan, count_steps
-from streamload.plan.state import make_state
 
 # Attributes DataLoader refuses to change once constructed (changing them would desynchronise
 # the samplers built from them).
@@ -125,14 +131,20 @@ class StreamLoader(Generic[T_co]):
             from the global torch RNG, as DataLoader does.
         pin_memory_device: deprecated in DataLoader; accepted with its warning.
         ring_size: shared-memory ring bytes per worker (an int or "64MiB"; rounded down to a power
-            of two); default config ``ring_size`` (auto: sized from index.json for a
-            StreamingDataset without transform, else 64MiB). A batch must fit in half of it.
-            Without persistent_workers the rings outlive each pass and serve the next one.
+            of two); default config ``ring_size`` (auto: 4 MiB). Batches of any size stream
+            through it in chunks of a quarter ring; with ``zero_copy`` a batch is one record
+            that must fit in half of it (auto then sizes it from index.json for a
+            StreamingDataset without transform, else 64MiB). Without persistent_workers the
+            rings (and, on the columnar route, the workers themselves) serve the next pass.
         zero_copy: with workers, hand out tensors that view the ring record instead of copying
             each batch out once. The record's ring space is reused only after every tensor of
             the batch is gone, so a loop that keeps more batches alive than fit in ``ring_size``
             stalls its workers (with ``timeout`` > 0 that becomes a WorkerError). Default False:
             one copy per batch, and the ring never waits on user code.
+        strings: how str/bytes columns reach the loop on the columnar route (a StreamingDataset
+            without transform or collate_fn): ``"list"`` (default) as the list
+            ``default_collate`` gives; ``"blobs"`` as one ``sl.Blobs`` per column, a uint8
+            tensor of every row back to back plus int64 offsets (one copy, no per-row object).
 
     Raises:
         ConfigError: an invalid or contradictory setting (a ValueError, as in DataLoader, with
@@ -165,12 +177,20 @@ class StreamLoader(Generic[T_co]):
         in_order: bool = True,
         ring_size: int | str | None = None,
         zero_copy: bool = False,
+        strings: str = "list",
     ) -> None:
+        if strings not in STRING_FORMS:
+            raise ConfigError(
+                f"StreamLoader strings: one of {', '.join(STRING_FORMS)}, got {strings!r}"
+            )
+        self.strings = strings
         # An entry point: the configuration's part in this loader, resolved once.
         self.settings = LoaderSettings.from_config(config.load(ring_size=ring_size), ring_size)
         self.ring_size = ring_size
-        # Rings of a finished non-persistent pass, reused by the next pass (`WorkerPool`).
+        # Rings of a finished non-persistent pass, reused by the next pass; the whole worker pool
+        # when the next pass may run on it (`streamload.loader.pool.reuse_key`).
         self._spare_rings: list[Any] = []
+        self._idle_pools: list[Any] = []
         if not isinstance(zero_copy, bool):
             raise ConfigError(f"StreamLoader zero_copy: must be True or False, got {zero_copy!r}")
         self.zero_copy = zero_copy
@@ -324,7 +344,12 @@ class StreamLoader(Generic[T_co]):
             warn_if_too_many_workers(self.worker_options.num_workers)
             pass_ = self._new_pass()
             setup = WorkerSetup.for_pass(
-                pass_, self.worker_options, self.settings, self._spare_rings, self.zero_copy
+                pass_,
+                self.worker_options,
+                self.settings,
+                self._spare_rings,
+                self.zero_copy,
+                self._idle_pools,
             )
             iterator = MultiProcessIter(pass_, _draw_seed(self.generator), setup)
             if self.persistent_workers:
@@ -336,6 +361,7 @@ class StreamLoader(Generic[T_co]):
         # Drawn and unused at num_workers=0, exactly like DataLoader: the RNG state after an
         # epoch must match, and workers would derive their seeds from it.
         _draw_seed(self.generator)
+        heap.prime(self.settings.heap_retain)  # reuse freed batch memory (glibc's own policy)
         return SingleProcessIter(pass_)
 
     def _new_pass(self) -> Pass:
@@ -360,9 +386,9 @@ class StreamLoader(Generic[T_co]):
 
     def _route(self) -> Route:
         dataset = self.dataset
+        sources = dataset.sources.values() if isinstance(dataset, MixedDataset) else [dataset]
         if (
-            isinstance(dataset, StreamingDataset)
-            and dataset.transform is None
+            all(isinstance(d, StreamingDataset) and d.transform is None for d in sources)
             and self._auto_collation
             and self.collate_fn is default_collate
         ):
@@ -372,9 +398,10 @@ class StreamLoader(Generic[T_co]):
         return Route.MAP if self._map_style else Route.ITERABLE
 
     def _planned(self) -> bool:
-        """Whether passes follow the StreamingDataset's own plan (and so can resume)."""
+        """Whether passes follow the dataset's own plan (a StreamingDataset or MixedDataset:
+        and so can resume)."""
         return (
-            isinstance(self.dataset, StreamingDataset)
+            isinstance(self.dataset, (StreamingDataset, MixedDataset))
             and not self._map_style
             and self.batch_size is not None
         )
@@ -386,6 +413,7 @@ class StreamLoader(Generic[T_co]):
             auto_collation=self._auto_collation,
             collate_fn=self.collate_fn,
             drop_last=self.drop_last,
+            strings=self.strings,
         )
 
     def batch_plan(self, route: Route) -> Iterator[Any]:
@@ -402,14 +430,24 @@ class StreamLoader(Generic[T_co]):
         return iter(self._index_sampler)
 
     def _begin_pass(self) -> PassCursor:
-        dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
+        dataset: Any = self.dataset
         start = dataset.take_resume_position()
         plan = dataset.epoch_plan(int(self.batch_size or 1), self.drop_last, start)
         rank = dataset.topology().rank
-        self._cursor = PassCursor(plan, rank, dataset.epoch)
+        mixed = isinstance(dataset, MixedDataset)
+        self._cursor = PassCursor(
+            plan,
+            rank,
+            dataset.epoch,
+            start=dataset.plan_start(plan),
+            sources=dataset.names if mixed else None,
+            stats=self._stats if mixed else None,
+        )
         workers = self.worker_options.num_workers
+        if workers == 0:  # workers follow their own shares (`streamload.loader.worker`)
+            dataset.follow_plan(plan, rank)
         # Only for whole epochs: a resumed pass near its end is short by nature, not misconfigured.
-        if start == 0 and 0 < plan.num_steps < workers:
+        if not start and 0 < plan.num_steps < workers:
             warnings.warn(
                 f"StreamLoader: rank {rank} has {plan.num_steps} batches this epoch for"
                 f" {workers} workers; {workers - plan.num_steps} workers stay idle (use fewer"
@@ -423,13 +461,16 @@ class StreamLoader(Generic[T_co]):
     def stats(self) -> dict[str, Any]:
         """What this loader measured since it was built: throughput, data-wait per step
         (p50/p95/p99/max), busy time per pipeline stage and worker, ring occupancy, padding and
-        cache counters, as a plain JSON-serialisable dict (keys: ``stats.LoaderStats.snapshot``).
+        cache counters, as a plain JSON-serialisable dict (keys: ``stats.LoaderStats.snapshot``),
+        plus ``heap``: what streamload did to this process's malloc (``heap.report``).
         """
-        return self._stats.snapshot(self.padded_samples)
+        snapshot = self._stats.snapshot(self.padded_samples)
+        snapshot["heap"] = heap.report()
+        return snapshot
 
     # -- plan and resume ------------------------------------------------------------------------
 
-    def epoch_plan(self) -> EpochPlan:
+    def epoch_plan(self) -> EpochPlan | MixturePlan:
         """The plan of the current pass (or of the next one, before any): steps, ``padding``.
 
         Raises:
@@ -473,10 +514,7 @@ class StreamLoader(Generic[T_co]):
         cursor = self._cursor
         if cursor is None or dataset.resume_pending or dataset.epoch != cursor.epoch:
             return dataset.state_dict()
-        epoch, position = cursor.epoch, cursor.plan.position_after(cursor.steps)
-        if cursor.steps >= cursor.plan.num_steps:
-            epoch, position = epoch + 1, 0
-        return make_state(dataset.fingerprint(), epoch, position)
+        return dataset.plan_state(cursor.epoch, cursor.plan, cursor.steps)  # type: ignore[arg-type]
 
     def load_state_dict(self, state: dict[str, Any], *, allow_append: bool = False) -> None:
         """Continue from ``state`` at the next ``iter()``: its epoch (``dataset.epoch``), from
@@ -492,13 +530,21 @@ class StreamLoader(Generic[T_co]):
                 unknown version, a malformed state, or a loader without a resumable plan.
         """
         dataset = self._require_plan("load_state_dict")
-        dataset.load_state_dict(state, allow_append=allow_append)
+        if isinstance(dataset, MixedDataset):
+            if allow_append:
+                raise StateError(
+                    "StreamLoader.load_state_dict: allow_append=True is not supported for a"
+                    " MixedDataset (a mixture's sources must match the state's fingerprints)"
+                )
+            dataset.load_state_dict(state)
+        else:
+            dataset.load_state_dict(state, allow_append=allow_append)
         self._cursor = None
 
-    def _require_plan(self, what: str) -> StreamingDataset:
+    def _require_plan(self, what: str) -> StreamingDataset | MixedDataset:
         if self._planned():
             return self.dataset  # type: ignore[return-value]
-        if not isinstance(self.dataset, StreamingDataset):
+        if not isinstance(self.dataset, (StreamingDataset, MixedDataset)):
             reason = f"a {type(self.dataset).__name__} has no resumable plan"
         elif self.batch_size is None:
             reason = "batch_size=None reads samples without a plan"

@@ -24,8 +24,11 @@ class LoaderSettings:
     """The configuration's part in a loader.
 
     Attributes:
-        ring_size: shared-memory ring bytes per worker; 0 = auto (sized from the data).
-        heap_retain: freed heap a loader process keeps (glibc ``mallopt``; 0 = malloc defaults).
+        ring_size: shared-memory ring bytes per worker; 0 = auto (4 MiB; with zero_copy sized
+            from the data).
+        heap_retain: freed heap a loader process keeps (`streamload.loader.heap`: workers set
+            glibc's trim threshold, the trainer only primes glibc's own sliding thresholds; 0 =
+            leave malloc alone).
         start_method: worker start method when the loader is given no context (``auto``,
             ``fork``, ``spawn`` or ``forkserver``).
         ring_size_origin: what the user set and where (``"'1MB' (argument)"``), for messages.

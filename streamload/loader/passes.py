@@ -6,8 +6,8 @@ num_workers=0, `streamload.loader.pool.MultiProcessIter` with workers. No iterat
 loader, so the loader's attributes can change between passes without an iterator reading a
 half-updated loader, and a persistent worker pool holds no reference cycle back to its loader.
 
-A planned pass (a StreamingDataset read in its own order) carries a `PassCursor`: the epoch's
-plan, this rank, and how many batches the user has received. ``StreamLoader.state_dict`` reads
+A planned pass (a StreamingDataset or a MixedDataset read in its own order) carries a
+`PassCursor`: the epoch's plan, this rank, and how many batches the user has received. ``StreamLoader.state_dict`` reads
 the cursor, so a checkpoint describes the last batch the user received, never what workers
 prefetched.
 """
@@ -21,28 +21,49 @@ from typing import Any
 
 from streamload.loader.stats import LoaderStats
 from streamload.pipeline.fetch import FetchSpec
+from streamload.plan.mixture import MixturePlan
 from streamload.plan.partition import EpochPlan
 
 
 @dataclass
 class PassCursor:
-    """One planned pass: its plan, this rank, and how many batches the user has received."""
+    """One planned pass: its plan, this rank, and how many batches the user has received.
 
-    plan: EpochPlan
+    Attributes:
+        plan: the epoch's plan (`streamload.plan.partition.EpochPlan`, or a mixture's
+            `streamload.plan.mixture.MixturePlan`).
+        rank, epoch: whose batches, of which epoch.
+        start: the plan's start as the dataset describes it to workers (``plan_start``).
+        sources: a mixture's source names (the stats count what each delivered), else None.
+        stats: where those per-source counts go.
+        steps: batches the user has received.
+    """
+
+    plan: EpochPlan | MixturePlan
     rank: int
     epoch: int
+    start: Any = 0
+    sources: tuple[str, ...] | None = None
+    stats: LoaderStats | None = None
     steps: int = 0
 
     def worker_message(self) -> dict[str, Any]:
         """What a worker needs to rebuild this pass's plan (`streamload.loader.protocol`)."""
         return {
             "epoch": self.epoch,
-            "start": self.plan.start,
+            "start": self.start,
             "rank": self.rank,
             "world_size": self.plan.world_size,
             "batch_size": self.plan.batch_size,
             "drop_last": self.plan.drop_last,
         }
+
+    def delivered(self, batch: Any) -> None:
+        """The user received the next batch: count it (and, for a mixture, per source)."""
+        if self.sources is not None and self.stats is not None:
+            plan: Any = self.plan
+            self.stats.count_sources(self.sources, plan.sources_of(self.rank, self.steps), batch)
+        self.steps += 1
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """The multi-process loader pass: worker processes feeding the trainer through native rings.
 
-Each worker k has its own ring (worker -> trainer: whole encoded batches) and a Pipe (trainer ->
-worker: int64 index lists, see `streamload.loader.protocol`). Delivery order is DataLoader's
-``in_order`` order: the trainer dispatches plan items round-robin over the workers that still
-have work, keeps ``prefetch_factor`` items in flight per worker, and yields results in dispatch
-order. Each worker writes its records in the order it received items, so "the next batch" is
-always the next record of one known ring. An iterable worker that runs dry reports it
-(StopIteration) and gets no further items, as in DataLoader. With ``in_order=False`` the trainer
-yields whichever worker's batch is ready first (`WorkerPool.receive_any`) and dispatches the next
-item to a worker with room, so a slow batch holds up only its own worker (as DataLoader does).
+Each worker k has its own ring (worker -> trainer: encoded batches, streamed through it in
+chunks of a quarter ring by a copying pass, whole records with ``zero_copy``) and a Pipe (trainer ->
+worker: int64 index lists, see `streamload.loader.protocol`). Delivery order is DataLoader's ``in_order``
+order: the trainer dispatches plan items round-robin over the workers that still have work,
+keeps ``prefetch_factor`` items in flight per worker, and yields results in dispatch order. Each
+worker writes its records in the order it received items, so "the next batch" is always the
+next record of one known ring. An iterable worker that runs dry reports it (StopIteration) and
+gets no further items, as in DataLoader. With ``in_order=False`` the trainer yields whichever
+worker's batch is ready first (`WorkerPool.receive_any`) and dispatches the next item to a worker
+with room, so a slow batch holds up only its own worker (as DataLoader does).
 
 Over a StreamingDataset read in its own order (a planned pass: COLUMNAR or SAMPLES route), the
 trainer sends nothing per batch: it sends the pass's plan parameters (epoch, start position,
@@ -22,7 +23,13 @@ share; the batches the user has received are then no prefix of the plan, so the 
 
 Seeding: the base seed is drawn in ``__init__`` as DataLoader draws it; workers seed themselves
 from it (``workers._seed``). With ``persistent_workers`` one pool (and one base seed) serves every
-epoch, like DataLoader's reused iterator.
+epoch, like DataLoader's reused iterator. Without it, a pass whose workers run no user code
+(`reuse_key`: the columnar route, no worker_init_fn) leaves its pool to the loader's next pass
+instead of stopping it; every other route starts fresh workers each pass, as DataLoader does.
+
+Fresh workers start cheaply: the trainer hands its freed heap back (`heap.release`) and imports
+what a worker would import on its first batch (`preload_worker_imports`) before forking, and
+re-uses the previous pass's rings.
 
 Failures: an exception in a worker is raised here as its own type, also a `WorkerError`, with
 the worker's traceback (`streamload.loader.worker_errors`), at that batch's position (in order);
@@ -36,6 +43,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import importlib
+import json
 import multiprocessing
 import os
 import signal
@@ -55,7 +65,7 @@ from streamload.loader.stats import timed_step
 from streamload.loader.worker import worker_main
 from streamload.pipeline.collate import columns_to_torch
 from streamload.pipeline.fetch import Route
-from streamload.transport.codec import decode
+from streamload.transport.codec import decode, skip
 from streamload.transport.ring import PeerDied, RecordType, Ring, RingError, RingTimeout
 
 _JOIN_TIMEOUT_S = 1.0
@@ -68,10 +78,34 @@ _ANY_SLICE_S = 0.002
 _FALLBACK_RING_BYTES = 64 << 20
 _MIN_AUTO_RING_BYTES = 4 << 20
 _MAX_AUTO_RING_BYTES = 1 << 30
+# Copying passes stream each batch through the ring in chunks: the ring holds this many chunks,
+# and ring_size=auto is this size whatever the batch (research/ringbuffer.md: rings that stay in
+# the last-level cache move bytes ~3x faster than 64 MiB ones).
+STREAM_RING_BYTES = 4 << 20
+CHUNKS_PER_RING = 4
+
+
+def ring_geometry(
+    dataset: Any, batch_size: int | None, spec: Any, ring_size: int, zero_copy: bool
+) -> tuple[int, int | None]:
+    """(ring capacity, chunk) for a pass; chunk None means each batch is one whole record.
+
+    A copying pass (the default) streams batches in chunks of a quarter of the ring (minus the
+    64-byte record header, so four chunk records fill the ring exactly): any batch fits any ring
+    and ``ring_size = auto`` (0) is a fixed ``STREAM_RING_BYTES``. ``zero_copy`` hands out
+    tensors that view one record, so there a batch must fit half the ring: ``auto_ring_capacity``.
+    """
+    if zero_copy:
+        if ring_size:
+            return _ring_capacity(ring_size), None
+        return auto_ring_capacity(dataset, batch_size, spec), None
+    capacity = _ring_capacity(ring_size) if ring_size else STREAM_RING_BYTES
+    return capacity, capacity // CHUNKS_PER_RING - 64
 
 
 def auto_ring_capacity(dataset: Any, batch_size: int | None, spec: Any) -> int:
-    """Ring capacity for ``ring_size = auto``: sized from the data where the data says enough.
+    """Ring capacity for ``ring_size = auto`` with ``zero_copy``: sized from the data where the
+    data says enough.
 
     Over a StreamingDataset on the columnar route (no transform, default collate) a batch's
     size follows from index.json: batch_size x the largest per-shard average sample size. The
@@ -96,17 +130,58 @@ def _ring_capacity(ring_size: int) -> int:
 
 
 # Imported once by the fork server, so each forkserver worker starts without re-importing them
-# (torch alone costs ~1 s per worker on this class of machine). pandas when installed (the fork
-# server skips what does not import): pyarrow imports it on a worker's first Arrow -> numpy or
-# Python conversion, which cost ~1.3 s of each worker's first read here.
+# (torch alone costs ~1 s per worker on this class of machine). No pandas: the shard readers
+# never make pyarrow import it (see the Arrow reader's `_numpy`), so neither fork server nor
+# workers carry it unless user code asks for it.
 FORKSERVER_PRELOAD = (
     "__main__",
     "torch",
     "numpy",
+    "numpy.random",
     "pyarrow",
-    "pandas",
+    "pyarrow.compute",
     "streamload.loader.worker",
+    "streamload.shards.arrow.reader",
 )
+# Modules every worker imports before its first batch (numpy.random for DataLoader's seeding,
+# ~25 ms; the shard reader of the dataset's format, ~20 ms; pyarrow.compute, which pyarrow
+# imports on first use of a list column, ~0.2 s): imported once in the trainer before forking,
+# so no forked worker pays for them again, pass after pass.
+_READER_MODULES = {
+    "arrow": ("streamload.shards.arrow.reader", "pyarrow.compute"),
+    "lmdb": ("streamload.shards.lmdb.reader",),
+    "lmdb-env": ("streamload.shards.lmdb.reader",),
+}
+
+
+def preload_worker_imports(dataset: Any) -> None:
+    """Import in this process what a forked worker would otherwise import on its first batch."""
+    importlib.import_module("numpy.random")
+    index = getattr(dataset, "index", None)
+    for module in _READER_MODULES.get(getattr(index, "format", ""), ()):
+        importlib.import_module(module)
+
+
+def reuse_key(dataset: Any, spec: Any, options: WorkerOptions, context: Any, geometry: Any) -> Any:
+    """What a pass must share with the pass a pool was started for to run on its workers, or
+    None when a pass's workers must start fresh.
+
+    Workers are reused across non-persistent passes only where nothing observable changes: the
+    columnar route (a StreamingDataset without transform, torch's default_collate) and no
+    worker_init_fn, so no user code runs in a worker, and every per-pass input (epoch, start,
+    rank, batch size) travels in the pass's first message. Any other route starts fresh
+    workers every pass, as DataLoader does, since user code may hold state a fresh copy resets.
+    """
+    if spec.route is not Route.COLUMNAR or options.worker_init_fn is not None:
+        return None
+    fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
+    return (
+        id(dataset),
+        json.dumps(fingerprint, sort_keys=True),
+        options.num_workers,
+        context,
+        geometry,
+    )
 
 
 def default_context(method: str) -> Any:
@@ -135,9 +210,14 @@ class WorkerSetup:
             `WorkerOptions` (``prefetch`` = items in flight per worker, at least 1).
         context: the multiprocessing context workers start in.
         capacity: data bytes of each worker's ring.
+        chunk: batches larger than this stream through the ring as several records (None:
+            whole records, ``zero_copy``).
         zero_copy: hand out tensors viewing ring records instead of copies.
         heap_retain: freed heap each process keeps (`streamload.loader.heap`).
         spare_rings: the loader's rings kept between non-persistent passes (shared, mutable).
+        idle_pools: the loader's pool left by a finished pass for the next one (shared,
+            mutable; see `reuse_key`).
+        reuse_key: what a pool started with this setup may be reused for (None: never).
     """
 
     num_workers: int
@@ -149,8 +229,11 @@ class WorkerSetup:
     capacity: int
     zero_copy: bool
     heap_retain: int
+    chunk: int | None = None
     spare_rings: list[Ring] = field(default_factory=list)
     in_order: bool = True
+    idle_pools: list[WorkerPool] = field(default_factory=list)
+    reuse_key: Any = None
     ring_note: str = ""  # how the ring got its size, added to a RecordTooLarge error
 
     @classmethod
@@ -161,17 +244,25 @@ class WorkerSetup:
         settings: LoaderSettings,
         spare_rings: list[Ring],
         zero_copy: bool,
+        idle_pools: list[WorkerPool] | None = None,
     ) -> WorkerSetup:
         """The setup of a loader's workers (the ring sized for ``pass_``'s batches)."""
+        capacity, chunk = ring_geometry(
+            pass_.dataset, pass_.batch_size, pass_.spec, settings.ring_size, zero_copy
+        )
+        context = options.multiprocessing_context or default_context(
+            effective_start_method(settings.start_method)
+        )
+        key = reuse_key(
+            pass_.dataset, pass_.spec, options, options.multiprocessing_context, (capacity, chunk)
+        )
         if settings.ring_size:
-            capacity = _ring_capacity(settings.ring_size)
             note = (
                 f"ring_size is set to {settings.ring_size_origin} = {settings.ring_size} bytes;"
                 f" each worker's ring is the largest power of two not above that, {capacity}"
                 " bytes, and one batch may take at most half of a ring"
             )
         else:
-            capacity = auto_ring_capacity(pass_.dataset, pass_.batch_size, pass_.spec)
             note = (
                 f"ring_size is {settings.ring_size_origin}: each worker's ring was sized to"
                 f" {capacity} bytes from index.json; set ring_size (StreamLoader(ring_size=...)"
@@ -183,13 +274,15 @@ class WorkerSetup:
             persistent=options.persistent_workers,
             timeout=options.timeout,  # as given: messages print it as DataLoader does
             worker_init_fn=options.worker_init_fn,
-            context=options.multiprocessing_context
-            or default_context(effective_start_method(settings.start_method)),
+            context=context,
             capacity=capacity,
             zero_copy=zero_copy,
             heap_retain=settings.heap_retain,
+            chunk=chunk,
             spare_rings=spare_rings,
             in_order=options.in_order,
+            idle_pools=idle_pools if idle_pools is not None else [],
+            reuse_key=key,
             ring_note=note,
         )
 
@@ -199,7 +292,7 @@ class WorkerPool:
 
     def __init__(self, pass_: Pass, setup: WorkerSetup, base_seed: int) -> None:
         self.num_workers = setup.num_workers
-        heap.retain_freed(setup.heap_retain)  # the trainer copies every batch out, too
+        self.reuse_key = setup.reuse_key
         # Rings kept by the loader from its previous pass (see `shutdown(keep_rings=True)`).
         self._spare: list[Ring] = setup.spare_rings
         self.rings: list[Ring] = []
@@ -209,6 +302,8 @@ class WorkerPool:
         self.procs: list[Any] = []
         self._any_turn = 0  # where `receive_any` starts polling next
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.rings, self.conns)
+        heap.release()  # forked workers must not inherit (and copy on write) freed trainer heap
+        preload_worker_imports(pass_.dataset)
         context = setup.context
         for worker_id in range(self.num_workers):
             ring = self._spare_ring(setup.capacity) or Ring.create(setup.capacity)
@@ -227,6 +322,7 @@ class WorkerPool:
                     setup.worker_init_fn,
                     os.getpid(),
                     setup.heap_retain,
+                    setup.chunk,
                     setup.ring_note,
                 ),
                 daemon=True,
@@ -237,6 +333,7 @@ class WorkerPool:
             proc.start()
             reader.close()
             ring.set_producer_pid(proc.pid)
+        heap.prime(setup.heap_retain)  # the trainer copies every batch out (heap.py)
 
     def send(self, worker_id: int, message: bytes) -> None:
         """Send one control message; a dead worker is reported by the next read instead."""
@@ -353,6 +450,12 @@ class WorkerPool:
         self.shutdown()
         raise WorkerError(message)
 
+    def healthy(self) -> bool:
+        """Every worker alive and every ring open: the pool can serve another pass."""
+        return bool(self.procs) and all(
+            p.is_alive() and not r.closed for p, r in zip(self.procs, self.rings, strict=True)
+        )
+
     def _spare_ring(self, capacity: int) -> Ring | None:
         while self._spare:
             ring = self._spare.pop()
@@ -421,8 +524,22 @@ class MultiProcessIter:
         # and a reference back would make a cycle that keeps the workers alive until a gc pass.
         self._setup = setup
         self.base_seed = base_seed
-        self._pool = WorkerPool(pass_, setup, base_seed)
+        self._pool = self._idle_pool() or WorkerPool(pass_, setup, base_seed)
         self._begin(pass_)
+
+    def _idle_pool(self) -> WorkerPool | None:
+        """The previous pass's pool if this pass may run on it (see `reuse_key`); any other idle
+        pool is shut down."""
+        found = None
+        idle = self._setup.idle_pools
+        while idle:
+            pool = idle.pop()
+            key = self._setup.reuse_key
+            if found is None and key is not None and pool.reuse_key == key and pool.healthy():
+                found = pool
+            else:
+                pool.shutdown()
+        return found
 
     def reset(self, pass_: Pass) -> MultiProcessIter:
         """Start the next epoch on the same workers (persistent_workers)."""
@@ -492,7 +609,7 @@ class MultiProcessIter:
             if batch is not _SKIP:
                 break
         if self._cursor is not None:
-            self._cursor.steps += 1
+            self._cursor.delivered(batch)
         if self._pin_device is not None:
             batch = pin(batch, self._pin_device)
         self._num_yielded += 1
@@ -521,7 +638,7 @@ class MultiProcessIter:
             self._dispatch()
             raise worker_errors.rebuild(worker_id, body)
         self._dispatch()
-        return self._spec_finish(record)
+        return self._spec_finish(worker_id, record)
 
     def _next_own(self) -> Any:
         if self._ended:
@@ -541,7 +658,7 @@ class MultiProcessIter:
             self._next_worker = (worker_id + 1) % self._pool.num_workers
             raise worker_errors.rebuild(worker_id, body)
         self._next_worker = (worker_id + 1) % self._pool.num_workers
-        return self._spec_finish(record)
+        return self._spec_finish(worker_id, record)
 
     def _next_own_unordered(self) -> Any:
         """A planned pass with in_order=False: the next batch any worker has ready; the pass
@@ -559,14 +676,24 @@ class MultiProcessIter:
                 self._active[worker_id] = False
                 return _SKIP
             raise worker_errors.rebuild(worker_id, body)
-        return self._spec_finish(record)
+        return self._spec_finish(worker_id, record)
 
-    def _spec_finish(self, record: Any) -> Any:
+    def _spec_finish(self, worker_id: int, record: Any) -> Any:
         # zero_copy: tensors view the record, which is released when the last of them dies.
-        payload = decode(record, copy=not self._setup.zero_copy)
+        # Copying: a streamed batch's later records come from the same ring, one at a time.
+        strings = self._pass.spec.strings
+        payload = decode(
+            record,
+            copy=not self._setup.zero_copy,
+            blobs="column" if strings == "blobs" else "list",
+            more=functools.partial(self._continued, worker_id),
+        )
         if self._pass.spec.route is Route.COLUMNAR:
-            return columns_to_torch(payload)
+            return columns_to_torch(payload, strings)
         return payload
+
+    def _continued(self, worker_id: int) -> Any:
+        return self._pool.receive(worker_id, self._setup.timeout)[1]
 
     def _drain(self) -> None:
         """Read what is left of this epoch so the next one starts on empty rings."""
@@ -574,21 +701,38 @@ class MultiProcessIter:
             for worker_id in range(self._pool.num_workers):
                 while self._active[worker_id]:
                     kind, record = self._pool.receive(worker_id, self._setup.timeout)
-                    body = bytes(record.view()) if kind == RecordType.ERROR else b""
+                    if kind == RecordType.DATA:
+                        skip(record, functools.partial(self._continued, worker_id))
+                        continue
+                    body = bytes(record.view())
                     record.release()
                     if body == protocol.END_OF_SHARE:
                         self._active[worker_id] = False
             return
         while self._pending:
             worker_id = self._pending.popleft()
-            _kind, record = self._pool.receive(worker_id, self._setup.timeout)
-            record.release()
+            kind, record = self._pool.receive(worker_id, self._setup.timeout)
+            if kind == RecordType.DATA:
+                skip(record, functools.partial(self._continued, worker_id))
+            else:
+                record.release()
 
     def _finish_epoch(self) -> None:
-        if not self._setup.persistent:
+        if self._setup.persistent:
+            if self._own_plan:
+                self._drain()
+        elif self._pool.reuse_key is not None:
+            # Workers that run no user code serve the loader's next pass too (`reuse_key`):
+            # no fork, worker start or ring setup per epoch.
+            if self._own_plan:
+                self._drain()
+            if self._pool.healthy():
+                self._setup.idle_pools.append(self._pool)
+            else:
+                self._pool.shutdown()
+        else:
             self._pool.shutdown(keep_rings=True)
-        elif self._own_plan:
-            self._drain()
+            heap.release()  # the pass is over: hand the batches' freed memory back
 
     def shutdown(self) -> None:
         """Stop the workers now (also what garbage collection and interpreter exit do)."""

@@ -47,7 +47,7 @@ class SingleProcessIter:
         batch = self._fetcher.finish(self._fetcher.fetch(item))
         self._stats.local.batches += 1
         if self._cursor is not None:
-            self._cursor.steps += 1
+            self._cursor.delivered(batch)
         if self._pin_device is not None:
             batch = pin(batch, self._pin_device)
         self._num_yielded += 1

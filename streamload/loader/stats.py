@@ -98,6 +98,28 @@ def _walk(obj: Any, samples: list[int]) -> int:
     return 0
 
 
+def _bytes_by_row(obj: Any, rows: np.ndarray, out: np.ndarray) -> None:
+    """Add each row group's bytes of a batch to ``out`` (row ``i`` belongs to ``rows[i]``):
+    arrays and tensors whose leading dimension is the batch split evenly by row; a list of
+    str/bytes by each item's length (characters for str, as `batch_size_and_bytes`)."""
+    n = len(rows)
+    shape = getattr(obj, "shape", None)
+    if shape is not None and hasattr(obj, "nbytes"):
+        if len(shape) and shape[0] == n and n:
+            out += np.bincount(rows, minlength=len(out)) * (int(obj.nbytes) / n)
+        return
+    if isinstance(obj, dict):
+        for value in obj.values():
+            _bytes_by_row(value, rows, out)
+    elif isinstance(obj, (list, tuple)):
+        if len(obj) == n and obj and isinstance(obj[0], (str, bytes)):
+            lengths = np.fromiter(map(len, obj), dtype=np.float64, count=n)
+            out += np.bincount(rows, weights=lengths, minlength=len(out))
+        else:
+            for value in obj:
+                _bytes_by_row(value, rows, out)
+
+
 def _count_nonzero(values: Any) -> int:
     """Non-zero entries of a numpy array or torch tensor (a CPU tensor is counted through a
     numpy view: ~20x cheaper than torch's reduction for one batch)."""
@@ -165,6 +187,7 @@ class LoaderStats:
         self.rings: list[Any] = []
         self.num_workers = 0
         self.listeners: list[Callable[[LoaderStats], None]] = []
+        self.sources: dict[str, dict[str, int]] = {}  # a mixture's samples and bytes per source
         self._occupancy_sum = 0.0
         self._occupancy_samples = 0
         self.packed_tokens = 0  # token slots with segment_ids != 0 (packed token streams)
@@ -263,6 +286,8 @@ class LoaderStats:
             ``cache``: ``enabled`` (True once a remote shard went through the cache), ``note``, ``hits``,
                 ``misses``, ``evictions``, ``bytes_downloaded``, ``retries``, ``throttled``,
                 ``hit_rate`` (None without lookups).
+            ``sources``: over a MixedDataset, ``{name: {"samples", "bytes"}}`` each source
+                delivered to the training loop (bytes counted as ``bytes`` is); else empty.
         """
         elapsed = self.active_s
         if self._pass_started is not None:
@@ -297,7 +322,19 @@ class LoaderStats:
                 else None
             ),
             "cache": self._cache(),
+            "sources": {name: dict(counts) for name, counts in self.sources.items()},
         }
+
+    def count_sources(self, names: tuple[str, ...], rows: np.ndarray, batch: Any) -> None:
+        """Count a mixed batch per source: row ``i`` came from source ``names[rows[i]]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        samples = np.bincount(rows, minlength=len(names))
+        nbytes = np.zeros(len(names))
+        _bytes_by_row(batch, rows, nbytes)
+        for i, name in enumerate(names):
+            counts = self.sources.setdefault(name, {"samples": 0, "bytes": 0})
+            counts["samples"] += int(samples[i])
+            counts["bytes"] += round(float(nbytes[i]))
 
     def _snapshots(self) -> list[dict[str, Any]]:
         local = self.local.snapshot(0)

@@ -1,6 +1,7 @@
 """The worker process: the main loop that turns work items into batch records in its own ring.
 
-A worker owns the producer side of one ring (trainer <- worker, whole batches) and the reading
+A worker owns the producer side of one ring (trainer <- worker: batches, each streamed as
+consecutive records of at most a quarter of the ring in a copying pass) and the reading
 end of one Pipe (trainer -> worker, tiny control messages). It is seeded exactly as DataLoader
 seeds its workers (``random``/``torch`` with base_seed + id, numpy via torch's
 ``_generate_state``), publishes torch's ``WorkerInfo`` so ``get_worker_info()`` works, runs
@@ -8,14 +9,16 @@ seeds its workers (``random``/``torch`` with base_seed + id, numpy via torch's
 
 Messages (first byte = kind): ``R`` start an epoch (build a fresh fetcher), ``O`` + JSON plan
 parameters: start an epoch that follows the dataset's own plan (this rank's steps id, id + n, ...
-of ``plan.EpochPlan`` from the given start position),
+of ``dataset.epoch_plan`` from the given start: a position, or a mixture's position and
+cursors), which the worker's read-ahead then follows too,
 ``I`` an int64 index list, ``N`` one int index, ``T`` an iterable ticket of length k, ``P`` a
 pickled trainer-made item (custom samplers), ``X`` exit.
 
-Records out: DATA = one encoded batch, ERROR = ``S`` (fetcher ran dry: StopIteration) or ``E`` +
-the exception's type name and traceback (`streamload.loader.worker_errors.describe`), or ``T`` +
-the worker's stage-time snapshot (`streamload.loader.stats.WorkerReporter`), written just
-before a batch record now and then and before a planned pass's ``S``. Records are written in
+Records out: DATA = one encoded batch (or, streamed, one piece of it), ERROR = ``S`` (fetcher
+ran dry: StopIteration) or ``E`` + the exception's type name and traceback
+(`streamload.loader.worker_errors.describe`), or ``T`` + the worker's stage-time snapshot
+(`streamload.loader.stats.WorkerReporter`), written just before a batch's records now and then
+(never between the records of one batch) and before a planned pass's ``S``. Records are written in
 the order items arrived, so the trainer reads each ring in dispatch order.
 
 Invariants: the worker never outlives the trainer: PR_SET_PDEATHSIG (Linux) right after start,
@@ -40,7 +43,6 @@ from torch.utils.data._utils import worker as torch_worker
 from streamload.loader import heap, protocol, worker_errors
 from streamload.loader import stats as sl_stats
 from streamload.pipeline.fetch import FetchSpec
-from streamload.plan.partition import EpochPlan
 from streamload.telemetry import StageClock, TimedTransform
 from streamload.transport.codec import send
 from streamload.transport.ring import RecordTooLarge, RecordType, Ring, RingError, RingHandle
@@ -98,10 +100,16 @@ def worker_main(
     worker_init_fn: Any,
     parent_pid: int,
     heap_retain: int,
+    chunk: int | None = None,
     ring_note: str = "",
 ) -> None:
-    """Entry point of one worker process (see the module docstring). ``ring_note`` says how
-    the ring got its size (what the user set), for a batch too large for it."""
+    """Entry point of one worker process (see the module docstring).
+
+    ``chunk``: batches larger than this stream through the ring as several records
+    (`streamload.transport.codec.send`); None writes each batch as one record (zero-copy).
+    ``ring_note`` says how the ring got its size (what the user set), for a batch too large
+    for it.
+    """
     # Everything inherited from the trainer stays out of this worker's garbage collections:
     # a full collection would otherwise walk (and so copy-on-write) the trainer's whole heap.
     gc.freeze()
@@ -121,18 +129,8 @@ def worker_main(
                 worker_init_fn(worker_id)
         except Exception:
             init_error = worker_errors.describe()
-        _serve(
-            worker_id,
-            num_workers,
-            dataset,
-            spec,
-            batch_size,
-            ring,
-            conn,
-            parent_pid,
-            init_error,
-            ring_note,
-        )
+        out = _Output(ring, chunk, ring_note)
+        _serve(worker_id, num_workers, dataset, spec, batch_size, out, conn, parent_pid, init_error)
     except (RingError, EOFError, OSError, KeyboardInterrupt):
         pass  # trainer gone or closed: nothing left to tell anyone
     finally:
@@ -145,11 +143,10 @@ def _serve(
     dataset: Any,
     spec: FetchSpec,
     batch_size: int | None,
-    ring: Ring,
+    out: _Output,
     conn: Connection,
     parent_pid: int,
     init_error: bytes | None,
-    ring_note: str = "",
 ) -> None:
     fetcher: Any = None
     reporter = sl_stats.WorkerReporter(worker_id)
@@ -159,7 +156,7 @@ def _serve(
         ready = conn.poll(_IDLE_POLL_S)
         reporter.clock.idle_ns += time.perf_counter_ns() - waiting
         if not ready:
-            if not trainer_alive(parent_pid) or ring.closed:
+            if not trainer_alive(parent_pid) or out.ring.closed:
                 return
             continue
         message = conn.recv_bytes()
@@ -168,7 +165,7 @@ def _serve(
             return
         if init_error is not None:
             if kind not in (protocol.START_DISPATCHED, protocol.START_PLANNED):
-                _send_error(ring, init_error)
+                out.error(init_error)
             continue
         if kind == protocol.START_DISPATCHED:
             try:
@@ -177,29 +174,20 @@ def _serve(
                 fetcher = _Failed(worker_errors.describe())
             continue
         if kind == protocol.START_PLANNED:
-            _own_plan(
-                worker_id,
-                num_workers,
-                dataset,
-                spec,
-                batch_size,
-                message,
-                ring,
-                reporter,
-                ring_note,
-            )
+            _own_plan(worker_id, num_workers, dataset, spec, batch_size, message, out, reporter)
             continue
         # Nothing queued after this item: ship the stats now, the trainer may read no more.
-        item = protocol.decode_item(message)
-        _fetch_one(fetcher, item, ring, reporter, last=not conn.poll(0), ring_note=ring_note)
+        _fetch_one(fetcher, protocol.decode_item(message), out, reporter, last=not conn.poll(0))
 
 
 def _time_transform(dataset: Any, clock: StageClock) -> None:
     """Charge a StreamingDataset's transform to the ``transform`` stage (this worker's copy)."""
     from streamload.dataset.streaming import StreamingDataset
 
-    if isinstance(dataset, StreamingDataset) and dataset.transform is not None:
-        dataset.transform = TimedTransform(dataset.transform, clock)
+    sources = getattr(dataset, "sources", {"": dataset})  # a MixedDataset: each source's
+    for source in sources.values():
+        if isinstance(source, StreamingDataset) and source.transform is not None:
+            source.transform = TimedTransform(source.transform, clock)
 
 
 _END = object()
@@ -223,45 +211,52 @@ class _Reported(Exception):
         self.body = body
 
 
+class _Output:
+    """This worker's side of its ring: batches (streamed in chunks when ``chunk`` is set) and
+    control records (ERROR records: end of share, exception text, stats)."""
+
+    def __init__(self, ring: Ring, chunk: int | None, ring_note: str = "") -> None:
+        self.ring = ring
+        self.chunk = chunk
+        self.ring_note = ring_note  # how the ring got its size, added to a RecordTooLarge
+
+    def batch(self, payload: Any) -> None:
+        try:
+            send(self.ring, payload, chunk=self.chunk)
+        except RecordTooLarge:
+            self.error(worker_errors.describe(note=self.ring_note))
+
+    def error(self, body: bytes) -> None:
+        self.ring.put(body, type=RecordType.ERROR)
+
+
 def _fetch_one(
     fetcher: Any,
     item: Any,
-    ring: Ring,
+    out: _Output,
     reporter: sl_stats.WorkerReporter | None = None,
     last: bool = False,
-    ring_note: str = "",
 ) -> None:
     try:
         payload = fetcher.fetch(item)
     except StopIteration:
-        _send_error(ring, protocol.END_OF_SHARE)
+        out.error(protocol.END_OF_SHARE)
         return
     except _Reported as exc:
-        _send_error(ring, exc.body)
+        out.error(exc.body)
         return
     except Exception:
-        _send_error(ring, worker_errors.describe())
+        out.error(worker_errors.describe())
         return
     if reporter is None:
-        _send_batch(ring, payload, ring_note)
+        out.batch(payload)
         return
     reporter.clock.batches += 1
     if last or reporter.due():
-        _send_error(ring, reporter.record())
+        out.error(reporter.record())
     started = time.perf_counter_ns()
-    _send_batch(ring, payload, ring_note)
+    out.batch(payload)
     reporter.clock.add("transport", started)
-
-
-def _send_batch(ring: Ring, payload: Any, ring_note: str) -> None:
-    try:
-        send(ring, payload)
-    except RecordTooLarge:
-        _send_error(ring, worker_errors.describe(note=ring_note))
-
-
-def _send_error(ring: Ring, body: bytes) -> None:
-    ring.put(body, type=RecordType.ERROR)
 
 
 def _own_plan(
@@ -271,30 +266,26 @@ def _own_plan(
     spec: FetchSpec,
     batch_size: int | None,
     message: bytes,
-    ring: Ring,
+    out: _Output,
     reporter: sl_stats.WorkerReporter,
-    ring_note: str = "",
 ) -> None:
     """A whole planned epoch with no further trainer messages: steps id, id + n, ..."""
     try:
         params = protocol.plan_params(message)
         dataset.set_epoch(params["epoch"])
         fetcher = spec.build(dataset, reporter.clock)
-        plan = EpochPlan(
-            dataset.sample_order(),
-            params["world_size"],
-            params["batch_size"],
-            params["drop_last"],
-            params["start"],
+        plan = dataset.epoch_plan(
+            params["batch_size"], params["drop_last"], params["start"], params["world_size"]
         )
+        dataset.follow_plan(plan, params["rank"], worker_id, num_workers)  # read-ahead
         # One batch of lookahead: the stats ride before this worker's last batch, because the
         # trainer stops reading at the first worker's end of share.
         batches = plan.batches(params["rank"], worker_id, num_workers)
         upcoming = next(batches, _END)
         while upcoming is not _END:
             ids, upcoming = upcoming, next(batches, _END)
-            _fetch_one(fetcher, ids, ring, reporter, last=upcoming is _END, ring_note=ring_note)
+            _fetch_one(fetcher, ids, out, reporter, last=upcoming is _END)
     except Exception:
-        _send_error(ring, worker_errors.describe())
-    _send_error(ring, reporter.record())  # exact totals (read when a persistent pool drains)
-    ring.put(protocol.END_OF_SHARE, type=RecordType.ERROR)  # end of this worker's share
+        out.error(worker_errors.describe())
+    out.error(reporter.record())  # exact totals (read when a persistent pool drains)
+    out.error(protocol.END_OF_SHARE)  # end of this worker's share

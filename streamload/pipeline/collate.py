@@ -37,6 +37,80 @@ from streamload.format.blobs import BlobColumn
 StackedColumn = np.ndarray | list[Any] | BlobColumn
 
 
+class Blobs:
+    """A str or bytes column of a batch in one piece: what ``StreamLoader(strings="blobs")``
+    hands the loop instead of a list of ``str``/``bytes`` objects.
+
+    ``data`` is a 1-D uint8 tensor holding every row back to back, ``offsets`` an int64 tensor
+    of ``len + 1`` positions: row ``i`` is ``data[offsets[i]:offsets[i + 1]]`` (UTF-8 for a
+    text column, ``text`` True). Building it costs one copy of the bytes and no per-row object,
+    so decoders and tokenizers that take a buffer and offsets (or views) read the rows in place.
+
+    ``blobs[i]`` and ``views()`` give rows as uint8 tensor views of ``data``; ``tolist()`` gives
+    exactly the list ``default_collate`` would (str or bytes); ``pin_memory()`` pins both tensors
+    (the loader's ``pin_memory=True`` calls it).
+    """
+
+    __slots__ = ("data", "offsets", "text")
+
+    def __init__(self, data: torch.Tensor, offsets: torch.Tensor, text: bool) -> None:
+        self.data = data
+        self.offsets = offsets
+        self.text = text
+
+    @classmethod
+    def from_column(cls, column: BlobColumn) -> Blobs:
+        """Tensors sharing the column's (contiguous) memory."""
+        return cls(
+            array_to_tensor(column.data), array_to_tensor(np.asarray(column.offsets)), column.text
+        )
+
+    def __len__(self) -> int:
+        return int(self.offsets.numel()) - 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        """Row ``i`` as a uint8 view of ``data`` (negative counts from the end)."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} of {n}")
+        i %= n
+        return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Bytes of each row (int64, ``len``)."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def views(self) -> list[torch.Tensor]:
+        """Every row as a uint8 view of ``data``."""
+        return list(torch.split(self.data, self.lengths.tolist()))
+
+    def tolist(self) -> list[Any]:
+        """The column as ``default_collate`` gives it: a list of str (text) or bytes."""
+        data, offsets = self.data.cpu().numpy(), self.offsets.cpu().numpy()
+        return BlobColumn(self.text, offsets, data).tolist()
+
+    def pin_memory(self, device: str | None = None) -> Blobs:
+        """Both tensors in pinned memory (what ``pin_memory=True`` does to tensors)."""
+        args = () if device is None else (device,)
+        return Blobs(self.data.pin_memory(*args), self.offsets.pin_memory(*args), self.text)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Blobs):
+            return NotImplemented
+        return (
+            self.text == other.text
+            and torch.equal(self.offsets, other.offsets)
+            and torch.equal(self.data, other.data)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        kind = "text" if self.text else "bytes"
+        return f"Blobs({len(self)} {kind} rows, {int(self.data.numel())} bytes)"
+
+
 def stack_columns(columns: Mapping[str, Any]) -> dict[str, StackedColumn]:
     """Worker-side half of ``collate_columns``: one contiguous, owned array per numeric column.
 
@@ -55,24 +129,30 @@ def stack_columns(columns: Mapping[str, Any]) -> dict[str, StackedColumn]:
     return {name: _stack(values) for name, values in columns.items()}
 
 
-def columns_to_torch(columns: Mapping[str, StackedColumn]) -> dict[str, Any]:
+STRING_FORMS = ("list", "blobs")
+
+
+def columns_to_torch(columns: Mapping[str, StackedColumn], strings: str = "list") -> dict[str, Any]:
     """Trainer-side half of ``collate_columns``: arrays become tensors sharing their memory.
 
     Args:
         columns: ``stack_columns`` output (or arrays read back from the transport).
+        strings: ``"list"``: str/bytes columns as the lists ``default_collate`` gives;
+            ``"blobs"``: a ``BlobColumn`` becomes one `Blobs` (lists stay lists).
 
     Returns:
         A new dict in the same order: arrays as tensors (``torch.from_numpy``; copied once only
         when an array is read-only or not C-contiguous), lists unchanged.
     """
-    return {name: _to_torch(values) for name, values in columns.items()}
+    blobs = strings == "blobs"
+    return {name: _to_torch(values, blobs) for name, values in columns.items()}
 
 
-def _to_torch(values: StackedColumn) -> Any:
+def _to_torch(values: StackedColumn, blobs: bool = False) -> Any:
     if isinstance(values, np.ndarray):
         return array_to_tensor(values)
     if isinstance(values, BlobColumn):
-        return values.tolist()
+        return Blobs.from_column(values) if blobs else values.tolist()
     return values
 
 

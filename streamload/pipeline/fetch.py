@@ -13,7 +13,9 @@ Work items per route: MAP, an index list from the batch sampler (a single index 
 auto-batching); ITERABLE, a ``[None] * batch_size`` ticket (DataLoader's infinite sampler) while
 the samples come from the dataset's own iterator; COLUMNAR, an int64 id array or index list;
 SAMPLES, an int64 id array of a StreamingDataset's plan (``plan.EpochPlan.batches``) read as the
-dataset's own samples (transform applied) and collated with the user's collate_fn.
+dataset's own samples (transform applied) and collated with the user's collate_fn. Over a
+MixedDataset the plan's items are `streamload.plan.mixture.MixedBatch` (source and id per
+row), read the same two ways through the mixture's ``get_batch`` / ``get_samples``.
 A ``FetchSpec`` is the picklable recipe a worker needs, besides the dataset, to build its fetcher.
 Semantics mirror torch's ``_MapDatasetFetcher`` / ``_IterableDatasetFetcher``
 (torch/utils/data/_utils/fetch.py) exactly, including ``__getitems__`` and drop_last.
@@ -33,6 +35,7 @@ from torch.utils.data import default_collate, get_worker_info
 from streamload import telemetry
 from streamload.dataset.streaming import StreamingDataset
 from streamload.pipeline.collate import StackedColumn, columns_to_torch, stack_columns
+from streamload.plan.mixture import MixedBatch
 from streamload.telemetry import StageClock
 
 
@@ -61,13 +64,14 @@ class FetchSpec:
     auto_collation: bool
     collate_fn: Callable[[Any], Any]
     drop_last: bool
+    strings: str = "list"  # the columnar route's str/bytes columns: lists or `collate.Blobs`
 
     def build(self, dataset: Any, clock: StageClock | None = None) -> Fetcher:
         """The fetcher for ``dataset`` (an iterable dataset's ``iter()`` is called here);
         ``clock`` receives its read and collate times (`streamload.telemetry.StageClock`)."""
         fetcher: Any
         if self.route is Route.COLUMNAR:
-            fetcher = ColumnarFetcher(dataset)
+            fetcher = ColumnarFetcher(dataset, self.strings)
         elif self.route is Route.SAMPLES:
             fetcher = SampleFetcher(dataset, self.collate_fn)
         elif self.route is Route.MAP:
@@ -154,7 +158,9 @@ class SampleFetcher:
 
     def fetch(self, item: Any) -> Any:
         started = time.perf_counter_ns()
-        samples = self._dataset.get_samples(np.asarray(item, dtype=np.int64))
+        if not isinstance(item, MixedBatch):
+            item = np.asarray(item, dtype=np.int64)
+        samples = self._dataset.get_samples(item)
         return self.clock.collated(started, self._collate_fn, samples)
 
     def finish(self, payload: Any) -> Any:
@@ -166,14 +172,19 @@ class ColumnarFetcher:
 
     clock = StageClock()  # shared default; `FetchSpec.build(dataset, clock)` sets its own
 
-    def __init__(self, dataset: StreamingDataset):
+    def __init__(self, dataset: StreamingDataset, strings: str = "list"):
         self._dataset = dataset
+        self._output = strings
         # In a worker, str/bytes columns stay offsets + bytes (BlobColumn) until the trainer
         # makes the list: no per-row objects in the worker, one copy from file to ring. In the
-        # trainer itself the list is built at once (a blob would only add a copy).
-        self._strings = "list" if get_worker_info() is None else "blob"
+        # trainer itself the list is built at once (a blob would only add a copy), unless the
+        # loop wants `Blobs`.
+        in_worker = get_worker_info() is not None
+        self._strings = "blob" if in_worker or strings == "blobs" else "list"
 
     def fetch(self, item: Any) -> dict[str, StackedColumn]:
+        if isinstance(item, MixedBatch):  # a mixture's batch: each source's rows, merged
+            return self._columns(item)
         ids = np.asarray(item)
         if ids.size == 0:
             return default_collate([])  # an empty batch: raises IndexError, as DataLoader does
@@ -182,6 +193,9 @@ class ColumnarFetcher:
         ids = ids.astype(np.int64, copy=False).reshape(-1)
         if ids.min() < 0:  # ds[-1] is the last sample, so a sampler may yield negative ids
             ids = np.where(ids < 0, ids + len(self._dataset), ids)
+        return self._columns(ids)
+
+    def _columns(self, ids: Any) -> dict[str, StackedColumn]:
         started, waited = time.perf_counter_ns(), telemetry.FETCH_WAIT.values["ns"]
         columns = self._dataset.get_batch(ids, strings=self._strings)
         fetch_ns = telemetry.FETCH_WAIT.values["ns"] - waited  # remote shards: download waits
@@ -192,4 +206,4 @@ class ColumnarFetcher:
         return batch
 
     def finish(self, payload: dict[str, StackedColumn]) -> dict[str, Any]:
-        return columns_to_torch(payload)
+        return columns_to_torch(payload, self._output)

@@ -1,7 +1,8 @@
 """Steps: one epoch's global order cut into per-rank batches, from any start position.
 
-The global order (`streamload.plan.order.global_order`) is consumed front to back, one *step*
-at a time; a step is one batch on every rank. A full step takes ``world_size * batch_size``
+The global order (`streamload.plan.order.EpochOrder`, evaluated lazily: a plan never holds the
+epoch's ids, only slices the order for the steps someone builds) is consumed front to back, one
+*step* at a time; a step is one batch on every rank. A full step takes ``world_size * batch_size``
 consecutive ids and rank ``r`` gets the ``r``-th slice of ``batch_size``. The tail (fewer ids
 than a full step) is dropped with ``drop_last``; otherwise it is one last step split as evenly as
 possible (batch sizes differ by at most one), and only when the tail has fewer ids than ranks do
@@ -11,7 +12,8 @@ once across ranks per epoch (plus ``padding`` repeats, fewer than ``world_size``
 
 Workers: worker ``k`` of ``n`` builds steps ``k, k + n, ...`` counted from the plan's start
 (`EpochPlan.batches`); the trainer reads them round-robin, so batch contents never depend on
-``n``.
+``n``. `EpochPlan.rank_positions` gives the positions of many steps of one rank at once (what
+iterating a dataset sample by sample reads, a chunk at a time), still without the epoch's ids.
 
 **Position** counts the ids of the global order consumed by all ranks together (padding not
 counted): a plan can start at any position, and the same position on a different world size,
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from streamload.errors import ConfigError
+from streamload.plan.order import EpochOrder
 
 
 def count_steps(
@@ -40,7 +43,8 @@ class EpochPlan:
     """One epoch's steps for every rank, from a start position (see the module docstring).
 
     Args:
-        order: the epoch's global order (``global_order``).
+        order: the epoch's global order: an `streamload.plan.order.EpochOrder` (or anything with
+            ``len`` and slicing that gives int64 ids, e.g. an array).
         world_size: ranks taking one batch per step.
         batch_size: ids per rank per full step.
         drop_last: drop the tail that does not fill a whole step.
@@ -52,7 +56,7 @@ class EpochPlan:
 
     def __init__(
         self,
-        order: np.ndarray,
+        order: EpochOrder | np.ndarray,
         world_size: int,
         batch_size: int,
         drop_last: bool = False,
@@ -120,11 +124,27 @@ class EpochPlan:
         for step in range(first, self.num_steps, stride):
             yield self.batch(rank, step)
 
-    def rank_ids(self, rank: int) -> np.ndarray:
-        """Every id ``rank`` yields this epoch, in order."""
-        step = self.world_size * self.batch_size
-        full = self.order[self.start : self.start + self.full_steps * step]
-        ids = full.reshape(self.full_steps, self.world_size, self.batch_size)[:, rank].ravel()
-        if self.num_steps > self.full_steps:
-            ids = np.concatenate((ids, self.batch(rank, self.full_steps)))
-        return ids
+    def rank_positions(self, rank: int, first: int, stop: int, stride: int = 1) -> np.ndarray:
+        """Positions of the ids ``rank`` yields at steps ``first, first + stride, ...`` below
+        ``stop``, concatenated in step order (a padded rank's repeat included): ``order`` at
+        these positions is those batches, joined.
+
+        Raises:
+            IndexError: rank out of range.
+        """
+        if not 0 <= rank < self.world_size:
+            raise IndexError(f"rank {rank} outside [0, {self.world_size})")
+        b, world = self.batch_size, self.world_size
+        steps = np.arange(max(first, 0), min(stop, self.num_steps), stride, dtype=np.int64)
+        full = steps[steps < self.full_steps]
+        positions = (self.start + (full[:, None] * world + rank) * b + np.arange(b)).reshape(-1)
+        if len(steps) and steps[-1] >= self.full_steps:  # the tail step
+            tail_start = self.start + self.full_steps * world * b
+            if rank >= self.tail:
+                tail = np.array([tail_start + rank % self.tail], dtype=np.int64)
+            else:
+                share, extra = divmod(self.tail, world)
+                begin = tail_start + rank * share + min(rank, extra)
+                tail = np.arange(begin, begin + share + (1 if rank < extra else 0), dtype=np.int64)
+            positions = np.concatenate((positions, tail))
+        return positions.astype(np.int64, copy=False)

@@ -23,7 +23,9 @@ Invariants: records arrive exactly once, in commit order, bytes intact (headers 
 every read: a bad one raises `RingCorrupted`, never an out-of-bounds read); a reservation is
 invisible until committed, so a producer killed mid-write leaves no partial record; every wait is
 bounded and re-checks the peer's closed flag and liveness, so a dead or closed peer raises
-(`ProducerDied`, `ConsumerDied`, `RingClosed`) instead of hanging; Ctrl-C interrupts a wait.
+(`ProducerDied`, `ConsumerDied`, `RingClosed`) instead of hanging; Ctrl-C interrupts a wait. A
+producer waiting for space is woken once half the ring is free (or the consumer itself waits),
+so a consumer-bound ring costs one wake-up per half ring, not one per record.
 
 All status codes of the native core become exceptions in one place: `_ERROR_CLASSES` below.
 """
@@ -207,6 +209,8 @@ class Ring(_ring.RingCore):
     (head - tail), bytes_held (delivered, not yet released), bytes_ready (committed, not yet
     delivered); records/bytes (written), records_read/bytes_read, records_in_flight;
     producer_waits/consumer_waits and *_wait_ns (sleeps after spinning, and their total time);
+    producer_missed_wakes/consumer_missed_wakes (waits that slept a whole slice although they
+    could have gone on: 0 in a healthy run);
     records_held (Records of this object not released); next_seq; producer_pid/consumer_pid;
     producer_closed/consumer_closed.
     """

@@ -113,11 +113,22 @@ def test_break_out_of_loop_leaves_no_worker_and_no_fd() -> None:
     assert _fd_count() == baseline
 
 
-def test_batch_too_big_for_ring_names_ring_size() -> None:
-    """A batch larger than the ring's max record raises WorkerError naming ring_size."""
-    loader = _loader(_Data(n=8, nbytes=64 * 1024), ring_size=64 * 1024)
+def test_zero_copy_batch_too_big_for_ring_names_ring_size() -> None:
+    """With zero_copy a batch is one record: one larger than half the ring raises WorkerError
+    naming ring_size."""
+    loader = _loader(_Data(n=8, nbytes=64 * 1024), ring_size=64 * 1024, zero_copy=True)
     with pytest.raises(WorkerError, match="ring_size"):
         list(loader)
+
+
+def test_copying_pass_streams_batches_far_larger_than_the_ring() -> None:
+    """The copying default streams a batch through the ring in chunks: 256 KiB batches cross
+    16 KiB rings intact and in order."""
+    loader = _loader(_Data(n=16, nbytes=64 * 1024), ring_size=16 * 1024)
+    batches = list(loader)
+    assert [b.shape for b in batches] == [(4, 64 * 1024)] * 4
+    assert [int(b[0, 0]) for b in batches] == [0, 4, 8, 12]
+    assert all(bool((b[:, -1] == b[:, 0]).all()) for b in batches)
 
 
 _TRAINER = textwrap.dedent(

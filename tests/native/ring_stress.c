@@ -5,7 +5,9 @@
  * sizes, including 0/1 byte, max_record, and sizes that end exactly at the end of the data area
  * or force a PAD; sometimes it aborts a reservation or commits fewer bytes than it reserved. Each
  * payload is a deterministic byte stream derived from (seq, len), so the consumer checks every
- * byte and the sequence order. The consumer holds a few records and releases them out of order.
+ * byte and the sequence order. The consumer holds a few records and releases them out of order,
+ * and sometimes waits for data while still holding one (the producer's wake-up hysteresis must
+ * not leave it asleep then: missed wakes are counted and printed).
  * Small random pauses on both sides make the ring run full and empty, exercising both sleeps.
  *
  * usage: ring_stress CAPACITY RECORDS SEED [SECONDS]
@@ -25,6 +27,7 @@
 
 #define MAX_HELD 6
 #define WAIT_NS 5000000000ll /* a 5 s wait in a healthy run means a lost wake-up or deadlock */
+#define HOLD_WAIT_NS 20000000ll /* waiting while holding a record the producer may need */
 
 typedef struct {
     sl_ring *ring;
@@ -154,9 +157,17 @@ static void *consumer(void *arg) {
         sl_record rec;
         sl_status st = sl_ring_get(r, &rec);
         if (st == SL_AGAIN) {
-            /* Never wait while holding everything: the producer might need that space. */
-            while (nheld > 0) sl_ring_release(r, held[--nheld]);
-            st = sl_ring_wait_readable(r, WAIT_NS);
+            /* Usually release everything before waiting. Sometimes wait while still holding one
+             * record (a zero-copy batch the user keeps): the producer may then fit in less than
+             * the half ring it asked to be woken for, and the waiting consumer must wake it. If
+             * the record it holds is what the producer needs, give it up after a short wait. */
+            int keep = nheld > 0 && splitmix(&rng) % 4 == 0;
+            while (nheld > keep) sl_ring_release(r, held[--nheld]);
+            st = sl_ring_wait_readable(r, keep ? HOLD_WAIT_NS : WAIT_NS);
+            if (st == SL_TIMEOUT && keep) {
+                sl_ring_release(r, held[--nheld]);
+                continue;
+            }
             if (st == SL_CLOSED) break;
             if (st != SL_OK) {
                 hs->failure = sl_status_name(st);
@@ -245,10 +256,12 @@ int main(int argc, char **argv) {
     int ok = !ph.failure && !ch.failure && ph.produced == ch.consumed && ph.produced > 0 &&
              s.head == s.tail;
     if (ok)
-        printf("ok produced=%llu consumed=%llu bytes=%llu producer_waits=%llu consumer_waits=%llu\n",
+        printf("ok produced=%llu consumed=%llu bytes=%llu producer_waits=%llu consumer_waits=%llu "
+               "producer_missed_wakes=%llu consumer_missed_wakes=%llu\n",
                (unsigned long long)ph.produced, (unsigned long long)ch.consumed,
                (unsigned long long)s.bytes_read, (unsigned long long)s.producer_waits,
-               (unsigned long long)s.consumer_waits);
+               (unsigned long long)s.consumer_waits, (unsigned long long)s.producer_missed_wakes,
+               (unsigned long long)s.consumer_missed_wakes);
     else
         printf("FAIL producer=%s consumer=%s produced=%llu consumed=%llu head=%llu tail=%llu\n",
                ph.failure ? ph.failure : "-", ch.failure ? ch.failure : "-",

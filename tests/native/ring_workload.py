@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import mmap
 import struct
 import sys
+
+
+def poke(ring: object, offset: int, data: bytes) -> None:
+    """Write raw bytes into a ring's shared memory through a second mapping of its memfd."""
+    with mmap.mmap(ring.fileno(), 0) as shared:  # type: ignore[attr-defined]
+        shared[offset : offset + len(data)] = data
 
 
 def load_extension(path: str) -> None:
@@ -75,13 +82,37 @@ def main() -> None:
         c2 = Ring.create(1 << 12)
         p2 = Ring.attach(c2.handle(), "producer")
         p2.put(b"x" * 100)
-        c2._poke(4096, garbage)
+        poke(c2, 4096, garbage)
         try:
             c2.get(timeout=0)
         except RingCorrupted:
             pass
         else:
             raise AssertionError("garbage header accepted")
+
+    # split(): the codec's str/bytes fast path, on valid and on hostile offsets.
+    from streamload.transport import _ring
+
+    texts = ["", "a", "héllo", "日本語", "x" * 300, "\udcff"]
+    blob = "".join(texts).encode("utf-8", "surrogatepass")
+    offsets = np.cumsum([0] + [len(t.encode("utf-8", "surrogatepass")) for t in texts])
+    assert _ring.split(blob, offsets.astype(np.int64), True) == texts
+    assert _ring.split(blob, offsets.astype(np.int64), False) == [
+        t.encode("utf-8", "surrogatepass") for t in texts
+    ]
+    for bad in ([0, 5, 3], [0, len(blob) + 1], [-1, 2], [3]):
+        try:
+            _ring.split(blob, np.asarray(bad, np.int64), False)
+        except ValueError:
+            pass
+        else:
+            assert bad == [3], bad  # one offset, zero rows: an empty list
+    try:
+        _ring.split(b"\xff\xfe", np.asarray([0, 2], np.int64), True)
+    except UnicodeDecodeError:
+        pass
+    else:
+        raise AssertionError("invalid UTF-8 accepted")
 
     prod.close()
     assert cons.get(timeout=0).type == RecordType.EOS

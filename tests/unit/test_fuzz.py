@@ -30,7 +30,7 @@ from streamload.errors import FormatError, RingError, StateError
 from streamload.format.index import parse_index
 from streamload.format.schema import schema_from_json
 from streamload.plan.state import check_state
-from streamload.transport.codec import ALIGN, decode, encode
+from streamload.transport.codec import ALIGN, HEADER_SIZE, decode, encode
 
 FUZZ = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz.py"
 
@@ -142,11 +142,11 @@ def test_loader_state_with_any_node_replaced_is_accepted_or_a_state_error(state:
 _BATCH = {"ids": np.arange(4), "text": ["a", "bé"], "pair": (np.ones((2, 2), np.float32), b"x")}
 _RECORD = encode(_BATCH)
 _META_LEN = struct.unpack_from("<I", _RECORD, 8)[0]
-_DATA = _RECORD[(16 + _META_LEN + ALIGN - 1) // ALIGN * ALIGN :]
+_DATA = _RECORD[(HEADER_SIZE + _META_LEN + ALIGN - 1) // ALIGN * ALIGN :]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_mutated(json.loads(_RECORD[16 : 16 + _META_LEN])), st.booleans())
+@given(_mutated(json.loads(_RECORD[HEADER_SIZE : HEADER_SIZE + _META_LEN])), st.booleans())
 # Found by this test: an array node whose origin is null raised AttributeError.
 @example(
     meta=[
@@ -165,8 +165,9 @@ def test_batch_record_with_any_metadata_node_replaced_decodes_or_is_ring_corrupt
 ) -> None:
     """A record whose structure lies about its data section raises a RingError, never more."""
     text = json.dumps(meta).encode("utf-8", "surrogatepass")
-    pad = bytes(-(16 + len(text)) % ALIGN)
-    record = _RECORD[:8] + struct.pack("<II", len(text), 0) + text + pad + _DATA
+    pad = bytes(-(HEADER_SIZE + len(text)) % ALIGN)
+    total = HEADER_SIZE + len(text) + len(pad) + len(_DATA)
+    record = _RECORD[:8] + struct.pack("<IIQ", len(text), 0, total) + text + pad + _DATA
     with contextlib.suppress(RingError):
         decode(record, copy=copy, allow_pickle=False)
 

@@ -25,6 +25,7 @@ import pytest
 from fsspec.spec import AbstractFileSystem
 
 from streamload import ShardWriter, StreamingDataset, StreamLoader
+from streamload.cache.read_plan import chunk_shards
 from streamload.cache.readahead import OPEN_SHARDS
 from streamload.errors import CacheError
 from streamload.store import filesystem as store
@@ -167,7 +168,7 @@ def test_a_reader_pins_at_most_its_open_shards_plus_readahead(
     remote = ds._remote_shards()
     assert remote is not None
     plan, cursor = remote.plan
-    ahead = [int(k) for k in plan[cursor + 1 : cursor + 3]]
+    ahead = plan.window(cursor + 1, 2)
     assert remote.readahead.wait_reserved(ahead, timeout=30)
     remote.cache.clear()
     left = _disk_bytes(tmp_path / "cache")
@@ -195,18 +196,15 @@ def test_readahead_fetches_the_next_shards_of_the_plan_before_they_are_opened(
 def test_readahead_runs_across_the_epoch_boundary(
     corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At the last shard of epoch e, the first shards of epoch e+1 are already being reserved."""
+    """At the last shard of epoch e, the first shards of epoch e+1 are already being reserved
+    (iteration reads 256 ids at a time, each chunk's shards in shard order)."""
     monkeypatch.setenv("STREAMLOAD_READAHEAD_SHARDS", "2")
     ds = _remote(corpus, tmp_path / "cache", 12, shuffle=True)
-    order = ds.sample_order(0)
     offsets = ds.index.sample_offsets
-    shard_of = lambda i: int(np.searchsorted(offsets, i, "right") - 1)  # noqa: E731
-    next_epoch = []
-    for i in ds.sample_order(1):
-        if shard_of(i) not in next_epoch and shard_of(i) != shard_of(order[-1]):
-            next_epoch.append(shard_of(i))
-    for i in order:
-        ds.get_batch(np.array([i]))
+    last = chunk_shards(ds.sample_order(0)[-(N % 256 or 256) :], offsets)[-1]
+    upcoming = chunk_shards(ds.sample_order(1)[:256], offsets).tolist()
+    next_epoch = [k for k in upcoming if k != last]
+    assert len(list(ds)) == N  # epoch 0, in its own order
     remote = ds._remote_shards()
     assert remote is not None
     assert remote.readahead.wait_reserved(next_epoch[:1], timeout=30)

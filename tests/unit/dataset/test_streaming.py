@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import pickle
 import shutil
 import tempfile
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 
 from streamload import ShardWriter, StreamingDataset
 from streamload.dataset.inspect import describe, verify_dataset
-from streamload.errors import ConfigError, FormatError
+from streamload.errors import ConfigError, FormatError, StateError
 from streamload.plan.order import ShuffleSettings, global_order
 
 
@@ -340,3 +342,73 @@ def test_every_kind_round_trips_through_getitem_and_get_batch(
 
 def _kind(columns: list[dict[str, Any]], name: str) -> str:
     return next(c["kind"] for c in columns if c["name"] == name)
+
+
+# -- subsets ----------------------------------------------------------------------------------------
+
+
+def test_a_subset_is_a_smaller_dataset_of_real_rows(dataset_url: str) -> None:
+    """subset=N: len is N; ds[i], get_batch and iteration number the subset's rows (real rows
+    of the dataset, distinct), the same for a seed; another seed picks others; ranges take
+    exactly those ids."""
+    full = StreamingDataset(dataset_url)
+    ds = StreamingDataset(dataset_url, subset=50, seed=3, shuffle=True)
+    assert len(ds) == 50
+    ids = [ds[i]["id"] for i in range(50)]
+    assert len(set(ids)) == 50 and all(full[i]["id"] == i for i in ids[:3])
+    assert ds.get_batch(np.arange(50))["id"].tolist() == ids
+    assert sorted(s["id"] for s in ds) == sorted(ids)
+    again = StreamingDataset(dataset_url, subset=50, seed=3)
+    assert [again[i]["id"] for i in range(50)] == ids
+    assert {StreamingDataset(dataset_url, subset=50, seed=4)[i]["id"] for i in range(50)} != set(
+        ids
+    )
+    ranges = StreamingDataset(dataset_url, subset=[(390, 400), (0, 5)])
+    assert [s["id"] for s in ranges] == [0, 1, 2, 3, 4, *range(390, 400)]
+    assert len(StreamingDataset(dataset_url, subset=0.25)) == 100
+
+
+def test_a_subset_is_part_of_the_resume_fingerprint(dataset_url: str) -> None:
+    """A state of the whole dataset does not load into a subset of it, nor one subset's into
+    another's (StateError naming subset)."""
+    whole = StreamingDataset(dataset_url).state_dict()
+    with pytest.raises(StateError, match="subset"):
+        StreamingDataset(dataset_url, subset=10).load_state_dict(whole)
+    ten = StreamingDataset(dataset_url, subset=10).state_dict()
+    with pytest.raises(StateError, match="subset"):
+        StreamingDataset(dataset_url, subset=11).load_state_dict(ten)
+
+
+def test_a_bad_subset_is_a_config_error(dataset_url: str) -> None:
+    """subset past the dataset's size or of another type: ConfigError naming subset."""
+    with pytest.raises(ConfigError, match="subset"):
+        StreamingDataset(dataset_url, subset=401)
+    with pytest.raises(ConfigError, match="subset"):
+        StreamingDataset(dataset_url, subset="all")  # type: ignore[arg-type]
+
+
+def test_states_of_the_order_before_issue_12_are_refused(dataset_url: str) -> None:
+    """A state whose fingerprint has no order version (numpy permutations) is a StateError
+    naming the order, not a silent change of sequence."""
+    state = StreamingDataset(dataset_url, shuffle=True).state_dict()
+    del state["fingerprint"]["order"]
+    with pytest.raises(StateError, match="order"):
+        StreamingDataset(dataset_url, shuffle=True).load_state_dict(state)
+
+
+def test_a_dataset_is_freed_as_soon_as_it_is_dropped_after_passes(dataset_url: str) -> None:
+    """With the cyclic garbage collector off, a dataset that was iterated and read by a loader
+    (both register their read plan) is freed when its last reference goes: no cycle keeps its
+    shards (an LMDB environment can be open only once per process) alive."""
+    from streamload import StreamLoader
+
+    gc.disable()
+    try:
+        ds = StreamingDataset(dataset_url, shuffle=True, columns=["id", "tokens"])
+        assert sum(len(b["id"]) for b in StreamLoader(ds, batch_size=64)) == 400
+        assert len(list(ds)) == 400
+        ref = weakref.ref(ds)
+        del ds
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streamload as sl
 from streamload.format.blobs import BlobColumn
@@ -125,3 +130,89 @@ def test_copy_runs_copies_every_row_to_its_place() -> None:
     copy_runs(dst, src, src_starts, dst_starts, lengths)
     expected = np.concatenate([src[s : s + n] for s, n in zip(src_starts, lengths, strict=True)])
     np.testing.assert_array_equal(dst, expected)
+
+
+@st.composite
+def _scattered(draw: st.DrawFn) -> tuple[BlobColumn, list[bytes]]:
+    """A column of rows drawn from several shards' sources, gathered lazily and interleaved."""
+    n = draw(st.integers(0, 30))
+    rows = draw(st.lists(st.binary(max_size=12), min_size=n, max_size=n))
+    order = draw(st.permutations(range(n)))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=3)))
+    parts, positions = [], []
+    for group in np.split(np.asarray(order, np.int64), cuts):
+        if not len(group):
+            continue
+        pieces = [rows[r] for r in group]
+        if draw(st.booleans()):  # rows back to back in their own buffer (an Arrow slice)
+            blob = np.frombuffer(b"".join(pieces), np.uint8)
+            offsets = np.zeros(len(pieces) + 1, np.int64)
+            np.cumsum([len(p) for p in pieces], out=offsets[1:])
+            parts.append(BlobColumn(False, offsets, blob))
+        else:  # rows scattered in a mapped source, in reverse order
+            buf, starts = bytearray(), [0] * len(pieces)
+            for k in reversed(range(len(pieces))):
+                buf += b"#"
+                starts[k] = len(buf)
+                buf += pieces[k]
+            source = np.frombuffer(bytes(buf), np.uint8)
+            parts.append(BlobColumn.gather(False, source, starts, [len(p) for p in pieces]))
+        positions.append(group)
+    if not parts:
+        return BlobColumn(False, np.zeros(1, np.int64), np.zeros(0, np.uint8)), []
+    return BlobColumn.scatter(parts, positions, n), rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(column=_scattered(), cuts=st.lists(st.integers(0, 400), max_size=5))
+def test_scattered_rows_write_to_any_range_without_gathering(
+    column: tuple[BlobColumn, list[bytes]], cuts: list[int]
+) -> None:
+    """Rows gathered from several sources are written, whole or in any consecutive ranges, as
+    the rows back to back, and the column holds no copy of them until `data` is asked for."""
+    col, rows = column
+    whole = b"".join(rows)
+    assert col.nbytes == len(whole)
+    assert col._data is None or not rows
+    out = np.zeros(col.nbytes, np.uint8)
+    col.write_data(out)
+    assert out.tobytes() == whole
+    bounds = sorted({0, col.nbytes, *(c % (col.nbytes + 1) for c in cuts)})
+    pieces = []
+    for a, b in itertools.pairwise(bounds):
+        part = np.zeros(b - a, np.uint8)
+        col.write_range(part, a, b)
+        pieces.append(part.tobytes())
+    assert b"".join(pieces) == whole
+    assert col.tolist() == rows
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_hands_out_contiguous_blobs_on_request(
+    dataset: sl.StreamingDataset, workers: int
+) -> None:
+    """strings="blobs": every str/bytes column is one Blobs (a uint8 tensor + int64 offsets)
+    holding exactly the rows the default lists hold, in and out of worker processes."""
+    kwargs: dict[str, Any] = {"batch_size": 64, "num_workers": workers}
+    if workers:
+        kwargs["multiprocessing_context"] = "fork"
+    lists = list(sl.StreamLoader(dataset, **kwargs))
+    blobs = list(sl.StreamLoader(dataset, strings="blobs", **kwargs))
+    assert len(lists) == len(blobs) == 7
+    for want, got in zip(lists, blobs, strict=True):
+        assert torch.equal(want["id"], got["id"])
+        for name in ("s", "b"):
+            column = got[name]
+            assert isinstance(column, sl.Blobs) and column.data.dtype == torch.uint8
+            assert column.offsets.dtype == torch.int64 and len(column) == len(want[name])
+            assert column.tolist() == want[name]
+            raw = [r.encode() if isinstance(r, str) else r for r in want[name]]
+            assert [bytes(v.numpy()) for v in column.views()] == raw
+            assert bytes(column[-1].numpy()) == raw[-1]
+            assert column.data.numel() == sum(map(len, raw))
+
+
+def test_strings_must_name_a_form() -> None:
+    """An unknown strings= form is a ConfigError naming the choices."""
+    with pytest.raises(sl.ConfigError, match="list, blobs"):
+        sl.StreamLoader(list(range(4)), strings="arrow")

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from streamload.loader.loader import StreamLoader
-from streamload.loader.pool import _ring_capacity
+from streamload.loader.pool import _ring_capacity, ring_geometry
+from streamload.transport.ring import record_size
 
 
 @pytest.mark.parametrize(("size", "capacity"), [(64 << 20, 64 << 20), (100_000, 65536), (1, 4096)])
@@ -52,6 +53,78 @@ def test_persistent_workers_keep_their_pids_across_epochs() -> None:
     assert [p.pid for p in second._pool.procs] == pids  # type: ignore[attr-defined]
     assert len(list(second)) == 4
     second.shutdown()  # type: ignore[attr-defined]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_columnar_passes_reuse_their_workers_without_persistent_workers(tmp_path: Any) -> None:
+    """Non-persistent passes over a StreamingDataset's columnar route run on the same workers
+    (no user code runs there) and yield exactly the batches of fresh workers and of in-process
+    loading, epoch after epoch; the workers go when the loader goes."""
+    import gc
+
+    import streamload as sl
+
+    with sl.ShardWriter(str(tmp_path), shard_size="4KiB") as w:
+        for i in range(200):
+            w.write({"x": i, "s": f"row {i}"})
+    ds = sl.StreamingDataset(str(tmp_path), shuffle=True, seed=3)
+    loader = StreamLoader(ds, batch_size=16, num_workers=2, multiprocessing_context="fork")
+    reference = StreamLoader(ds, batch_size=16)
+    pids = None
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        it = iter(loader)
+        got = [(b["x"].tolist(), b["s"]) for b in it]
+        want = [(b["x"].tolist(), b["s"]) for b in reference]
+        assert got == want
+        now = [p.pid for p in it._pool.procs]  # type: ignore[attr-defined]
+        assert pids is None or now == pids
+        pids = now
+    assert pids is not None and all(_alive(p) for p in pids)
+    del loader, it
+    gc.collect()
+    assert not any(_alive(p) for p in pids)
+
+
+def test_passes_with_user_code_in_workers_start_fresh_workers(tmp_path: Any) -> None:
+    """A transform, a worker_init_fn or a map-style dataset means fresh workers every pass, as
+    DataLoader starts them; a transform set between passes also retires a reusable pool."""
+    import streamload as sl
+
+    with sl.ShardWriter(str(tmp_path), shard_size="4KiB") as w:
+        for i in range(64):
+            w.write({"x": i})
+    ds = sl.StreamingDataset(str(tmp_path))
+    loaders = [
+        StreamLoader(_Tiny(), batch_size=1, num_workers=2, multiprocessing_context="fork"),
+        StreamLoader(
+            ds,
+            batch_size=8,
+            num_workers=2,
+            multiprocessing_context="fork",
+            worker_init_fn=lambda _: None,
+        ),
+        StreamLoader(ds, batch_size=8, num_workers=2, multiprocessing_context="fork"),
+    ]
+    for n, loader in enumerate(loaders):
+        first = iter(loader)
+        old = [p.pid for p in first._pool.procs]  # type: ignore[attr-defined]
+        list(first)
+        if n == 2:  # reusable until the dataset gains a transform
+            ds.transform = lambda row: row
+        second = iter(loader)
+        new = [p.pid for p in second._pool.procs]  # type: ignore[attr-defined]
+        list(second)
+        assert set(old).isdisjoint(new)
+        assert not any(_alive(p) for p in old)
+    ds.transform = None
 
 
 _START_METHOD_PROBE = """
@@ -110,50 +183,71 @@ def _blob_dataset(root: Any, sample_bytes: int, n: int = 64) -> Any:
     return sl.StreamingDataset(str(root))
 
 
-def test_auto_ring_size_follows_the_batches_the_dataset_makes(tmp_path: Any) -> None:
-    """ring_size=auto: small rows get a small ring, 256 x 64 KiB rows one that holds 1.5x a batch."""
-    from streamload.loader.pool import auto_ring_capacity
+def _geometry(loader: StreamLoader, ring_size: int = 0) -> tuple[int, int | None]:
+    spec = loader.fetch_spec()
+    return ring_geometry(loader.dataset, loader.batch_size, spec, ring_size, loader.zero_copy)
 
+
+def test_copying_passes_get_a_small_ring_whatever_the_batch(tmp_path: Any) -> None:
+    """ring_size=auto without zero_copy: a 4 MiB ring of four chunk records, the same for
+    100-byte and 64 KiB rows (batches stream through it), for any route."""
     small = _blob_dataset(tmp_path / "small", 100)
     big = _blob_dataset(tmp_path / "big", 64 * 1024)
-    small_loader = StreamLoader(small, batch_size=256, num_workers=1)
-    big_loader = StreamLoader(big, batch_size=256, num_workers=1)
-    assert (
-        auto_ring_capacity(small_loader.dataset, small_loader.batch_size, small_loader.fetch_spec())
-        == 4 << 20
-    )
-    capacity = auto_ring_capacity(
-        big_loader.dataset, big_loader.batch_size, big_loader.fetch_spec()
-    )
-    assert capacity // 2 - 64 >= 1.5 * 256 * 64 * 1024
+    loaders = [
+        StreamLoader(small, batch_size=256, num_workers=1),
+        StreamLoader(big, batch_size=256, num_workers=1),
+        StreamLoader(big, batch_size=256, num_workers=1, collate_fn=lambda b: b),
+    ]
+    for loader in loaders:
+        capacity, chunk = _geometry(loader)
+        assert (capacity, chunk) == (4 << 20, (1 << 20) - 64)
+        assert 4 * record_size(chunk) == capacity  # four chunk records fill it exactly
+    assert _geometry(loaders[1], 1 << 16) == (1 << 16, 16320)
+
+
+def test_zero_copy_rings_hold_whole_batches_sized_from_the_data(tmp_path: Any) -> None:
+    """ring_size=auto with zero_copy: small rows get a 4 MiB ring, 256 x 64 KiB rows one whose
+    record limit holds 1.5x a batch, unknown batches (custom collate) 64 MiB."""
+    small = _blob_dataset(tmp_path / "small", 100)
+    big = _blob_dataset(tmp_path / "big", 64 * 1024)
+    small_loader = StreamLoader(small, batch_size=256, num_workers=1, zero_copy=True)
+    big_loader = StreamLoader(big, batch_size=256, num_workers=1, zero_copy=True)
+    assert _geometry(small_loader) == (4 << 20, None)
+    capacity, chunk = _geometry(big_loader)
+    assert chunk is None and capacity // 2 - 64 >= 1.5 * 256 * 64 * 1024
     assert capacity == 64 << 20
     transformed = StreamLoader(
-        _blob_dataset(tmp_path / "t", 100), batch_size=256, num_workers=1, collate_fn=lambda b: b
+        _blob_dataset(tmp_path / "t", 100),
+        batch_size=256,
+        num_workers=1,
+        collate_fn=lambda b: b,
+        zero_copy=True,
     )
-    assert (
-        auto_ring_capacity(transformed.dataset, transformed.batch_size, transformed.fetch_spec())
-        == 64 << 20
-    )
+    assert _geometry(transformed) == (64 << 20, None)
 
 
-def test_auto_sized_rings_carry_every_batch(tmp_path: Any) -> None:
-    """With the auto-sized (small) ring, an epoch arrives whole and in order."""
-    ds = _blob_dataset(tmp_path / "ds", 3000, n=500)
-    loader = StreamLoader(ds, batch_size=100, num_workers=2)
-    batches = list(loader)
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_auto_sized_rings_carry_every_batch(tmp_path: Any, zero_copy: bool) -> None:
+    """With the auto-sized ring, an epoch of 16 MiB batches arrives whole and in order, streamed
+    through 4 MiB rings or (zero_copy) as whole records."""
+    ds = _blob_dataset(tmp_path / "ds", 64 * 1024, n=600)
+    loader = StreamLoader(ds, batch_size=256, num_workers=2, zero_copy=zero_copy)
+    batches = [{"id": b["id"].clone(), "n": len(b["data"])} for b in loader]
     assert [b["id"].tolist() for b in batches] == [
-        list(range(k, k + 100)) for k in range(0, 500, 100)
+        list(range(k, min(k + 256, 600))) for k in range(0, 600, 256)
     ]
-    assert all(ring.capacity == 4 << 20 for ring in loader._spare_rings)
+    expected = 4 << 20 if not zero_copy else 64 << 20
+    assert all(ring.capacity == expected for ring in loader._spare_rings)
 
 
 def test_record_too_large_says_what_the_user_set_as_ring_size(tmp_path: Any) -> None:
-    """ring_size="1MB" with 700 KB batches: the error names '1MB' and where it came from, the
-    1000000 bytes it means and the 524288-byte ring it became, not just the ring's size."""
+    """ring_size="1MB" with 700 KB zero-copy batches (which must fit half a ring: copying passes
+    stream any batch): the error names '1MB' and where it came from, the 1000000 bytes it means
+    and the 524288-byte ring it became, not just the ring's size."""
     import streamload as sl
 
     ds = _blob_dataset(tmp_path / "ds", 350_000, n=8)
-    loader = StreamLoader(ds, batch_size=2, num_workers=1, ring_size="1MB")
+    loader = StreamLoader(ds, batch_size=2, num_workers=1, ring_size="1MB", zero_copy=True)
     with pytest.raises(sl.WorkerError) as info:
         next(iter(loader))
     message = str(info.value)

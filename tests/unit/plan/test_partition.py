@@ -91,7 +91,7 @@ def test_padding_is_the_fewest_repeats_that_give_equal_steps(
     tail = (n - start) % (world_size * batch_size)
     assert plan.padding == (world_size - tail if 0 < tail < world_size else 0)
     assert plan.padding == sum(plan.padded(r) for r in range(world_size))
-    counts = Counter(i for r in range(world_size) for i in plan.rank_ids(r).tolist())
+    counts = Counter(i for r in range(world_size) for b in plan.batches(r) for i in b.tolist())
     assert set(counts) == set(range(start, n))
     assert sum(counts.values()) == n - start + plan.padding
 
@@ -101,7 +101,7 @@ def test_workers_rebuild_the_rank_batches_in_any_number(
     n: int, world_size: int, batch_size: int, num_workers: int
 ) -> None:
     """Worker k's steps k, k+n, ... read round-robin give the rank's batches: batch contents do
-    not depend on the worker count."""
+    not depend on the worker count; rank_positions gives those steps' positions at once."""
     plan = EpochPlan(np.arange(n, dtype=np.int64)[::-1].copy(), world_size, batch_size)
     for rank in range(world_size):
         streams = [list(plan.batches(rank, k, num_workers)) for k in range(num_workers)]
@@ -109,7 +109,13 @@ def test_workers_rebuild_the_rank_batches_in_any_number(
         expected = list(plan.batches(rank))
         assert [b.tolist() for b in merged] == [b.tolist() for b in expected]
         ids = np.concatenate(expected) if expected else np.empty(0, np.int64)
-        assert plan.rank_ids(rank).tolist() == ids.tolist()
+        order = plan.order
+        assert order[plan.rank_positions(rank, 0, plan.num_steps)].tolist() == ids.tolist()
+        for k in range(num_workers):  # a worker's share of many steps at once
+            share = [i for b in streams[k] for i in b.tolist()]
+            assert (
+                order[plan.rank_positions(rank, k, plan.num_steps, num_workers)].tolist() == share
+            )
 
 
 @given(st.integers(1, 80), st.integers(1, 6), st.integers(1, 6), st.integers(1, 6), st.data())

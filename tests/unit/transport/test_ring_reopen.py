@@ -94,9 +94,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> sl.StreamingDataset:
     return sl.StreamingDataset(str(root))
 
 
+def _no_init(worker_id: int) -> None:
+    pass
+
+
 def test_non_persistent_passes_reuse_their_rings(dataset: sl.StreamingDataset) -> None:
-    """Each epoch starts new workers on the previous epoch's rings, with correct batches."""
-    loader = sl.StreamLoader(dataset, batch_size=50, num_workers=2, ring_size="1MiB")
+    """Each epoch starts new workers on the previous epoch's rings, with correct batches (a
+    worker_init_fn: user code in the workers, so each pass starts fresh ones)."""
+    loader = sl.StreamLoader(
+        dataset, batch_size=50, num_workers=2, ring_size="1MiB", worker_init_fn=_no_init
+    )
     first = [b["id"].tolist() for b in loader]
     rings = list(loader._spare_rings)
     assert len(rings) == 2
@@ -108,7 +115,12 @@ def test_non_persistent_passes_reuse_their_rings(dataset: sl.StreamingDataset) -
 def test_a_held_zero_copy_batch_keeps_its_ring_out_of_reuse(dataset: sl.StreamingDataset) -> None:
     """A zero-copy tensor kept past the epoch still reads its own data; the next pass gets a new ring."""
     loader = sl.StreamLoader(
-        dataset, batch_size=50, num_workers=2, ring_size="1MiB", zero_copy=True
+        dataset,
+        batch_size=50,
+        num_workers=2,
+        ring_size="1MiB",
+        zero_copy=True,
+        worker_init_fn=_no_init,
     )
     kept: list[torch.Tensor] = []
     for batch in loader:

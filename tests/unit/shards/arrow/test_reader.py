@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,13 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamload.errors import FormatError
 from streamload.format.checksum import xxh3_64_file
 from streamload.format.schema import Schema, schema_from_json
-from streamload.shards.arrow.reader import ArrowShardReader
+from streamload.shards.arrow.reader import ArrowShardReader, _numpy
 from streamload.shards.arrow.writer import ArrowShardFileWriter
 
 SCHEMA = schema_from_json(
@@ -245,3 +249,66 @@ def test_zero_size_fixed_arrays_round_trip(tmp_path: Path) -> None:
     reader = ArrowShardReader(str(path), schema, "z.arrow", nbytes, num_samples=3)
     assert reader.get(1)["z"].shape == (3, 0)
     assert [a.shape for a in reader.take(np.array([2, 0]))["z"]] == [(3, 0), (3, 0)]
+
+
+_NUMPY_TYPES = [pa.int8(), pa.uint16(), pa.int32(), pa.int64(), pa.float16(), pa.float32()]
+_NUMPY_TYPES += [pa.float64(), pa.bool_(), pa.uint64()]
+
+
+@given(
+    st.sampled_from(_NUMPY_TYPES),
+    st.lists(st.integers(0, 200), min_size=0, max_size=80),
+    st.integers(0, 80),
+    st.integers(0, 80),
+)
+def test_numpy_view_equals_pyarrow_conversion_on_any_slice(
+    type_: pa.DataType, values: list[int], start: int, length: int
+) -> None:
+    """The reader's array -> numpy path equals pyarrow's to_numpy for every fixed-width type,
+    on arrays sliced at any offset (bool bit-packing included)."""
+    arr = pa.array(values, pa.int64()).cast(type_, safe=False) if values else pa.array([], type_)
+    if pa.types.is_boolean(type_):
+        arr = pa.array([v % 2 == 1 for v in values], type_)
+    sliced = arr.slice(min(start, len(arr)), length)
+    got, want = _numpy(sliced), sliced.to_numpy(zero_copy_only=False)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+TOKENS = schema_from_json(
+    {
+        "columns": [
+            {"name": "doc", "kind": "ndarray", "dtype": "uint16", "shape": [None]},
+            {"name": "fix", "kind": "ndarray", "dtype": "int32", "shape": [3]},
+        ]
+    },
+    "tokens",
+)
+
+
+def test_reading_every_kind_imports_no_pandas(shard: tuple[Path, int], tmp_path: Path) -> None:
+    """get, take and flat_array never import pandas: a fresh worker would pay ~0.3-1 s for it
+    on its first batch, every pass (pyarrow's to_numpy imports it when installed)."""
+    pytest.importorskip("pandas")  # installed with the test extra (ray[data] brings it)
+    path, nbytes = shard
+    tokens = tmp_path / "t.arrow"
+    writer = ArrowShardFileWriter(fsspec.filesystem("file"), str(tokens), TOKENS, None)
+    for i in range(50):
+        writer.add({"doc": np.arange(i % 7, dtype=np.uint16), "fix": np.full(3, i, np.int32)})
+    tokens_bytes, _ = writer.close()
+    code = f"""
+import sys, numpy as np
+from streamload.format.schema import schema_from_json
+from streamload.shards.arrow.reader import ArrowShardReader
+reader = ArrowShardReader({str(path)!r}, schema_from_json({SCHEMA.to_json()!r}, "s"), "s", {nbytes})
+reader.take(np.array([0, 40, 299, 7]))
+reader.get(33)
+schema = schema_from_json({TOKENS.to_json()!r}, "t")
+tokens = ArrowShardReader({str(tokens)!r}, schema, "t", {tokens_bytes})
+assert tokens.flat_array("doc").total == sum(i % 7 for i in range(50))
+assert tokens.flat_array("fix").total == 150
+print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -1,0 +1,157 @@
+"""MixedDataset (streamload.dataset.mixed): construction checks, epochs, states, weights, access."""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import streamload as sl
+from streamload.format.blobs import BlobColumn
+
+
+def _write(root: Path, name: str, n: int, offset: int) -> str:
+    with sl.ShardWriter(str(root / name), shard_size="1KiB") as w:
+        for i in range(n):
+            w.write({"id": offset + i, "tok": np.full(2, i, dtype=np.int32)})
+    return str(root / name)
+
+
+@pytest.fixture(scope="module")
+def urls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("mixed")
+    return {"a": _write(root, "a", 30, 0), "b": _write(root, "b", 11, 1000)}
+
+
+def _mix(urls: dict[str, str], **kwargs: Any) -> sl.MixedDataset:
+    kwargs.setdefault("weights", {"a": 2, "b": 1})
+    return sl.MixedDataset({n: sl.StreamingDataset(u) for n, u in urls.items()}, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"weights": {"a": 1}}, sl.ConfigError, r"no weight for \['b'\]"),
+        ({"weights": {"a": 1, "b": 1, "c": 1}}, sl.ConfigError, r"no source named \['c'\]"),
+        ({"weights": {"a": 1, "b": 0}}, sl.ConfigError, "weight 1 must be"),
+        ({"samples": 0}, sl.ConfigError, "samples"),
+        ({"seed": -1}, sl.ConfigError, "seed"),
+        ({"source_column": "id"}, sl.ConfigError, "source_column"),
+        ({"rank": 2, "world_size": 2}, sl.ConfigError, "rank"),
+    ],
+)
+def test_bad_arguments_name_what_is_wrong(
+    urls: dict[str, str], kwargs: dict[str, Any], error: type, message: str
+) -> None:
+    """Unknown or missing weights, bad samples, seed, source_column or rank: ConfigError."""
+    with pytest.raises(error, match=message):
+        _mix(urls, **kwargs)
+
+
+def test_sources_must_be_named_streaming_datasets(urls: dict[str, str]) -> None:
+    """No sources, a non-str name or a source of another type are refused."""
+    with pytest.raises(sl.ConfigError, match="non-empty"):
+        sl.MixedDataset({})
+    with pytest.raises(sl.ConfigError, match="names"):
+        sl.MixedDataset({"": sl.StreamingDataset(urls["a"])})
+    with pytest.raises(TypeError, match="'x'"):
+        sl.MixedDataset({"x": [1, 2, 3]})  # type: ignore[dict-item]
+
+
+def test_length_weights_and_schema(urls: dict[str, str]) -> None:
+    """len is samples (default: the sources' total); weights read back normalised and exact;
+    the schema is the common one plus source_column."""
+    mix = _mix(urls, source_column="src")
+    assert len(mix) == 41 and len(_mix(urls, samples=7)) == 7
+    assert mix.weights == {"a": 2 / 3, "b": 1 / 3}
+    assert mix.schema.names == ("id", "tok", "src")
+    assert "a=0.6667" in repr(mix)
+
+
+def test_the_start_of_an_epoch_continues_the_cursors_of_the_epoch_before(
+    urls: dict[str, str],
+) -> None:
+    """A fresh mixture set to epoch 3 starts every source where three whole epochs of the same
+    steps leave it (walked without data), as a loader reading those epochs does."""
+    mix = _mix(urls, samples=25)
+    loader = sl.StreamLoader(mix, batch_size=4)
+    for epoch in range(3):
+        mix.set_epoch(epoch)
+        assert sum(len(b["id"]) for b in loader) == 25
+    walked = loader.state_dict()
+    fresh = _mix(urls, samples=25)
+    assert fresh.epoch_start(3, 4, False, 1) == tuple(walked["cursors"].values())
+    assert sum(fresh.epoch_start(3, 4, False, 1)) == 75
+
+
+def test_a_state_round_trips_and_is_small(urls: dict[str, str]) -> None:
+    """state_dict -> JSON -> load_state_dict -> state_dict is the same dict, a few hundred
+    bytes however long the run; set_weights adds a segment at the resume point."""
+    mix = _mix(urls, samples=25)
+    loader = sl.StreamLoader(mix, batch_size=4)
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    state = json.loads(json.dumps(loader.state_dict()))
+    other = _mix(urls, samples=25)
+    other.load_state_dict(state)
+    assert other.state_dict() == state
+    assert len(json.dumps(state)) < 1500
+    other.set_weights({"a": 1, "b": 3})
+    segments = other.state_dict()["segments"]
+    assert len(segments) == 2 and segments[1]["position"] == 8
+    assert segments[1]["weights"] == {"a": 1, "b": 3}
+    assert segments[1]["cursors"] == state["cursors"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.update(kind="plain"), "not a mixture state"),
+        (lambda s: s.update(version=9), "version 9"),
+        (lambda s: s.pop("segments"), "keys"),
+        (lambda s: s["cursors"].update(b=-1), "cursors must be ints"),
+        (lambda s: s.update(position=999), "past the end"),
+        (lambda s: s["segments"][0]["weights"].update(a=0), "must be positive"),
+        (lambda s: s["fingerprint"].update(samples=3), "samples: state has 3"),
+    ],
+)
+def test_malformed_states_are_state_errors(urls: dict[str, str], change: Any, message: str) -> None:
+    """Another kind or version, missing keys, bad cursors, positions or weights: StateError."""
+    state = _mix(urls, samples=25).state_dict()
+    change(state)
+    with pytest.raises(sl.StateError, match=message):
+        _mix(urls, samples=25).load_state_dict(state)
+
+
+def test_get_batch_merges_sources_in_batch_order_with_source_names(urls: dict[str, str]) -> None:
+    """A mixed batch's rows come back in its order (ids name their source), with the source
+    column as a list, or as one BlobColumn for a worker's ring."""
+    mix = _mix(urls, samples=20, source_column="src", shuffle=False)
+    batch = mix.epoch_plan(12).batch(0, 0)
+    columns = mix.get_batch(batch)
+    names = ["a" if i < 1000 else "b" for i in columns["id"].tolist()]
+    assert columns["src"] == names == [mix.names[s] for s in batch.source.tolist()]
+    blob = mix.get_batch(batch, strings="blob")["src"]
+    assert isinstance(blob, BlobColumn) and bytes(blob.data) == "".join(names).encode()
+    samples = mix.get_samples(batch)
+    assert [s["src"] for s in samples] == names
+
+
+def test_a_mixture_is_freed_as_soon_as_it_is_dropped_after_a_pass(urls: dict[str, str]) -> None:
+    """With the cyclic garbage collector off, a mixture read by a loader (its sources follow
+    the mixed plan) and its sources are freed when the last reference goes."""
+    gc.disable()
+    try:
+        mix = _mix(urls, samples=25)
+        assert sum(len(b["id"]) for b in sl.StreamLoader(mix, batch_size=4)) == 25
+        assert len(list(mix)) == 25
+        refs = [weakref.ref(mix), *(weakref.ref(s) for s in mix.sources.values())]
+        del mix
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()
