@@ -735,6 +735,14 @@ CLAIMS = {
     "unshuffled that is still exactly once (appended samples come last)": "tests/unit/write/test_commit.py::test_a_loader_state_from_before_an_append_is_refused_unless_allowed",
     "from the next epoch on every sample, old and new, is seen exactly once": "tests/unit/write/test_commit.py::test_a_shuffled_state_continues_after_an_append_and_the_next_epoch_is_whole",
     "`import streamload` never imports it": "tests/unit/test_layers.py::test_importing_streamload_never_imports_ray",
+    # Worker processes, memory, and what the loop receives
+    "`ring_size` (default `auto` = 4 MiB per worker) never needs to grow with the batch": "tests/integration/test_worker_failures.py::test_copying_pass_streams_batches_far_larger_than_the_ring",
+    "keeps its workers for its next pass": "tests/unit/loader/test_pool.py::test_columnar_passes_reuse_their_workers_without_persistent_workers",
+    "Every other route starts fresh workers each pass, as DataLoader does": "tests/unit/loader/test_pool.py::test_passes_with_user_code_in_workers_start_fresh_workers",
+    "hands each str/bytes column of the columnar route to the loop as one `sl.Blobs`": "tests/unit/format/test_blobs.py::test_loader_hands_out_contiguous_blobs_on_request",
+    "(a no-op if you set malloc options yourself)": "tests/unit/loader/test_heap.py::test_priming_leaves_a_users_malloc_settings_alone",
+    "hands kept memory back when a pass's workers stop": "tests/unit/loader/test_heap.py::test_release_hands_kept_memory_back",
+    '`loader.stats()["heap"]` reports it': "tests/unit/loader/test_heap.py::test_loader_stats_report_what_was_done_to_the_trainer_heap",
     # Reliability: what is guaranteed, and what is not
     "a FIFO, device or directory is refused without reading": "tests/unit/format/test_index.py::test_index_that_is_not_a_regular_file_is_refused_without_reading_it",
     "nesting too deep": "tests/unit/format/test_index.py::test_deeply_nested_json_is_a_format_error_not_a_recursion_error",
