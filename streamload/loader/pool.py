@@ -552,6 +552,7 @@ class MultiProcessIter:
         self._items = pass_.items
         self._cursor = pass_.cursor
         self._stats = pass_.stats
+        self._batch_nbytes: int | None = None  # the last decoded batch's bytes (its metadata's)
         self._pool.stats_sink = self._stats.worker_report
         n = self._pool.num_workers
         self._own_plan = self._cursor is not None
@@ -601,7 +602,11 @@ class MultiProcessIter:
         return self._pass.length()
 
     def __next__(self) -> Any:
-        return timed_step(self._stats, self._next_batch)
+        return timed_step(self._stats, self._next_batch, self._known_nbytes)
+
+    def _known_nbytes(self) -> int | None:
+        nbytes, self._batch_nbytes = self._batch_nbytes, None
+        return nbytes
 
     def _next_batch(self) -> Any:
         while True:
@@ -682,12 +687,15 @@ class MultiProcessIter:
         # zero_copy: tensors view the record, which is released when the last of them dies.
         # Copying: a streamed batch's later records come from the same ring, one at a time.
         strings = self._pass.spec.strings
+        tally = [0]  # the batch's bytes, from its metadata: stats need no pass over its rows
         payload = decode(
             record,
             copy=not self._setup.zero_copy,
             blobs="column" if strings == "blobs" else "list",
             more=functools.partial(self._continued, worker_id),
+            tally=tally,
         )
+        self._batch_nbytes = tally[0]
         if self._pass.spec.route is Route.COLUMNAR:
             return columns_to_torch(payload, strings)
         return payload

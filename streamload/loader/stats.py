@@ -64,14 +64,34 @@ class WorkerReporter:
         return protocol.STATS + json.dumps(self.clock.snapshot(self.worker_id)).encode()
 
 
-def batch_size_and_bytes(batch: Any) -> tuple[int, int]:
+def batch_size_and_bytes(batch: Any, nbytes: int | None = None) -> tuple[int, int]:
     """(samples, bytes) of a delivered batch: the leading dimension of its first array leaf
     (else the length of its first list of str/bytes, else 1) and the sum of its array, tensor
     and bytes leaves' sizes; a str counts its UTF-8 bytes, except in a list of strings (a text
-    column), which counts characters: the walk stays a C-level pass over the column."""
+    column), which counts characters: the walk stays a C-level pass over the column.
+
+    ``nbytes``: the bytes are already known (a worker's batch: the record's metadata gives
+    every leaf's size, str rows as their UTF-8 bytes); only the samples are looked up."""
     samples: list[int] = []
-    nbytes = _walk(batch, samples)
+    if nbytes is None:
+        nbytes = _walk(batch, samples)
+    else:
+        _first_samples(batch, samples)
     return (samples[0] if samples else 1), nbytes
+
+
+def _first_samples(obj: Any, samples: list[int]) -> None:
+    """Append what `_walk` would take as the batch's samples, without touching every row."""
+    if hasattr(obj, "nbytes") and hasattr(obj, "shape"):
+        samples.append(int(obj.shape[0]) if len(obj.shape) else 1)
+    elif isinstance(obj, dict | list | tuple):
+        if isinstance(obj, list | tuple) and obj and isinstance(obj[0], str | bytes):
+            samples.append(len(obj))
+            return
+        for value in obj.values() if isinstance(obj, dict) else obj:
+            _first_samples(value, samples)
+            if samples:
+                return
 
 
 def _walk(obj: Any, samples: list[int]) -> int:
@@ -154,16 +174,22 @@ class Reservoir:
         return [float(v) for v in np.percentile(self.values, qs)]
 
 
-def timed_step(loader_stats: LoaderStats, next_batch: Callable[[], Any]) -> Any:
+def timed_step(
+    loader_stats: LoaderStats,
+    next_batch: Callable[[], Any],
+    known_nbytes: Callable[[], int | None] | None = None,
+) -> Any:
     """One ``__next__`` of a loader iterator: the wait for ``next_batch()`` is this step's
-    data-wait; StopIteration ends the pass (and propagates)."""
+    data-wait; StopIteration ends the pass (and propagates). ``known_nbytes()``, called after
+    ``next_batch``, gives that batch's bytes when the iterator knows them (else None)."""
     started = time.perf_counter()
     try:
         batch = next_batch()
     except StopIteration:
         loader_stats.end_pass()
         raise
-    loader_stats.step(time.perf_counter() - started, batch)
+    nbytes = known_nbytes() if known_nbytes is not None else None
+    loader_stats.step(time.perf_counter() - started, batch, nbytes)
     return batch
 
 
@@ -204,9 +230,10 @@ class LoaderStats:
         self.rings = list(rings or [])
         self.num_workers = num_workers
 
-    def step(self, wait_s: float, batch: Any) -> None:
-        """One batch handed to the training loop after ``wait_s`` seconds in ``__next__``."""
-        samples, nbytes = batch_size_and_bytes(batch)
+    def step(self, wait_s: float, batch: Any, nbytes: int | None = None) -> None:
+        """One batch handed to the training loop after ``wait_s`` seconds in ``__next__``
+        (``nbytes``: its bytes when already known, see `batch_size_and_bytes`)."""
+        samples, nbytes = batch_size_and_bytes(batch, nbytes)
         self.steps += 1
         self.samples += samples
         self.bytes += nbytes

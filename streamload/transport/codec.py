@@ -195,13 +195,17 @@ def _nbytes(src: Any) -> int:
 
 def _write_whole(out: np.ndarray, src: Any) -> None:
     if isinstance(src, np.ndarray):
-        if src.nbytes:
-            target = out.view(src.dtype.newbyteorder("=")).reshape(src.shape)
-            np.copyto(target, src, casting="no" if src.dtype.isnative else "equiv")
+        if not src.nbytes:
+            return
+        if src.flags.c_contiguous and src.dtype.isnative and src.dtype.kind in "biufc":
+            out.data.cast("B")[:] = src.data.cast("B")  # the common case: one memcpy
+            return
+        target = out.view(src.dtype.newbyteorder("=")).reshape(src.shape)
+        np.copyto(target, src, casting="no" if src.dtype.isnative else "equiv")
     elif isinstance(src, BlobColumn):
         src.write_data(out)
     else:
-        out[:] = np.frombuffer(src, dtype=np.uint8)
+        out.data.cast("B")[:] = memoryview(src).cast("B")
 
 
 class _Planner:
@@ -375,6 +379,7 @@ def decode(
     allow_pickle: bool = True,
     blobs: str = "list",
     more: Callable[[], Record] | None = None,
+    tally: list[int] | None = None,
 ) -> Any:
     """Decode one batch from its first record (and, for a streamed batch, the records after it).
 
@@ -387,6 +392,9 @@ def decode(
         allow_pickle: refuse batches with pickled leaves when False.
         blobs: ``"list"``: lists of str/bytes decode as lists; ``"column"``: as `BlobColumn`.
         more: returns the next record of the same ring, for a batch streamed in several.
+        tally: if given, ``tally[0]`` grows by the batch's data bytes as the metadata gives them
+            (arrays' nbytes, the UTF-8/raw bytes of str/bytes leaves): what a loader counts as
+            delivered without a pass over the decoded rows.
 
     Returns:
         The batch, with the structure and leaf types it was encoded with.
@@ -404,6 +412,7 @@ def decode(
             allow_pickle=allow_pickle,
             blobs=blobs,
             more=more,
+            tally=tally,
         )
     except RingError:
         raise
@@ -433,6 +442,7 @@ def _decode(
     allow_pickle: bool = True,
     blobs: str = "list",
     more: Callable[[], Record] | None = None,
+    tally: list[int] | None = None,
 ) -> Any:
     """`decode` without the translation of stray exceptions into RingCorrupted."""
     if blobs not in BLOB_FORMS:
@@ -448,6 +458,8 @@ def _decode(
         if total == len(view):  # the whole batch in one record: decode it in place
             decoder = _Decoder(view, data_start, copy, as_torch, allow_pickle, blobs)
             batch = decoder.run(tree)
+            if tally is not None:
+                tally[0] += decoder.nbytes
             if record is not None and not copy:
                 record.release(deferred=True)  # when the last array/tensor viewing it dies
             return batch
@@ -457,6 +469,8 @@ def _decode(
                 f" {total} bytes here): send it without chunk="
             )
         assembly = _Assembly(tree, data_start, total, as_torch, allow_pickle, blobs)
+        if tally is not None:
+            tally[0] += assembly.nbytes
         part: np.ndarray | None = np.frombuffer(view, dtype=np.uint8)
         assert part is not None
         assembly.feed(part, 0)
@@ -728,6 +742,7 @@ class _Assembly:
         self.column = blobs == "column"
         self.sinks: dict[int, _Sink | tuple[_OffsetsSink, _ItemsSink]] = {}
         self.slots: list[_Sink] = []
+        self.nbytes = 0  # data bytes of the batch's leaves (offsets arrays not counted)
         try:
             self._plan(tree)
         except (RingCorrupted, RingArgumentError):
@@ -748,12 +763,17 @@ class _Assembly:
             for child in node[1]:
                 self._plan(child)
         elif tag == "a":
-            self._add(node, _ArraySink(node, self.base, self.total, self.as_torch))
+            sink: _Sink = _ArraySink(node, self.base, self.total, self.as_torch)
+            self.nbytes += sink.stop - sink.start
+            self._add(node, sink)
         elif tag in ("b", "ba", "p"):
-            self._add(node, _BytesSink(node, self.base, self.total, self.allow_pickle))
+            sink = _BytesSink(node, self.base, self.total, self.allow_pickle)
+            self.nbytes += sink.stop - sink.start
+            self._add(node, sink)
         elif tag in ("ls", "lb"):
             offsets = _OffsetsSink(self.base, node[1], node[2], self.total)
             items = _ItemsSink(node, self.base, self.total, offsets, self.column)
+            self.nbytes += items.nbytes
             self.sinks[id(node)] = (offsets, items)
             self.slots += (offsets, items)
         else:
@@ -835,6 +855,7 @@ class _Decoder:
         self.as_torch = as_torch
         self.allow_pickle = allow_pickle
         self.column = blobs == "column"
+        self.nbytes = 0  # data bytes of the leaves decoded so far (offsets arrays not counted)
 
     def run(self, tree: Any) -> Any:
         try:
@@ -874,6 +895,7 @@ class _Decoder:
             raise RingCorrupted(
                 f"batch record buffer [{offset}, +{nbytes}) lies outside the record"
             )
+        self.nbytes += nbytes
         return self.view[start : start + nbytes]
 
     def _array(self, n: list[Any]) -> Any:
@@ -905,6 +927,7 @@ class _Decoder:
     def _blob_list(self, n: list[Any]) -> Any:
         tag, off, count, blob_off, blob_n = n
         offsets = np.frombuffer(self._bytes(off, (count + 1) * 8), dtype=np.int64)
+        self.nbytes -= (count + 1) * 8  # the rows' bytes count, not their offsets
         blob = np.frombuffer(self._bytes(blob_off, blob_n), dtype=np.uint8)
         if offsets[0] != 0 or offsets[-1] != blob_n:
             raise RingCorrupted("batch record has inconsistent string offsets")

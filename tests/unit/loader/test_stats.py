@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,34 @@ def test_stats_leave_the_global_rngs_alone(url: str) -> None:
     loader.stats()
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert random.getstate() == py_state
+
+
+def test_known_bytes_skip_the_walk_but_samples_still_come_from_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the bytes given (a worker batch's metadata), no leaf is summed: samples come
+    from the first array or the first list of str/bytes."""
+    monkeypatch.setattr(sl_stats, "_walk", lambda *_: pytest.fail("walked the batch"))
+    batch = {"meta": {"text": ["a", "b", "c"]}, "x": np.zeros((5, 2))}
+    assert sl_stats.batch_size_and_bytes(batch, nbytes=123) == (3, 123)
+    assert sl_stats.batch_size_and_bytes([{"x": torch.zeros(4)}], nbytes=7) == (4, 7)
+    assert sl_stats.batch_size_and_bytes({"k": 1}, nbytes=0) == (1, 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_text_bytes_are_the_rows_utf8_bytes_in_process_and_from_workers(
+    tmp_path: Path, workers: int
+) -> None:
+    """A text column's bytes count the same at 0 and 2 workers (ASCII rows: characters ==
+    UTF-8 bytes), and equal the rows plus the id column."""
+    url = str(tmp_path / "text")
+    rows = [f"row {i:04d} " + "y" * (i % 13) for i in range(200)]
+    with ShardWriter(url, format="arrow", shard_size="4KB") as w:
+        for i, text in enumerate(rows):
+            w.write({"id": i, "text": text})
+    loader = StreamLoader(StreamingDataset(url), batch_size=32, num_workers=workers)
+    assert sum(len(b["text"]) for b in loader) == len(rows)
+    assert loader.stats()["bytes"] == sum(map(len, rows)) + 8 * len(rows)
 
 
 def test_batch_size_and_bytes_walks_nested_batches() -> None:

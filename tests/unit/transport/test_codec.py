@@ -374,6 +374,26 @@ def test_written_ranges_concatenate_to_the_whole_encoding(batch: object, cuts: l
     assert_same(decode(b"".join(parts)), decode(whole))
 
 
+def test_tally_counts_the_data_bytes_of_every_leaf_whole_or_streamed() -> None:
+    """decode(tally=) adds arrays' nbytes and str/bytes rows' UTF-8/raw bytes (not offsets
+    or metadata), the same whether the batch came as one record or streamed in chunks."""
+    batch = {
+        "ids": np.arange(300, dtype=np.int64),
+        "t": torch.ones(7, 3, dtype=torch.float16),
+        "text": ["ä" * 97, "", "abc"],
+        "raw": [b"\x01" * 500, b"x"],
+        "one": b"0123456789",
+    }
+    expected = 300 * 8 + 7 * 3 * 2 + (2 * 97 + 3) + 501 + 10
+    whole = [0]
+    decode(encode(batch), tally=whole)
+    cons, prod = make_pair(1 << 20)
+    send(prod, batch, chunk=128)
+    streamed = [5]  # the tally adds to what is there
+    decode(cons.get(timeout=0), more=lambda: cons.get(timeout=0), tally=streamed)
+    assert whole == [expected] and streamed == [5 + expected]
+
+
 def test_rows_larger_than_a_chunk_and_split_characters_survive_streaming() -> None:
     """A bytes row spanning many records, and UTF-8 characters cut by a record boundary,
     decode exactly."""
