@@ -567,7 +567,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = len(ids)
-        if n and (ids.min() < 0 or ids.max() >= len(self)):
+        bounds = (int(ids.min()), int(ids.max())) if n else (0, 0)
+        if n and (bounds[0] < 0 or bounds[1] >= len(self)):
             raise IndexError(f"sample ids out of range [0, {len(self)})")
         if strings not in ("list", "blob"):
             raise ValueError(f"get_batch strings: 'list' or 'blob', got {strings!r}")
@@ -575,18 +576,18 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             return self._tokens.get_batch(ids)
         if n == 0:
             return {col.name: _empty_column(col, strings) for col in self._selected.columns}
-        parts = self.take_parts(ids, strings)
+        parts = self.take_parts(ids, strings, bounds)
         if len(parts) == 1:
             return parts[0][1]
         return merge_parts(self._selected, parts, n)
 
     def take_parts(
-        self, ids: np.ndarray, strings: str = "list"
+        self, ids: np.ndarray, strings: str = "list", bounds: tuple[int, int] | None = None
     ) -> list[tuple[Any, dict[str, Any]]]:
         """``get_batch`` before its rows are put back in order: one ``(positions, columns)``
         per shard, in shard order, where row ``j`` of ``columns`` is ``ids[positions[j]]``
         (positions is ``slice(None)`` when one shard holds them all). A mixture merges every
-        source's parts at once.
+        source's parts at once. ``bounds``: ``(ids.min(), ids.max())`` if already known.
 
         Raises:
             FormatError: a shard is missing, corrupt or fails its checksum.
@@ -596,11 +597,13 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             return [(slice(None), self._tokens.get_batch(ids))]
         if self._subset is not None:
             ids = self._subset.to_real(ids)
+            bounds = None
         offsets = self._index.sample_offsets
-        shard_of = np.searchsorted(offsets, ids, "right") - 1
-        first = int(shard_of[0])
-        if (shard_of == first).all():
+        lo, hi = bounds if bounds is not None else (int(ids.min()), int(ids.max()))
+        first = int(offsets.searchsorted(lo, "right")) - 1
+        if hi < offsets[first + 1]:  # shards hold consecutive ids: one shard holds them all
             return [(slice(None), self._reader(first).take(ids - offsets[first], strings))]
+        shard_of = np.searchsorted(offsets, ids, "right") - 1
         order = np.argsort(shard_of, kind="stable")
         parts = np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1)
         return [

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamload.errors import FormatError
+from streamload.format.blobs import BlobColumn
 from streamload.format.checksum import xxh3_64_file
 from streamload.format.schema import Schema, schema_from_json
 from streamload.shards.arrow.reader import ArrowShardReader, _numpy
@@ -61,6 +62,12 @@ def _write(
     for i in range(n):
         writer.add(_sample(i))
     return writer.close()
+
+
+@pytest.fixture(scope="module")
+def blob_shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    path = tmp_path_factory.mktemp("blob") / "s.arrow"
+    return path, _write(path, 300, batch_rows=32)[0]
 
 
 @pytest.fixture()
@@ -273,6 +280,24 @@ def test_numpy_view_equals_pyarrow_conversion_on_any_slice(
     got, want = _numpy(sliced), sliced.to_numpy(zero_copy_only=False)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
+
+
+@given(st.integers(0, 299), st.integers(0, 80), st.booleans())
+def test_blob_take_equals_the_list_take_on_any_run_or_gather(
+    blob_shard: tuple[Path, int], start: int, length: int, scatter: bool
+) -> None:
+    """take(strings="blob") gives, for an ascending run inside a record batch (viewed from the
+    file), across batches, or shuffled, the rows take(strings="list") gives, with offsets from 0."""
+    reader = ArrowShardReader(str(blob_shard[0]), SCHEMA, "s.arrow", blob_shard[1])
+    rows = np.arange(start, min(start + length, 300), dtype=np.int64)
+    if scatter:
+        rows = rows[::-1].copy()
+    listed = reader.take(rows)
+    blobs = reader.take(rows, strings="blob")
+    for name in ("text", "blob"):
+        column = blobs[name]
+        assert isinstance(column, BlobColumn) and column.tolist() == listed[name]
+        assert column.offsets[0] == 0 and column.offsets.dtype == np.int64
 
 
 TOKENS = schema_from_json(
