@@ -157,8 +157,12 @@ def report(
     *,
     extra: Callable[[Result], dict[str, str]] | None = None,
     notes: str = "",
+    timing: str | None = None,
 ) -> None:
-    """Print the table; write JSON and append to RESULTS.md if asked."""
+    """Print the table; write JSON and append to RESULTS.md if asked.
+
+    ``timing``: how the figures were timed, for the section's first line, when the script does
+    not time ``--repeats`` repeats itself (default "median of N repeats")."""
     text = table(results, extra)
     print(f"\n{title}\n\n{text}\n")
     if notes:
@@ -169,7 +173,8 @@ def report(
     if args.results_md:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         mode = " (--quick)" if args.quick else ""
-        section = f"\n## {title}{mode}\n\n{stamp}, {machine()}, median of {repeats(args)} repeats.\n\n{text}\n"
+        timing = timing or f"median of {repeats(args)} repeats"
+        section = f"\n## {title}{mode}\n\n{stamp}, {machine()}, {timing}.\n\n{text}\n"
         if notes:
             section += f"\n{notes}\n"
         if not RESULTS_MD.exists():

@@ -291,6 +291,7 @@ def main() -> None:
         results,
         args,
         extra=extra,
+        timing="each contender in a fresh process, median of its timed epochs",
         notes="Each contender runs in a fresh process; PSS = peak of that process tree "
         "(sampled from outside, in a separate run). DataLoader workers: fork. StreamLoader: "
         "default start method. Loaders are not persistent: timed epochs follow a warm-up "

@@ -184,6 +184,7 @@ def main() -> None:
         results,
         args,
         extra=extra,
+        timing="one run per row, every epoch sampled",
         notes=f"{n} samples of {nbytes // 1024} KiB, batch {batch}, transform = bytes -> float32"
         " array (4x). PSS = Pss_Anon + Pss_Shmem of the process tree, sampled halfway through"
         " each epoch inside the run. growth % = largest PSS after epoch 2 over epoch 2's;"
