@@ -106,14 +106,14 @@ class BatchPlan:
         has_pickle: True if some leaf fell back to pickle.
     """
 
-    def __init__(self, meta: bytes, sources: list[tuple[int, Any]], data_nbytes: int, flags: int):
+    def __init__(
+        self, meta: bytes, sources: list[tuple[int, int, Any]], data_nbytes: int, flags: int
+    ):
         data_start = _align(_HEADER.size + len(meta))
         self.nbytes = data_start + data_nbytes
         self._prefix = _HEADER.pack(MAGIC, VERSION, flags, len(meta), 0, self.nbytes) + meta
         # (position in the stream, end, numpy array | BlobColumn | bytes-like), in stream order.
-        self._sources = [
-            (data_start + off, data_start + off + _nbytes(src), src) for off, src in sources
-        ]
+        self._sources = [(data_start + off, data_start + off + n, src) for off, n, src in sources]
         self._flat: dict[int, np.ndarray] = {}  # array sources as native bytes, for partial writes
         self.has_pickle = bool(flags & FLAG_PICKLE)
 
@@ -131,7 +131,16 @@ class BatchPlan:
         Raises:
             RingArgumentError: `buf` is smaller than `nbytes`.
         """
-        return self.write_range(buf, 0, self.nbytes)
+        dst = np.frombuffer(buf, dtype=np.uint8)
+        if dst.size < self.nbytes:
+            raise RingArgumentError(
+                f"buffer of {dst.size} bytes is smaller than the {self.nbytes} bytes to write"
+            )
+        prefix = self._prefix
+        dst[: len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+        for pos, end, src in self._sources:
+            _write_whole(dst[pos:end], src)
+        return self.nbytes
 
     def write_range(self, buf: Any, start: int, stop: int) -> int:
         """Write bytes [start, stop) of the encoded stream to the front of `buf`.
@@ -187,12 +196,6 @@ class BatchPlan:
             out[:] = np.frombuffer(src, dtype=np.uint8)[lo:hi]
 
 
-def _nbytes(src: Any) -> int:
-    if isinstance(src, np.ndarray | BlobColumn):
-        return int(src.nbytes)
-    return len(src)
-
-
 def _write_whole(out: np.ndarray, src: Any) -> None:
     if isinstance(src, np.ndarray):
         if not src.nbytes:
@@ -212,14 +215,14 @@ class _Planner:
     """One walk over a batch: builds the metadata tree and the list of buffers to copy."""
 
     def __init__(self) -> None:
-        self.sources: list[tuple[int, Any]] = []
+        self.sources: list[tuple[int, int, Any]] = []  # (offset, nbytes, buffer)
         self.size = 0
         self.flags = 0
 
     def _add(self, src: Any, nbytes: int) -> int:
         offset = self.size
-        self.sources.append((offset, src))
-        self.size = _align(offset + nbytes)
+        self.sources.append((offset, nbytes, src))
+        self.size = (offset + nbytes + ALIGN - 1) & ~(ALIGN - 1)
         return offset
 
     def node(self, obj: Any) -> Any:
@@ -227,7 +230,8 @@ class _Planner:
         if obj is None or kind is bool or kind is int or kind is float or kind is str:
             return obj
         if kind is dict:
-            return ["d", [self.node(k) for k in obj], [self.node(v) for v in obj.values()]]
+            keys = [k if type(k) is str else self.node(k) for k in obj]
+            return ["d", keys, [self.node(v) for v in obj.values()]]
         if kind is list:
             return self._list(obj)
         if kind is tuple:
@@ -246,12 +250,13 @@ class _Planner:
         if isinstance(obj, torch.Tensor) and kind is torch.Tensor:
             return self._tensor(obj)
         if kind is BlobColumn:  # a worker's str/bytes column: offsets + rows copied at write
+            nbytes = obj.nbytes
             return [
                 "ls" if obj.text else "lb",
                 self._add(obj.offsets, obj.offsets.nbytes),
                 len(obj),
-                self._add(obj, obj.nbytes),
-                obj.nbytes,
+                self._add(obj, nbytes),
+                nbytes,
             ]
         return self._pickle(obj)
 
