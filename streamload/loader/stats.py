@@ -71,7 +71,8 @@ def batch_size_and_bytes(batch: Any, nbytes: int | None = None) -> tuple[int, in
     column), which counts characters: the walk stays a C-level pass over the column.
 
     ``nbytes``: the bytes are already known (a worker's batch: the record's metadata gives
-    every leaf's size, str rows as their UTF-8 bytes); only the samples are looked up."""
+    every leaf's size, str rows as their UTF-8 bytes, so non-ASCII text counts its bytes there
+    and its characters in-process); only the samples are looked up."""
     samples: list[int] = []
     if nbytes is None:
         nbytes = _walk(batch, samples)
