@@ -362,7 +362,7 @@ class TokenItems:
     def _pad_bytes(self) -> memoryview:
         """``seq_len`` zero tokens as bytes: what a padding piece copies."""
         if self._zeros is None:
-            self._zeros = memoryview(np.zeros(self.settings.length, self._dtype)).cast("B")
+            self._zeros = np.zeros(self.settings.length, self._dtype).data.cast("B")
         return self._zeros
 
     def _position_bytes(self) -> tuple[memoryview, memoryview]:
@@ -371,8 +371,8 @@ class TokenItems:
         if self._ramp_bytes is None:
             size = self.settings.length
             self._ramp_bytes = (
-                memoryview(np.arange(size, dtype=np.int32)).cast("B"),
-                memoryview(np.zeros(size, np.int32)).cast("B"),
+                np.arange(size, dtype=np.int32).data.cast("B"),
+                np.zeros(size, np.int32).data.cast("B"),
             )
         return self._ramp_bytes
 
@@ -411,7 +411,7 @@ class TokenItems:
             return last[1]
         values, _ = flat.source()
         # No copy: source() values have the column's dtype and are contiguous.
-        data = memoryview(np.ascontiguousarray(values, self._dtype)).cast("B")
+        data = np.ascontiguousarray(values, self._dtype).data.cast("B")
         self._last_source = (flat, data)
         return data
 
