@@ -310,7 +310,8 @@ class TokenItems:
         token_views: list[memoryview] = []
         lengths: list[np.ndarray] = []
         segments: list[np.ndarray] = []
-        for k, pieces in self._pieces(ids):
+        groups, piece_order = self._pieces(ids)
+        for k, pieces in groups:
             rows = self._shard_rows(k)
             values = self._source_bytes(k)
             begin, end, segment = rows.begin[pieces], rows.end[pieces], rows.segment[pieces]
@@ -323,6 +324,9 @@ class TokenItems:
             segments.append(segment)
         length = lengths[0] if len(lengths) == 1 else np.concatenate(lengths)
         segment = segments[0] if len(segments) == 1 else np.concatenate(segments)
+        if piece_order is not None:  # rows were read grouped by shard: back to the ids' order
+            token_views = list(map(token_views.__getitem__, piece_order.tolist()))
+            length, segment = length[piece_order], segment[piece_order]
         ramp, zeros = self._position_bytes()
         position_views = [  # int32 positions: 4 bytes per token
             ramp[:b] if g else zeros[:b]
@@ -337,27 +341,39 @@ class TokenItems:
             "positions": positions.reshape(n, size),
         }
 
-    def _pieces(self, ids: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
-        """``[(shard, its pieces)]`` of packed rows ``ids`` in order: a slice of the shard's
-        `_ShardRows` arrays for a run of consecutive rows in one shard (reading in order), else
-        the piece indices."""
+    def _pieces(self, ids: np.ndarray) -> tuple[list[tuple[int, slice | np.ndarray]], Any]:
+        """The pieces of packed rows ``ids``: ``[(shard, its pieces)]`` with rows grouped by
+        shard (one group per shard the batch touches), and the permutation that puts the
+        concatenated pieces back in the order of ``ids`` (None when already in order). A run
+        of consecutive rows in one shard (reading in order) is one slice of the shard's
+        `_ShardRows` arrays; other rows are gathered."""
         bounds = self._item_bounds()
         first, n = int(ids[0]), len(ids)
         k = bisect.bisect_right(bounds, first) - 1
         if first + n <= bounds[k + 1] and (n == 1 or ids.tolist() == list(range(first, first + n))):
             row_ptr = self._shard_rows(k).row_ptr
             local = first - bounds[k]
-            return [(k, slice(int(row_ptr[local]), int(row_ptr[local + n])))]
+            return [(k, slice(int(row_ptr[local]), int(row_ptr[local + n])))], None
         item_bounds = self.item_offsets()
         shard_of = np.searchsorted(item_bounds, ids, "right") - 1
-        out: list[tuple[int, slice | np.ndarray]] = []
+        grouped = bool((shard_of[1:] >= shard_of[:-1]).all())
+        order = np.arange(n) if grouped else np.argsort(shard_of, kind="stable")
+        groups: list[tuple[int, slice | np.ndarray]] = []
+        sizes: list[np.ndarray] = []
         at = 0
-        for k, count in _runs(shard_of):
+        for k, count in _runs(shard_of[order]):
             row_ptr = self._shard_rows(k).row_ptr
-            local = ids[at : at + count] - item_bounds[k]
+            local = ids[order[at : at + count]] - item_bounds[k]
             at += count
-            out.append((k, _ranges(row_ptr[local], row_ptr[local + 1])))
-        return out
+            lo, hi = row_ptr[local], row_ptr[local + 1]
+            groups.append((k, _ranges(lo, hi)))
+            sizes.append(hi - lo)
+        if grouped:
+            return groups, None
+        inverse = np.empty(n, np.int64)
+        inverse[order] = np.arange(n)  # row i of the batch is grouped row inverse[i]
+        ptr = offsets(np.concatenate(sizes))
+        return groups, _ranges(ptr[inverse], ptr[inverse + 1])
 
     def _pad_bytes(self) -> memoryview:
         """``seq_len`` zero tokens as bytes: what a padding piece copies."""
@@ -486,7 +502,8 @@ class _ShardRows:
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The concatenation of ``arange(lo[i], hi[i])`` over i (int64)."""
     size = hi - lo
-    return np.repeat(lo - np.cumsum(size) + size, size) + np.arange(int(size.sum()))
+    ends = size.cumsum()
+    return np.repeat(lo - ends + size, size) + np.arange(int(ends[-1]) if len(ends) else 0)
 
 
 def _runs(values: np.ndarray) -> list[tuple[int, int]]:
