@@ -18,7 +18,11 @@ mixed exactly like samples.
   shard by shard. Rows per shard need each shard's document lengths (its offsets, 8 bytes per
   document; no token is read), so the first ``len()`` opens every shard once per process and
   keeps only the per-shard counts. Rows carry ``tokens``, ``segment_ids`` (1.. per document
-  piece in the row, 0 = padding) and ``positions`` (restarting at 0 per piece).
+  piece in the row, 0 = padding) and ``positions`` (restarting at 0 per piece). A packed
+  shard's rows are laid out once as a table of pieces (`_ShardRows`: byte range, segment id;
+  a row's padding is one more piece), so a batch is only slices of that table, one C-level
+  memoryview slice per piece and one ``bytearray.join`` per array: no Python work per token
+  and no per-piece numpy call.
 
 Shards of any format serve tokens: Arrow shards through ``ArrowShardReader.flat_array`` (views
 of the mapping); other readers through one columnar ``take`` of the shard (a copy).
