@@ -228,6 +228,13 @@ def main() -> None:
     p.add_argument("--workers", default="0,2")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--no-pss", action="store_true", help="skip the separate PSS runs")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the contender sequence this many times (fresh processes each time) and pool"
+        " the timed epochs: ratios that a burst of load on a shared machine cannot decide",
+    )
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="sl-tokens-"))
@@ -241,7 +248,7 @@ def main() -> None:
         contenders = [c for c in args.contenders.split(",") if c != "litdata"]
     else:
         contenders = args.contenders.split(",")
-    results: list[harness.Result] = []
+    results: dict[str, harness.Result] = {}
     extras: dict[str, dict[str, str]] = {}
     for dtype in args.dtypes.split(","):
         # Written in a child so the corpus it builds does not inflate any measured process.
@@ -252,34 +259,39 @@ def main() -> None:
         child.join()
         facts = write(root, dtype, _total(args.quick))
         for workers in (int(w) for w in args.workers.split(",")):
-            for c in contenders:
-                timing, pss = measure_in_child(args, root, dtype, c, workers, not args.no_pss)
-                slots = timing["slots"]
-                itemsize = np.dtype(dtype).itemsize
-                params = {"dtype": dtype, "contender": c, "workers": workers}
-                res = harness.Result(f"{dtype} {c} w{workers}", params, slots, slots * itemsize)
-                res.seconds.extend(timing["seconds"])
-                extras[res.name] = {
-                    "padding": f"{timing['padding']:.1%}" if c == "sl packed" else "",
-                    "non-file PSS MiB": f"{pss.peak_anon_shmem / MiB:.0f}" if pss else "",
-                }
-                results.append(res)
-                print(
-                    res.name,
-                    f"{res.items_per_s / 1e6:,.1f}M tokens/s",
-                    extras[res.name],
-                    flush=True,
-                )
+            for round_ in range(args.rounds):
+                for c in contenders:
+                    pss_run = not args.no_pss and round_ == 0
+                    timing, pss = measure_in_child(args, root, dtype, c, workers, pss_run)
+                    name = f"{dtype} {c} w{workers}"
+                    if name not in results:
+                        slots = timing["slots"]
+                        itemsize = np.dtype(dtype).itemsize
+                        params = {"dtype": dtype, "contender": c, "workers": workers}
+                        results[name] = harness.Result(name, params, slots, slots * itemsize)
+                        extras[name] = {
+                            "padding": f"{timing['padding']:.1%}" if c == "sl packed" else "",
+                            "non-file PSS MiB": f"{pss.peak_anon_shmem / MiB:.0f}" if pss else "",
+                        }
+                    res = results[name]
+                    res.seconds.extend(timing["seconds"])
+                    epoch = min(timing["seconds"])
+                    print(
+                        f"{name} (round {round_ + 1}/{args.rounds})",
+                        f"{res.items / epoch / 1e6:,.1f}M tokens/s",
+                        extras[name],
+                        flush=True,
+                    )
         print(f"{dtype}: {facts['tokens']:,} tokens in {facts['docs']:,} documents", flush=True)
     base_name = "litdata" if "litdata" in contenders else "DL(memmap)"
     base = {
         (r.params["dtype"], r.params["workers"]): r
-        for r in results
+        for r in results.values()
         if r.params["contender"] == base_name
     }
     blocks = {
         (r.params["dtype"], r.params["workers"]): r
-        for r in results
+        for r in results.values()
         if r.params["contender"] == "sl blocks"
     }
 
@@ -294,11 +306,12 @@ def main() -> None:
 
     harness.report(
         "Token streams: blocks and packed rows vs litdata TokensLoader",
-        results,
+        list(results.values()),
         args,
         extra=extra,
         notes=f"Block {BLOCK} (packed rows {SEQ_LEN}) x batch {BATCH}, no shuffle, one warm-up "
-        "epoch then the median of up to 3 timed epochs, each contender in a fresh process. "
+        "epoch then the median of up to 3 timed epochs, each contender in a fresh process "
+        f"({args.rounds} round(s) of the contender sequence, epochs pooled). "
         "Items = token slots. Non-file PSS = peak anonymous + shared memory of the process tree, "
         "from a separate run.",
     )

@@ -18,7 +18,11 @@ mixed exactly like samples.
   shard by shard. Rows per shard need each shard's document lengths (its offsets, 8 bytes per
   document; no token is read), so the first ``len()`` opens every shard once per process and
   keeps only the per-shard counts. Rows carry ``tokens``, ``segment_ids`` (1.. per document
-  piece in the row, 0 = padding) and ``positions`` (restarting at 0 per piece).
+  piece in the row, 0 = padding) and ``positions`` (restarting at 0 per piece). A packed
+  shard's rows are laid out once as a table of pieces (`_ShardRows`: byte range, segment id;
+  a row's padding is one more piece), so a batch is only slices of that table, one C-level
+  memoryview slice per piece and one ``bytearray.join`` per array: no Python work per token
+  and no per-piece numpy call.
 
 Shards of any format serve tokens: Arrow shards through ``ArrowShardReader.flat_array`` (views
 of the mapping); other readers through one columnar ``take`` of the shard (a copy).
@@ -151,16 +155,21 @@ class TokenItems:
         self._totals: np.ndarray | None = None
         self._counts: np.ndarray | None = None
         self._total: int | None = None
-        self._bounds: list[int] | None = None
+        self._offsets: np.ndarray | None = None
         self._item_bounds_list: list[int] | None = None
-        self._arange: np.ndarray | None = None
+        self._bounds: list[int] | None = None
+        self._zeros: memoryview | None = None
+        self._ramp_bytes: tuple[memoryview, memoryview] | None = None
         self._last_flat: tuple[int, int, FlatArray] | None = None
+        self._last_source: tuple[FlatArray, memoryview] | None = None
         self._rows: OrderedDict[int, _ShardRows] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_rows"] = OrderedDict()  # rebuilt where needed, not shipped to workers
         state["_last_flat"] = None
+        state["_last_source"] = None
+        state["_zeros"] = state["_ramp_bytes"] = None  # memoryviews do not pickle
         return state
 
     # -- counts ---------------------------------------------------------------------------------
@@ -208,8 +217,13 @@ class TokenItems:
         return all(s.elements is not None and column in s.elements for s in self._index.shards)
 
     def item_offsets(self) -> np.ndarray:
-        """``[0, cumsum(items_per_shard)]``: shard k holds items ``[o[k], o[k + 1])``."""
-        return offsets(self.items_per_shard())
+        """``[0, cumsum(items_per_shard)]``: shard k holds items ``[o[k], o[k + 1])`` (computed
+        once; read-only)."""
+        if self._offsets is None:
+            bounds = offsets(self.items_per_shard())
+            bounds.setflags(write=False)
+            self._offsets = bounds
+        return self._offsets
 
     def __len__(self) -> int:
         if self._total is None:
@@ -281,73 +295,117 @@ class TokenItems:
         return {self.settings.column: out}
 
     def _packed_batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Packed rows: the views of every piece (and of each row's padding) are listed, then
-        one ``np.concatenate`` writes the whole batch; segment ids and positions follow from
-        the piece lengths with two ``np.repeat`` calls."""
+        """Packed rows from each shard's `_ShardRows`, whose pieces (padding included) fill every
+        row exactly. The batch's pieces are one slice of those arrays for a run of consecutive
+        rows (else a gather). Tokens and positions are each one ``bytearray.join`` of a
+        memoryview per piece (of the mapped shard, of the ramp ``0, 1, ...``, or of zeros for
+        padding): per piece only a C-level slice, per batch one copy. Segment ids are one
+        ``np.repeat``."""
         size = self.settings.length
         n = len(ids)
-        tokens = np.empty((n, size), self._dtype)
         if not n:
             empty = np.zeros((0, size), np.int32)
-            return {self.settings.column: tokens, "segment_ids": empty, "positions": empty}
-        pad = np.zeros(size, self._dtype)
+            return {
+                self.settings.column: np.empty((0, size), self._dtype),
+                "segment_ids": empty,
+                "positions": empty,
+            }
+        pad = self._pad_bytes()
+        token_views: list[memoryview] = []
+        lengths: list[np.ndarray] = []
+        segments: list[np.ndarray] = []
+        groups, piece_order = self._pieces(ids)
+        for k, pieces in groups:
+            rows = self._shard_rows(k)
+            values = self._source_bytes(k)
+            begin, end, segment = rows.begin[pieces], rows.end[pieces], rows.segment[pieces]
+            # A padding piece has begin -1 and end -1 + its bytes.
+            token_views += [
+                values[b:e] if b >= 0 else pad[: e - b]
+                for b, e in zip(begin.tolist(), end.tolist(), strict=True)
+            ]
+            lengths.append((end - begin) // self._dtype.itemsize)
+            segments.append(segment)
+        length = lengths[0] if len(lengths) == 1 else np.concatenate(lengths)
+        segment = segments[0] if len(segments) == 1 else np.concatenate(segments)
+        if piece_order is not None:  # rows were read grouped by shard: back to the ids' order
+            token_views = list(map(token_views.__getitem__, piece_order.tolist()))
+            length, segment = length[piece_order], segment[piece_order]
+        ramp, zeros = self._position_bytes()
+        position_views = [  # int32 positions: 4 bytes per token
+            ramp[:b] if g else zeros[:b]
+            for g, b in zip(segment.tolist(), (length * 4).tolist(), strict=True)
+        ]
+        # bytearray: the arrays are fresh and writable; the rows' pieces fill them exactly.
+        tokens = np.frombuffer(bytearray().join(token_views), self._dtype)
+        positions = np.frombuffer(bytearray().join(position_views), np.int32)
+        return {
+            self.settings.column: tokens.reshape(n, size),
+            "segment_ids": np.repeat(segment, length).reshape(n, size),
+            "positions": positions.reshape(n, size),
+        }
+
+    def _pieces(self, ids: np.ndarray) -> tuple[list[tuple[int, slice | np.ndarray]], Any]:
+        """The pieces of packed rows ``ids``: ``[(shard, its pieces)]`` with rows grouped by
+        shard (one group per shard the batch touches), and the permutation that puts the
+        concatenated pieces back in the order of ``ids`` (None when already in order). A run
+        of consecutive rows in one shard (reading in order) is one slice of the shard's
+        `_ShardRows` arrays; other rows are gathered."""
+        bounds = self._item_bounds()
+        first, n = int(ids[0]), len(ids)
+        k = bisect.bisect_right(bounds, first) - 1
+        if first + n <= bounds[k + 1] and (n == 1 or ids.tolist() == list(range(first, first + n))):
+            row_ptr = self._shard_rows(k).row_ptr
+            local = first - bounds[k]
+            return [(k, slice(int(row_ptr[local]), int(row_ptr[local + n])))], None
         item_bounds = self.item_offsets()
         shard_of = np.searchsorted(item_bounds, ids, "right") - 1
-        views: list[np.ndarray] = []
-        lengths: list[int] = []
-        segments: list[int] = []
-        padded: list[tuple[int, int]] = []  # (row, first padding column)
-        row = 0
-        for k, count in _runs(shard_of):
-            rows = self._shard_rows(k)
-            values, _ = self._flat(k).source()
-            local = ids[row : row + count] - item_bounds[k]
-            lo, hi = rows.row_ptr[local], rows.row_ptr[local + 1]
-            per_row = (hi - lo).tolist()
-            piece = np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo) + np.arange(
-                int((hi - lo).sum())
-            )
-            src, length = rows.src[piece].tolist(), rows.length[piece].tolist()
-            j = 0
-            for m in per_row:
-                used = 0
-                for src_j, length_j in zip(src[j : j + m], length[j : j + m], strict=True):
-                    views.append(values[src_j : src_j + length_j])
-                    used += length_j
-                lengths += length[j : j + m]
-                segments += range(1, m + 1)
-                if used < size:
-                    views.append(pad[: size - used])
-                    lengths.append(size - used)
-                    segments.append(0)
-                    padded.append((row, used))
-                j += m
-                row += 1
-        np.concatenate(views, out=tokens.reshape(-1))
-        length_array = np.array(lengths, np.int32)
-        segment_ids = np.repeat(np.array(segments, np.int32), length_array).reshape(n, size)
-        start = np.cumsum(length_array, dtype=np.int32) - length_array
-        positions = self._ramp(n * size) - np.repeat(start, length_array)
-        positions = positions.reshape(n, size)
-        for r, used in padded:
-            positions[r, used:] = 0
-        return {self.settings.column: tokens, "segment_ids": segment_ids, "positions": positions}
+        grouped = bool((shard_of[1:] >= shard_of[:-1]).all())
+        order = np.arange(n) if grouped else np.argsort(shard_of, kind="stable")
+        groups: list[tuple[int, slice | np.ndarray]] = []
+        sizes: list[np.ndarray] = []
+        at = 0
+        for k, count in _runs(shard_of[order]):
+            row_ptr = self._shard_rows(k).row_ptr
+            local = ids[order[at : at + count]] - item_bounds[k]
+            at += count
+            lo, hi = row_ptr[local], row_ptr[local + 1]
+            groups.append((k, _ranges(lo, hi)))
+            sizes.append(hi - lo)
+        if grouped:
+            return groups, None
+        inverse = np.empty(n, np.int64)
+        inverse[order] = np.arange(n)  # row i of the batch is grouped row inverse[i]
+        ptr = offsets(np.concatenate(sizes))
+        return groups, _ranges(ptr[inverse], ptr[inverse + 1])
 
-    def _ramp(self, n: int) -> np.ndarray:
-        """``arange(n)`` as int32, kept for the next batch of the same size."""
-        if self._arange is None or len(self._arange) != n:
-            self._arange = np.arange(n, dtype=np.int32)
-        return self._arange
+    def _pad_bytes(self) -> memoryview:
+        """``seq_len`` zero tokens as bytes: what a padding piece copies."""
+        if self._zeros is None:
+            self._zeros = np.zeros(self.settings.length, self._dtype).data.cast("B")
+        return self._zeros
+
+    def _position_bytes(self) -> tuple[memoryview, memoryview]:
+        """``arange(seq_len)`` and ``seq_len`` zeros as int32 bytes: a piece's positions are a
+        prefix of the first (restarting per piece), padding's a prefix of the second."""
+        if self._ramp_bytes is None:
+            size = self.settings.length
+            self._ramp_bytes = (
+                np.arange(size, dtype=np.int32).data.cast("B"),
+                np.zeros(size, np.int32).data.cast("B"),
+            )
+        return self._ramp_bytes
+
+    def _item_bounds(self) -> list[int]:
+        """``item_offsets()`` as a list, for per-batch bisect without numpy."""
+        if self._item_bounds_list is None:
+            self._item_bounds_list = self.item_offsets().tolist()
+        return self._item_bounds_list
 
     def _shard_bounds(self) -> list[int]:
         if self._bounds is None:
             self._bounds = offsets(self.shard_tokens()).tolist()
         return self._bounds
-
-    def _item_bounds(self) -> list[int]:
-        if self._item_bounds_list is None:
-            self._item_bounds_list = self.item_offsets().tolist()
-        return self._item_bounds_list
 
     def _flat(self, k: int) -> FlatArray:
         last = self._last_flat
@@ -365,18 +423,24 @@ class TokenItems:
         self._last_flat = (k, os.getpid(), flat)
         return flat
 
+    def _source_bytes(self, k: int) -> memoryview:
+        """Shard ``k``'s ``FlatArray.source()`` values as bytes (kept for its newest flat)."""
+        flat = self._flat(k)
+        last = self._last_source
+        if last is not None and last[0] is flat:
+            return last[1]
+        values, _ = flat.source()
+        # No copy: source() values have the column's dtype and are contiguous.
+        data = np.ascontiguousarray(values, self._dtype).data.cast("B")
+        self._last_source = (flat, data)
+        return data
+
     def _shard_rows(self, k: int) -> _ShardRows:
         rows = self._rows.get(k)
         if rows is not None:
             self._rows.move_to_end(k)
             return rows
-        packing = self._packing(k)
-        flat = self._flat(k)
-        token_start = flat.row_offsets[packing.doc] + packing.start
-        chunk = np.searchsorted(flat.bounds, token_start, "right") - 1
-        _, chunk_starts = flat.source()
-        src = chunk_starts[chunk] + (token_start - flat.bounds[chunk])
-        rows = _ShardRows(packing.row_ptr, src.astype(np.int64), packing.length.astype(np.int32))
+        rows = _ShardRows.of(self._packing(k), self._flat(k), self._dtype.itemsize)
         self._rows[k] = rows
         if len(self._rows) > _PACKINGS_KEPT:
             self._rows.popitem(last=False)
@@ -404,14 +468,46 @@ def _copy_tokens(flat: FlatArray, lo: int, n: int, out: np.ndarray, at: int) -> 
 
 @dataclass(frozen=True)
 class _ShardRows:
-    """One packed shard's rows: row ``r`` is pieces ``row_ptr[r]:row_ptr[r + 1]``; piece ``j``
-    is ``length[j]`` tokens from element ``src[j]`` of the shard's ``FlatArray.source()`` (a
-    piece lies inside one document, so inside one record batch). ~20 bytes per piece, so a
-    process can keep a window of shards."""
+    """One packed shard's rows as pieces that fill them exactly: row ``r`` is pieces
+    ``row_ptr[r]:row_ptr[r + 1]``; piece ``j`` is bytes ``[begin[j], end[j])`` of the shard's
+    ``FlatArray.source()`` values (a piece lies inside one document, so inside one record
+    batch) with segment id ``segment[j]`` (1, 2, ... in its row), or, where a row is not full,
+    one last padding piece (``begin`` -1, ``end`` -1 + its bytes, ``segment`` 0). 20 bytes per
+    piece, so a process can keep a window of shards."""
 
     row_ptr: np.ndarray
-    src: np.ndarray
-    length: np.ndarray
+    begin: np.ndarray
+    end: np.ndarray
+    segment: np.ndarray
+
+    @classmethod
+    def of(cls, packing: Packing, flat: FlatArray, itemsize: int) -> _ShardRows:
+        """The rows of ``packing`` read from ``flat`` (tokens of ``itemsize`` bytes)."""
+        token_start = flat.row_offsets[packing.doc] + packing.start
+        chunk = np.searchsorted(flat.bounds, token_start, "right") - 1
+        _, chunk_starts = flat.source()
+        src = chunk_starts[chunk] + (token_start - flat.bounds[chunk])
+        count = np.diff(packing.row_ptr)
+        free = packing.seq_len - np.diff(offsets(packing.length)[packing.row_ptr])
+        row_ptr = offsets(count + (free > 0))
+        row_of = np.repeat(np.arange(packing.num_rows, dtype=np.int64), count)
+        real = np.arange(len(src), dtype=np.int64) + (row_ptr[:-1] - packing.row_ptr[:-1])[row_of]
+        pieces = int(row_ptr[-1])
+        begin = np.full(pieces, -1, np.int64)
+        end = np.full(pieces, -1, np.int64)
+        segment = np.zeros(pieces, np.int32)
+        begin[real] = src * itemsize
+        end[real] = (src + packing.length) * itemsize
+        segment[real] = real - row_ptr[row_of] + 1
+        end[row_ptr[1:][free > 0] - 1] += free[free > 0] * itemsize  # padding pieces
+        return cls(row_ptr, begin, end, segment)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(lo[i], hi[i])`` over i (int64)."""
+    size = hi - lo
+    ends = size.cumsum()
+    return np.repeat(lo - ends + size, size) + np.arange(int(ends[-1]) if len(ends) else 0)
 
 
 def _runs(values: np.ndarray) -> list[tuple[int, int]]:

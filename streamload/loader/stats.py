@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -244,7 +245,7 @@ class LoaderStats:
         self.waits.add(wait_s)
         segment_ids = batch.get("segment_ids") if isinstance(batch, dict) else None
         if segment_ids is not None and hasattr(segment_ids, "shape"):  # packed rows
-            self.packed_slots += int(np.prod(segment_ids.shape))
+            self.packed_slots += math.prod(segment_ids.shape)  # np.prod of a torch.Size: ~30 us
             self.packed_tokens += _count_nonzero(segment_ids)
         if self.rings and self.steps % 8 == 0:
             self._sample_occupancy()

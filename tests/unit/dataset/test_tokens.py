@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streamload as sl
+from streamload.dataset.packing import pack
 from streamload.errors import ConfigError, FormatError
 
 
@@ -174,6 +175,93 @@ def test_packed_rows_keep_fitting_documents_whole_and_mask_padding(
         if 0 < len(d) <= seq_len:
             assert len(got) == 1
     assert first_token is not None
+
+
+def _packed_reference(root: Path, stream: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
+    """Every packed row built by hand from `pack` over each shard's documents (storage order)."""
+    index = json.loads((root / "index.json").read_text())
+    lengths = np.array(
+        [
+            len(t)
+            for t in sl.StreamingDataset(str(root)).get_batch(np.arange(index["num_samples"]))[
+                "tokens"
+            ]
+        ]
+    )
+    doc_start = np.concatenate([[0], np.cumsum(lengths)])
+    rows: dict[str, list[np.ndarray]] = {"tokens": [], "segment_ids": [], "positions": []}
+    first_doc = 0
+    for shard in index["shards"]:
+        docs = lengths[first_doc : first_doc + shard["num_samples"]]
+        packing = pack(docs, seq_len)
+        for r in range(packing.num_rows):
+            out = {name: np.zeros(seq_len, np.int64) for name in rows}
+            at = 0
+            for segment, j in enumerate(range(packing.row_ptr[r], packing.row_ptr[r + 1]), 1):
+                n = int(packing.length[j])
+                begin = doc_start[first_doc + packing.doc[j]] + packing.start[j]
+                out["tokens"][at : at + n] = stream[begin : begin + n]
+                out["segment_ids"][at : at + n] = segment
+                out["positions"][at : at + n] = np.arange(n)
+                at += n
+            for name in rows:
+                rows[name].append(out[name])
+        first_doc += shard["num_samples"]
+    return {name: np.array(v).reshape(-1, seq_len) for name, v in rows.items()}
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lengths=st.lists(st.integers(0, 150), min_size=1, max_size=50),
+    seq_len=st.integers(1, 64),
+    dtype=st.sampled_from([np.uint16, np.int32]),
+    data=st.data(),
+)
+def test_packed_rows_read_in_any_order_are_the_rows_packing_lays_out(
+    tmp_path: Path, lengths: list[int], seq_len: int, dtype: Any, data: st.DataObject
+) -> None:
+    """Any ids (shuffled, repeated, across shards) give exactly `pack`'s rows: tokens of each
+    piece, segment ids 1.. per piece, positions restarting per piece, zeros on padding, in fresh
+    writable arrays of the column dtype and int32."""
+    stream = _write(tmp_path, lengths, shard_size=256, dtype=dtype)
+    want = _packed_reference(tmp_path, stream, seq_len)
+    ds = sl.StreamingDataset(str(tmp_path), tokens="tokens", seq_len=seq_len, pack=True)
+    assert len(ds) == len(want["tokens"])
+    if not len(ds):
+        return
+    in_order = ds.get_batch(np.arange(len(ds)))
+    ids = np.array(
+        data.draw(st.lists(st.integers(0, len(ds) - 1), min_size=1, max_size=3 * len(ds))),
+        np.int64,
+    )
+    for batch, rows in ((in_order, np.arange(len(ds))), (ds.get_batch(ids), ids)):
+        assert batch["tokens"].dtype == dtype
+        assert batch["segment_ids"].dtype == batch["positions"].dtype == np.int32
+        for name, values in batch.items():
+            assert values.flags.writeable and values.flags.c_contiguous
+            assert values.tolist() == want[name][rows].tolist(), name
+    batch = ds.get_batch(ids)
+    batch["tokens"][:] = 1  # owned by the caller: writing it changes no later batch
+    assert ds.get_batch(ids)["tokens"].tolist() == want["tokens"][ids].tolist()
+
+
+def test_lmdb_token_datasets_pack_the_rows_packing_lays_out(tmp_path: Path) -> None:
+    """Packed rows of LMDB shards (tokens copied out of the shard, not mapped) are `pack`'s rows."""
+    lengths = [7, 0, 13, 2, 30, 5, 19]
+    stream = np.arange(sum(lengths), dtype=np.int32)
+    with sl.ShardWriter(str(tmp_path), format="lmdb", shard_size=64) as w:
+        at = 0
+        for n in lengths:
+            w.write({"tokens": stream[at : at + n]})
+            at += n
+    want = _packed_reference(tmp_path, stream, 16)
+    ds = sl.StreamingDataset(str(tmp_path), tokens="tokens", seq_len=16, pack=True)
+    assert ds.num_shards > 1 and len(ds) == len(want["tokens"])
+    ids = np.array([3, 0, 2, 2, 1, len(ds) - 1]) % len(ds)
+    got = ds.get_batch(ids)
+    assert {k: v.tolist() for k, v in got.items()} == {k: v[ids].tolist() for k, v in want.items()}
 
 
 def test_padding_fraction_is_reported_by_the_loader(tmp_path: Path) -> None:
