@@ -120,6 +120,33 @@ def apportion(
     return counts, new_lags
 
 
+def source_windows(budget: int, weights: Sequence[int]) -> list[int]:
+    """Shuffle windows (shards each) for sources of these integer weights, apportioned from a
+    budget of ``budget`` shards: the largest remainders of ``budget x w / total`` (ties: the
+    first source), then every source at least one shard, taken back from the largest windows
+    while they are above one. The windows sum to ``max(budget, len(weights))``.
+
+    Raises:
+        ConfigError: a budget < 1, no weights or a weight < 1.
+    """
+    if budget < 1 or not weights or min(weights) < 1:
+        raise ConfigError(
+            f"mixture windows: a budget >= 1 and weights >= 1, got {budget}, {weights}"
+        )
+    total = sum(weights)
+    windows = [budget * w // total for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda s: (-(budget * weights[s] % total), s))
+    for s in by_remainder[: budget - sum(windows)]:
+        windows[s] += 1
+    for s in range(len(windows)):
+        if windows[s] == 0:
+            windows[s] = 1
+            largest = max(range(len(windows)), key=lambda t: (windows[t], -t))
+            if windows[largest] > 1 and sum(windows) > budget:
+                windows[largest] -= 1
+    return windows
+
+
 def split_step(counts: Sequence[int], slices: Sequence[int], first: int = 0) -> np.ndarray:
     """Divide a step's per-source ``counts`` among slices of the given sizes (rank by rank).
 

@@ -238,6 +238,43 @@ def test_changing_weights_on_resume_continues_every_source_under_the_new_weights
     assert len(segments) == 2 and segments[1]["position"] == 5 * BATCH
 
 
+def _source_draws(urls: dict[str, str], name: str, window: int, count: int) -> list[int]:
+    """The first ``count`` draws of source ``name`` shuffled within ``window`` shards: a
+    one-source mixture of the same name and seed draws exactly that source's permutation."""
+    mix = _mix({name: urls[name]}, {name: 1}, samples=count, shuffle_block={name: window})
+    return [i - OFFSET[name] for b in _loader(mix) for i in _ids(b)]
+
+
+def test_resume_with_other_weights_workers_and_batch_size_keeps_every_sources_permutation(
+    urls: dict[str, str],
+) -> None:
+    """Shuffled sources get windows of 8/5/3 shards from 50/30/20 at the start; a state after 5
+    steps loaded into a 20/30/50 mixture (which alone would choose 3/5/8) read by 2 persistent
+    workers (started before the load) at another batch size keeps those windows: each source's draws before and after the resume
+    are exactly its permutation's prefix (nothing skipped or repeated within a source epoch),
+    which the new weights' windows would not have given."""
+    loader = _loader(_mix(urls, samples=160))
+    iterator = iter(loader)
+    before = [_ids(next(iterator)) for _ in range(5)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["windows"] == {"web": 8, "code": 5, "books": 3}
+    new = {"web": 0.2, "code": 0.3, "books": 0.5}
+    assert _mix(urls, new).windows == {"web": 3, "code": 5, "books": 8}
+    restored = _loader(
+        _mix(urls, new, samples=160), num_workers=2, batch_size=6, persistent_workers=True
+    )
+    assert len([_ids(b) for b in restored]) == 27  # the workers start with windows 3/5/8
+    restored.load_state_dict(state)
+    after = [_ids(b) for b in restored]
+    draws: dict[str, list[int]] = {n: [] for n in SIZES}
+    for i in (i for b in before + after for i in b):
+        draws[_source(i)].append(i - OFFSET[_source(i)])
+    for name, got in draws.items():
+        assert got == _source_draws(urls, name, state["windows"][name], len(got)), name
+    assert draws["web"] != _source_draws(urls, "web", 3, len(draws["web"]))
+    assert restored.state_dict()["windows"] == state["windows"]
+
+
 def test_a_state_whose_sources_changed_raises_state_error_naming_them(
     urls: dict[str, str], tmp_path: Path
 ) -> None:
