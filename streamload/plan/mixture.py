@@ -38,6 +38,7 @@ no data touched) and the rank split, interleave and item ids only of the steps i
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -52,6 +53,9 @@ from streamload.plan.order import EpochOrder, ShuffleSettings
 from streamload.plan.partition import EpochPlan
 
 _NEVER = 1 << 62
+#: A rank's share of a step: per source its count and first draw, then the source of each
+#: position and each source's positions (`MixturePlan._row`).
+_Row = tuple[tuple[int, ...], tuple[int, ...], np.ndarray, tuple[np.ndarray, ...]]
 _WALK_MEMORY = 16  # steps whose cursors a plan remembers (a worker's stride, a prefetch window)
 
 
@@ -93,6 +97,17 @@ def apportion(
         ``(counts, lags)``: counts sum to ``size``, each ``floor(w size / total)`` or the ceiling;
         the lags after the step (same scale).
     """
+    counts, new_lags = _apportion(tuple(weights), total, tuple(lags), size)
+    return list(counts), list(new_lags)
+
+
+@functools.lru_cache(maxsize=1024)
+def _apportion(
+    weights: tuple[int, ...], total: int, lags: tuple[int, ...], size: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`apportion`, remembered: a run's steps revisit few (lags, size) states (the lags of
+    weights summing to ``total`` take at most ``total ** (S - 1)`` values, and one step size
+    recurs), so a loader's per-step arithmetic is mostly a lookup."""
     n = len(weights)
     base = [w * size // total for w in weights]
     rem = [w * size % total for w in weights]
@@ -116,8 +131,8 @@ def apportion(
         counts = base[:]
         for s in eligible[:extras]:
             counts[s] += 1
-    new_lags = [deficit[s] - total * (counts[s] - base[s]) for s in range(n)]
-    return counts, new_lags
+    new_lags = tuple(deficit[s] - total * (counts[s] - base[s]) for s in range(n))
+    return tuple(counts), new_lags
 
 
 def source_windows(budget: int, weights: Sequence[int]) -> list[int]:
@@ -243,6 +258,9 @@ class SourceOrder:
 
     def ids(self, first: int, count: int) -> np.ndarray:
         """Item ids of draws ``[first, first + count)`` (crossing source epochs as needed)."""
+        e, p = divmod(first, self.n)
+        if p + count <= self.n:  # inside one source epoch (a fresh array)
+            return self.epoch(e).ids(p, p + count)
         out = np.empty(count, np.int64)
         done = 0
         while done < count:
@@ -255,19 +273,39 @@ class SourceOrder:
 
 @dataclass(frozen=True)
 class MixedBatch:
-    """One rank's batch of a mixture step: for each position, its source and item id."""
+    """One rank's batch of a mixture step: for each position, its source and item id
+    (``by_source``: the same as ``(source, positions, ids)`` per source present, in source
+    order, when the maker has them; else `parts` computes them)."""
 
     source: np.ndarray  # int64 source index per position
     ids: np.ndarray  # int64 item id (within its source) per position
+    by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.source)
 
     def parts(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(source, positions, ids)`` per source present, in source order."""
+        if self.by_source is not None:
+            yield from self.by_source
+            return
         for s in np.unique(self.source).tolist():
             where = np.flatnonzero(self.source == s)
             yield s, where, self.ids[where]
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(counts: tuple[int, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """`interleave` of ``counts`` and each source's positions in it, read-only (a run's
+    slices take few distinct counts: ``floor``/``ceil`` of each share)."""
+    order = interleave(counts)
+    order.flags.writeable = False
+    wheres = []
+    for s in range(len(counts)):
+        where = np.flatnonzero(order == s)
+        where.flags.writeable = False
+        wheres.append(where)
+    return order, tuple(wheres)
 
 
 class _Positions:
@@ -325,7 +363,8 @@ class MixturePlan:
         self._walked: OrderedDict[int, tuple[tuple[int, ...], list[int]]] = OrderedDict()
         self._walked[0] = (self.start_cursors, segment.lags(self.start_cursors))
         self._splits: OrderedDict[int, tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
-        self._orders: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        # (step, row) -> (counts, first draws, source per position, positions per source)
+        self._rows: OrderedDict[tuple[int, int], _Row] = OrderedDict()
 
     # -- the EpochPlan interface ----------------------------------------------------------------
 
@@ -380,7 +419,9 @@ class MixturePlan:
         known = self._walked.get(step)
         if known is not None:
             return known[0]
-        base = max(k for k in self._walked if k <= step)  # step 0 is always known
+        # Usually the step before is known (steps are read in order); step 0 always is.
+        walked = self._walked
+        base = step - 1 if step - 1 in walked else max(k for k in walked if k <= step)
         cursors, lags = self._walked[base]
         for at in range(base, step):
             counts, lags = apportion(
@@ -416,18 +457,23 @@ class MixturePlan:
                 self._splits.popitem(last=False)
         return known
 
-    def _row(self, rank: int, step: int) -> tuple[int, np.ndarray, tuple[int, ...], np.ndarray]:
-        """``rank``'s row of the split (a padded rank repeats the tail item of rank
-        ``rank % tail``), the split, the cursors, and the row's source per position."""
+    def _row(self, rank: int, step: int) -> _Row:
+        """``rank``'s share of step ``step`` (a padded rank repeats the tail item of rank
+        ``rank % tail``): per source its count and first draw, the source per position and
+        each source's positions (remembered for a few (step, rank)s)."""
+        known = self._rows.get((step, rank))
+        if known is not None:
+            return known
         split, cursors = self.rank_split(step)
-        row = rank if split[rank].sum() else rank % self.steps.tail
-        key = (step, row)
-        order = self._orders.get(key)
-        if order is None:
-            order = self._orders[key] = interleave(split[row].tolist())
-            while len(self._orders) > 8:
-                self._orders.popitem(last=False)
-        return row, split, cursors, order
+        rows = split.tolist()
+        row = rank if sum(rows[rank]) else rank % self.steps.tail
+        counts = tuple(rows[row])
+        firsts = tuple(cursors[s] + sum(r[s] for r in rows[:row]) for s in range(len(counts)))
+        order, wheres = _layout(counts)
+        known = self._rows[(step, rank)] = (counts, firsts, order, wheres)
+        while len(self._rows) > 8:
+            self._rows.popitem(last=False)
+        return known
 
     def _slices(self, step: int) -> list[int]:
         """Real positions of each rank at ``step`` (the tail splits unevenly; padded ranks: 0)."""
@@ -439,17 +485,15 @@ class MixturePlan:
 
     def sources_of(self, rank: int, step: int) -> np.ndarray:
         """The source of each position of ``rank``'s batch at ``step`` (no ids evaluated)."""
-        return self._row(rank, step)[3]
+        return self._row(rank, step)[2]
 
     def source_ids(self, rank: int, step: int, source: int) -> np.ndarray:
         """The item ids of ``source`` in ``rank``'s batch at ``step``, in batch order (only
         that source's ids are evaluated: what its read-ahead walks)."""
-        row, split, cursors, _ = self._row(rank, step)
-        count = int(split[row, source])
-        if not count or self.sources is None:
+        counts, firsts, _, _ = self._row(rank, step)
+        if not counts[source] or self.sources is None:
             return np.empty(0, np.int64)
-        first = cursors[source] + int(split[:row, source].sum())
-        return self.sources[source].ids(first, count)
+        return self.sources[source].ids(firsts[source], counts[source])
 
     def batch(self, rank: int, step: int) -> MixedBatch:
         """``rank``'s batch at ``step``: the source and item id of each position.
@@ -464,13 +508,15 @@ class MixturePlan:
             raise IndexError(f"step {step} outside [0, {self.num_steps})")
         if self.sources is None:
             raise ConfigError("mixture plan: made without source orders (counts only)")
-        row, split, cursors, order = self._row(rank, step)
+        counts, firsts, order, wheres = self._row(rank, step)
         ids = np.empty(len(order), np.int64)
-        before = split[:row].sum(axis=0)  # items of each source taken by earlier ranks
-        for s in np.flatnonzero(split[row]).tolist():
-            first = cursors[s] + int(before[s])
-            ids[order == s] = self.sources[s].ids(first, int(split[row, s]))
-        return MixedBatch(order, ids)
+        parts = []
+        for s, count in enumerate(counts):
+            if count:
+                mine = self.sources[s].ids(firsts[s], count)
+                ids[wheres[s]] = mine
+                parts.append((s, wheres[s], mine))
+        return MixedBatch(order, ids, tuple(parts))
 
 
 def check_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> list[float]:
