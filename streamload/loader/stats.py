@@ -98,26 +98,29 @@ def _walk(obj: Any, samples: list[int]) -> int:
     return 0
 
 
-def _bytes_by_row(obj: Any, rows: np.ndarray, out: np.ndarray) -> None:
-    """Add each row group's bytes of a batch to ``out`` (row ``i`` belongs to ``rows[i]``):
-    arrays and tensors whose leading dimension is the batch split evenly by row; a list of
-    str/bytes by each item's length (characters for str, as `batch_size_and_bytes`)."""
+def _bytes_by_row(obj: Any, rows: np.ndarray, out: np.ndarray) -> float:
+    """Add each row group's bytes of a batch that vary by row to ``out`` (row ``i`` belongs to
+    ``rows[i]``; a list of str/bytes by each item's length, characters for str, as
+    `batch_size_and_bytes`), and return the bytes every row has alike (arrays and tensors whose
+    leading dimension is the batch, split evenly by row), for the caller to add by count."""
     n = len(rows)
     shape = getattr(obj, "shape", None)
     if shape is not None and hasattr(obj, "nbytes"):
         if len(shape) and shape[0] == n and n:
-            out += np.bincount(rows, minlength=len(out)) * (int(obj.nbytes) / n)
-        return
+            return int(obj.nbytes) / n
+        return 0.0
+    even = 0.0
     if isinstance(obj, dict):
         for value in obj.values():
-            _bytes_by_row(value, rows, out)
+            even += _bytes_by_row(value, rows, out)
     elif isinstance(obj, (list, tuple)):
         if len(obj) == n and obj and isinstance(obj[0], (str, bytes)):
             lengths = np.fromiter(map(len, obj), dtype=np.float64, count=n)
             out += np.bincount(rows, weights=lengths, minlength=len(out))
         else:
             for value in obj:
-                _bytes_by_row(value, rows, out)
+                even += _bytes_by_row(value, rows, out)
+    return even
 
 
 def _count_nonzero(values: Any) -> int:
@@ -330,11 +333,11 @@ class LoaderStats:
         rows = np.asarray(rows, dtype=np.int64)
         samples = np.bincount(rows, minlength=len(names))
         nbytes = np.zeros(len(names))
-        _bytes_by_row(batch, rows, nbytes)
-        for i, name in enumerate(names):
+        nbytes += samples * _bytes_by_row(batch, rows, nbytes)
+        for name, k, b in zip(names, samples.tolist(), nbytes.tolist(), strict=True):
             counts = self.sources.setdefault(name, {"samples": 0, "bytes": 0})
-            counts["samples"] += int(samples[i])
-            counts["bytes"] += round(float(nbytes[i]))
+            counts["samples"] += k
+            counts["bytes"] += round(b)
 
     def _snapshots(self) -> list[dict[str, Any]]:
         local = self.local.snapshot(0)

@@ -320,17 +320,21 @@ def test_source_column_names_each_rows_source_and_stats_count_per_source(
     urls: dict[str, str],
 ) -> None:
     """source_column="source" names each row's source (the id agrees); loader.stats() counts
-    the samples and bytes each source delivered."""
+    the samples and bytes each source delivered (a row's arrays, 8 + 16 bytes, plus the
+    characters of its text and source name)."""
     for workers in (0, 2):
         mix = _mix(urls, samples=80, source_column="source")
         loader = _loader(mix, workers)
-        delivered = Counter()
+        delivered: Counter[str] = Counter()
+        nbytes: Counter[str] = Counter()
         for batch in loader:
             assert [_source(i) for i in _ids(batch)] == batch["source"]
             delivered.update(batch["source"])
+            for text, source in zip(batch["text"], batch["source"], strict=True):
+                nbytes[source] += 8 + 16 + len(text) + len(source)
         sources = loader.stats()["sources"]
         assert {n: s["samples"] for n, s in sources.items()} == dict(delivered)
-        assert all(s["bytes"] > 0 for s in sources.values())
+        assert {n: s["bytes"] for n, s in sources.items()} == dict(nbytes)
 
 
 def test_subset_sources_draw_only_from_their_subset(urls: dict[str, str]) -> None:
