@@ -597,15 +597,19 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         if self._subset is not None:
             ids = self._subset.to_real(ids)
         offsets = self._index.sample_offsets
-        shard_of = np.searchsorted(offsets, ids, "right") - 1
+        shard_of = offsets.searchsorted(ids, "right")
+        shard_of -= 1
         first = int(shard_of[0])
-        if (shard_of == first).all():
+        if first == int(shard_of[-1]) and (shard_of == first).all():
             return [(slice(None), self._reader(first).take(ids - offsets[first], strings))]
         order = np.argsort(shard_of, kind="stable")
-        parts = np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1)
+        shards = shard_of[order]
+        rows = ids[order]
+        rows -= offsets[shards]  # row in its shard, grouped by shard
+        bounds = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist(), len(ids)]
         return [
-            (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
-            for p in parts
+            (order[a:b], self._reader(k).take(rows[a:b], strings))
+            for a, b, k in zip(bounds[:-1], bounds[1:], shards[bounds[:-1]].tolist(), strict=True)
         ]
 
     def __iter__(self) -> Iterator[Any]:
