@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from streamload.dataset.streaming import StreamingDataset, merge_parts
+from streamload.dataset.streaming import StreamingDataset, merge_parts, take_sources
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError, StateError
 from streamload.format.blobs import BlobColumn
@@ -459,16 +459,16 @@ class MixedDataset(torch.utils.data.IterableDataset):
 
     def get_batch(self, batch: MixedBatch, strings: str = "list") -> dict[str, Any]:
         """Columnar rows of a mixed batch, in its order: every source's shards taken as in its
-        ``get_batch`` (`StreamingDataset.take_parts`), the rows put in place by one merge.
+        ``get_batch`` (`streaming.take_sources`: one sort of the whole batch by source and
+        shard), the rows put in place by one merge.
 
         Raises:
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         n = len(batch)
-        taken = []
-        for s, where, ids in batch.parts():
-            for positions, columns in self.sources[self.names[s]].take_parts(ids, strings):
-                taken.append((where[positions], columns))  # rows of the batch, one merge
+        sources = self.sources
+        parts = [(sources[self.names[s]], where, ids) for s, where, ids in batch.parts()]
+        taken = take_sources(parts, strings)  # every source's shards by one sort, one merge
         if len(taken) == 1 and np.array_equal(taken[0][0], np.arange(n)):
             out = dict(taken[0][1])  # one shard of one source holds the batch, in order
         else:

@@ -243,9 +243,13 @@ class SourceOrder:
         self.n = int(self.sizes.sum())
         self._orders: OrderedDict[int, EpochOrder] = OrderedDict()
         self._lock = threading.Lock()  # the reader and a read-ahead thread share it
+        self._last: tuple[int, EpochOrder] | None = None  # the epoch asked for last
 
     def epoch(self, e: int) -> EpochOrder:
         """The order of this source's epoch ``e``."""
+        last = self._last  # one read of a tuple: no lock needed
+        if last is not None and last[0] == e:
+            return last[1]
         with self._lock:
             order = self._orders.get(e)
             if order is None:
@@ -254,6 +258,7 @@ class SourceOrder:
                     self._orders.popitem(last=False)
             else:
                 self._orders.move_to_end(e)
+            self._last = (e, order)
             return order
 
     def ids(self, first: int, count: int) -> np.ndarray:
@@ -271,27 +276,29 @@ class SourceOrder:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MixedBatch:
-    """One rank's batch of a mixture step: for each position, its source and item id
-    (``by_source``: the same as ``(source, positions, ids)`` per source present, in source
-    order, when the maker has them; else `parts` computes them)."""
+    """One rank's batch of a mixture step: for each position, its source (``source``) and
+    item id (``ids``), held as ``(source, positions, ids)`` per source present, in source
+    order (``by_source``: how the batch is read)."""
 
     source: np.ndarray  # int64 source index per position
-    ids: np.ndarray  # int64 item id (within its source) per position
-    by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...] | None = None
+    by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...]
 
     def __len__(self) -> int:
         return len(self.source)
 
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        """int64 item id (within its source) per position."""
+        out = np.empty(len(self.source), np.int64)
+        for _, where, ids in self.by_source:
+            out[where] = ids
+        return out
+
     def parts(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(source, positions, ids)`` per source present, in source order."""
-        if self.by_source is not None:
-            yield from self.by_source
-            return
-        for s in np.unique(self.source).tolist():
-            where = np.flatnonzero(self.source == s)
-            yield s, where, self.ids[where]
+        return iter(self.by_source)
 
 
 @functools.lru_cache(maxsize=256)
@@ -360,9 +367,12 @@ class MixturePlan:
         self.start_cursors = tuple(int(k) for k in cursors)
         # The counts walk: cursors (and lags) at the start of recently walked steps; steps are
         # read mostly in order (a worker's, the trainer's cursor), each a few times.
-        self._walked: OrderedDict[int, tuple[tuple[int, ...], list[int]]] = OrderedDict()
-        self._walked[0] = (self.start_cursors, segment.lags(self.start_cursors))
-        self._splits: OrderedDict[int, tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
+        self._walked: OrderedDict[int, tuple[tuple[int, ...], tuple[int, ...]]] = OrderedDict()
+        self._start = (self.start_cursors, tuple(segment.lags(self.start_cursors)))
+        self._shares, self._total = tuple(segment.shares), segment.total
+        self._step = self.steps.world_size * self.steps.batch_size  # positions of a full step
+        self._splits: OrderedDict[int, tuple[list[tuple[int, ...]], tuple[int, ...]]]
+        self._splits = OrderedDict()
         # (step, row) -> (counts, first draws, source per position, positions per source)
         self._rows: OrderedDict[tuple[int, int], _Row] = OrderedDict()
 
@@ -415,28 +425,27 @@ class MixturePlan:
 
     def cursors_at(self, step: int) -> tuple[int, ...]:
         """Every source's cursor at the start of ``step`` (``num_steps``: after the last)."""
-        step = min(max(step, 0), self.num_steps)
-        known = self._walked.get(step)
+        walked = self._walked
+        known = walked.get(step)
         if known is not None:
             return known[0]
+        step = min(max(step, 0), self.num_steps)
+        if step == 0:
+            return self.start_cursors
         # Usually the step before is known (steps are read in order); step 0 always is.
-        walked = self._walked
-        base = step - 1 if step - 1 in walked else max(k for k in walked if k <= step)
-        cursors, lags = self._walked[base]
+        before = walked.get(step - 1)
+        base = step - 1 if before else max((k for k in walked if k <= step), default=0)
+        cursors, lags = walked[base] if base else self._start
+        full, shares, total = self.steps.full_steps, self._shares, self._total
         for at in range(base, step):
-            counts, lags = apportion(
-                self.segment.shares, self.segment.total, lags, self.step_size(at)
-            )
+            size = self._step if at < full else self.step_size(at)
+            counts, lags = _apportion(shares, total, lags, size)
             cursors = tuple(k + c for k, c in zip(cursors, counts, strict=True))
             if step - at <= _WALK_MEMORY:
-                self._remember(at + 1, cursors, lags)
+                walked[at + 1] = (cursors, lags)
+        while len(walked) > _WALK_MEMORY:  # the last few (step 0 is kept apart)
+            walked.popitem(last=False)
         return cursors
-
-    def _remember(self, step: int, cursors: tuple[int, ...], lags: list[int]) -> None:
-        self._walked[step] = (cursors, lags)
-        while len(self._walked) > _WALK_MEMORY + 1:  # keep step 0 and the last few
-            oldest = next(k for k in self._walked if k != 0)
-            del self._walked[oldest]
 
     def step_counts(self, step: int) -> list[int]:
         """Per source, the positions step ``step`` gives it (all ranks)."""
@@ -446,13 +455,23 @@ class MixturePlan:
     def rank_split(self, step: int) -> tuple[np.ndarray, tuple[int, ...]]:
         """``([ranks, sources] counts, cursors at the step's start)`` of step ``step``
         (remembered for a few steps: a step's batch, its stats and its read-ahead ask again)."""
+        rows, cursors = self._split(step)
+        return np.array(rows, dtype=np.int64), cursors
+
+    def _split(self, step: int) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+        """`rank_split` as a list of per-rank count tuples (remembered for a few steps)."""
         known = self._splits.get(step)
         if known is None:
             cursors = self.cursors_at(step)
-            counts = self.step_counts(step)
+            after = self.cursors_at(step + 1)
+            counts = [a - b for a, b in zip(after, cursors, strict=True)]
             slices = self._slices(step)
-            known = (split_step(counts, slices, first=step % len(slices)), cursors)
-            self._splits[step] = known
+            if len(slices) == 1:  # one rank takes the whole step
+                rows = [tuple(counts)]
+            else:
+                split = split_step(counts, slices, first=step % len(slices))
+                rows = [tuple(r) for r in split.tolist()]
+            known = self._splits[step] = (rows, cursors)
             while len(self._splits) > 4:
                 self._splits.popitem(last=False)
         return known
@@ -464,11 +483,12 @@ class MixturePlan:
         known = self._rows.get((step, rank))
         if known is not None:
             return known
-        split, cursors = self.rank_split(step)
-        rows = split.tolist()
+        rows, cursors = self._split(step)
         row = rank if sum(rows[rank]) else rank % self.steps.tail
-        counts = tuple(rows[row])
-        firsts = tuple(cursors[s] + sum(r[s] for r in rows[:row]) for s in range(len(counts)))
+        counts = rows[row]
+        firsts = cursors  # row 0: each source's next draw; later rows after those before
+        for before in rows[:row]:
+            firsts = tuple(k + c for k, c in zip(firsts, before, strict=True))
         order, wheres = _layout(counts)
         known = self._rows[(step, rank)] = (counts, firsts, order, wheres)
         while len(self._rows) > 8:
@@ -486,6 +506,10 @@ class MixturePlan:
     def sources_of(self, rank: int, step: int) -> np.ndarray:
         """The source of each position of ``rank``'s batch at ``step`` (no ids evaluated)."""
         return self._row(rank, step)[2]
+
+    def source_counts(self, rank: int, step: int) -> tuple[int, ...]:
+        """Per source, the positions of ``rank``'s batch at ``step`` it fills."""
+        return self._row(rank, step)[0]
 
     def source_ids(self, rank: int, step: int, source: int) -> np.ndarray:
         """The item ids of ``source`` in ``rank``'s batch at ``step``, in batch order (only
@@ -509,14 +533,13 @@ class MixturePlan:
         if self.sources is None:
             raise ConfigError("mixture plan: made without source orders (counts only)")
         counts, firsts, order, wheres = self._row(rank, step)
-        ids = np.empty(len(order), np.int64)
-        parts = []
-        for s, count in enumerate(counts):
-            if count:
-                mine = self.sources[s].ids(firsts[s], count)
-                ids[wheres[s]] = mine
-                parts.append((s, wheres[s], mine))
-        return MixedBatch(order, ids, tuple(parts))
+        sources = self.sources
+        parts = tuple(
+            (s, wheres[s], sources[s].ids(firsts[s], count))
+            for s, count in enumerate(counts)
+            if count
+        )
+        return MixedBatch(order, parts)
 
 
 def check_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> list[float]:
