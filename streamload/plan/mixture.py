@@ -465,10 +465,10 @@ class MixturePlan:
             cursors = self.cursors_at(step)
             after = self.cursors_at(step + 1)
             counts = [a - b for a, b in zip(after, cursors, strict=True)]
-            slices = self._slices(step)
-            if len(slices) == 1:  # one rank takes the whole step
+            if self.steps.world_size == 1:  # one rank takes the whole step
                 rows = [tuple(counts)]
             else:
+                slices = self._slices(step)
                 split = split_step(counts, slices, first=step % len(slices))
                 rows = [tuple(r) for r in split.tolist()]
             known = self._splits[step] = (rows, cursors)
@@ -526,10 +526,11 @@ class MixturePlan:
             IndexError: step or rank out of range.
             ConfigError: the plan was made without source orders.
         """
-        if not 0 <= rank < self.world_size:
-            raise IndexError(f"rank {rank} outside [0, {self.world_size})")
-        if not 0 <= step < self.num_steps:
-            raise IndexError(f"step {step} outside [0, {self.num_steps})")
+        steps = self.steps
+        if not 0 <= rank < steps.world_size:
+            raise IndexError(f"rank {rank} outside [0, {steps.world_size})")
+        if not 0 <= step < steps.num_steps:
+            raise IndexError(f"step {step} outside [0, {steps.num_steps})")
         if self.sources is None:
             raise ConfigError("mixture plan: made without source orders (counts only)")
         counts, firsts, order, wheres = self._row(rank, step)
