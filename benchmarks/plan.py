@@ -323,7 +323,8 @@ def mixture(args: Any) -> None:
             f"One epoch of {n:,} rows (id + int32[256], ~1 KiB) from the page cache,"
             " StreamLoader(batch_size=256): one shuffled dataset (block mode) against"
             f" MixedDataset of three datasets ({', '.join(f'{k}: {v:,}' for k, v in parts.items())}"
-            " rows) at 50/30/20, same total rows and bytes; loaders made inside the timed epoch."
+            " rows) at 50/30/20 with the default window budget (16 shards: 8/5/3 per source),"
+            " same total rows and bytes; loaders made inside the timed epoch."
         ),
     )
 

@@ -7,8 +7,19 @@ which every global batch (``world_size x batch_size`` positions, a *step*) takes
 share, and each source's total stays within one item of ``w x position`` at every step (two
 after a resume on another batch size; the arithmetic is `mixture.apportion`). Each source keeps its own epochs: draw ``k`` of a source of
 ``n`` items is position ``k mod n`` of its epoch ``k // n``, a permutation of its own (its
-``shuffle_mode``/``shuffle_block``, its ``subset``); a source that runs out starts its next
+``shuffle_mode``, its window below, its ``subset``); a source that runs out starts its next
 epoch, independently of the others, so no source's end ever ends or skews the run.
+
+Windows: a source shuffled in block mode reads its shards in windows (`streamload.plan.order`),
+and a mixed batch touches every source's current window, so the mixture shares one budget of
+shards among its sources: ``shuffle_block`` (default: the largest of their own
+``shuffle_block``) split by the weights given at construction (`mixture.source_windows`: at
+least one shard each), so a mixed batch reads from about as many shards as one dataset's
+batch does (each source then mixes within fewer shards than it would alone; a larger budget or
+``shuffle_block={name: shards}`` trades read cost for mixing). A source's window is part of its
+permutation, so the windows are fixed for the run: ``set_weights`` keeps them, and a loaded
+state brings its own (a version-1 state, from before windows, each source's own
+``shuffle_block``); a mapping ``shuffle_block`` that contradicts a state is a `StateError`.
 
 Cursors: how many items each source has given. A mixture epoch starts where the previous one
 left the cursors (epoch ``e``'s start is computed by walking the earlier epochs' steps, O(S) per
@@ -19,7 +30,8 @@ received)::
 
     {"version", "kind": "mixture", "fingerprint": {"order", "seed", "shuffle", "samples",
      "sources": {name: source fingerprint}}, "epoch", "position", "cursors": {name: k},
-     "segments": [{"epoch", "position", "weights": {name: share}, "cursors": {name: k}}]}
+     "segments": [{"epoch", "position", "weights": {name: share}, "cursors": {name: k}}],
+     "windows": {name: shards or null}}
 
 Small (O(sources x segments)), JSON, and enough to continue exactly on any world size, worker
 count or batch size. Loading it into a mixture with other weights appends a segment at the
@@ -42,9 +54,9 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from streamload.dataset.streaming import StreamingDataset, merge_parts
+from streamload.dataset.streaming import StreamingDataset, merge_parts, take_sources
 from streamload.dataset.topology import Topology, topology
-from streamload.errors import ConfigError, FormatError
+from streamload.errors import ConfigError, FormatError, StateError
 from streamload.format.blobs import BlobColumn
 from streamload.format.schema import Column, Schema
 from streamload.plan.mixture import (
@@ -55,6 +67,7 @@ from streamload.plan.mixture import (
     advance,
     check_weights,
     shares,
+    source_windows,
 )
 from streamload.plan.order import ORDER_VERSION, ShuffleSettings
 from streamload.plan.permutation import derive_key
@@ -75,11 +88,16 @@ class MixedDataset(torch.utils.data.IterableDataset):
             name and its own seed, so two sources over one dataset read different orders.
         shuffle: shuffle each source (a source with ``shuffle=True`` is shuffled either way).
         source_column: add a str column of this name holding each row's source name.
+        shuffle_block: the shuffle windows of the sources shuffled in block mode (see
+            "Windows" in the module docstring): an int is the mixture's budget of shards,
+            apportioned by the weights given here; ``{name: shards}`` sets every source's
+            window; None: a budget of the largest of those sources' own ``shuffle_block``.
         rank, world_size: this process's place in a distributed job (both or neither); None:
             torch.distributed or RANK/WORLD_SIZE at each pass.
 
     Raises:
-        ConfigError: no sources, a bad name, weight, samples, seed or source_column.
+        ConfigError: no sources, a bad name, weight, samples, seed, source_column or
+            shuffle_block.
         FormatError: sources whose selected columns differ.
         TypeError: a source that is not a StreamingDataset.
     """
@@ -93,6 +111,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
         shuffle: bool = True,
         source_column: str | None = None,
         *,
+        shuffle_block: int | Mapping[str, int] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -135,10 +154,14 @@ class MixedDataset(torch.utils.data.IterableDataset):
         if rank is not None or world_size is not None:
             topology(rank, world_size)
         self._rank_arg, self._world_size_arg = rank, world_size
+        weights_in = shares(check_weights(self.names, weights))
+        self._explicit_windows = isinstance(shuffle_block, Mapping)
+        #: Each source's shuffle window in shards (None: not shuffled in block mode), fixed
+        #: for the run: a loaded state's windows replace these.
+        self.windows = self._initial_windows(shuffle_block, weights_in)
         self._orders = [
             SourceOrder(s.item_sizes(), self._source_settings(n)) for n, s in sources.items()
         ]
-        weights_in = shares(check_weights(self.names, weights))
         zeros = (0,) * len(self.names)
         #: Weight segments: (epoch, position, Segment), oldest first; the last is in force.
         self.segments: list[tuple[int, int, Segment]] = [(0, 0, Segment(weights_in, zeros))]
@@ -270,7 +293,8 @@ class MixedDataset(torch.utils.data.IterableDataset):
             start: None: the loaded resume point, else the epoch's start; an int: that
                 position of a run with these steps; a mapping: ``{"position", "cursors"}``
                 (and optionally ``"shares"``, ``"segment"``: the weights in force) as
-                `plan_start` gives it.
+                `plan_start` gives it (and ``"windows"``: the sources' windows, which then
+                replace this mixture's).
             world_size: ranks (None: ``topology()``).
             epoch: the epoch (None: the current one); where its cursors start, for an int start.
         """
@@ -292,6 +316,8 @@ class MixedDataset(torch.utils.data.IterableDataset):
             cursors = advance(segment, cursors, [step] * (position // step))
         else:
             position, cursors = int(start["position"]), tuple(start["cursors"])
+            if "windows" in start:
+                self._use_windows(dict(zip(self.names, start["windows"], strict=True)))
             if "shares" in start:
                 segment = Segment(tuple(start["shares"]), tuple(start["segment"]))
             else:
@@ -302,13 +328,14 @@ class MixedDataset(torch.utils.data.IterableDataset):
 
     def plan_start(self, mixture_plan: MixturePlan, steps: int = 0) -> dict[str, Any]:
         """What a worker needs to rebuild ``mixture_plan`` from ``steps`` steps in (JSON):
-        position, cursors, and the weights in force (a persistent worker's copy of this
-        mixture may predate a weight change)."""
+        position, cursors, the weights in force and the sources' windows (a persistent
+        worker's copy of this mixture may predate a weight change or a loaded state)."""
         return {
             "position": mixture_plan.position_after(steps),
             "cursors": list(mixture_plan.cursors_at(steps)),
             "shares": list(mixture_plan.segment.shares),
             "segment": list(mixture_plan.segment.cursors),
+            "windows": [self.windows[n] for n in self.names],
         }
 
     def follow_plan(self, plan: MixturePlan, rank: int, first: int = 0, stride: int = 1) -> None:
@@ -372,21 +399,46 @@ class MixedDataset(torch.utils.data.IterableDataset):
     def make_state(self, epoch: int, position: int, cursors: tuple[int, ...]) -> dict[str, Any]:
         """A JSON-serialisable state of this mixture at (epoch, position) with these cursors."""
         segments = [(e, p, seg.shares, seg.cursors) for e, p, seg in self.segments]
+        windows = [self.windows[n] for n in self.names]
         return make_mixture_state(
-            self.fingerprint(), self.names, epoch, position, cursors, segments
+            self.fingerprint(), self.names, epoch, position, cursors, segments, windows
         )
 
     def load_state_dict(self, state: Mapping[str, Any], what: str = "MixedDataset") -> None:
         """Continue ``state`` at the next pass: its epoch, position and cursors; its weight
-        segments, plus one more from its position if this mixture's weights differ.
+        segments, plus one more from its position if this mixture's weights differ; its
+        sources' windows (a version-1 state, which predates them: each source's own
+        ``shuffle_block``, as that version shuffled).
 
         Raises:
             StateError: not a mixture state, another version, sources that differ (named), other
-                seed/shuffle/samples (both sides shown), or malformed values.
+                seed/shuffle/samples (both sides shown), windows other than an explicit
+                ``shuffle_block={...}`` (named), or malformed values.
         """
-        epoch, position, cursors, loaded = check_mixture_state(
-            state, self.fingerprint(), self.names, f"{what}.load_state_dict"
+        where = f"{what}.load_state_dict"
+        epoch, position, cursors, loaded, saved_windows = check_mixture_state(
+            state, self.fingerprint(), self.names, where
         )
+        if saved_windows is None:
+            windows = {n: self._own_window(n) for n in self.names}
+        else:
+            windows = dict(zip(self.names, saved_windows, strict=True))
+            missing = [n for n in self.names if self._in_blocks(n) and windows[n] is None]
+            if missing:
+                raise StateError(f"{where}: the state has no shuffle window for {missing}")
+            windows = {n: self._window_or_none(n, w) for n, w in windows.items()}
+        if self._explicit_windows and windows != self.windows:
+            differ = [
+                f"{n!r}: state {windows[n]}, now {self.windows[n]}"
+                for n in self.names
+                if windows[n] != self.windows[n]
+            ]
+            raise StateError(
+                f"{where}: the state's shuffle windows differ from shuffle_block=: "
+                + "; ".join(differ)
+                + " (a source's window decides its permutation; pass shuffle_block=None to"
+                " continue with the state's)"
+            )
         current = self.segments[-1][2].shares
         if position >= self.samples:
             epoch, position = epoch + 1, 0
@@ -396,6 +448,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
             self._add_segment(epoch, position, Segment(current, cursors))
         self._epoch = epoch
         self._resume = {"position": position, "cursors": list(cursors)}
+        self._use_windows(windows)
 
     def _add_segment(self, epoch: int, position: int, segment: Segment) -> None:
         self.segments = [s for s in self.segments if (s[0], s[1]) < (epoch, position)]
@@ -406,16 +459,16 @@ class MixedDataset(torch.utils.data.IterableDataset):
 
     def get_batch(self, batch: MixedBatch, strings: str = "list") -> dict[str, Any]:
         """Columnar rows of a mixed batch, in its order: every source's shards taken as in its
-        ``get_batch`` (`StreamingDataset.take_parts`), the rows put in place by one merge.
+        ``get_batch`` (`streaming.take_sources`: one sort of the whole batch by source and
+        shard), the rows put in place by one merge.
 
         Raises:
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         n = len(batch)
-        taken = []
-        for s, where, ids in batch.parts():
-            for positions, columns in self.sources[self.names[s]].take_parts(ids, strings):
-                taken.append((where[positions], columns))  # rows of the batch, one merge
+        sources = self.sources
+        parts = [(sources[self.names[s]], where, ids) for s, where, ids in batch.parts()]
+        taken = take_sources(parts, strings)  # every source's shards by one sort, one merge
         if len(taken) == 1 and np.array_equal(taken[0][0], np.arange(n)):
             out = dict(taken[0][1])  # one shard of one source holds the batch, in order
         else:
@@ -465,9 +518,65 @@ class MixedDataset(torch.utils.data.IterableDataset):
         settings = source.shuffle_settings
         tag = int.from_bytes(name.encode(), "little")
         seed = derive_key(self.seed, tag, settings.seed) >> 1
-        return ShuffleSettings(
-            self.shuffle or settings.shuffle, seed, settings.mode, settings.block
-        )
+        block = self.windows[name] or settings.block
+        return ShuffleSettings(self.shuffle or settings.shuffle, seed, settings.mode, block)
+
+    def _in_blocks(self, name: str) -> bool:
+        """Whether source ``name`` is shuffled in block mode (what a window applies to)."""
+        settings = self.sources[name].shuffle_settings
+        return (self.shuffle or settings.shuffle) and settings.mode == "block"
+
+    def _own_window(self, name: str) -> int | None:
+        """Source ``name``'s own ``shuffle_block`` (None: not shuffled in block mode)."""
+        return self.sources[name].shuffle_settings.block if self._in_blocks(name) else None
+
+    def _window_or_none(self, name: str, window: int | None) -> int | None:
+        return window if self._in_blocks(name) else None
+
+    def _initial_windows(
+        self, shuffle_block: int | Mapping[str, int] | None, weights: tuple[int, ...]
+    ) -> dict[str, int | None]:
+        """The windows of a new run (see "Windows" in the module docstring).
+
+        Raises:
+            ConfigError: a budget that is not an int >= 1, a mapping that does not give every
+                source an int >= 1.
+        """
+        if isinstance(shuffle_block, Mapping):
+            unknown = sorted(set(shuffle_block) - set(self.names))
+            missing = [n for n in self.names if n not in shuffle_block]
+            bad = {n: w for n, w in shuffle_block.items() if not _is_window(w)}
+            if unknown or missing or bad:
+                raise ConfigError(
+                    "MixedDataset shuffle_block: {name: shards >= 1} for every source"
+                    f" {list(self.names)}; unknown {unknown}, missing {missing}, bad {bad}"
+                )
+            return {n: self._window_or_none(n, shuffle_block[n]) for n in self.names}
+        blocks = [n for n in self.names if self._in_blocks(n)]
+        if shuffle_block is None:
+            if not blocks:
+                return dict.fromkeys(self.names)
+            shuffle_block = max(self.sources[n].shuffle_settings.block for n in blocks)
+        elif not _is_window(shuffle_block):
+            raise ConfigError(
+                "MixedDataset shuffle_block: an int >= 1 (shards for all sources together),"
+                f" {{name: shards}}, or None; got {shuffle_block!r}"
+            )
+        windows: dict[str, int | None] = dict.fromkeys(self.names)
+        if blocks:
+            of = dict(zip(self.names, weights, strict=True))
+            split = source_windows(shuffle_block, [of[n] for n in blocks])
+            windows.update(zip(blocks, split, strict=True))
+        return windows
+
+    def _use_windows(self, windows: Mapping[str, int | None]) -> None:
+        """Shuffle the sources within these windows from now on (their orders rebuilt)."""
+        if dict(windows) == self.windows:
+            return
+        self.windows = dict(windows)
+        self._orders = [
+            SourceOrder(s.item_sizes(), self._source_settings(n)) for n, s in self.sources.items()
+        ]
 
     def __getstate__(self) -> dict[str, Any]:
         # Evaluated source orders are per process: a spawned worker builds its own.
@@ -524,6 +633,10 @@ class _SourceReads:
         )
         for step in range(self.first, following.num_steps, self.stride):
             yield following.source_ids(self.rank, step, self.source)
+
+
+def _is_window(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _step_sizes(positions: int, step: int, drop_last: bool) -> list[int]:

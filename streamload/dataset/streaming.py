@@ -35,13 +35,14 @@ column kind are those of `streamload.shards.arrow.reader.ArrowShardReader.take`.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import operator
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -603,12 +604,16 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         first = int(offsets.searchsorted(lo, "right")) - 1
         if hi < offsets[first + 1]:  # shards hold consecutive ids: one shard holds them all
             return [(slice(None), self._reader(first).take(ids - offsets[first], strings))]
-        shard_of = np.searchsorted(offsets, ids, "right") - 1
+        shard_of = offsets.searchsorted(ids, "right")
+        shard_of -= 1
         order = np.argsort(shard_of, kind="stable")
-        parts = np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1)
+        shards = shard_of[order]
+        rows = ids[order]
+        rows -= offsets[shards]  # row in its shard, grouped by shard
+        cuts = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist(), len(ids)]
         return [
-            (p, self._reader(int(shard_of[p[0]])).take(ids[p] - offsets[shard_of[p[0]]], strings))
-            for p in parts
+            (order[a:b], self._reader(k).take(rows[a:b], strings))
+            for a, b, k in zip(cuts[:-1], cuts[1:], shards[cuts[:-1]].tolist(), strict=True)
         ]
 
     def __iter__(self) -> Iterator[Any]:
@@ -820,6 +825,54 @@ def _weak_reads_of(dataset: StreamingDataset) -> ReadSource:
         return -1 if ds is None else ds._generation
 
     return ReadSource(reads, generation)
+
+
+def take_sources(
+    parts: Sequence[tuple[StreamingDataset, np.ndarray, np.ndarray]], strings: str = "list"
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The rows of several datasets' ids at once (a mixed batch's sources): ``parts`` are
+    ``(dataset, positions, ids)``; the result is one ``(positions, columns)`` per shard touched
+    (as `StreamingDataset.take_parts` gives, positions in the batch), for `merge_parts`. Every
+    id is placed in its (dataset, shard) by one sort over the whole batch, so the cost per
+    batch is that of one dataset's ``take_parts`` plus one ``take`` per shard, however many
+    datasets; token datasets (whose items span shards) go through their own ``take_parts``.
+
+    Raises:
+        FormatError: a shard is missing, corrupt or fails its checksum.
+    """
+    out: list[tuple[Any, dict[str, Any]]] = []
+    keys, rows, places = [], [], []
+    bases: list[int] = []  # first key of each dataset in ``datasets``
+    datasets: list[StreamingDataset] = []
+    base = 0
+    for dataset, where, ids in parts:
+        if dataset._tokens is not None:
+            for positions, columns in dataset.take_parts(ids, strings):
+                out.append((where[positions], columns))
+            continue
+        real = dataset._subset.to_real(ids) if dataset._subset is not None else ids
+        offsets = dataset._index.sample_offsets
+        shard = offsets.searchsorted(real, "right")
+        shard -= 1
+        rows.append(real - offsets[shard])
+        shard += base
+        keys.append(shard)
+        places.append(where)
+        bases.append(base)
+        datasets.append(dataset)
+        base += len(offsets) - 1
+    if not keys:
+        return out
+    key = np.concatenate(keys)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    row = np.concatenate(rows)[order]
+    place = np.concatenate(places)[order]
+    bounds = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), len(key)]
+    for a, b, k in zip(bounds[:-1], bounds[1:], key[bounds[:-1]].tolist(), strict=True):
+        d = bisect.bisect_right(bases, k) - 1
+        out.append((place[a:b], datasets[d]._reader(k - bases[d]).take(row[a:b], strings)))
+    return out
 
 
 def merge_parts(

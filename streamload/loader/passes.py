@@ -62,7 +62,9 @@ class PassCursor:
         """The user received the next batch: count it (and, for a mixture, per source)."""
         if self.sources is not None and self.stats is not None:
             plan: Any = self.plan
-            self.stats.count_sources(self.sources, plan.sources_of(self.rank, self.steps), batch)
+            rank, step = self.rank, self.steps
+            rows, samples = plan.sources_of(rank, step), plan.source_counts(rank, step)
+            self.stats.count_sources(self.sources, rows, batch, samples)
         self.steps += 1
 
 

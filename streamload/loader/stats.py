@@ -120,26 +120,29 @@ def _walk(obj: Any, samples: list[int]) -> int:
     return 0
 
 
-def _bytes_by_row(obj: Any, rows: np.ndarray, out: np.ndarray) -> None:
-    """Add each row group's bytes of a batch to ``out`` (row ``i`` belongs to ``rows[i]``):
-    arrays and tensors whose leading dimension is the batch split evenly by row; a list of
-    str/bytes by each item's length (characters for str, as `batch_size_and_bytes`)."""
+def _bytes_by_row(obj: Any, rows: np.ndarray, varying: list[np.ndarray], groups: int) -> float:
+    """The bytes every row of a batch has alike (arrays and tensors whose leading dimension is
+    the batch, split evenly by row), for the caller to add by count; bytes that vary by row (a
+    list of str/bytes: each item's length, characters for str, as `batch_size_and_bytes`) are
+    appended to ``varying`` as per-group sums (row ``i`` belongs to group ``rows[i]``)."""
     n = len(rows)
     shape = getattr(obj, "shape", None)
     if shape is not None and hasattr(obj, "nbytes"):
         if len(shape) and shape[0] == n and n:
-            out += np.bincount(rows, minlength=len(out)) * (int(obj.nbytes) / n)
-        return
+            return int(obj.nbytes) / n
+        return 0.0
+    even = 0.0
     if isinstance(obj, dict):
         for value in obj.values():
-            _bytes_by_row(value, rows, out)
+            even += _bytes_by_row(value, rows, varying, groups)
     elif isinstance(obj, (list, tuple)):
         if len(obj) == n and obj and isinstance(obj[0], (str, bytes)):
             lengths = np.fromiter(map(len, obj), dtype=np.float64, count=n)
-            out += np.bincount(rows, weights=lengths, minlength=len(out))
+            varying.append(np.bincount(rows, weights=lengths, minlength=groups))
         else:
             for value in obj:
-                _bytes_by_row(value, rows, out)
+                even += _bytes_by_row(value, rows, varying, groups)
+    return even
 
 
 def _count_nonzero(values: Any) -> int:
@@ -354,16 +357,25 @@ class LoaderStats:
             "sources": {name: dict(counts) for name, counts in self.sources.items()},
         }
 
-    def count_sources(self, names: tuple[str, ...], rows: np.ndarray, batch: Any) -> None:
-        """Count a mixed batch per source: row ``i`` came from source ``names[rows[i]]``."""
+    def count_sources(
+        self,
+        names: tuple[str, ...],
+        rows: np.ndarray,
+        batch: Any,
+        samples: tuple[int, ...] | None = None,
+    ) -> None:
+        """Count a mixed batch per source: row ``i`` came from source ``names[rows[i]]``
+        (``samples``: the rows per source, if the caller knows them)."""
         rows = np.asarray(rows, dtype=np.int64)
-        samples = np.bincount(rows, minlength=len(names))
-        nbytes = np.zeros(len(names))
-        _bytes_by_row(batch, rows, nbytes)
-        for i, name in enumerate(names):
+        if samples is None:
+            samples = tuple(np.bincount(rows, minlength=len(names)).tolist())
+        varying: list[np.ndarray] = []
+        even = _bytes_by_row(batch, rows, varying, len(names))
+        extra = np.sum(varying, axis=0).tolist() if varying else [0.0] * len(names)
+        for name, k, b in zip(names, samples, extra, strict=True):
             counts = self.sources.setdefault(name, {"samples": 0, "bytes": 0})
-            counts["samples"] += int(samples[i])
-            counts["bytes"] += round(float(nbytes[i]))
+            counts["samples"] += k
+            counts["bytes"] += round(k * even + b)
 
     def _snapshots(self) -> list[dict[str, Any]]:
         local = self.local.snapshot(0)

@@ -38,6 +38,7 @@ no data touched) and the rank split, interleave and item ids only of the steps i
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -52,6 +53,9 @@ from streamload.plan.order import EpochOrder, ShuffleSettings
 from streamload.plan.partition import EpochPlan
 
 _NEVER = 1 << 62
+#: A rank's share of a step: per source its count and first draw, then the source of each
+#: position and each source's positions (`MixturePlan._row`).
+_Row = tuple[tuple[int, ...], tuple[int, ...], np.ndarray, tuple[np.ndarray, ...]]
 _WALK_MEMORY = 16  # steps whose cursors a plan remembers (a worker's stride, a prefetch window)
 
 
@@ -93,6 +97,17 @@ def apportion(
         ``(counts, lags)``: counts sum to ``size``, each ``floor(w size / total)`` or the ceiling;
         the lags after the step (same scale).
     """
+    counts, new_lags = _apportion(tuple(weights), total, tuple(lags), size)
+    return list(counts), list(new_lags)
+
+
+@functools.lru_cache(maxsize=1024)
+def _apportion(
+    weights: tuple[int, ...], total: int, lags: tuple[int, ...], size: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`apportion`, remembered: a run's steps revisit few (lags, size) states (the lags of
+    weights summing to ``total`` take at most ``total ** (S - 1)`` values, and one step size
+    recurs), so a loader's per-step arithmetic is mostly a lookup."""
     n = len(weights)
     base = [w * size // total for w in weights]
     rem = [w * size % total for w in weights]
@@ -116,8 +131,35 @@ def apportion(
         counts = base[:]
         for s in eligible[:extras]:
             counts[s] += 1
-    new_lags = [deficit[s] - total * (counts[s] - base[s]) for s in range(n)]
-    return counts, new_lags
+    new_lags = tuple(deficit[s] - total * (counts[s] - base[s]) for s in range(n))
+    return tuple(counts), new_lags
+
+
+def source_windows(budget: int, weights: Sequence[int]) -> list[int]:
+    """Shuffle windows (shards each) for sources of these integer weights, apportioned from a
+    budget of ``budget`` shards: the largest remainders of ``budget x w / total`` (ties: the
+    first source), then every source at least one shard, taken back from the largest windows
+    while they are above one. The windows sum to ``max(budget, len(weights))``.
+
+    Raises:
+        ConfigError: a budget < 1, no weights or a weight < 1.
+    """
+    if budget < 1 or not weights or min(weights) < 1:
+        raise ConfigError(
+            f"mixture windows: a budget >= 1 and weights >= 1, got {budget}, {weights}"
+        )
+    total = sum(weights)
+    windows = [budget * w // total for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda s: (-(budget * weights[s] % total), s))
+    for s in by_remainder[: budget - sum(windows)]:
+        windows[s] += 1
+    for s in range(len(windows)):
+        if windows[s] == 0:
+            windows[s] = 1
+            largest = max(range(len(windows)), key=lambda t: (windows[t], -t))
+            if windows[largest] > 1 and sum(windows) > budget:
+                windows[largest] -= 1
+    return windows
 
 
 def split_step(counts: Sequence[int], slices: Sequence[int], first: int = 0) -> np.ndarray:
@@ -201,9 +243,13 @@ class SourceOrder:
         self.n = int(self.sizes.sum())
         self._orders: OrderedDict[int, EpochOrder] = OrderedDict()
         self._lock = threading.Lock()  # the reader and a read-ahead thread share it
+        self._last: tuple[int, EpochOrder] | None = None  # the epoch asked for last
 
     def epoch(self, e: int) -> EpochOrder:
         """The order of this source's epoch ``e``."""
+        last = self._last  # one read of a tuple: no lock needed
+        if last is not None and last[0] == e:
+            return last[1]
         with self._lock:
             order = self._orders.get(e)
             if order is None:
@@ -212,10 +258,14 @@ class SourceOrder:
                     self._orders.popitem(last=False)
             else:
                 self._orders.move_to_end(e)
+            self._last = (e, order)
             return order
 
     def ids(self, first: int, count: int) -> np.ndarray:
         """Item ids of draws ``[first, first + count)`` (crossing source epochs as needed)."""
+        e, p = divmod(first, self.n)
+        if p + count <= self.n:  # inside one source epoch (a fresh array)
+            return self.epoch(e).ids(p, p + count)
         out = np.empty(count, np.int64)
         done = 0
         while done < count:
@@ -226,21 +276,43 @@ class SourceOrder:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MixedBatch:
-    """One rank's batch of a mixture step: for each position, its source and item id."""
+    """One rank's batch of a mixture step: for each position, its source (``source``) and
+    item id (``ids``), held as ``(source, positions, ids)`` per source present, in source
+    order (``by_source``: how the batch is read)."""
 
     source: np.ndarray  # int64 source index per position
-    ids: np.ndarray  # int64 item id (within its source) per position
+    by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...]
 
     def __len__(self) -> int:
         return len(self.source)
 
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        """int64 item id (within its source) per position."""
+        out = np.empty(len(self.source), np.int64)
+        for _, where, ids in self.by_source:
+            out[where] = ids
+        return out
+
     def parts(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(source, positions, ids)`` per source present, in source order."""
-        for s in np.unique(self.source).tolist():
-            where = np.flatnonzero(self.source == s)
-            yield s, where, self.ids[where]
+        return iter(self.by_source)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(counts: tuple[int, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """`interleave` of ``counts`` and each source's positions in it, read-only (a run's
+    slices take few distinct counts: ``floor``/``ceil`` of each share)."""
+    order = interleave(counts)
+    order.flags.writeable = False
+    wheres = []
+    for s in range(len(counts)):
+        where = np.flatnonzero(order == s)
+        where.flags.writeable = False
+        wheres.append(where)
+    return order, tuple(wheres)
 
 
 class _Positions:
@@ -295,10 +367,14 @@ class MixturePlan:
         self.start_cursors = tuple(int(k) for k in cursors)
         # The counts walk: cursors (and lags) at the start of recently walked steps; steps are
         # read mostly in order (a worker's, the trainer's cursor), each a few times.
-        self._walked: OrderedDict[int, tuple[tuple[int, ...], list[int]]] = OrderedDict()
-        self._walked[0] = (self.start_cursors, segment.lags(self.start_cursors))
-        self._splits: OrderedDict[int, tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
-        self._orders: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._walked: OrderedDict[int, tuple[tuple[int, ...], tuple[int, ...]]] = OrderedDict()
+        self._start = (self.start_cursors, tuple(segment.lags(self.start_cursors)))
+        self._shares, self._total = tuple(segment.shares), segment.total
+        self._step = self.steps.world_size * self.steps.batch_size  # positions of a full step
+        self._splits: OrderedDict[int, tuple[list[tuple[int, ...]], tuple[int, ...]]]
+        self._splits = OrderedDict()
+        # (step, row) -> (counts, first draws, source per position, positions per source)
+        self._rows: OrderedDict[tuple[int, int], _Row] = OrderedDict()
 
     # -- the EpochPlan interface ----------------------------------------------------------------
 
@@ -349,26 +425,27 @@ class MixturePlan:
 
     def cursors_at(self, step: int) -> tuple[int, ...]:
         """Every source's cursor at the start of ``step`` (``num_steps``: after the last)."""
-        step = min(max(step, 0), self.num_steps)
-        known = self._walked.get(step)
+        walked = self._walked
+        known = walked.get(step)
         if known is not None:
             return known[0]
-        base = max(k for k in self._walked if k <= step)  # step 0 is always known
-        cursors, lags = self._walked[base]
+        step = min(max(step, 0), self.num_steps)
+        if step == 0:
+            return self.start_cursors
+        # Usually the step before is known (steps are read in order); step 0 always is.
+        before = walked.get(step - 1)
+        base = step - 1 if before else max((k for k in walked if k <= step), default=0)
+        cursors, lags = walked[base] if base else self._start
+        full, shares, total = self.steps.full_steps, self._shares, self._total
         for at in range(base, step):
-            counts, lags = apportion(
-                self.segment.shares, self.segment.total, lags, self.step_size(at)
-            )
+            size = self._step if at < full else self.step_size(at)
+            counts, lags = _apportion(shares, total, lags, size)
             cursors = tuple(k + c for k, c in zip(cursors, counts, strict=True))
             if step - at <= _WALK_MEMORY:
-                self._remember(at + 1, cursors, lags)
+                walked[at + 1] = (cursors, lags)
+        while len(walked) > _WALK_MEMORY:  # the last few (step 0 is kept apart)
+            walked.popitem(last=False)
         return cursors
-
-    def _remember(self, step: int, cursors: tuple[int, ...], lags: list[int]) -> None:
-        self._walked[step] = (cursors, lags)
-        while len(self._walked) > _WALK_MEMORY + 1:  # keep step 0 and the last few
-            oldest = next(k for k in self._walked if k != 0)
-            del self._walked[oldest]
 
     def step_counts(self, step: int) -> list[int]:
         """Per source, the positions step ``step`` gives it (all ranks)."""
@@ -378,29 +455,45 @@ class MixturePlan:
     def rank_split(self, step: int) -> tuple[np.ndarray, tuple[int, ...]]:
         """``([ranks, sources] counts, cursors at the step's start)`` of step ``step``
         (remembered for a few steps: a step's batch, its stats and its read-ahead ask again)."""
+        rows, cursors = self._split(step)
+        return np.array(rows, dtype=np.int64), cursors
+
+    def _split(self, step: int) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+        """`rank_split` as a list of per-rank count tuples (remembered for a few steps)."""
         known = self._splits.get(step)
         if known is None:
             cursors = self.cursors_at(step)
-            counts = self.step_counts(step)
-            slices = self._slices(step)
-            known = (split_step(counts, slices, first=step % len(slices)), cursors)
-            self._splits[step] = known
+            after = self.cursors_at(step + 1)
+            counts = [a - b for a, b in zip(after, cursors, strict=True)]
+            if self.steps.world_size == 1:  # one rank takes the whole step
+                rows = [tuple(counts)]
+            else:
+                slices = self._slices(step)
+                split = split_step(counts, slices, first=step % len(slices))
+                rows = [tuple(r) for r in split.tolist()]
+            known = self._splits[step] = (rows, cursors)
             while len(self._splits) > 4:
                 self._splits.popitem(last=False)
         return known
 
-    def _row(self, rank: int, step: int) -> tuple[int, np.ndarray, tuple[int, ...], np.ndarray]:
-        """``rank``'s row of the split (a padded rank repeats the tail item of rank
-        ``rank % tail``), the split, the cursors, and the row's source per position."""
-        split, cursors = self.rank_split(step)
-        row = rank if split[rank].sum() else rank % self.steps.tail
-        key = (step, row)
-        order = self._orders.get(key)
-        if order is None:
-            order = self._orders[key] = interleave(split[row].tolist())
-            while len(self._orders) > 8:
-                self._orders.popitem(last=False)
-        return row, split, cursors, order
+    def _row(self, rank: int, step: int) -> _Row:
+        """``rank``'s share of step ``step`` (a padded rank repeats the tail item of rank
+        ``rank % tail``): per source its count and first draw, the source per position and
+        each source's positions (remembered for a few (step, rank)s)."""
+        known = self._rows.get((step, rank))
+        if known is not None:
+            return known
+        rows, cursors = self._split(step)
+        row = rank if sum(rows[rank]) else rank % self.steps.tail
+        counts = rows[row]
+        firsts = cursors  # row 0: each source's next draw; later rows after those before
+        for before in rows[:row]:
+            firsts = tuple(k + c for k, c in zip(firsts, before, strict=True))
+        order, wheres = _layout(counts)
+        known = self._rows[(step, rank)] = (counts, firsts, order, wheres)
+        while len(self._rows) > 8:
+            self._rows.popitem(last=False)
+        return known
 
     def _slices(self, step: int) -> list[int]:
         """Real positions of each rank at ``step`` (the tail splits unevenly; padded ranks: 0)."""
@@ -412,17 +505,19 @@ class MixturePlan:
 
     def sources_of(self, rank: int, step: int) -> np.ndarray:
         """The source of each position of ``rank``'s batch at ``step`` (no ids evaluated)."""
-        return self._row(rank, step)[3]
+        return self._row(rank, step)[2]
+
+    def source_counts(self, rank: int, step: int) -> tuple[int, ...]:
+        """Per source, the positions of ``rank``'s batch at ``step`` it fills."""
+        return self._row(rank, step)[0]
 
     def source_ids(self, rank: int, step: int, source: int) -> np.ndarray:
         """The item ids of ``source`` in ``rank``'s batch at ``step``, in batch order (only
         that source's ids are evaluated: what its read-ahead walks)."""
-        row, split, cursors, _ = self._row(rank, step)
-        count = int(split[row, source])
-        if not count or self.sources is None:
+        counts, firsts, _, _ = self._row(rank, step)
+        if not counts[source] or self.sources is None:
             return np.empty(0, np.int64)
-        first = cursors[source] + int(split[:row, source].sum())
-        return self.sources[source].ids(first, count)
+        return self.sources[source].ids(firsts[source], counts[source])
 
     def batch(self, rank: int, step: int) -> MixedBatch:
         """``rank``'s batch at ``step``: the source and item id of each position.
@@ -431,19 +526,21 @@ class MixturePlan:
             IndexError: step or rank out of range.
             ConfigError: the plan was made without source orders.
         """
-        if not 0 <= rank < self.world_size:
-            raise IndexError(f"rank {rank} outside [0, {self.world_size})")
-        if not 0 <= step < self.num_steps:
-            raise IndexError(f"step {step} outside [0, {self.num_steps})")
+        steps = self.steps
+        if not 0 <= rank < steps.world_size:
+            raise IndexError(f"rank {rank} outside [0, {steps.world_size})")
+        if not 0 <= step < steps.num_steps:
+            raise IndexError(f"step {step} outside [0, {steps.num_steps})")
         if self.sources is None:
             raise ConfigError("mixture plan: made without source orders (counts only)")
-        row, split, cursors, order = self._row(rank, step)
-        ids = np.empty(len(order), np.int64)
-        before = split[:row].sum(axis=0)  # items of each source taken by earlier ranks
-        for s in np.flatnonzero(split[row]).tolist():
-            first = cursors[s] + int(before[s])
-            ids[order == s] = self.sources[s].ids(first, int(split[row, s]))
-        return MixedBatch(order, ids)
+        counts, firsts, order, wheres = self._row(rank, step)
+        sources = self.sources
+        parts = tuple(
+            (s, wheres[s], sources[s].ids(firsts[s], count))
+            for s, count in enumerate(counts)
+            if count
+        )
+        return MixedBatch(order, parts)
 
 
 def check_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> list[float]:

@@ -109,6 +109,7 @@ class EpochOrder:
         self.n = int(self.offsets[-1])
         self._lock = threading.Lock()
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._last_chunk: tuple[int, np.ndarray] | None = None  # the chunk asked for last
         self._full: Permutation | None = None
         self._mode = "plain" if not settings.shuffle else settings.mode
         if self._mode == "full":
@@ -200,10 +201,14 @@ class EpochOrder:
         return out.reshape(pos.shape)
 
     def _chunk(self, c: int) -> np.ndarray:
+        last = self._last_chunk  # one read of a tuple: no lock needed
+        if last is not None and last[0] == c:
+            return last[1]
         with self._lock:
             ids = self._chunks.get(c)
             if ids is not None:
                 self._chunks.move_to_end(c)
+                self._last_chunk = (c, ids)
                 return ids
         start = c * CHUNK
         ids = self._evaluate(np.arange(start, min(start + CHUNK, self.n), dtype=np.int64))
@@ -211,6 +216,7 @@ class EpochOrder:
             self._chunks[c] = ids
             while len(self._chunks) > CACHED_CHUNKS:
                 self._chunks.popitem(last=False)
+            self._last_chunk = (c, ids)
         return ids
 
     def _evaluate(self, pos: np.ndarray) -> np.ndarray:

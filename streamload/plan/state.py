@@ -111,10 +111,13 @@ def check_state(state: Any, fp: Mapping[str, Any], what: str) -> tuple[int, int]
 
 # -- mixtures ---------------------------------------------------------------------------------------
 
-MIXTURE_STATE_VERSION = 1
-_MIXTURE_KEYS = frozenset(
+#: 2 records each source's shuffle window (``windows``); 1 (before) had none: each source then
+#: shuffled within its own ``shuffle_block``, which is what a version-1 state loads as.
+MIXTURE_STATE_VERSION = 2
+_MIXTURE_KEYS_V1 = frozenset(
     ("version", "kind", "fingerprint", "epoch", "position", "cursors", "segments")
 )
+_MIXTURE_KEYS = _MIXTURE_KEYS_V1 | {"windows"}
 _SEGMENT_KEYS = frozenset(("epoch", "position", "weights", "cursors"))
 #: A weight segment: (epoch, position, integer weights, cursors) where the weights were set.
 SegmentState = tuple[int, int, tuple[int, ...], tuple[int, ...]]
@@ -127,9 +130,11 @@ def make_mixture_state(
     position: int,
     cursors: Sequence[int],
     segments: Sequence[SegmentState],
+    windows: Sequence[int | None],
 ) -> dict[str, Any]:
     """A mixture's JSON-serialisable state (the shape is in the module docstring of
-    `streamload.dataset.mixed`)."""
+    `streamload.dataset.mixed`); ``windows``: each source's shuffle window in shards (None for
+    a source not shuffled in block mode)."""
     return {
         "version": MIXTURE_STATE_VERSION,
         "kind": "mixture",
@@ -146,12 +151,13 @@ def make_mixture_state(
             }
             for e, p, weights, seg_cursors in segments
         ],
+        "windows": dict(zip(names, windows, strict=True)),
     }
 
 
 def check_mixture_state(
     state: Any, fp: Mapping[str, Any], names: Sequence[str], what: str
-) -> tuple[int, int, tuple[int, ...], list[SegmentState]]:
+) -> tuple[int, int, tuple[int, ...], list[SegmentState], tuple[int | None, ...] | None]:
     """Validate a mixture state against this mixture's fingerprint.
 
     Args:
@@ -162,7 +168,8 @@ def check_mixture_state(
         what: the object loading it, for messages.
 
     Returns:
-        ``(epoch, position, cursors, segments)``.
+        ``(epoch, position, cursors, segments, windows)``; windows None for a version-1 state
+        (which predates them).
 
     Raises:
         StateError: not a mixture state, another version, missing or extra keys, sources that
@@ -173,14 +180,17 @@ def check_mixture_state(
         raise StateError(f"{what}: expected a state dict, got {type(state).__name__}")
     if state.get("kind") != "mixture":
         raise StateError(f"{what}: not a mixture state (kind={state.get('kind')!r})")
-    if state.get("version") != MIXTURE_STATE_VERSION:
+    version = state.get("version")
+    if type(version) is not int or version not in (1, MIXTURE_STATE_VERSION):
         raise StateError(
-            f"{what}: mixture state version {state.get('version')!r} is not supported"
-            f" (this streamload reads version {MIXTURE_STATE_VERSION})"
+            f"{what}: mixture state version {version!r} is not supported"
+            f" (this streamload reads versions 1 and {MIXTURE_STATE_VERSION})"
         )
-    if set(state) != _MIXTURE_KEYS:
+    keys = _MIXTURE_KEYS if version == MIXTURE_STATE_VERSION else _MIXTURE_KEYS_V1
+    if set(state) != keys:
         raise StateError(
-            f"{what}: state keys {sorted(state)} differ from the expected {sorted(_MIXTURE_KEYS)}"
+            f"{what}: state keys {sorted(state)} differ from the expected {sorted(keys)}"
+            f" (mixture state version {version})"
         )
     _check_sources(state["fingerprint"], fp, what)
     epoch, position = state["epoch"], state["position"]
@@ -210,7 +220,19 @@ def check_mixture_state(
             raise StateError(f"{what}: state {where}.weights must be positive, got {weights}")
         seg_cursors = _per_source(seg["cursors"], names, what, f"{where}.cursors")
         loaded.append((seg["epoch"], seg["position"], weights, seg_cursors))
-    return epoch, position, cursors, loaded
+    windows = None if version == 1 else _windows(state["windows"], names, what)
+    return epoch, position, cursors, loaded, windows
+
+
+def _windows(values: Any, names: Sequence[str], what: str) -> tuple[int | None, ...]:
+    if not isinstance(values, Mapping) or list(values) != list(names):
+        raise StateError(f"{what}: state windows must map each of {list(names)} to an int or null")
+    out = tuple(values[n] for n in names)
+    if not all(
+        k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 1) for k in out
+    ):
+        raise StateError(f"{what}: state windows must be ints >= 1 or null, got {dict(values)}")
+    return out
 
 
 def _check_sources(saved: Any, fp: Mapping[str, Any], what: str) -> None:

@@ -238,6 +238,43 @@ def test_changing_weights_on_resume_continues_every_source_under_the_new_weights
     assert len(segments) == 2 and segments[1]["position"] == 5 * BATCH
 
 
+def _source_draws(urls: dict[str, str], name: str, window: int, count: int) -> list[int]:
+    """The first ``count`` draws of source ``name`` shuffled within ``window`` shards: a
+    one-source mixture of the same name and seed draws exactly that source's permutation."""
+    mix = _mix({name: urls[name]}, {name: 1}, samples=count, shuffle_block={name: window})
+    return [i - OFFSET[name] for b in _loader(mix) for i in _ids(b)]
+
+
+def test_resume_with_other_weights_workers_and_batch_size_keeps_every_sources_permutation(
+    urls: dict[str, str],
+) -> None:
+    """Shuffled sources get windows of 8/5/3 shards from 50/30/20 at the start; a state after 5
+    steps loaded into a 20/30/50 mixture (which alone would choose 3/5/8) read by 2 persistent
+    workers (started before the load) at another batch size keeps those windows: each source's draws before and after the resume
+    are exactly its permutation's prefix (nothing skipped or repeated within a source epoch),
+    which the new weights' windows would not have given."""
+    loader = _loader(_mix(urls, samples=160))
+    iterator = iter(loader)
+    before = [_ids(next(iterator)) for _ in range(5)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["windows"] == {"web": 8, "code": 5, "books": 3}
+    new = {"web": 0.2, "code": 0.3, "books": 0.5}
+    assert _mix(urls, new).windows == {"web": 3, "code": 5, "books": 8}
+    restored = _loader(
+        _mix(urls, new, samples=160), num_workers=2, batch_size=6, persistent_workers=True
+    )
+    assert len([_ids(b) for b in restored]) == 27  # the workers start with windows 3/5/8
+    restored.load_state_dict(state)
+    after = [_ids(b) for b in restored]
+    draws: dict[str, list[int]] = {n: [] for n in SIZES}
+    for i in (i for b in before + after for i in b):
+        draws[_source(i)].append(i - OFFSET[_source(i)])
+    for name, got in draws.items():
+        assert got == _source_draws(urls, name, state["windows"][name], len(got)), name
+    assert draws["web"] != _source_draws(urls, "web", 3, len(draws["web"]))
+    assert restored.state_dict()["windows"] == state["windows"]
+
+
 def test_a_state_whose_sources_changed_raises_state_error_naming_them(
     urls: dict[str, str], tmp_path: Path
 ) -> None:
@@ -283,17 +320,21 @@ def test_source_column_names_each_rows_source_and_stats_count_per_source(
     urls: dict[str, str],
 ) -> None:
     """source_column="source" names each row's source (the id agrees); loader.stats() counts
-    the samples and bytes each source delivered."""
+    the samples and bytes each source delivered (a row's arrays, 8 + 16 bytes, plus the
+    characters of its text and source name)."""
     for workers in (0, 2):
         mix = _mix(urls, samples=80, source_column="source")
         loader = _loader(mix, workers)
-        delivered = Counter()
+        delivered: Counter[str] = Counter()
+        nbytes: Counter[str] = Counter()
         for batch in loader:
             assert [_source(i) for i in _ids(batch)] == batch["source"]
             delivered.update(batch["source"])
+            for text, source in zip(batch["text"], batch["source"], strict=True):
+                nbytes[source] += 8 + 16 + len(text) + len(source)
         sources = loader.stats()["sources"]
         assert {n: s["samples"] for n, s in sources.items()} == dict(delivered)
-        assert all(s["bytes"] > 0 for s in sources.values())
+        assert {n: s["bytes"] for n, s in sources.items()} == dict(nbytes)
 
 
 def test_subset_sources_draw_only_from_their_subset(urls: dict[str, str]) -> None:

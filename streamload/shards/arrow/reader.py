@@ -47,6 +47,10 @@ from streamload.format.blobs import BlobColumn, many_small_runs
 from streamload.format.schema import Column, Schema
 
 _NON_MMAP_BATCH_CACHE = 8
+# An ascending run of at least this many rows is copied slice by slice, not gathered.
+_RUN_ROWS = 16
+_smallest = np.minimum.reduce
+_largest = np.maximum.reduce
 # (record batch, positions in the output, rows in the batch): one batch's share of a take.
 _Group = tuple[int, np.ndarray | slice, np.ndarray | slice]
 
@@ -138,6 +142,11 @@ class ArrowShardReader:
                 f"shard {shard_name}: holds {self.num_rows} samples, index.json says {num_samples}"
             )
         self._checked = np.zeros(len(counts), bool)
+        self._unchecked = len(counts)  # record batches not validated yet
+        # (column, its index in the file's schema) of every returned column, in schema order.
+        self._selected_at = tuple(
+            (c, self._schema.names.index(c.name)) for c in self._selected.columns
+        )
         self._batches: OrderedDict[int, pa.RecordBatch] = OrderedDict()
         self._views: dict[tuple[int, int], np.ndarray] = {}
         self._gather = _MappedGather(whole, self._mapped_batches) if self._mapped else None
@@ -176,28 +185,50 @@ class ArrowShardReader:
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         n = len(rows)
-        if n and (rows.min() < 0 or rows.max() >= self.num_rows):
+        if n and (_smallest(rows) < 0 or _largest(rows) >= self.num_rows):
             raise IndexError(f"shard {self.name}: rows out of range [0, {self.num_rows})")
-        groups: list[_Group] | None = self._contiguous_run(rows)
-        gather = self._gather if groups is None else None
+        if self._gather is not None and n and not (n >= _RUN_ROWS and _ascending_run(rows)):
+            return self._gather_rows(rows, strings)
+        groups = self._contiguous_run(rows)
         if groups is None:
-            which = np.searchsorted(self._batch_offsets, rows, "right") - 1
-        if gather is not None:
-            local = rows - self._batch_offsets[which]
+            groups = self._group(rows, np.searchsorted(self._batch_offsets, rows, "right") - 1)
+        out: dict[str, Any] = {}
+        for col, ci in self._selected_at:
+            out[col.name] = self._take_column(col, ci, groups, n, strings)
+        for name in self._widened:  # variable-shape columns come back as per-row arrays
+            out[name] = list(out[name])
+        return out
+
+    def _gather_rows(self, rows: np.ndarray, strings: str) -> dict[str, Any]:
+        """``take`` of a mapped shard: every column gathered straight from the mapping with a
+        few numpy operations per column, whatever the record batches the rows fall in (the
+        per-batch path serves only the columns `_MappedGather` cannot)."""
+        gather = self._gather
+        assert gather is not None
+        which = self._batch_offsets.searchsorted(rows, "right")
+        which -= 1
+        if self._unchecked:
             # Validate each touched batch once before gathering from it. (Not np.unique: its
             # first call imports numpy.ma, ~0.1 s in every fresh worker.)
             for b in sorted(set(which[~self._checked[which]].tolist())):
                 self._batch(b)
         out: dict[str, Any] = {}
-        for col in self._selected.columns:
-            ci = self._schema.names.index(col.name)
-            layout = gather.layout(ci, col) if gather is not None else None
-            if gather is not None and layout is not None:
+        groups: list[_Group] | None = None
+        local: np.ndarray | None = None
+        for col, ci in self._selected_at:
+            fixed = gather.fixed(ci, col, self._batch_offsets)
+            if fixed is not None:
+                out[col.name] = fixed.take(rows, which)
+                continue
+            layout = gather.layout(ci, col)
+            if layout is not None:
+                if local is None:
+                    local = rows - self._batch_offsets[which]
                 out[col.name] = gather.take(col, layout, which, local, strings)
                 continue
             if groups is None:
                 groups = self._group(rows, which)
-            out[col.name] = self._take_column(col, ci, groups, n, strings)
+            out[col.name] = self._take_column(col, ci, groups, len(rows), strings)
         for name in self._widened:  # variable-shape columns come back as per-row arrays
             out[name] = list(out[name])
         return out
@@ -250,12 +281,11 @@ class ArrowShardReader:
         n = len(rows)
         if n == 0:
             return []
-        first, last = int(rows[0]), int(rows[-1])
-        if last - first != n - 1:
+        if not _ascending_run(rows):
             return None
+        first, last = int(rows[0]), int(rows[-1])
         b0 = int(self._batch_offsets.searchsorted(first, "right")) - 1
-        # n strictly increasing ints spanning exactly n - 1 are consecutive.
-        if last < self._batch_offsets[b0 + 1] and (n == 1 or (rows[1:] > rows[:-1]).all()):
+        if last < self._batch_offsets[b0 + 1]:
             start = first - int(self._batch_offsets[b0])
             return [(b0, slice(0, n), slice(start, start + n))]
         return None
@@ -280,6 +310,7 @@ class ArrowShardReader:
             if not self._checked[b]:
                 batch.validate(full=True)
                 self._checked[b] = True
+                self._unchecked -= 1
         except (pa.ArrowException, OSError) as exc:
             raise FormatError(f"shard {self.name}: record batch {b} is corrupt: {exc}") from exc
         self._batches[b] = batch
@@ -471,6 +502,33 @@ class _MappedGather:
         self._u8 = np.frombuffer(whole, np.uint8)
         self._batches = batches
         self._layouts: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._fixed: dict[int, _FixedRows | None] = {}
+
+    def fixed(self, ci: int, col: Column, batch_offsets: np.ndarray) -> _FixedRows | None:
+        """Column ``ci``'s rows as a `_FixedRows` gather if they have one fixed size (numbers and
+        fixed-shape arrays, not bool), made once per column; else None."""
+        if ci in self._fixed:
+            return self._fixed[ci]
+        fixed = None
+        layout = None if col.kind in ("str", "bytes") else self.layout(ci, col)
+        if layout is not None:
+            dtype = col.numpy_dtype
+            values = self.whole_values(dtype)
+            shape = col.row_shape
+            items = math.prod(shape)
+            if shape:
+                # Row i of ``values`` as a window of ``items`` values: row r of batch b starts
+                # at values[first[b] + (r - batch_offsets[b]) * items].
+                values = np.lib.stride_tricks.as_strided(
+                    values,
+                    (len(values) - items + 1, items),
+                    (dtype.itemsize, dtype.itemsize),
+                    writeable=False,
+                )
+            delta = layout[0] - batch_offsets[:-1] * items
+            fixed = _FixedRows(values, delta, items, shape if len(shape) > 1 else None)
+        self._fixed[ci] = fixed
+        return fixed
 
     def whole_values(self, dtype: np.dtype[Any]) -> np.ndarray:
         """The whole mapped file as a read-only 1-d array of ``dtype`` (no copy)."""
@@ -521,21 +579,9 @@ class _MappedGather:
         local: np.ndarray,
         strings: str = "list",
     ) -> Any:
-        """Rows ``local`` of batches ``which``, returned as ``ArrowShardReader.take`` does."""
+        """Rows ``local`` of batches ``which`` of a str/bytes column, returned as
+        ``ArrowShardReader.take`` does (fixed-size columns go through `fixed`)."""
         first, data_pos = layout
-        if col.kind not in ("str", "bytes"):
-            dtype = col.numpy_dtype
-            values = np.frombuffer(self._whole, dtype, count=self._size // dtype.itemsize)
-            row_items = math.prod(col.row_shape)
-            if not col.row_shape:
-                return values[first[which] + local]
-            windows = np.lib.stride_tricks.as_strided(
-                values,
-                (len(values) - row_items + 1, row_items),
-                (dtype.itemsize, dtype.itemsize),
-                writeable=False,
-            )
-            return windows[first[which] + local * row_items].reshape((len(which), *col.row_shape))
         offsets = np.frombuffer(self._whole, np.int64, count=self._size // 8)
         at = first[which] + local
         starts = offsets[at]
@@ -559,6 +605,27 @@ class _MappedGather:
                 return BlobColumn.from_arrow(array.cast(_large_type(col)))
             return BlobColumn.gather(col.kind == "str", self._u8, starts, lengths)
         return array.to_pylist()
+
+
+class _FixedRows:
+    """Gathers rows of one fixed-size column of a mapped shard with one fancy index: row ``r``
+    of record batch ``b`` is ``values[delta[b] + r * items]`` (``values`` is the whole file as
+    the column's dtype, or windows of ``items`` values over it for arrays)."""
+
+    __slots__ = ("delta", "items", "shape", "values")
+
+    def __init__(
+        self, values: np.ndarray, delta: np.ndarray, items: int, shape: tuple[int, ...] | None
+    ) -> None:
+        self.values, self.delta, self.items, self.shape = values, delta, items, shape
+
+    def take(self, rows: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (shard row numbers) lying in record batches ``which``: a fresh,
+        writable array (B, *shape)."""
+        at = rows * self.items if self.items != 1 else rows.copy()
+        at += self.delta[which]
+        out = self.values[at]
+        return out if self.shape is None else out.reshape((len(rows), *self.shape))
 
 
 def _written_before_widening(schema: Schema, file_schema: pa.Schema) -> Schema | None:
@@ -601,6 +668,13 @@ def _numpy(arr: pa.Array) -> np.ndarray:
         unpacked = np.unpackbits(bits, count=arr.offset + len(arr), bitorder="little")
         return unpacked[arr.offset :].astype(bool)
     return arr.to_numpy(zero_copy_only=False)
+
+
+def _ascending_run(rows: np.ndarray) -> bool:
+    """Whether ``rows`` (non-empty) is ``first, first + 1, ..., first + n - 1``."""
+    n = len(rows)
+    # n strictly increasing ints spanning exactly n - 1 are consecutive: one comparison pass.
+    return int(rows[-1]) - int(rows[0]) == n - 1 and (n == 1 or bool((rows[1:] > rows[:-1]).all()))
 
 
 def _indices(rows: np.ndarray) -> pa.Array:

@@ -43,12 +43,17 @@ def _mix(urls: dict[str, str], **kwargs: Any) -> sl.MixedDataset:
         ({"seed": -1}, sl.ConfigError, "seed"),
         ({"source_column": "id"}, sl.ConfigError, "source_column"),
         ({"rank": 2, "world_size": 2}, sl.ConfigError, "rank"),
+        ({"shuffle_block": 0}, sl.ConfigError, "shuffle_block"),
+        ({"shuffle_block": "8"}, sl.ConfigError, "shuffle_block"),
+        ({"shuffle_block": {"a": 2}}, sl.ConfigError, r"missing \['b'\]"),
+        ({"shuffle_block": {"a": 2, "b": 0}}, sl.ConfigError, r"bad \{'b': 0\}"),
     ],
 )
 def test_bad_arguments_name_what_is_wrong(
     urls: dict[str, str], kwargs: dict[str, Any], error: type, message: str
 ) -> None:
-    """Unknown or missing weights, bad samples, seed, source_column or rank: ConfigError."""
+    """Unknown or missing weights, bad samples, seed, source_column, rank or shuffle_block:
+    ConfigError."""
     with pytest.raises(error, match=message):
         _mix(urls, **kwargs)
 
@@ -108,12 +113,71 @@ def test_a_state_round_trips_and_is_small(urls: dict[str, str]) -> None:
     assert segments[1]["cursors"] == state["cursors"]
 
 
+def test_shuffle_windows_are_apportioned_once_and_recorded_in_the_state(
+    urls: dict[str, str],
+) -> None:
+    """Block-mode sources share a budget of shards (default: the largest source shuffle_block)
+    split by the weights given at construction; an int sets the budget, a mapping each window;
+    a source not shuffled in blocks has no window; set_weights changes no window; the state
+    records them."""
+    assert _mix(urls).windows == {"a": 11, "b": 5}  # 16 shards at 2:1
+    assert _mix(urls, shuffle_block=6).windows == {"a": 4, "b": 2}
+    assert _mix(urls, shuffle_block={"a": 3, "b": 7}).windows == {"a": 3, "b": 7}
+    full = sl.MixedDataset(
+        {
+            "a": sl.StreamingDataset(urls["a"], shuffle_mode="full"),
+            "b": sl.StreamingDataset(urls["b"]),
+        },
+        weights={"a": 2, "b": 1},
+    )
+    assert full.windows == {"a": None, "b": 16}
+    assert _mix(urls, shuffle=False).windows == {"a": None, "b": None}
+    mix = _mix(urls, samples=25)
+    mix.set_weights({"a": 1, "b": 5})
+    assert mix.windows == {"a": 11, "b": 5}
+    state = json.loads(json.dumps(mix.state_dict()))
+    assert state["version"] == 2 and state["windows"] == {"a": 11, "b": 5}
+
+
+def test_a_loaded_state_brings_its_windows_and_an_explicit_other_window_is_refused(
+    urls: dict[str, str],
+) -> None:
+    """A state's windows replace the ones a mixture of other weights would choose (and reach
+    the workers through the plan's start); a mapping shuffle_block that contradicts them is a
+    StateError naming the source; a version-1 state (before windows) loads with each source's
+    own shuffle_block, as version 1 shuffled; a version-2 state without a window for a
+    block-mode source is refused."""
+    state = _mix(urls, samples=25).state_dict()
+    other = _mix(urls, samples=25, weights={"a": 1, "b": 9})
+    assert other.windows == {"a": 2, "b": 14}
+    other.load_state_dict(state)
+    assert other.windows == {"a": 11, "b": 5}
+    assert other.plan_start(other.epoch_plan(4))["windows"] == [11, 5]
+    worker_copy = _mix(urls, samples=25, weights={"a": 1, "b": 9})
+    worker_copy.epoch_plan(4, start=other.plan_start(other.epoch_plan(4)))
+    assert worker_copy.windows == {"a": 11, "b": 5}
+    with pytest.raises(sl.StateError, match=r"'a': state 11, now 3"):
+        _mix(urls, samples=25, shuffle_block={"a": 3, "b": 5}).load_state_dict(state)
+    old = dict(state, version=1)
+    del old["windows"]
+    legacy = _mix(urls, samples=25)
+    legacy.load_state_dict(old)
+    assert legacy.windows == {"a": 16, "b": 16}
+    assert legacy.state_dict()["windows"] == {"a": 16, "b": 16}
+    with pytest.raises(sl.StateError, match="no shuffle window for"):
+        _mix(urls, samples=25).load_state_dict(dict(state, windows={"a": None, "b": 5}))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda s: s.update(kind="plain"), "not a mixture state"),
         (lambda s: s.update(version=9), "version 9"),
+        (lambda s: s.update(version=True), "version True"),
         (lambda s: s.pop("segments"), "keys"),
+        (lambda s: s.pop("windows"), "keys"),
+        (lambda s: s.update(version=1), "keys"),  # version 1 had no windows
+        (lambda s: s["windows"].update(a=0), "windows must be ints >= 1"),
         (lambda s: s["cursors"].update(b=-1), "cursors must be ints"),
         (lambda s: s.update(position=999), "past the end"),
         (lambda s: s["segments"][0]["weights"].update(a=0), "must be positive"),

@@ -22,6 +22,7 @@ from streamload.plan.mixture import (
     apportion,
     interleave,
     shares,
+    source_windows,
     split_step,
 )
 from streamload.plan.order import ShuffleSettings
@@ -330,3 +331,31 @@ def test_advance_matches_the_plan_walk() -> None:
     plan = _plan([9, 9, 9], [0.2, 0.3, 0.5], 77, 3, 4)
     sizes = [plan.step_size(s) for s in range(plan.num_steps)]
     assert advance(plan.segment, (0, 0, 0), sizes) == plan.cursors_at(plan.num_steps)
+
+
+@given(st.integers(1, 200), st.lists(st.integers(1, 10_000), min_size=1, max_size=9))
+def test_source_windows_split_the_budget_by_weight_with_one_shard_each_at_least(
+    budget: int, ws: list[int]
+) -> None:
+    """A budget of shards split by integer weights: every source gets >= 1 shard, the windows
+    sum to the budget (or to the source count when that is larger), and when every source's
+    ideal share is at least one shard each window is within one of budget x w / total."""
+    windows = source_windows(budget, ws)
+    assert len(windows) == len(ws) and min(windows) >= 1
+    assert sum(windows) == max(budget, len(ws))
+    total = sum(ws)
+    if all(budget * w >= total for w in ws):
+        assert all(
+            abs(k - Fraction(budget * w, total)) < 1 for k, w in zip(windows, ws, strict=True)
+        )
+    assert source_windows(budget, ws) == windows  # pure
+
+
+def test_source_windows_examples_and_refusals() -> None:
+    """16 shards at 5/3/2 are 8/5/3; a tiny share still gets one shard; bad input: ConfigError."""
+    assert source_windows(16, [5, 3, 2]) == [8, 5, 3]
+    assert source_windows(4, [100, 1, 1]) == [2, 1, 1]
+    assert source_windows(2, [1, 1, 1]) == [1, 1, 1]
+    for budget, ws in ((0, [1]), (4, []), (4, [1, 0])):
+        with pytest.raises(ConfigError):
+            source_windows(budget, ws)

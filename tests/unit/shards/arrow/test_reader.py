@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,44 @@ def test_file_objects_are_read_without_mapping(shard: tuple[Path, int]) -> None:
         assert got["text"] == [_sample(r)["text"] for r in rows]
         for i in range(0, 300, 37):  # walks more batches than the small batch cache keeps
             _assert_sample_equal(reader.get(i), _sample(i))
+
+
+@pytest.fixture(scope="module")
+def two_readers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """The same 300-row shard (record batches of 32 rows) mapped and through a file object."""
+    path = tmp_path_factory.mktemp("two") / "s.arrow"
+    nbytes, _ = _write(path, 300, batch_rows=32)
+    with open(path, "rb") as f:
+        yield (
+            ArrowShardReader(str(path), SCHEMA, "s.arrow", nbytes),
+            ArrowShardReader(f, SCHEMA, "s.arrow", nbytes),
+        )
+
+
+@given(st.lists(st.integers(0, 299), max_size=70), st.booleans())
+def test_mapped_gather_equals_the_per_batch_path_for_any_rows(
+    two_readers: tuple[Any, Any], rows: list[int], ascending: bool
+) -> None:
+    """take(rows) of a mapped shard (one vectorised gather per column, whatever record batches
+    the rows fall in) equals the per-batch path of the same file read through a file object:
+    any order, duplicates, runs, every kind, both string modes."""
+    mapped, unmapped = two_readers
+    ids = np.array(sorted(set(rows)) if ascending else rows, np.int64)
+    for strings in ("list", "blob"):
+        got, want = mapped.take(ids, strings), unmapped.take(ids, strings)
+        assert list(got) == list(want)
+        for name in SCHEMA.names:
+            a, b = got[name], want[name]
+            if isinstance(b, np.ndarray):
+                assert a.dtype == b.dtype and a.shape == b.shape and a.flags.writeable, name
+                np.testing.assert_array_equal(a, b)
+            elif name == "var":
+                assert [x.shape for x in a] == [x.shape for x in b]
+                assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+            elif strings == "blob":
+                assert a.tolist() == b.tolist(), name
+            else:
+                assert a == b, name
 
 
 def test_size_mismatch_is_refused_before_mapping(shard: tuple[Path, int]) -> None:
