@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from streamload.plan.permutation import Permutation, derive_key, key_array, permute
@@ -85,18 +85,21 @@ def test_position_and_id_are_uncorrelated(n: int) -> None:
         assert abs(rho) < 4 / np.sqrt(n), (seed, rho)
 
 
-@settings(max_examples=20, deadline=None)
-@given(st.integers(0, 2**32))
-def test_each_decile_of_ids_spreads_evenly_over_the_positions(seed: int) -> None:
-    """Chi-square of (decile of id) x (decile of position) counts against a uniform table is
-    below the 0.1% critical value for 81 degrees of freedom: no block of ids clusters."""
+def test_each_decile_of_ids_spreads_evenly_over_the_positions() -> None:
+    """Chi-square of (decile of id) x (decile of position) counts against a uniform table, for
+    20 keys: each below chi2(81)'s p = 1e-6 critical value (~156) and their mean within 4.2
+    standard errors of 81, the mean a uniform permutation gives. Fixed keys: a random key would
+    fail a p-level test by chance now and then (hypothesis found one at p = 0.001)."""
     n = 20_000
-    ids = Permutation(n, derive_key(seed))(np.arange(n))
-    table = np.zeros((10, 10))
-    np.add.at(table, (np.arange(n) * 10 // n, ids * 10 // n), 1)
-    expected = n / 100
-    chi2 = float(((table - expected) ** 2 / expected).sum())
-    assert chi2 < 126.0, chi2  # chi2(81) at p = 0.001 is 124.8
+    scores = []
+    for seed in range(20):
+        ids = Permutation(n, derive_key(seed))(np.arange(n))
+        table = np.zeros((10, 10))
+        np.add.at(table, (np.arange(n) * 10 // n, ids * 10 // n), 1)
+        expected = n / 100
+        scores.append(float(((table - expected) ** 2 / expected).sum()))
+    assert max(scores) < 156.0, scores
+    assert abs(np.mean(scores) - 81) < 12.0, scores  # sd of the mean: sqrt(2 * 81 / 20) = 2.85
 
 
 def test_neighbouring_positions_land_far_apart() -> None:
