@@ -309,6 +309,7 @@ def main() -> None:
         list(results.values()),
         args,
         extra=extra,
+        timing="each contender in a fresh process, median of its pooled timed epochs",
         notes=f"Block {BLOCK} (packed rows {SEQ_LEN}) x batch {BATCH}, no shuffle, one warm-up "
         "epoch then the median of up to 3 timed epochs, each contender in a fresh process "
         f"({args.rounds} round(s) of the contender sequence, epochs pooled). "
