@@ -30,7 +30,7 @@ from streamload.loader.stats import LoaderStats
 class _Off(LoaderStats):
     """LoaderStats whose per-step hooks do nothing (the 'stats off' baseline)."""
 
-    def step(self, wait_s: float, batch: Any) -> None:
+    def step(self, wait_s: float, batch: Any, nbytes: int | None = None) -> None:
         pass
 
     def worker_report(self, pid: int, body: bytes) -> None:
