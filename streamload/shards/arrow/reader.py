@@ -187,9 +187,10 @@ class ArrowShardReader:
         n = len(rows)
         if n and (_smallest(rows) < 0 or _largest(rows) >= self.num_rows):
             raise IndexError(f"shard {self.name}: rows out of range [0, {self.num_rows})")
-        if self._gather is not None and n and not (n >= _RUN_ROWS and _ascending_run(rows)):
+        ascending = n > 0 and _ascending_run(rows)
+        if self._gather is not None and n and not (n >= _RUN_ROWS and ascending):
             return self._gather_rows(rows, strings)
-        groups = self._contiguous_run(rows)
+        groups = self._contiguous_run(rows) if ascending or not n else None
         if groups is None:
             groups = self._group(rows, np.searchsorted(self._batch_offsets, rows, "right") - 1)
         out: dict[str, Any] = {}
@@ -276,13 +277,12 @@ class ArrowShardReader:
         return flat
 
     def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
-        """``[(batch, all output positions, slice of the batch)]`` when ``rows`` is an ascending
-        contiguous run inside one batch (one memcpy per column), or [] for no rows; else None."""
+        """``[(batch, all output positions, slice of the batch)]`` when ``rows`` (an ascending
+        contiguous run: `_ascending_run`) lies inside one batch (one memcpy per column), or []
+        for no rows; else None."""
         n = len(rows)
         if n == 0:
             return []
-        if not _ascending_run(rows):
-            return None
         first, last = int(rows[0]), int(rows[-1])
         b0 = int(self._batch_offsets.searchsorted(first, "right")) - 1
         if last < self._batch_offsets[b0 + 1]:
@@ -340,7 +340,7 @@ class ArrowShardReader:
         """One column by per-batch slices/takes, scattered into output order."""
         if strings == "blob" and col.kind in ("str", "bytes"):
             if not groups:
-                return BlobColumn(col.kind == "str", np.zeros(1, np.int64), np.zeros(0, np.uint8))
+                return BlobColumn.empty(col.kind == "str")
             if len(groups) == 1 and isinstance(run := groups[0][2], slice):  # view the file
                 return _blob_run(col, self._batch(groups[0][0]).column(ci), run)
             parts, placed = [], []
