@@ -905,7 +905,7 @@ def merge_parts(
 
 def _empty_column(col: Column, strings: str = "list") -> Any:
     if strings == "blob" and col.kind in ("str", "bytes"):
-        return BlobColumn(col.kind == "str", np.zeros(1, np.int64), np.zeros(0, np.uint8))
+        return BlobColumn.empty(col.kind == "str")
     if col.kind in ("str", "bytes") or col.uses_var_layout:
         return []
     return np.empty((0, *col.row_shape), dtype=col.numpy_dtype)

@@ -51,6 +51,11 @@ class BlobColumn:
         )
 
     @classmethod
+    def empty(cls, text: bool) -> BlobColumn:
+        """A column of no rows."""
+        return cls(text, np.zeros(1, np.int64), np.zeros(0, np.uint8))
+
+    @classmethod
     def from_arrow(cls, array: pa.Array) -> BlobColumn:
         """From a null-free Arrow ``large_string``/``large_binary`` array (zero-copy views)."""
         n = len(array)
