@@ -687,16 +687,20 @@ class MultiProcessIter:
         # zero_copy: tensors view the record, which is released when the last of them dies.
         # Copying: a streamed batch's later records come from the same ring, one at a time.
         strings = self._pass.spec.strings
+        columnar = self._pass.spec.route is Route.COLUMNAR
         tally = [0]  # the batch's bytes, from its metadata: stats need no pass over its rows
         payload = decode(
             record,
             copy=not self._setup.zero_copy,
+            # A columnar batch's arrays become tensors right in the decoder (`columns_to_torch`
+            # would wrap the same fresh arrays); only a blobs-form batch needs that pass.
+            as_torch=columnar,
             blobs="column" if strings == "blobs" else "list",
             more=functools.partial(self._continued, worker_id),
             tally=tally,
         )
         self._batch_nbytes = tally[0]
-        if self._pass.spec.route is Route.COLUMNAR:
+        if columnar and strings == "blobs":
             return columns_to_torch(payload, strings)
         return payload
 
