@@ -98,6 +98,26 @@ class BlobColumn:
                 out._parts.append((source, starts, where[rows]))
         return out
 
+    @classmethod
+    def concat(cls, parts: list[BlobColumn]) -> BlobColumn:
+        """The rows of ``parts`` back to back (nothing copied: the result refers to the parts'
+        sources; a run of rows read across record batches). ``parts`` is not empty."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = [np.zeros(1, np.int64)]
+        total = 0
+        for part in parts:
+            offsets.append(part.offsets[1:] + total)
+            total += part.nbytes
+        out = cls(parts[0].text, np.concatenate(offsets), np.zeros(0, np.uint8))
+        out._data = None  # the rows stay in the parts' sources until written
+        first = 0
+        for part in parts:
+            for source, starts, rows in part._sources():
+                out._parts.append((source, starts, rows + first))
+            first += len(part)
+        return out
+
     def _sources(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if self._data is not None:
             return [(self._data, self.offsets[:-1], np.arange(len(self)))]

@@ -276,19 +276,30 @@ class ArrowShardReader:
             flat.locate_in(self._gather.whole_values(chunks[0].dtype))
         return flat
 
-    def _contiguous_run(self, rows: np.ndarray) -> list[_Group] | None:
-        """``[(batch, all output positions, slice of the batch)]`` when ``rows`` (an ascending
-        contiguous run: `_ascending_run`) lies inside one batch (one memcpy per column), or []
-        for no rows; else None."""
+    def _contiguous_run(self, rows: np.ndarray) -> list[_Group]:
+        """``[(batch, slice of the output, slice of the batch)]`` in batch order when ``rows``
+        (an ascending contiguous run: `_ascending_run`) lies in one or more consecutive record
+        batches (one memcpy per column and batch), or [] for no rows."""
         n = len(rows)
         if n == 0:
             return []
         first, last = int(rows[0]), int(rows[-1])
-        b0 = int(self._batch_offsets.searchsorted(first, "right")) - 1
-        if last < self._batch_offsets[b0 + 1]:
-            start = first - int(self._batch_offsets[b0])
+        offsets = self._batch_offsets
+        b0 = int(offsets.searchsorted(first, "right")) - 1
+        if last < offsets[b0 + 1]:
+            start = first - int(offsets[b0])
             return [(b0, slice(0, n), slice(start, start + n))]
-        return None
+        b1 = int(offsets.searchsorted(last, "right")) - 1
+        bounds = offsets[b0 : b1 + 2].tolist()
+        groups: list[_Group] = []
+        done = 0
+        for b, lo, hi in zip(range(b0, b1 + 1), bounds, bounds[1:], strict=False):
+            lo, hi = max(lo, first), min(hi, last + 1)
+            groups.append(
+                (b, slice(done, done + hi - lo), slice(lo - bounds[b - b0], hi - bounds[b - b0]))
+            )
+            done += hi - lo
+        return groups
 
     def _group(self, rows: np.ndarray, which: np.ndarray) -> list[_Group]:
         """Split rows by record batch ``which``: ``[(batch, output positions, rows in batch)]``."""
@@ -343,6 +354,10 @@ class ArrowShardReader:
                 return BlobColumn.empty(col.kind == "str")
             if len(groups) == 1 and isinstance(run := groups[0][2], slice):  # view the file
                 return _blob_run(col, self._batch(groups[0][0]).column(ci), run)
+            if isinstance(groups[0][1], slice):  # a run across batches: each one's share
+                return BlobColumn.concat(
+                    [_blob_run(col, self._batch(b).column(ci), run) for b, _, run in groups]
+                )
             parts, placed = [], []
             for b, where, local in groups:
                 # Widening the offsets shares the data buffer: the blob still views the mapping.
@@ -356,6 +371,11 @@ class ArrowShardReader:
             if len(groups) == 1:
                 b, _, local = groups[0]
                 return self._objects(col, ci, b, local)
+            if groups and isinstance(groups[0][1], slice):  # a run across batches, in order
+                values: list[Any] = []
+                for b, _, local in groups:
+                    values += self._objects(col, ci, b, local)
+                return values
             result = np.empty(n, dtype=object)
             for b, positions, local in groups:
                 values = self._objects(col, ci, b, local)

@@ -216,3 +216,19 @@ def test_strings_must_name_a_form() -> None:
     """An unknown strings= form is a ConfigError naming the choices."""
     with pytest.raises(sl.ConfigError, match="list, blobs"):
         sl.StreamLoader(list(range(4)), strings="arrow")
+
+
+@given(st.lists(st.lists(st.binary(max_size=6), min_size=1, max_size=5), min_size=1, max_size=4))
+def test_concatenated_columns_hold_the_parts_rows_in_order(parts: list[list[bytes]]) -> None:
+    """BlobColumn.concat of columns (a run read across record batches) holds every part's rows
+    back to back, written whole or by ranges, without copying before the write."""
+    columns = [BlobColumn.from_arrow(pa.array(rows, pa.large_binary())) for rows in parts]
+    joined = BlobColumn.concat(columns)
+    rows = [r for part in parts for r in part]
+    assert len(joined) == len(rows) and joined.offsets[0] == 0
+    assert joined.tolist() == rows
+    cut = joined.nbytes // 2
+    out = np.zeros(joined.nbytes, np.uint8)
+    joined.write_range(out[:cut], 0, cut)
+    joined.write_range(out[cut:], cut, joined.nbytes)
+    assert out.tobytes() == b"".join(rows)

@@ -337,6 +337,15 @@ def test_blob_take_equals_the_list_take_on_any_run_or_gather(
         column = blobs[name]
         assert isinstance(column, BlobColumn) and column.tolist() == listed[name]
         assert column.offsets[0] == 0 and column.offsets.dtype == np.int64
+        # Written whole or in two ranges (a streamed ring record's shares), the same bytes.
+        rows_bytes = b"".join(r.encode() if name == "text" else r for r in listed[name])
+        whole = np.zeros(column.nbytes, np.uint8)
+        column.write_data(whole)
+        cut = column.nbytes // 3
+        ranges = np.zeros(column.nbytes, np.uint8)
+        column.write_range(ranges[:cut], 0, cut)
+        column.write_range(ranges[cut:], cut, column.nbytes)
+        assert whole.tobytes() == ranges.tobytes() == rows_bytes
 
 
 TOKENS = schema_from_json(
