@@ -2,8 +2,9 @@
 
 A batch is a nested structure of dict / list / tuple over numpy arrays, torch tensors, numbers,
 str, bytes and None. Its encoding is planned once without copying (``plan_batch`` walks the batch
-and records where every buffer goes), then written straight into ring memory (one memcpy per
-array byte, no pickling of arrays):
+and records where every buffer goes; a worker's columnar batch, a dict of native arrays and
+`BlobColumn`s, gets the same bytes without the general walk), then written straight into ring
+memory (one memcpy per array byte, no pickling of arrays):
 
     send(ring, batch)               # one record: the whole batch
     send(ring, batch, chunk=1 << 20)  # a batch larger than `chunk` streams as several records
