@@ -526,6 +526,12 @@ def _decode(
         tree = _parse_meta(view[_HEADER.size : _HEADER.size + meta_len])
         data_start = _align(_HEADER.size + meta_len)
         if total == len(view):  # the whole batch in one record: decode it in place
+            if copy and blobs == "list":
+                columns = _copy_columns(view, tree, data_start, as_torch)
+                if columns is not None:
+                    if tally is not None:
+                        tally[0] += columns[1]
+                    return columns[0]
             decoder = _Decoder(view, data_start, copy, as_torch, allow_pickle, blobs)
             batch = decoder.run(tree)
             if tally is not None:
@@ -577,6 +583,66 @@ def _decode(
     if pos != total:
         raise RingCorrupted(f"batch records carry {pos} bytes where the header says {total}")
     return assembly.result()
+
+
+def _copy_columns(
+    view: memoryview, tree: Any, base: int, as_torch: bool
+) -> tuple[dict[str, Any], int] | None:
+    """A whole-record columnar batch (str keys; numeric arrays and lists of str/bytes: what a
+    worker sends) copied out with no per-node dispatch, as (batch, data bytes); None for any
+    other tree, which the general `_Decoder` then decodes from the start. Every offset and size
+    is checked against the record as there (numpy refuses a read past the buffer)."""
+    if type(tree) is not list or len(tree) != 3 or tree[0] != "d":
+        return None
+    keys, values = tree[1], tree[2]
+    if type(keys) is not list or type(values) is not list or len(keys) != len(values):
+        return None
+    out: dict[str, Any] = {}
+    nbytes = 0
+    for key, node in zip(keys, values, strict=True):
+        if type(key) is not str or type(node) is not list or len(node) != 5:
+            return None
+        tag, offset, a, b, c = node
+        if type(offset) is not int or offset < 0:
+            return None
+        if tag == "a":  # a, b, c: shape, dtype string, origin
+            dtype = _DTYPES.get(b) if type(b) is str else None
+            if dtype is None or type(a) is not list or c not in ("np", "torch"):
+                return None
+            if len(a) == 1 and type(a[0]) is int and a[0] >= 0:
+                arr = np.frombuffer(view, dtype, a[0], base + offset).copy()
+            elif all(type(d) is int and d >= 0 for d in a):
+                count = math.prod(a)
+                arr = np.frombuffer(view, dtype, count, base + offset).reshape(a).copy()
+            else:
+                return None
+            nbytes += arr.nbytes
+            if c == "torch" or (as_torch and dtype.kind in "biufc"):
+                try:
+                    out[key] = torch.from_numpy(arr)
+                    continue
+                except TypeError:
+                    pass  # a numpy dtype torch lacks: keep the array
+            out[key] = arr
+        elif tag == "ls" or tag == "lb":  # a, b, c: row count, blob offset, blob bytes
+            if not (type(a) is int and type(b) is int and type(c) is int):
+                return None
+            if a < 0 or b < 0 or c < 0:
+                return None
+            offsets = np.frombuffer(view, np.int64, a + 1, base + offset)
+            blob = np.frombuffer(view, np.uint8, c, base + b)
+            if offsets[0] or int(offsets[-1]) != c:
+                raise RingCorrupted("batch record has inconsistent string offsets")
+            try:
+                out[key] = _ring.split(blob, offsets, tag == "ls")
+            except ValueError as exc:  # offsets out of order or outside the blob, bad UTF-8
+                raise RingCorrupted(
+                    f"batch record has an inconsistent string list: {exc}"
+                ) from None
+            nbytes += c
+        else:
+            return None
+    return out, nbytes
 
 
 def skip(data: Record, more: Callable[[], Record]) -> None:
