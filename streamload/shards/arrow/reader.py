@@ -355,8 +355,9 @@ class ArrowShardReader:
             if len(groups) == 1 and isinstance(run := groups[0][2], slice):  # view the file
                 return _blob_run(col, self._batch(groups[0][0]).column(ci), run)
             if isinstance(groups[0][1], slice):  # a run across batches: each one's share
+                shares = [(b, run) for b, _, run in groups if isinstance(run, slice)]
                 return BlobColumn.concat(
-                    [_blob_run(col, self._batch(b).column(ci), run) for b, _, run in groups]
+                    [_blob_run(col, self._batch(b).column(ci), run) for b, run in shares]
                 )
             parts, placed = [], []
             for b, where, local in groups:
