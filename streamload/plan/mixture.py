@@ -266,7 +266,9 @@ class SourceOrder:
         """Item ids of draws ``[first, first + count)`` (crossing source epochs as needed)."""
         e, p = divmod(first, self.n)
         if p + count <= self.n:  # inside one source epoch (a fresh array)
-            return self.epoch(e).ids(p, p + count)
+            last = self._last  # `epoch`'s own first test, without the call
+            order = last[1] if last is not None and last[0] == e else self.epoch(e)
+            return order.ids(p, p + count)
         out = np.empty(count, np.int64)
         done = 0
         while done < count:
@@ -277,25 +279,33 @@ class SourceOrder:
         return out
 
 
-@dataclass(frozen=True, eq=False)
 class MixedBatch:
     """One rank's batch of a mixture step: for each position, its source (``source``) and
     item id (``ids``), held as ``(source, positions, ids)`` per source present, in source
-    order (``by_source``: how the batch is read)."""
+    order (``by_source``: how the batch is read). Built by `MixturePlan.batch` (one per batch:
+    a plain class, no dataclass machinery per instance)."""
 
-    source: np.ndarray  # int64 source index per position
-    by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+    __slots__ = ("_ids", "by_source", "source")
+
+    def __init__(
+        self, source: np.ndarray, by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+    ) -> None:
+        self.source = source  # int64 source index per position
+        self.by_source = by_source
+        self._ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.source)
 
-    @functools.cached_property
+    @property
     def ids(self) -> np.ndarray:
-        """int64 item id (within its source) per position."""
-        out = np.empty(len(self.source), np.int64)
-        for _, where, ids in self.by_source:
-            out[where] = ids
-        return out
+        """int64 item id (within its source) per position (built on first use)."""
+        if self._ids is None:
+            out = np.empty(len(self.source), np.int64)
+            for _, where, ids in self.by_source:
+                out[where] = ids
+            self._ids = out
+        return self._ids
 
     def parts(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(source, positions, ids)`` per source present, in source order."""
@@ -552,12 +562,12 @@ class MixturePlan:
             raise ConfigError("mixture plan: made without source orders (counts only)")
         counts, firsts, order, wheres = self._row(rank, step)
         sources = self.sources
-        parts = tuple(
+        parts = [
             (s, wheres[s], sources[s].ids(firsts[s], count))
             for s, count in enumerate(counts)
             if count
-        )
-        return MixedBatch(order, parts)
+        ]
+        return MixedBatch(order, tuple(parts))
 
 
 def check_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> list[float]:
