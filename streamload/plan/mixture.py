@@ -534,6 +534,8 @@ class MixturePlan:
 
     def source_counts(self, rank: int, step: int) -> tuple[int, ...]:
         """Per source, the positions of ``rank``'s batch at ``step`` it fills."""
+        if self.steps.world_size == 1:  # one rank takes the whole step: no split to read
+            return self._counts(step)[0]
         rows = self._split(step)[0]
         counts = rows[rank]
         return counts if sum(counts) else rows[rank % self.steps.tail]
