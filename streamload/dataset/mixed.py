@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from streamload.dataset.streaming import StreamingDataset, merge_parts, take_sources
+from streamload.dataset.streaming import ShardTable, StreamingDataset, merge_parts, take_sources
 from streamload.dataset.topology import Topology, topology
 from streamload.errors import ConfigError, FormatError, StateError
 from streamload.format.blobs import BlobColumn
@@ -170,6 +170,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
         # Cursors at the start of epochs, per (step size, drop_last, segment count).
         self._epoch_starts: dict[tuple[int, bool, int], dict[int, tuple[int, ...]]] = {}
         self._last_steps: tuple[int, bool] | None = None
+        self._table: ShardTable | None = None  # the sources' shards numbered as one (per process)
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -466,9 +467,10 @@ class MixedDataset(torch.utils.data.IterableDataset):
             FormatError: a shard is missing, corrupt or fails its checksum.
         """
         n = len(batch)
-        sources = self.sources
-        parts = [(sources[self.names[s]], where, ids) for s, where, ids in batch.parts()]
-        taken = take_sources(parts, strings)  # every source's shards by one sort, one merge
+        table = self._table
+        if table is None:
+            table = self._table = ShardTable([self.sources[name] for name in self.names])
+        taken = take_sources(table, batch.by_source, strings)  # one sort, one merge
         if len(taken) == 1 and np.array_equal(taken[0][0], np.arange(n)):
             out = dict(taken[0][1])  # one shard of one source holds the batch, in order
         else:
@@ -582,6 +584,7 @@ class MixedDataset(torch.utils.data.IterableDataset):
         # Evaluated source orders are per process: a spawned worker builds its own.
         state = self.__dict__.copy()
         state["_orders"] = [SourceOrder(o.sizes, o.settings) for o in self._orders]
+        state["_table"] = None
         return state
 
 

@@ -35,7 +35,6 @@ column kind are those of `streamload.shards.arrow.reader.ArrowShardReader.take`.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import json
 import operator
@@ -827,51 +826,78 @@ def _weak_reads_of(dataset: StreamingDataset) -> ReadSource:
     return ReadSource(reads, generation)
 
 
+class ShardTable:
+    """The shards of several datasets (a mixture's sources) numbered as one sequence: source
+    ``s``'s real id ``i`` is ``id_base[s] + i`` and its shard ``k`` is ``shard_base[s] + k``,
+    so one ``searchsorted`` over ``offsets`` places a whole mixed batch. Token datasets (whose
+    items span shards) have no place in it (``id_base`` None). O(shards) memory, like the
+    indexes it is built from (a dataset's index is fixed when it is opened)."""
+
+    def __init__(self, datasets: Sequence[StreamingDataset]) -> None:
+        self.datasets = tuple(datasets)
+        self.id_base: list[int | None] = []
+        #: per global shard: (its dataset, its shard in that dataset)
+        self.owners: list[tuple[StreamingDataset, int]] = []
+        starts, ids = [], 0
+        for ds in self.datasets:
+            if ds._tokens is not None:
+                self.id_base.append(None)
+                continue
+            local = ds._index.sample_offsets
+            self.id_base.append(ids)
+            starts.append(local[:-1] + ids)
+            self.owners.extend((ds, k) for k in range(len(local) - 1))
+            ids += int(local[-1])
+        self.offsets = np.concatenate([*starts, np.array([ids], np.int64)])
+
+
 def take_sources(
-    parts: Sequence[tuple[StreamingDataset, np.ndarray, np.ndarray]], strings: str = "list"
+    table: ShardTable,
+    parts: Sequence[tuple[int, np.ndarray, np.ndarray]],
+    strings: str = "list",
 ) -> list[tuple[Any, dict[str, Any]]]:
     """The rows of several datasets' ids at once (a mixed batch's sources): ``parts`` are
-    ``(dataset, positions, ids)``; the result is one ``(positions, columns)`` per shard touched
-    (as `StreamingDataset.take_parts` gives, positions in the batch), for `merge_parts`. Every
-    id is placed in its (dataset, shard) by one sort over the whole batch, so the cost per
-    batch is that of one dataset's ``take_parts`` plus one ``take`` per shard, however many
-    datasets; token datasets (whose items span shards) go through their own ``take_parts``.
+    ``(dataset index in table, positions, ids)``; the result is one ``(positions, columns)``
+    per shard touched (as `StreamingDataset.take_parts` gives, positions in the batch), for
+    `merge_parts`. Every id is placed in its shard of the ``table`` by one ``searchsorted`` and
+    one sort over the whole batch, so the cost per batch is that of one dataset's
+    ``take_parts`` plus one ``take`` per shard, however many datasets; token datasets (whose
+    items span shards) go through their own ``take_parts``.
 
     Raises:
         FormatError: a shard is missing, corrupt or fails its checksum.
     """
     out: list[tuple[Any, dict[str, Any]]] = []
-    keys, rows, places = [], [], []
-    bases: list[int] = []  # first key of each dataset in ``datasets``
-    datasets: list[StreamingDataset] = []
-    base = 0
-    for dataset, where, ids in parts:
-        if dataset._tokens is not None:
+    n = sum(len(ids) for _, _, ids in parts)
+    every = np.empty(n, np.int64)  # ids in the table's numbering, source after source
+    place = np.empty(n, np.int64)  # and their positions in the batch
+    done = 0
+    for s, where, ids in parts:
+        dataset, base = table.datasets[s], table.id_base[s]
+        if base is None:
             for positions, columns in dataset.take_parts(ids, strings):
                 out.append((where[positions], columns))
             continue
         real = dataset._subset.to_real(ids) if dataset._subset is not None else ids
-        offsets = dataset._index.sample_offsets
-        shard = offsets.searchsorted(real, "right")
-        shard -= 1
-        rows.append(real - offsets[shard])
-        shard += base
-        keys.append(shard)
-        places.append(where)
-        bases.append(base)
-        datasets.append(dataset)
-        base += len(offsets) - 1
-    if not keys:
+        end = done + len(ids)
+        np.add(real, base, out=every[done:end])
+        place[done:end] = where
+        done = end
+    if not done:
         return out
-    key = np.concatenate(keys)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    row = np.concatenate(rows)[order]
-    place = np.concatenate(places)[order]
-    bounds = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), len(key)]
-    for a, b, k in zip(bounds[:-1], bounds[1:], key[bounds[:-1]].tolist(), strict=True):
-        d = bisect.bisect_right(bases, k) - 1
-        out.append((place[a:b], datasets[d]._reader(k - bases[d]).take(row[a:b], strings)))
+    every, place = every[:done], place[:done]
+    shard = table.offsets.searchsorted(every, "right")
+    shard -= 1
+    order = np.argsort(shard, kind="stable")
+    shard = shard[order]
+    row = every[order]
+    row -= table.offsets[shard]  # row in its shard, grouped by shard
+    place = place[order]
+    bounds = [0, *(np.flatnonzero(shard[1:] != shard[:-1]) + 1).tolist(), done]
+    owners = table.owners
+    for a, b, k in zip(bounds[:-1], bounds[1:], shard[bounds[:-1]].tolist(), strict=True):
+        dataset, local = owners[k]
+        out.append((place[a:b], dataset._reader(local).take(row[a:b], strings)))
     return out
 
 

@@ -63,8 +63,10 @@ class PassCursor:
         if self.sources is not None and self.stats is not None:
             plan: Any = self.plan
             rank, step = self.rank, self.steps
-            rows, samples = plan.sources_of(rank, step), plan.source_counts(rank, step)
-            self.stats.count_sources(self.sources, rows, batch, samples)
+            samples = plan.source_counts(rank, step)  # no per-row array unless stats need one
+            self.stats.count_sources(
+                self.sources, samples, batch, lambda: plan.sources_of(rank, step)
+            )
         self.steps += 1
 
 

@@ -120,12 +120,22 @@ def _walk(obj: Any, samples: list[int]) -> int:
     return 0
 
 
-def _bytes_by_row(obj: Any, rows: np.ndarray, varying: list[np.ndarray], groups: int) -> float:
-    """The bytes every row of a batch has alike (arrays and tensors whose leading dimension is
-    the batch, split evenly by row), for the caller to add by count; bytes that vary by row (a
-    list of str/bytes: each item's length, characters for str, as `batch_size_and_bytes`) are
-    appended to ``varying`` as per-group sums (row ``i`` belongs to group ``rows[i]``)."""
-    n = len(rows)
+def _bytes_by_row(obj: Any, n: int, varying: list[Any]) -> float:
+    """The bytes every row of an ``n``-row batch has alike (arrays and tensors whose leading
+    dimension is the batch, split evenly by row), for the caller to add by count; leaves whose
+    bytes vary by row (a list of ``n`` str/bytes: each item's length, characters for str, as
+    `batch_size_and_bytes`) are appended to ``varying`` for the caller to split by row."""
+    if type(obj) is dict:  # the usual batch, columns of arrays or tensors: no recursion
+        even = 0.0
+        for value in obj.values():
+            try:
+                shape, nbytes = value.shape, value.nbytes
+            except AttributeError:
+                break
+            if len(shape) and shape[0] == n and n:
+                even += int(nbytes) / n
+        else:
+            return even
     shape = getattr(obj, "shape", None)
     if shape is not None and hasattr(obj, "nbytes"):
         if len(shape) and shape[0] == n and n:
@@ -134,14 +144,13 @@ def _bytes_by_row(obj: Any, rows: np.ndarray, varying: list[np.ndarray], groups:
     even = 0.0
     if isinstance(obj, dict):
         for value in obj.values():
-            even += _bytes_by_row(value, rows, varying, groups)
+            even += _bytes_by_row(value, n, varying)
     elif isinstance(obj, (list, tuple)):
         if len(obj) == n and obj and isinstance(obj[0], (str, bytes)):
-            lengths = np.fromiter(map(len, obj), dtype=np.float64, count=n)
-            varying.append(np.bincount(rows, weights=lengths, minlength=groups))
+            varying.append(obj)
         else:
             for value in obj:
-                even += _bytes_by_row(value, rows, varying, groups)
+                even += _bytes_by_row(value, n, varying)
     return even
 
 
@@ -219,6 +228,9 @@ class LoaderStats:
         self.num_workers = 0
         self.listeners: list[Callable[[LoaderStats], None]] = []
         self.sources: dict[str, dict[str, int]] = {}  # a mixture's samples and bytes per source
+        # Mixed batches not yet added to ``sources``: (names, rows per source, bytes per row)
+        # -> batches (a run's batches share few such keys; `_fold_sources` adds them up).
+        self._source_batches: dict[tuple[tuple[str, ...], tuple[int, ...], float], int] = {}
         self._occupancy_sum = 0.0
         self._occupancy_samples = 0
         self.packed_tokens = 0  # token slots with segment_ids != 0 (packed token streams)
@@ -354,28 +366,50 @@ class LoaderStats:
                 else None
             ),
             "cache": self._cache(),
-            "sources": {name: dict(counts) for name, counts in self.sources.items()},
+            "sources": {name: dict(counts) for name, counts in self._fold_sources().items()},
         }
 
     def count_sources(
         self,
         names: tuple[str, ...],
-        rows: np.ndarray,
+        samples: tuple[int, ...],
         batch: Any,
-        samples: tuple[int, ...] | None = None,
+        rows: Callable[[], np.ndarray],
     ) -> None:
-        """Count a mixed batch per source: row ``i`` came from source ``names[rows[i]]``
-        (``samples``: the rows per source, if the caller knows them)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if samples is None:
-            samples = tuple(np.bincount(rows, minlength=len(names)).tolist())
-        varying: list[np.ndarray] = []
-        even = _bytes_by_row(batch, rows, varying, len(names))
-        extra = np.sum(varying, axis=0).tolist() if varying else [0.0] * len(names)
+        """Count a mixed batch per source: ``samples[s]`` of its rows came from ``names[s]``,
+        row ``i`` from ``names[rows()[i]]`` (asked for only when some leaf's bytes vary by row:
+        the bytes of fixed-size leaves are the same for every row, so a source's share of them
+        is its count of rows, and such a batch is only tallied here)."""
+        varying: list[Any] = []
+        even = _bytes_by_row(batch, sum(samples), varying)
+        if not varying:
+            key = (names, samples, even)
+            pending = self._source_batches
+            pending[key] = pending.get(key, 0) + 1
+            if len(pending) > 64:  # batches of many shapes (a collate_fn that pads): add up now
+                self._fold_sources()
+            return
+        of = np.asarray(rows(), dtype=np.int64)
+        extra = [0.0] * len(names)
+        for leaf in varying:
+            lengths = np.fromiter(map(len, leaf), dtype=np.float64, count=len(of))
+            sums = np.bincount(of, weights=lengths, minlength=len(names)).tolist()
+            extra = [a + b for a, b in zip(extra, sums, strict=True)]
         for name, k, b in zip(names, samples, extra, strict=True):
             counts = self.sources.setdefault(name, {"samples": 0, "bytes": 0})
             counts["samples"] += k
             counts["bytes"] += round(k * even + b)
+
+    def _fold_sources(self) -> dict[str, dict[str, int]]:
+        """``sources`` with the tallied batches of `count_sources` added (each batch's bytes
+        per source rounded as one batch)."""
+        pending, self._source_batches = self._source_batches, {}
+        for (names, samples, even), batches in pending.items():
+            for name, k in zip(names, samples, strict=True):
+                counts = self.sources.setdefault(name, {"samples": 0, "bytes": 0})
+                counts["samples"] += k * batches
+                counts["bytes"] += round(k * even) * batches
+        return self.sources
 
     def _snapshots(self) -> list[dict[str, Any]]:
         local = self.local.snapshot(0)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -265,7 +266,9 @@ class SourceOrder:
         """Item ids of draws ``[first, first + count)`` (crossing source epochs as needed)."""
         e, p = divmod(first, self.n)
         if p + count <= self.n:  # inside one source epoch (a fresh array)
-            return self.epoch(e).ids(p, p + count)
+            last = self._last  # `epoch`'s own first test, without the call
+            order = last[1] if last is not None and last[0] == e else self.epoch(e)
+            return order.ids(p, p + count)
         out = np.empty(count, np.int64)
         done = 0
         while done < count:
@@ -276,25 +279,33 @@ class SourceOrder:
         return out
 
 
-@dataclass(frozen=True, eq=False)
 class MixedBatch:
     """One rank's batch of a mixture step: for each position, its source (``source``) and
     item id (``ids``), held as ``(source, positions, ids)`` per source present, in source
-    order (``by_source``: how the batch is read)."""
+    order (``by_source``: how the batch is read). Built by `MixturePlan.batch` (one per batch:
+    a plain class, no dataclass machinery per instance)."""
 
-    source: np.ndarray  # int64 source index per position
-    by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+    __slots__ = ("_ids", "by_source", "source")
+
+    def __init__(
+        self, source: np.ndarray, by_source: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+    ) -> None:
+        self.source = source  # int64 source index per position
+        self.by_source = by_source
+        self._ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.source)
 
-    @functools.cached_property
+    @property
     def ids(self) -> np.ndarray:
-        """int64 item id (within its source) per position."""
-        out = np.empty(len(self.source), np.int64)
-        for _, where, ids in self.by_source:
-            out[where] = ids
-        return out
+        """int64 item id (within its source) per position (built on first use)."""
+        if self._ids is None:
+            out = np.empty(len(self.source), np.int64)
+            for _, where, ids in self.by_source:
+                out[where] = ids
+            self._ids = out
+        return self._ids
 
     def parts(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(source, positions, ids)`` per source present, in source order."""
@@ -425,27 +436,43 @@ class MixturePlan:
 
     def cursors_at(self, step: int) -> tuple[int, ...]:
         """Every source's cursor at the start of ``step`` (``num_steps``: after the last)."""
+        return self._walk(min(max(step, 0), self.num_steps))[0]
+
+    def _walk(self, step: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(cursors, lags)`` at the start of ``step`` (in ``[0, num_steps]``), walked from
+        the latest known step before it."""
         walked = self._walked
         known = walked.get(step)
         if known is not None:
-            return known[0]
-        step = min(max(step, 0), self.num_steps)
+            return known
         if step == 0:
-            return self.start_cursors
+            return self._start
         # Usually the step before is known (steps are read in order); step 0 always is.
-        before = walked.get(step - 1)
-        base = step - 1 if before else max((k for k in walked if k <= step), default=0)
+        base = step - 1 if step - 1 in walked else max((k for k in walked if k <= step), default=0)
         cursors, lags = walked[base] if base else self._start
         full, shares, total = self.steps.full_steps, self._shares, self._total
         for at in range(base, step):
             size = self._step if at < full else self.step_size(at)
             counts, lags = _apportion(shares, total, lags, size)
-            cursors = tuple(k + c for k, c in zip(cursors, counts, strict=True))
+            cursors = tuple(map(operator.add, cursors, counts))
             if step - at <= _WALK_MEMORY:
                 walked[at + 1] = (cursors, lags)
         while len(walked) > _WALK_MEMORY:  # the last few (step 0 is kept apart)
             walked.popitem(last=False)
-        return cursors
+        return cursors, lags
+
+    def _counts(self, step: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(per-source counts of step, cursors at its start)`` (``step < num_steps``); the
+        cursors after it are remembered, so the next step starts from them."""
+        cursors, lags = self._walk(step)
+        size = self._step if step < self.steps.full_steps else self.step_size(step)
+        counts, after = _apportion(self._shares, self._total, lags, size)
+        walked = self._walked
+        if step + 1 not in walked:
+            walked[step + 1] = (tuple(map(operator.add, cursors, counts)), after)
+            if len(walked) > _WALK_MEMORY:
+                walked.popitem(last=False)
+        return counts, cursors
 
     def step_counts(self, step: int) -> list[int]:
         """Per source, the positions step ``step`` gives it (all ranks)."""
@@ -462,11 +489,9 @@ class MixturePlan:
         """`rank_split` as a list of per-rank count tuples (remembered for a few steps)."""
         known = self._splits.get(step)
         if known is None:
-            cursors = self.cursors_at(step)
-            after = self.cursors_at(step + 1)
-            counts = [a - b for a, b in zip(after, cursors, strict=True)]
+            counts, cursors = self._counts(step)
             if self.steps.world_size == 1:  # one rank takes the whole step
-                rows = [tuple(counts)]
+                rows = [counts]
             else:
                 slices = self._slices(step)
                 split = split_step(counts, slices, first=step % len(slices))
@@ -509,7 +534,11 @@ class MixturePlan:
 
     def source_counts(self, rank: int, step: int) -> tuple[int, ...]:
         """Per source, the positions of ``rank``'s batch at ``step`` it fills."""
-        return self._row(rank, step)[0]
+        if self.steps.world_size == 1:  # one rank takes the whole step: no split to read
+            return self._counts(step)[0]
+        rows = self._split(step)[0]
+        counts = rows[rank]
+        return counts if sum(counts) else rows[rank % self.steps.tail]
 
     def source_ids(self, rank: int, step: int, source: int) -> np.ndarray:
         """The item ids of ``source`` in ``rank``'s batch at ``step``, in batch order (only
@@ -535,12 +564,12 @@ class MixturePlan:
             raise ConfigError("mixture plan: made without source orders (counts only)")
         counts, firsts, order, wheres = self._row(rank, step)
         sources = self.sources
-        parts = tuple(
+        parts = [
             (s, wheres[s], sources[s].ids(firsts[s], count))
             for s, count in enumerate(counts)
             if count
-        )
-        return MixedBatch(order, parts)
+        ]
+        return MixedBatch(order, tuple(parts))
 
 
 def check_weights(names: Sequence[str], weights: Mapping[str, float] | None) -> list[float]:

@@ -10,8 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import streamload as sl
+from streamload.dataset.streaming import ShardTable, take_sources
 from streamload.format.blobs import BlobColumn
 
 
@@ -219,3 +222,57 @@ def test_a_mixture_is_freed_as_soon_as_it_is_dropped_after_a_pass(urls: dict[str
         assert all(r() is None for r in refs)
     finally:
         gc.enable()
+
+
+@pytest.fixture(scope="module")
+def token_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("mixed-tokens")
+    with sl.ShardWriter(str(root / "t"), shard_size="256B") as w:
+        for i in range(40):
+            w.write({"tokens": np.arange(i * 3, i * 3 + 3, dtype=np.int32)})
+    return str(root / "t")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_take_sources_gives_each_position_the_row_its_own_dataset_gives(
+    urls: dict[str, str], token_url: str, data: st.DataObject
+) -> None:
+    """`take_sources` (every source's shards numbered as one, one sort per batch) puts at each
+    position exactly the row that position's own dataset returns for its id: sources with many
+    shards, a subset, two views of one dataset, a token stream; any ids, repeats allowed."""
+    datasets = [
+        sl.StreamingDataset(urls["a"]),
+        sl.StreamingDataset(urls["b"], subset=[(2, 9)]),
+        sl.StreamingDataset(urls["a"], subset=7, seed=1),
+        sl.StreamingDataset(token_url, tokens="tokens", block_size=4),
+    ]
+    table = ShardTable(datasets)
+    drawn = [
+        data.draw(st.lists(st.integers(0, len(ds) - 1), max_size=12), label=f"ids of {s}")
+        for s, ds in enumerate(datasets)
+    ]
+    n = sum(len(ids) for ids in drawn)
+    spots = data.draw(st.permutations(range(n)), label="positions")
+    parts, at = [], 0
+    for s, ids in enumerate(drawn):
+        if ids:  # a batch's parts: the sources present, positions ascending
+            where = np.sort(np.array(spots[at : at + len(ids)], np.int64))
+            parts.append((s, where, np.array(ids, np.int64)))
+        at += len(ids)
+    expected: dict[int, dict[str, Any]] = {}
+    for s, where, ids in parts:
+        rows = datasets[s].get_batch(ids)
+        for j, position in enumerate(where.tolist()):
+            expected[position] = {k: np.asarray(v)[j] for k, v in rows.items()}
+    got: dict[int, dict[str, Any]] = {}
+    for positions, columns in take_sources(table, parts):
+        for j, position in enumerate(np.arange(n)[positions].tolist()):
+            assert position not in got
+            got[position] = {k: np.asarray(v)[j] for k, v in columns.items()}
+    assert got.keys() == expected.keys()
+    for position, row in expected.items():
+        assert got[position].keys() == row.keys()
+        assert all(np.array_equal(got[position][k], v) for k, v in row.items())

@@ -257,3 +257,35 @@ def test_iterable_dataset_with_workers_counts_every_sample() -> None:
     stats = loader.stats()
     assert got == stats["samples"] == N
     assert stats["bytes"] == N * 8
+
+
+def test_per_source_counts_add_up_batches_of_any_shape_exactly() -> None:
+    """count_sources: per source, the rows it gave and their bytes (fixed-size leaves split
+    evenly by row, text by each row's characters) add up exactly over batches of many shapes,
+    including more shapes than are tallied before being added up, and a nested batch."""
+    rng = np.random.default_rng(0)
+    names = ("web", "code", "books")
+    stats = sl_stats.LoaderStats()
+    want = {n: {"samples": 0, "bytes": 0} for n in names}
+    for step in range(200):
+        counts = tuple(int(c) for c in rng.integers(0, 3, size=3))
+        rows = np.repeat(np.arange(3), counts)
+        rng.shuffle(rows)
+        n = len(rows)
+        # Padded per batch: a few row sizes (batches of one shape recur), then many.
+        width = int(rng.integers(1, 4 if step < 100 else 90))
+        batch: dict[str, Any] = {
+            "tokens": torch.zeros((n, width), dtype=torch.int32),
+            "id": np.zeros(n, np.int64),
+            "scale": np.float32(1),  # not a per-row leaf: not counted per source
+        }
+        text = [f"t{i}" * int(rng.integers(0, 3)) for i in range(n)] if step % 3 == 0 else None
+        if text is not None:
+            batch["meta"] = [{"text": text}]  # nested: bytes that vary by row
+        stats.count_sources(names, counts, batch, lambda rows=rows: rows)
+        for s, name in enumerate(names):
+            k = counts[s]
+            want[name]["samples"] += k
+            extra = sum(len(t) for t, r in zip(text or [], rows, strict=False) if r == s)
+            want[name]["bytes"] += k * (4 * width + 8) + extra
+    assert stats.snapshot()["sources"] == want

@@ -228,6 +228,31 @@ def test_plan_draws_each_source_contiguously_exactly_once(
     assert sum(end) == plan.end
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    st.integers(1, 120),
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.booleans(),
+)
+def test_source_counts_are_what_each_batch_holds_without_building_it(
+    n_items: list[int], samples: int, world: int, batch: int, drop_last: bool
+) -> None:
+    """What the trainer's stats ask per batch, from a plan that builds no batch (one rank or
+    many, padded ranks included): source_counts is each source's count in that rank's batch,
+    and sources_of its source per position."""
+    ws = [1.0 + i for i in range(len(n_items))]
+    built = _plan(n_items, ws, samples, world, batch, drop_last)
+    counted = _plan(n_items, ws, samples, world, batch, drop_last)
+    for rank in range(world):
+        for step in range(built.num_steps):
+            got = built.batch(rank, step)
+            want = np.bincount(got.source, minlength=len(n_items)).tolist()
+            assert list(counted.source_counts(rank, step)) == want
+            assert counted.sources_of(rank, step).tolist() == got.source.tolist()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(st.integers(3, 9), min_size=2, max_size=4),
