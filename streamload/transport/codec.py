@@ -141,13 +141,7 @@ class BatchPlan:
         raw = dst.data  # memoryview slices: cheaper than numpy ones for a plain memcpy
         raw[: len(prefix)] = prefix
         for pos, end, src in self._sources:
-            if (
-                type(src) is np.ndarray
-                and end > pos
-                and src.flags.c_contiguous
-                and src.dtype.isnative
-                and src.dtype.kind in "biufc"
-            ):
+            if end > pos and _plain(src):
                 raw[pos:end] = src.data.cast("B")
             else:
                 _write_whole(dst[pos:end], src)
@@ -207,11 +201,21 @@ class BatchPlan:
             out[:] = np.frombuffer(src, dtype=np.uint8)[lo:hi]
 
 
+def _plain(src: Any) -> bool:
+    """Whether `src` is a numpy array whose bytes are its encoding as they lie (one memcpy)."""
+    return (
+        type(src) is np.ndarray
+        and src.flags.c_contiguous
+        and src.dtype.isnative
+        and src.dtype.kind in "biufc"
+    )
+
+
 def _write_whole(out: np.ndarray, src: Any) -> None:
     if isinstance(src, np.ndarray):
         if not src.nbytes:
             return
-        if src.flags.c_contiguous and src.dtype.isnative and src.dtype.kind in "biufc":
+        if _plain(src):
             out.data.cast("B")[:] = src.data.cast("B")  # the common case: one memcpy
             return
         target = out.view(src.dtype.newbyteorder("=")).reshape(src.shape)
@@ -348,9 +352,9 @@ def _plan_columns(batch: dict[Any, Any]) -> BatchPlan | None:
     for value in batch.values():
         kind = type(value)
         if kind is np.ndarray:
-            dtype = value.dtype
-            if not (dtype.isnative and dtype.kind in "biufc" and value.flags.c_contiguous):
+            if not _plain(value):
                 return None
+            dtype = value.dtype
             nbytes = value.nbytes
             shape = ",".join(map(str, value.shape))
             parts.append(f'["a",{size},[{shape}],"{dtype.str}","np"]')
@@ -631,18 +635,25 @@ def _copy_columns(
                 return None
             offsets = np.frombuffer(view, np.int64, a + 1, base + offset)
             blob = np.frombuffer(view, np.uint8, c, base + b)
-            if offsets[0] or int(offsets[-1]) != c:
-                raise RingCorrupted("batch record has inconsistent string offsets")
-            try:
-                out[key] = _ring.split(blob, offsets, tag == "ls")
-            except ValueError as exc:  # offsets out of order or outside the blob, bad UTF-8
-                raise RingCorrupted(
-                    f"batch record has an inconsistent string list: {exc}"
-                ) from None
+            _check_string_offsets(offsets, c)
+            out[key] = _split_rows(blob, offsets, tag == "ls")
             nbytes += c
         else:
             return None
     return out, nbytes
+
+
+def _check_string_offsets(offsets: np.ndarray, blob_n: int) -> None:
+    if offsets[0] or int(offsets[-1]) != blob_n:
+        raise RingCorrupted("batch record has inconsistent string offsets")
+
+
+def _split_rows(blob: np.ndarray, offsets: np.ndarray, text: bool) -> list[Any]:
+    """A str/bytes list's rows, each copied out of the record (`_ring.split`)."""
+    try:
+        return _ring.split(blob, offsets, text)
+    except ValueError as exc:  # offsets out of order or outside the blob, bad UTF-8
+        raise RingCorrupted(f"batch record has an inconsistent string list: {exc}") from None
 
 
 def skip(data: Record, more: Callable[[], Record]) -> None:
@@ -1071,18 +1082,14 @@ class _Decoder:
         offsets = np.frombuffer(self._bytes(off, (count + 1) * 8), dtype=np.int64)
         self.nbytes -= (count + 1) * 8  # the rows' bytes count, not their offsets
         blob = np.frombuffer(self._bytes(blob_off, blob_n), dtype=np.uint8)
-        if offsets[0] or int(offsets[-1]) != blob_n:
-            raise RingCorrupted("batch record has inconsistent string offsets")
+        _check_string_offsets(offsets, blob_n)
         if self.column:
             if (np.diff(offsets) < 0).any():
                 raise RingCorrupted("batch record has inconsistent string offsets")
             if self.copy:
                 offsets, blob = offsets.copy(), blob.copy()
             return BlobColumn(tag == "ls", offsets, blob)
-        try:
-            return _ring.split(blob, offsets, tag == "ls")  # items are copied out of the record
-        except ValueError as exc:  # offsets out of order or outside the blob, bad UTF-8
-            raise RingCorrupted(f"batch record has an inconsistent string list: {exc}") from None
+        return _split_rows(blob, offsets, tag == "ls")
 
     def _unpickle(self, n: list[Any]) -> Any:
         if not self.allow_pickle:
