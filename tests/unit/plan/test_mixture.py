@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,14 +195,19 @@ def _draws(plan: MixturePlan, rank: int, step: int) -> list[tuple[int, int]]:
     ]
 
 
+def _plan_cases(min_samples: int) -> Any:
+    """Sources' item counts, run length, world size, batch size, drop_last."""
+    return given(
+        st.lists(st.integers(1, 12), min_size=1, max_size=4),
+        st.integers(min_samples, 120),
+        st.integers(1, 4),
+        st.integers(1, 6),
+        st.booleans(),
+    )
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.integers(1, 12), min_size=1, max_size=4),
-    st.integers(0, 120),
-    st.integers(1, 4),
-    st.integers(1, 6),
-    st.booleans(),
-)
+@_plan_cases(min_samples=0)
 def test_plan_draws_each_source_contiguously_exactly_once(
     n_items: list[int], samples: int, world: int, batch: int, drop_last: bool
 ) -> None:
@@ -229,13 +235,7 @@ def test_plan_draws_each_source_contiguously_exactly_once(
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.integers(1, 12), min_size=1, max_size=4),
-    st.integers(1, 120),
-    st.integers(1, 4),
-    st.integers(1, 6),
-    st.booleans(),
-)
+@_plan_cases(min_samples=1)
 def test_source_counts_are_what_each_batch_holds_without_building_it(
     n_items: list[int], samples: int, world: int, batch: int, drop_last: bool
 ) -> None:
