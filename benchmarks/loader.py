@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import tempfile
@@ -187,11 +188,57 @@ def run_one(
     loader = make(contender, shard_dir, ipc, cfg["batch"], workers)
     ttfb = run_epoch(loader, n)  # warm-up epoch also measures time to first batch
     seconds = []
+    own0, workers0 = tree_cpu_s()
     for _ in range(reps):
         t0 = time.perf_counter()
         run_epoch(loader, n)
         seconds.append(time.perf_counter() - t0)
-    print(json.dumps({"seconds": seconds, "ttfb": ttfb}), flush=True)
+    own1, workers1 = tree_cpu_s()
+    batches = reps * -(-n // cfg["batch"])
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "ttfb": ttfb,
+                "trainer_us": (own1 - own0) / batches * 1e6,
+                "workers_us": (workers1 - workers0) / batches * 1e6,
+            }
+        ),
+        flush=True,
+    )
+
+
+def tree_cpu_s() -> tuple[float, float]:
+    """CPU seconds (user + system) so far of this process and of all its descendants, dead or
+    alive: process CPU is what a 2-core host shares out, and it moves far less than wall time
+    on a noisy machine. Descendants: live ones from /proc (with what their own reaped children
+    used), reaped direct children from ``os.times``; a worker reaped in between moves from the
+    first count to the second, so a difference stays exact."""
+    me = os.getpid()
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == me:
+                return True
+        return False
+
+    live = sum(ticks for pid, ticks in used.items() if pid != me and descends(pid)) / tick
+    times = os.times()
+    return times.user + times.system, live + times.children_user + times.children_system
 
 
 def measure_in_child(args: Any, root: Path, workload: str, contender: str, workers: int) -> Any:
@@ -261,6 +308,8 @@ def main() -> None:
                 timing, pss = measure_in_child(args, root, name, c, workers)
                 res.seconds.extend(timing["seconds"])
                 extras[res.name] = {
+                    "trainer CPU us/batch": f"{timing['trainer_us']:.0f}",
+                    "workers CPU us/batch": f"{timing['workers_us']:.0f}" if workers else "",
                     "TTFB s": f"{timing['ttfb']:.3f}",
                     "anon+shmem MiB": f"{pss.peak_anon_shmem / MiB:.0f}",
                     "file MiB": f"{pss.peak_file / MiB:.0f}",
@@ -296,7 +345,9 @@ def main() -> None:
         "(sampled from outside, in a separate run). DataLoader workers: fork. StreamLoader: "
         "default start method. Loaders are not persistent: timed epochs follow a warm-up "
         "epoch (W1/W2/W3: median of 3, W1s/W4: of up to 5). x own w0 = this contender's "
-        "rate over its own num_workers=0 rate.",
+        "rate over its own num_workers=0 rate. CPU us/batch: user + system CPU over the timed "
+        "epochs per batch, of the trainer process and of all its workers (process accounting, "
+        "steadier than wall time on a shared host; worker start-up included).",
     )
 
 
