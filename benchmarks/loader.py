@@ -41,7 +41,7 @@ import pyarrow as pa
 import torch
 
 import streamload as sl
-from streamload.cli.pss import PeakPss
+from streamload.cli.pss import PeakPss, descendants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
@@ -211,33 +211,22 @@ def run_one(
 def tree_cpu_s() -> tuple[float, float]:
     """CPU seconds (user + system) so far of this process and of all its descendants, dead or
     alive: process CPU is what a 2-core host shares out, and it moves far less than wall time
-    on a noisy machine. Descendants: live ones from /proc (with what their own reaped children
-    used), reaped direct children from ``os.times``; a worker reaped in between moves from the
-    first count to the second, so a difference stays exact."""
+    on a noisy machine. Live descendants (`descendants`) count with what their own reaped
+    children used, reaped direct children come from ``os.times``: a worker reaped in between
+    moves from the first count to the second, so a difference stays exact."""
     me = os.getpid()
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    used: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    ticks = 0
+    for pid in descendants(me):
+        if pid == me:
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
+            with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
+        except OSError:  # gone meanwhile: os.times counts it once reaped
             continue
-        parent[int(entry)] = int(fields[1])
-        used[int(entry)] = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-
-    def descends(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == me:
-                return True
-        return False
-
-    live = sum(ticks for pid, ticks in used.items() if pid != me and descends(pid)) / tick
+        ticks += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
     times = os.times()
+    live = ticks / os.sysconf("SC_CLK_TCK")
     return times.user + times.system, live + times.children_user + times.children_system
 
 
