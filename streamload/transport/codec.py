@@ -347,29 +347,21 @@ def _plan_columns(batch: dict[Any, Any]) -> BatchPlan | None:
     arrays and `BlobColumn` values, nothing else) without the general walk: the metadata is the
     very text `_Planner` would write, formatted directly. None for any other batch."""
     parts: list[str] = []
-    sources: list[tuple[int, int, Any]] = []
-    size = 0
+    planner = _Planner()  # its buffer bookkeeping, not its walk
     for value in batch.values():
         kind = type(value)
         if kind is np.ndarray:
             if not _plain(value):
                 return None
-            dtype = value.dtype
-            nbytes = value.nbytes
+            at = planner._add(value, value.nbytes)
             shape = ",".join(map(str, value.shape))
-            parts.append(f'["a",{size},[{shape}],"{dtype.str}","np"]')
-            sources.append((size, nbytes, value))
-            size = (size + nbytes + ALIGN - 1) & ~(ALIGN - 1)
+            parts.append(f'["a",{at},[{shape}],"{value.dtype.str}","np"]')
         elif kind is BlobColumn:
-            offsets = value.offsets
-            offsets_at = size
-            sources.append((size, offsets.nbytes, offsets))
-            size = (size + offsets.nbytes + ALIGN - 1) & ~(ALIGN - 1)
+            offsets_at = planner._add(value.offsets, value.offsets.nbytes)
             nbytes = value.nbytes
+            at = planner._add(value, nbytes)
             tag = "ls" if value.text else "lb"
-            parts.append(f'["{tag}",{offsets_at},{len(value)},{size},{nbytes}]')
-            sources.append((size, nbytes, value))
-            size = (size + nbytes + ALIGN - 1) & ~(ALIGN - 1)
+            parts.append(f'["{tag}",{offsets_at},{len(value)},{at},{nbytes}]')
         else:
             return None
     keys = tuple(batch)
@@ -381,7 +373,7 @@ def _plan_columns(batch: dict[Any, Any]) -> BatchPlan | None:
             _KEYS_JSON.clear()
         keys_json = _KEYS_JSON[keys] = _JSON.encode(list(keys))
     meta = f'["d",{keys_json},[{",".join(parts)}]]'.encode("ascii")
-    return BatchPlan(meta, sources, size, 0)
+    return BatchPlan(meta, planner.sources, planner.size, 0)
 
 
 def encoded_size(batch: Any) -> int:
@@ -1061,9 +1053,7 @@ class _Decoder:
             if self.copy or not raw.flags.writeable:
                 raw = raw.copy()
             return torch.from_numpy(raw).view(torch_dtype).reshape(shape)
-        dtype = _DTYPES.get(dtype_str)
-        if dtype is None:
-            dtype = _dtype(dtype_str)
+        dtype = _dtype(dtype_str)
         raw_view = self._bytes(offset, count * dtype.itemsize)
         arr = np.frombuffer(raw_view, dtype=dtype, count=count).reshape(shape)
         to_torch = origin == "torch" or (self.as_torch and dtype.kind in "biufc")
